@@ -1,0 +1,492 @@
+//! The one typed configuration: a TOML file, every key overridable by a
+//! `CHRONOS_…` environment variable (`CHRONOS_KAFKA__BROKERS`, sections joined
+//! by `__`), validated once at boot with errors that name the key.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, EventTypeConfig};
+
+/// Environment variables with the `CHRONOS_` prefix that are not config keys.
+const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "tansu"];
+
+/// Everything chronosd and the chronos CLI read from the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP receipt (`POST /v1/batch`).
+    pub http: HttpConfig,
+    /// Per-key and per-IP request rates and payload caps.
+    pub limits: LimitsConfig,
+    /// Write keys; several may be valid at once (rotation).
+    pub keys: Vec<WriteKeyConfig>,
+    /// Kafka producer and topics.
+    pub kafka: KafkaConfig,
+    /// PostgreSQL (raw tables, views, internals).
+    pub postgres: PostgresConfig,
+    /// The event catalog: `[events.<type>]`. Defaults to the six built-ins.
+    #[serde(default = "catalog::built_in_events")]
+    pub events: BTreeMap<String, EventTypeConfig>,
+    /// The local stack started by `chronos start`.
+    pub stack: StackConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+            keys: Vec::new(),
+            kafka: KafkaConfig::default(),
+            postgres: PostgresConfig::default(),
+            events: catalog::built_in_events(),
+            stack: StackConfig::default(),
+        }
+    }
+}
+
+/// HTTP receipt settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address chronosd listens on.
+    pub listen: SocketAddr,
+    /// actix-web worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Threads that parse and validate batches; 0 = one per core.
+    pub receipt_threads: usize,
+    /// Largest request body accepted, in bytes, as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest body after gzip decompression, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Most events in one batch.
+    pub max_events_per_batch: usize,
+    /// Deadline for the broker to acknowledge a batch before the request gets 503.
+    pub produce_deadline_ms: u64,
+    /// `Retry-After` seconds sent with 503.
+    pub retry_after_secs: u64,
+    /// Peers whose `X-Forwarded-For` is trusted to name the client (reverse proxies).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Receipt and producer mailbox capacity (messages waiting per actor).
+    pub mailbox_capacity: usize,
+    /// Seconds in-flight requests get to finish on SIGTERM before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// Most first rejection reasons echoed in a response.
+    pub max_reasons: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            workers: 0,
+            receipt_threads: 0,
+            max_body_bytes: 256 * 1024,
+            max_decompressed_bytes: 1024 * 1024,
+            max_events_per_batch: 2000,
+            produce_deadline_ms: 5000,
+            retry_after_secs: 2,
+            trusted_proxies: Vec::new(),
+            mailbox_capacity: 1024,
+            shutdown_grace_secs: 20,
+            max_reasons: 5,
+        }
+    }
+}
+
+/// Rates and payload caps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per second allowed per write key (sustained).
+    pub per_key_per_sec: u32,
+    /// Requests a write key may send in a burst above the sustained rate.
+    pub per_key_burst: u32,
+    /// Requests per second allowed per client IP (sustained).
+    pub per_ip_per_sec: u32,
+    /// Requests a client IP may send in a burst.
+    pub per_ip_burst: u32,
+    /// Default longest string attribute, in bytes.
+    pub max_string_bytes: u32,
+    /// Longest session id, in bytes.
+    pub max_session_bytes: u32,
+    /// Most keys in the page metadata object.
+    pub max_page_keys: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_key_per_sec: 100_000,
+            per_key_burst: 200_000,
+            per_ip_per_sec: 50,
+            per_ip_burst: 200,
+            max_string_bytes: 2048,
+            max_session_bytes: 128,
+            max_page_keys: 32,
+        }
+    }
+}
+
+/// A write key: what the tracker sends in `key`, and where it may be used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteKeyConfig {
+    /// Short public name of the key, recorded with every batch (never the secret).
+    pub id: String,
+    /// The key itself (at least 16 characters).
+    pub key: String,
+    /// Allowed page origins: `example.com`, `*.example.com`, `https://example.com:8443`.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Accept requests without an `Origin` header (server-side senders, curl).
+    #[serde(default)]
+    pub allow_no_origin: bool,
+}
+
+/// Kafka producer settings; every librdkafka setting chronosd uses is here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic of accepted batches.
+    pub topic: String,
+    /// Topic of rejected events, with reasons.
+    pub dead_letter_topic: String,
+    /// Partitions when chronos creates the topics.
+    pub partitions: i32,
+    /// Replication factor when chronos creates the topics.
+    pub replication: i32,
+    /// `compression.type`: `zstd`, `lz4`, `gzip` or `none` (never snappy; see docs/kafka-record.md).
+    pub compression: String,
+    /// `linger.ms`.
+    pub linger_ms: u32,
+    /// `batch.num.messages`.
+    pub batch_num_messages: u32,
+    /// `batch.size` in bytes.
+    pub batch_bytes: u32,
+    /// `queue.buffering.max.messages`: records waiting in the producer before 503.
+    pub queue_max_messages: u32,
+    /// `queue.buffering.max.kbytes`: producer memory bound.
+    pub queue_max_kbytes: u32,
+    /// `message.timeout.ms`: a record not acknowledged by then fails.
+    pub message_timeout_ms: u32,
+    /// `request.timeout.ms`.
+    pub request_timeout_ms: u32,
+    /// `statistics.interval.ms` (librdkafka statistics exported at /metrics).
+    pub statistics_interval_ms: u32,
+    /// Any other librdkafka setting, passed as is (security.protocol, sasl.*, …).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "chronos.events".into(),
+            dead_letter_topic: "chronos.dead_letters".into(),
+            partitions: 6,
+            replication: 1,
+            compression: "zstd".into(),
+            linger_ms: 5,
+            batch_num_messages: 10_000,
+            batch_bytes: 1_000_000,
+            queue_max_messages: 100_000,
+            queue_max_kbytes: 65_536,
+            message_timeout_ms: 5_000,
+            request_timeout_ms: 4_000,
+            statistics_interval_ms: 1_000,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// PostgreSQL connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// libpq-style URL.
+    pub url: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: "postgres://chronos@127.0.0.1:5433/chronos".into() }
+    }
+}
+
+/// The local stack (`chronos start`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackConfig {
+    /// Directory holding every service's data, logs and pid files.
+    pub dir: PathBuf,
+    /// Port of the local PostgreSQL.
+    pub postgres_port: u16,
+    /// Port of the local Kafka-protocol broker.
+    pub broker_port: u16,
+    /// Broker binary; empty = `tansu` from `~/.cargo/bin` or `PATH`.
+    pub broker_bin: String,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig { dir: ".chronos".into(), postgres_port: 5433, broker_port: 9092, broker_bin: String::new() }
+    }
+}
+
+/// A config that could not be loaded or is invalid; each line names a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if any), then `CHRONOS_*` variables, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = Env::prefixed("CHRONOS_").ignore(NOT_KEYS).split("__");
+        Self::load_with(path, env)
+    }
+
+    fn load_with(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let config: Config = fig.merge(env).extract().map_err(|e| {
+            ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n"))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no environment), then validates. For tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; errors name the key and say why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = catalog::validate_events(&self.events);
+        let h = &self.http;
+        let positive = [
+            ("http.max_body_bytes", h.max_body_bytes as u64),
+            ("http.max_decompressed_bytes", h.max_decompressed_bytes as u64),
+            ("http.max_events_per_batch", h.max_events_per_batch as u64),
+            ("http.produce_deadline_ms", h.produce_deadline_ms),
+            ("http.mailbox_capacity", h.mailbox_capacity as u64),
+            ("limits.per_key_per_sec", self.limits.per_key_per_sec as u64),
+            ("limits.per_ip_per_sec", self.limits.per_ip_per_sec as u64),
+            ("limits.max_string_bytes", self.limits.max_string_bytes as u64),
+            ("limits.max_session_bytes", self.limits.max_session_bytes as u64),
+            ("kafka.partitions", self.kafka.partitions.max(0) as u64),
+            ("kafka.replication", self.kafka.replication.max(0) as u64),
+            ("kafka.queue_max_messages", self.kafka.queue_max_messages as u64),
+            ("kafka.message_timeout_ms", self.kafka.message_timeout_ms as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if h.max_decompressed_bytes < h.max_body_bytes {
+            errors.push("http.max_decompressed_bytes: must be at least http.max_body_bytes".into());
+        }
+        if self.limits.per_key_burst < self.limits.per_key_per_sec.min(1) {
+            errors.push("limits.per_key_burst: must be at least 1".into());
+        }
+        if self.limits.per_ip_burst == 0 {
+            errors.push("limits.per_ip_burst: must be at least 1".into());
+        }
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            errors.push("kafka.brokers: must name at least one host:port".into());
+        }
+        for (key, topic) in [("kafka.topic", &k.topic), ("kafka.dead_letter_topic", &k.dead_letter_topic)] {
+            let ok = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                errors.push(format!("{key}: `{topic}` is not a valid topic name (letters, digits, . _ -)"));
+            }
+        }
+        if k.topic == k.dead_letter_topic {
+            errors.push("kafka.dead_letter_topic: must differ from kafka.topic".into());
+        }
+        if !matches!(k.compression.as_str(), "zstd" | "lz4" | "gzip" | "none") {
+            errors.push(format!(
+                "kafka.compression: `{}` is not supported (use zstd, lz4, gzip or none; snappy records cannot be fetched from every broker)",
+                k.compression
+            ));
+        }
+        if (k.message_timeout_ms as u64) > h.produce_deadline_ms {
+            errors.push(format!(
+                "kafka.message_timeout_ms: {} exceeds http.produce_deadline_ms ({}); a request would give up before the producer does",
+                k.message_timeout_ms, h.produce_deadline_ms
+            ));
+        }
+        for key in k.extra.keys() {
+            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+                errors.push(format!("kafka.extra.\"{key}\": set by chronosd itself; use the typed kafka.* key"));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut secrets = std::collections::HashSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let at = format!("keys[{i}]");
+            if key.id.is_empty() || key.id.len() > 64 || !key.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                errors.push(format!("{at}.id: `{}` must be 1-64 letters, digits, - _ .", key.id));
+            }
+            if !ids.insert(&key.id) {
+                errors.push(format!("{at}.id: `{}` is used by another key", key.id));
+            }
+            if key.key.len() < 16 || key.key.len() > 256 || !key.key.chars().all(|c| c.is_ascii_graphic()) {
+                errors.push(format!("{at}.key: must be 16-256 printable ASCII characters"));
+            }
+            if !secrets.insert(&key.key) {
+                errors.push(format!("{at}.key: the same key is listed twice"));
+            }
+            if key.origins.is_empty() && !key.allow_no_origin {
+                errors.push(format!("{at}.origins: empty and allow_no_origin = false, so this key can never be used"));
+            }
+            for (j, o) in key.origins.iter().enumerate() {
+                if let Err(e) = crate::http::auth::OriginPattern::parse(o) {
+                    errors.push(format!("{at}.origins[{j}]: {e}"));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+/// librdkafka keys chronosd sets from typed fields (or must own for its guarantees).
+const MANAGED_KAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "batch.num.messages",
+    "batch.size",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "request.timeout.ms",
+    "statistics.interval.ms",
+];
+
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let source = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| format!(" (from {s})"))
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{source}", e.kind)
+    } else {
+        format!("{key}: {}{source}", e.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_section() -> &'static str {
+        r#"
+[[keys]]
+id = "site"
+key = "wk_0123456789abcdef"
+origins = ["example.com", "*.example.org"]
+"#
+    }
+
+    #[test]
+    fn defaults_plus_a_key_are_valid() {
+        let c = Config::from_toml(key_section()).unwrap();
+        assert_eq!(c.events.len(), 6);
+        assert_eq!(c.keys[0].origins.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[http]\nlisten_port = 3\n").unwrap_err().to_string();
+        assert!(err.contains("http") && err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = Config::from_toml("[kafka]\npartitions = \"six\"\n").unwrap_err().to_string();
+        assert!(err.contains("kafka.partitions"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let text = format!("{}\n[kafka]\ncompression = \"snappy\"\n[http]\nmax_body_bytes = 0\n", key_section());
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("kafka.compression: `snappy`"), "{err}");
+        assert!(err.contains("http.max_body_bytes: must be greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn a_built_in_can_be_switched_off_and_a_custom_type_added() {
+        let text = format!(
+            "{}\n[events.mouse_moves]\nenabled = false\n[events.signup]\nattributes = [{{ name = \"plan\", type = \"text\", max_len = 32 }}]\n",
+            key_section()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert!(!c.events["mouse_moves"].enabled);
+        assert_eq!(c.events["mouse_moves"].attributes.len(), 2, "built-in attributes kept");
+        assert!(c.events["signup"].enabled);
+    }
+
+    #[test]
+    fn env_overrides_every_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", key_section())?;
+            jail.set_env("CHRONOS_KAFKA__BROKERS", "10.0.0.1:9092,10.0.0.2:9092");
+            jail.set_env("CHRONOS_HTTP__MAX_BODY_BYTES", "1000");
+            jail.set_env("CHRONOS_CONFIG", "ignored.toml");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.brokers, "10.0.0.1:9092,10.0.0.2:9092");
+            assert_eq!(c.http.max_body_bytes, 1000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_origin_patterns_and_short_keys_are_refused() {
+        let text = "[[keys]]\nid = \"a\"\nkey = \"short\"\norigins = [\"*.\", \"exa mple.com\"]\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("keys[0].key"), "{err}");
+        assert!(err.contains("keys[0].origins[0]"), "{err}");
+        assert!(err.contains("keys[0].origins[1]"), "{err}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Write keys and their origin allowlists.
+//!
+//! A write key is public (it ships inside tracker.js), so it only says which
+//! site a batch claims to come from; the origin allowlist is what keeps other
+//! pages from writing with it. Requests without an `Origin` header (curl,
+//! server-side senders) are refused unless the key allows them explicitly.
+
+use crate::config::WriteKeyConfig;
+
+/// One allowlist entry: `example.com`, `*.example.com`, `https://example.com:8443`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+    Subdomain(String),
+}
+
+impl OriginPattern {
+    /// Parses an allowlist entry; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = match text.split_once("://") {
+            Some((s, r)) if s == "http" || s == "https" => (Some(s.to_string()), r),
+            Some((s, _)) => return Err(format!("`{text}`: scheme `{s}` is not http or https")),
+            None => (None, text),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| format!("`{text}`: port `{p}` is not a number"))?)),
+            None => (rest, None),
+        };
+        let host = host.to_ascii_lowercase();
+        let (wild, bare) = match host.strip_prefix("*.") {
+            Some(b) => (true, b.to_string()),
+            None => (false, host.clone()),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if bare.is_empty() || !bare.split('.').all(label_ok) {
+            return Err(format!("`{text}`: expected a host name such as example.com or *.example.com"));
+        }
+        let host = if wild { HostPattern::Subdomain(bare) } else { HostPattern::Exact(bare) };
+        Ok(OriginPattern { scheme, host, port })
+    }
+
+    /// Whether a browser `Origin` header value (`scheme://host[:port]`) matches.
+    pub fn matches(&self, origin: &Origin<'_>) -> bool {
+        if self.scheme.as_deref().is_some_and(|s| s != origin.scheme) {
+            return false;
+        }
+        if self.port.is_some_and(|p| Some(p) != origin.port) {
+            return false;
+        }
+        match &self.host {
+            HostPattern::Exact(h) => origin.host.eq_ignore_ascii_case(h),
+            HostPattern::Subdomain(suffix) => {
+                let host = origin.host;
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+/// A parsed `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: Option<u16>,
+}
+
+impl<'a> Origin<'a> {
+    /// Parses `scheme://host[:port]`; `None` for `null` and anything else.
+    pub fn parse(header: &'a str) -> Option<Self> {
+        let (scheme, rest) = header.split_once("://")?;
+        if rest.is_empty() || rest.contains('/') {
+            return None;
+        }
+        let (host, port) = if rest.starts_with('[') {
+            // IPv6 literal: [::1]:8080
+            let end = rest.find(']')?;
+            let after = &rest[end + 1..];
+            let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?.parse().ok()?) };
+            (&rest[..=end], port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p.parse().ok()?)),
+                None => (rest, None),
+            }
+        };
+        Some(Origin { scheme, host, port })
+    }
+}
+
+/// A write key ready for lookups.
+#[derive(Debug, Clone)]
+pub struct WriteKey {
+    pub id: String,
+    secret: String,
+    origins: Vec<OriginPattern>,
+    allow_no_origin: bool,
+}
+
+/// Why a key may not be used from where the request came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginRefusal {
+    Missing,
+    NotAllowed,
+}
+
+impl WriteKey {
+    /// Checks the request's `Origin` header against this key's allowlist.
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), OriginRefusal> {
+        match origin {
+            None if self.allow_no_origin => Ok(()),
+            None => Err(OriginRefusal::Missing),
+            Some(o) => match Origin::parse(o) {
+                Some(o) if self.origins.iter().any(|p| p.matches(&o)) => Ok(()),
+                _ => Err(OriginRefusal::NotAllowed),
+            },
+        }
+    }
+}
+
+/// All valid write keys (several at once during a rotation).
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    keys: Vec<WriteKey>,
+}
+
+impl KeyRing {
+    /// Builds the ring from validated config.
+    pub fn from_config(keys: &[WriteKeyConfig]) -> Self {
+        KeyRing {
+            keys: keys
+                .iter()
+                .map(|k| WriteKey {
+                    id: k.id.clone(),
+                    secret: k.key.clone(),
+                    origins: k.origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect(),
+                    allow_no_origin: k.allow_no_origin,
+                })
+                .collect(),
+        }
+    }
+
+    /// The key whose secret is `secret`, with its position in the ring.
+    pub fn find(&self, secret: &str) -> Option<(usize, &WriteKey)> {
+        self.keys.iter().enumerate().find(|(_, k)| constant_time_eq(k.secret.as_bytes(), secret.as_bytes()))
+    }
+
+    /// Whether some key allows this origin (CORS preflight comes before the key is known).
+    pub fn any_allows(&self, origin: &str) -> bool {
+        self.keys.iter().any(|k| k.check_origin(Some(origin)).is_ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(pattern: &str, origin: &str) -> bool {
+        OriginPattern::parse(pattern).unwrap().matches(&Origin::parse(origin).unwrap())
+    }
+
+    #[test]
+    fn exact_hosts() {
+        assert!(allows("example.com", "https://example.com"));
+        assert!(allows("example.com", "http://EXAMPLE.com:8080"));
+        assert!(!allows("example.com", "https://www.example.com"));
+        assert!(!allows("example.com", "https://example.com.evil.test"));
+        assert!(!allows("example.com", "https://notexample.com"));
+    }
+
+    #[test]
+    fn wildcard_subdomains() {
+        assert!(allows("*.example.com", "https://a.example.com"));
+        assert!(allows("*.example.com", "https://a.b.example.com"));
+        assert!(!allows("*.example.com", "https://example.com"));
+        assert!(!allows("*.example.com", "https://badexample.com"));
+        assert!(!allows("*.example.com", "https://a.example.com.evil.test"));
+    }
+
+    #[test]
+    fn scheme_and_port_when_given() {
+        assert!(allows("https://example.com", "https://example.com"));
+        assert!(!allows("https://example.com", "http://example.com"));
+        assert!(allows("http://localhost:8080", "http://localhost:8080"));
+        assert!(!allows("http://localhost:8080", "http://localhost:9090"));
+        assert!(!allows("http://localhost:8080", "http://localhost"));
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        assert!(OriginPattern::parse("ftp://x.com").unwrap_err().contains("scheme"));
+        assert!(OriginPattern::parse("x.com:http").unwrap_err().contains("port"));
+        assert!(OriginPattern::parse("*.").is_err());
+        assert!(OriginPattern::parse("a b.com").is_err());
+    }
+
+    #[test]
+    fn origin_header_forms() {
+        assert_eq!(Origin::parse("null"), None);
+        assert_eq!(Origin::parse("https://x.test/path"), None);
+        assert_eq!(Origin::parse("http://[::1]:8080").unwrap().port, Some(8080));
+        assert_eq!(Origin::parse("http://[::1]").unwrap().port, None);
+    }
+
+    #[test]
+    fn missing_origin_needs_explicit_permission() {
+        let mk = |allow| {
+            KeyRing::from_config(&[WriteKeyConfig {
+                id: "a".into(),
+                key: "0123456789abcdef".into(),
+                origins: vec!["example.com".into()],
+                allow_no_origin: allow,
+            }])
+        };
+        let strict = mk(false);
+        let (_, k) = strict.find("0123456789abcdef").unwrap();
+        assert_eq!(k.check_origin(None), Err(OriginRefusal::Missing));
+        assert_eq!(k.check_origin(Some("null")), Err(OriginRefusal::NotAllowed));
+        assert_eq!(k.check_origin(Some("https://example.com")), Ok(()));
+        let lax = mk(true);
+        assert_eq!(lax.find("0123456789abcdef").unwrap().1.check_origin(None), Ok(()));
+        assert!(lax.find("0123456789abcdeF").is_none());
+    }
+}

@@ -1,0 +1,59 @@
+//! Who sent a request: the peer, or the client named by a trusted proxy's
+//! `X-Forwarded-For`; and the anonymised form that is all chronosd keeps.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The client's address. `X-Forwarded-For` is believed only when the peer is a
+/// trusted proxy; then the right-most address not itself a trusted proxy wins.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(list) = forwarded_for else { return peer };
+    list.rsplit(',')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}
+
+/// Drops the host part: the last octet of IPv4 (/24), all but the first 48 bits of IPv6.
+pub fn anonymise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => anonymise(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let proxy = ip("10.0.0.1");
+        assert_eq!(client_ip(ip("198.51.100.7"), Some("1.2.3.4"), &[proxy]), ip("198.51.100.7"));
+        assert_eq!(client_ip(proxy, Some("1.2.3.4, 10.0.0.1"), &[proxy]), ip("1.2.3.4"));
+        assert_eq!(client_ip(proxy, Some("spoofed, 5.6.7.8"), &[proxy]), ip("5.6.7.8"));
+        assert_eq!(client_ip(proxy, None, &[proxy]), proxy);
+    }
+
+    #[test]
+    fn anonymisation_drops_the_host_part() {
+        assert_eq!(anonymise(ip("203.0.113.77")), ip("203.0.113.0"));
+        assert_eq!(anonymise(ip("2001:db8:abcd:12:1:2:3:4")), ip("2001:db8:abcd::"));
+        assert_eq!(anonymise(ip("::ffff:192.0.2.9")), ip("192.0.2.0"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Every way a request can fail, mapped to an HTTP status and a JSON body in
+//! one place. The body always says what was wrong and where.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::payload::PayloadError;
+
+/// A request refused; nothing of it was kept.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("decompressed body is larger than the limit of {limit} bytes")]
+    DecompressedTooLarge { limit: usize },
+    #[error("body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("Content-Encoding `{0}` is not supported (send gzip or no encoding)")]
+    UnsupportedEncoding(String),
+    #[error("Content-Type `{0}` is not supported (send text/plain or application/json)")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("unknown write key")]
+    UnknownKey,
+    #[error("origin `{origin}` is not allowed for write key `{key_id}`")]
+    OriginNotAllowed { origin: String, key_id: String },
+    #[error("requests without an Origin header are not allowed for write key `{key_id}`")]
+    MissingOrigin { key_id: String },
+    #[error("too many requests for this {scope}; retry after {retry_after} s")]
+    RateLimited { scope: &'static str, retry_after: u64 },
+    #[error("the event pipeline is saturated; retry after {retry_after} s")]
+    Overloaded { retry_after: u64 },
+    #[error("the broker did not acknowledge the batch in time; retry after {retry_after} s")]
+    BrokerTimeout { retry_after: u64 },
+    #[error("the broker could not store the batch ({reason}); retry after {retry_after} s")]
+    BrokerUnavailable { reason: String, retry_after: u64 },
+    #[error("the broker refused the batch for good: {0}")]
+    BrokerRejected(String),
+    #[error("chronosd is shutting down; retry after {retry_after} s")]
+    ShuttingDown { retry_after: u64 },
+    #[error("internal error while reading the batch")]
+    Internal,
+}
+
+impl IngestError {
+    /// Stable machine-readable code, also the `status` label of the request metric.
+    pub fn code(&self) -> &'static str {
+        use IngestError::*;
+        match self {
+            BodyTooLarge { .. } => "body_too_large",
+            DecompressedTooLarge { .. } => "decompressed_too_large",
+            BadGzip(_) => "bad_gzip",
+            UnsupportedEncoding(_) => "unsupported_encoding",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            Payload(PayloadError::Malformed { .. }) => "malformed_json",
+            Payload(PayloadError::Invalid { .. }) => "invalid_batch",
+            UnknownKey => "unknown_key",
+            OriginNotAllowed { .. } => "origin_not_allowed",
+            MissingOrigin { .. } => "missing_origin",
+            RateLimited { .. } => "rate_limited",
+            Overloaded { .. } => "overloaded",
+            BrokerTimeout { .. } => "broker_timeout",
+            BrokerUnavailable { .. } => "broker_unavailable",
+            BrokerRejected(_) => "broker_rejected",
+            ShuttingDown { .. } => "shutting_down",
+            Internal => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        use IngestError::*;
+        match self {
+            RateLimited { retry_after, .. }
+            | Overloaded { retry_after }
+            | BrokerTimeout { retry_after }
+            | BrokerUnavailable { retry_after, .. }
+            | ShuttingDown { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for IngestError {
+    fn status_code(&self) -> StatusCode {
+        use IngestError::*;
+        match self {
+            BodyTooLarge { .. } | DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadGzip(_) | Payload(_) => StatusCode::BAD_REQUEST,
+            UnsupportedEncoding(_) | UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnknownKey => StatusCode::UNAUTHORIZED,
+            OriginNotAllowed { .. } | MissingOrigin { .. } => StatusCode::FORBIDDEN,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded { .. } | BrokerTimeout { .. } | BrokerUnavailable { .. } | ShuttingDown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            BrokerRejected(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut detail = json!({ "code": self.code(), "message": self.to_string() });
+        match self {
+            IngestError::BodyTooLarge { limit } | IngestError::DecompressedTooLarge { limit } => {
+                detail["limit"] = json!(limit)
+            }
+            IngestError::Payload(PayloadError::Malformed { offset, .. }) => detail["offset"] = json!(offset),
+            IngestError::Payload(PayloadError::Invalid { path, .. }) => detail["path"] = json!(path),
+            _ => {}
+        }
+        if let Some(secs) = self.retry_after() {
+            detail["retry_after"] = json!(secs);
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after() {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        res.json(json!({ "ok": false, "error": detail }))
+    }
+}

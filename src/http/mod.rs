@@ -1,0 +1,200 @@
+//! HTTP receipt (actix-web): `POST /v1/batch` with its CORS preflight, and
+//! `/healthz`, `/readyz`, `/metrics`.
+//!
+//! A batch request goes: per-IP rate limit → content checks → body read under
+//! its cap → a `Receipt` actor (decompress, parse, key, origin, per-key rate,
+//! validate, encode) → the `KafkaSink` actor (enqueue) → the broker's
+//! acknowledgement → 200. Any failure answers with a JSON error and keeps nothing.
+
+pub mod auth;
+pub mod body;
+pub mod client_ip;
+pub mod error;
+pub mod limits;
+pub mod receipt;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use self::auth::KeyRing;
+use self::body::Encoding;
+use self::error::IngestError;
+use self::limits::RateLimits;
+use self::receipt::{Accepted, BatchSummary, Receive, ReceiptPool};
+use crate::produce::kafka::now_ms;
+use crate::produce::{KafkaSink, Produce, ProducerHealth, StatsContext};
+use crate::telemetry::Metrics;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub receipts: ReceiptPool,
+    pub sink: Addr<KafkaSink>,
+    pub keys: KeyRing,
+    pub limits: Arc<RateLimits>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ProducerHealth>,
+    /// Producer handle for `/readyz` (None with the discard sink).
+    pub producer: Option<rdkafka::producer::FutureProducer<StatsContext>>,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub produce_deadline: Duration,
+    pub retry_after: u64,
+    pub queue_max_messages: u32,
+    pub stats_max_age_ms: i64,
+}
+
+/// Routes of chronosd.
+pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state)
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            .service(web::resource("/v1/batch").route(web::post().to(post_batch)).route(web::method(actix_web::http::Method::OPTIONS).to(preflight)))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+fn header_str<'r>(req: &'r HttpRequest, name: header::HeaderName) -> Option<&'r str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[derive(serde::Serialize)]
+struct OkBody<'a> {
+    ok: bool,
+    #[serde(flatten)]
+    summary: &'a BatchSummary,
+}
+
+async fn post_batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let outcome = receive(&req, payload, &state).await;
+    let mut res = match &outcome {
+        Ok(summary) => HttpResponse::Ok().json(OkBody { ok: true, summary }),
+        Err(e) => e.error_response(),
+    };
+    let code = match &outcome {
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    };
+    state.metrics.http_requests.with_label_values(&[res.status().as_str(), code]).inc();
+    if let Some(origin) = header_str(&req, header::ORIGIN) {
+        if state.keys.any_allows(origin) {
+            cors_headers(&mut res, origin);
+        }
+    }
+    res
+}
+
+async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<BatchSummary, IngestError> {
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let ip = client_ip::client_ip(peer, header_str(req, header::X_FORWARDED_FOR), &state.trusted_proxies);
+    state.limits.check_ip(ip)?;
+    if let Some(ct) = header_str(req, header::CONTENT_TYPE) {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("text/plain") && !mime.eq_ignore_ascii_case("application/json") {
+            return Err(IngestError::UnsupportedMediaType(mime.chars().take(64).collect()));
+        }
+    }
+    let encoding = Encoding::from_header(header_str(req, header::CONTENT_ENCODING))?;
+    let content_length = header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    let body = body::read_capped(payload, content_length, state.max_body_bytes).await?;
+    let msg = Receive {
+        body,
+        encoding,
+        origin: header_str(req, header::ORIGIN).map(str::to_owned),
+        client_ip: client_ip::anonymise(ip),
+        user_agent: header_str(req, header::USER_AGENT).map(|ua| ua.chars().take(512).collect()),
+        received_at: now_ms(),
+    };
+    let overloaded = || IngestError::Overloaded { retry_after: state.retry_after };
+
+    // Bounded mailboxes: `send` waits for room, up to the deadline.
+    state.metrics.receipt_in_flight.inc();
+    let read = tokio::time::timeout(state.produce_deadline, state.receipts.pick().send(msg)).await;
+    state.metrics.receipt_in_flight.dec();
+    let accepted = read.map_err(|_| overloaded())?.map_err(|_| IngestError::Internal)??;
+
+    let Accepted { summary, batch } = accepted;
+    let sent = tokio::time::timeout(state.produce_deadline, state.sink.send(Produce(batch))).await;
+    let pending = sent
+        .map_err(|_| overloaded())?
+        .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })??;
+    let enqueued_at = pending.enqueued_at;
+    pending.acknowledged(state.produce_deadline, state.retry_after).await?;
+
+    state.metrics.produce_latency.observe(enqueued_at.elapsed().as_secs_f64());
+    state.metrics.batches_produced.inc();
+    state.metrics.events_accepted.inc_by(summary.accepted as u64);
+    state.metrics.events_rejected.inc_by(summary.rejected as u64);
+    Ok(summary)
+}
+
+fn cors_headers(res: &mut HttpResponse, origin: &str) {
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// CORS preflight: allowed when some write key allows the origin (the key is in
+/// the body, which a preflight does not carry; the POST checks the key's own list).
+async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match header_str(&req, header::ORIGIN) {
+        Some(origin) if state.keys.any_allows(origin) => {
+            let mut res = HttpResponse::NoContent()
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS"))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type, content-encoding"))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"))
+                .finish();
+            cors_headers(&mut res, origin);
+            res
+        }
+        origin => HttpResponse::Forbidden().json(json!({
+            "ok": false,
+            "error": {
+                "code": "origin_not_allowed",
+                "message": match origin {
+                    Some(o) => format!("origin `{}` is not allowed by any write key", o.chars().take(256).collect::<String>()),
+                    None => "a CORS preflight needs an Origin header".to_string(),
+                },
+            }
+        })),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let Some(producer) = &state.producer else {
+        return HttpResponse::Ok().json(json!({ "ready": true, "sink": "discard" }));
+    };
+    use rdkafka::producer::Producer;
+    let broker_up = state.health.broker_up(state.stats_max_age_ms);
+    let queued = producer.in_flight_count().max(0) as u64;
+    let saturated = queued * 10 >= state.queue_max_messages as u64 * 9;
+    let ready = broker_up && !saturated;
+    let body = json!({
+        "ready": ready,
+        "broker_up": broker_up,
+        "producer_queue": queued,
+        "producer_queue_max": state.queue_max_messages,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, state.retry_after.to_string())).json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}

@@ -1,0 +1,152 @@
+//! # Chronos
+//!
+//! Self-hosted event capture: tracker.js → `chronosd` → Kafka → PostgreSQL.
+//!
+//! # Layout
+//!
+//! The modules follow the data's path:
+//!
+//! - [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot.
+//! - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
+//! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins), limits,
+//!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
+//! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
+//! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
+//! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
+//!   the integration tests use the same helpers.
+//! - [`telemetry`]: metric names, the registry, logging.
+//! - [`shutdown`]: signals.
+//!
+//! [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
+
+pub mod catalog;
+pub mod config;
+pub mod http;
+pub mod payload;
+pub mod produce;
+pub mod shutdown;
+pub mod stack;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Arbiter, Supervisor};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::http::receipt::{ReceiptPool, ReceiptShared};
+use crate::http::{auth::KeyRing, limits::RateLimits, AppState};
+use crate::payload::PayloadLimits;
+use crate::produce::sink::Flush;
+use crate::produce::{create_producer, KafkaSink, ProducerHealth, Sink};
+use crate::telemetry::Metrics;
+
+/// Runs chronosd on `listener` until `shutdown` resolves, then drains: stop
+/// accepting, finish in-flight requests, flush the producer. Must run inside an
+/// actix `System`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProducerHealth::default());
+    let producer = create_producer(&config.kafka, metrics.clone(), health.clone())
+        .with_context(|| format!("creating the Kafka producer for {}", config.kafka.brokers))?;
+    let sink = Sink::Kafka {
+        producer,
+        topic: config.kafka.topic.clone(),
+        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+    };
+    serve(config, listener, sink, metrics, health, shutdown).await
+}
+
+fn threads(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    }
+}
+
+/// Builds the shared state and actors around a sink (Kafka, or discard for benchmarks).
+pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: Arc<ProducerHealth>) -> (web::Data<AppState>, Arbiter) {
+    let keys = KeyRing::from_config(&config.keys);
+    let limits = Arc::new(RateLimits::new(&config.limits));
+    let shared = Arc::new(ReceiptShared {
+        catalog: catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes),
+        keys: keys.clone(),
+        limits: limits.clone(),
+        payload_limits: PayloadLimits::from_config(config),
+        max_decompressed_bytes: config.http.max_decompressed_bytes,
+        max_reasons: config.http.max_reasons,
+        metrics: metrics.clone(),
+    });
+    let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
+    let producer = sink.producer().cloned();
+    let sink_arbiter = Arbiter::new();
+    let (mailbox, retry_after) = (config.http.mailbox_capacity, config.http.retry_after_secs);
+    let sink = Supervisor::start_in_arbiter(&sink_arbiter.handle(), move |_| KafkaSink::new(sink, mailbox, retry_after));
+    let state = web::Data::new(AppState {
+        receipts,
+        sink,
+        keys,
+        limits,
+        metrics,
+        health,
+        producer,
+        max_body_bytes: config.http.max_body_bytes,
+        trusted_proxies: config.http.trusted_proxies.clone(),
+        produce_deadline: Duration::from_millis(config.http.produce_deadline_ms),
+        retry_after: config.http.retry_after_secs,
+        queue_max_messages: config.kafka.queue_max_messages,
+        stats_max_age_ms: 3 * config.kafka.statistics_interval_ms as i64 + 1000,
+    });
+    (state, sink_arbiter)
+}
+
+/// Serves HTTP with the given sink until `shutdown`, then drains.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    health: Arc<ProducerHealth>,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let (state, sink_arbiter) = build_state(&config, sink, metrics, health);
+    let app_state = state.clone();
+    let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
+        .workers(threads(config.http.workers))
+        .disable_signals()
+        .shutdown_timeout(config.http.shutdown_grace_secs)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        shutdown.await;
+        tracing::info!("Stopping: no new connections; finishing requests in flight.");
+        handle.stop(true).await;
+    });
+    let limits = state.limits.clone();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            limits.forget_idle();
+        }
+    });
+    tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at http://{addr}/v1/batch.");
+    server.await?;
+
+    let flush_for = Duration::from_secs(config.http.shutdown_grace_secs.max(1));
+    match state.sink.send(Flush(flush_for)).await {
+        Ok(Ok(())) => tracing::info!("Producer flushed; every acknowledged batch is in Kafka."),
+        Ok(Err(e)) => tracing::error!(error = %e, "Producer flush incomplete."),
+        Err(e) => tracing::error!(error = %e, "Producer actor gone before the flush."),
+    }
+    state.receipts.stop();
+    sink_arbiter.stop();
+    Ok(())
+}

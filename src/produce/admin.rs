@@ -1,0 +1,61 @@
+//! Topic set-up through the Kafka admin API (idempotent; works against any
+//! Kafka-protocol cluster, and is required where topics are not auto-created).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+
+fn admin(c: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.extra {
+        cc.set(k, v);
+    }
+    cc.create().map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", c.brokers))
+}
+
+/// Creates the events and dead-letter topics when missing. Returns the names created.
+pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<String>, String> {
+    let admin = admin(c)?;
+    let topics: Vec<NewTopic<'_>> = [c.topic.as_str(), c.dead_letter_topic.as_str()]
+        .into_iter()
+        .map(|name| NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+        }
+    }
+    Ok(created)
+}
+
+/// Partition count of `topic`, or an error saying what to do.
+pub fn partitions_of(c: &KafkaConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.extra {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("the broker at {} is not reachable ({e}); start it with `chronos start broker`", c.brokers))?;
+    match md.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+        _ => Err(format!("topic {topic} does not exist on {}; create it with `chronos install-kafka`", c.brokers)),
+    }
+}

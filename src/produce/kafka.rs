@@ -1,0 +1,161 @@
+//! The rdkafka producer: explicit settings from `KafkaConfig`, librdkafka
+//! statistics exported as metrics, broker health for `/readyz`, and the one
+//! function that classifies producer errors.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+
+use crate::config::KafkaConfig;
+use crate::telemetry::Metrics;
+
+/// Broker health as last seen in librdkafka's statistics.
+#[derive(Debug, Default)]
+pub struct ProducerHealth {
+    broker_up: AtomicBool,
+    stats_at_ms: AtomicI64,
+}
+
+impl ProducerHealth {
+    /// Whether some broker connection was UP in statistics no older than `max_age_ms`.
+    pub fn broker_up(&self, max_age_ms: i64) -> bool {
+        let age = now_ms() - self.stats_at_ms.load(Ordering::Relaxed);
+        self.broker_up.load(Ordering::Relaxed) && age <= max_age_ms
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// librdkafka client context: turns statistics into metrics and health.
+pub struct StatsContext {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<ProducerHealth>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, s: Statistics) {
+        let m = &self.metrics;
+        m.producer_queue_depth.set(s.msg_cnt as i64);
+        m.producer_queue_bytes.set(s.msg_size as i64);
+        m.kafka_tx_messages.set(s.txmsgs);
+        m.kafka_tx_bytes.set(s.txmsg_bytes);
+        let mut up = false;
+        let mut errors = 0u64;
+        for (name, b) in &s.brokers {
+            // Skip the internal pseudo-broker librdkafka lists.
+            if b.nodeid == -1 && b.source == "internal" {
+                continue;
+            }
+            let is_up = b.state == "UP";
+            up |= is_up;
+            errors += b.txerrs;
+            m.kafka_broker_up.with_label_values(&[name]).set(is_up as i64);
+            if let Some(rtt) = &b.rtt {
+                m.kafka_broker_rtt.with_label_values(&[name]).set(rtt.avg);
+            }
+        }
+        m.kafka_tx_errors.set(errors as i64);
+        self.health.broker_up.store(up, Ordering::Relaxed);
+        self.health.stats_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            Notice | Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+            Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+}
+
+/// Every librdkafka producer setting chronosd uses, from config.
+pub fn producer_config(c: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.brokers)
+        .set("client.id", "chronosd")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", &c.compression)
+        .set("linger.ms", c.linger_ms.to_string())
+        .set("batch.num.messages", c.batch_num_messages.to_string())
+        .set("batch.size", c.batch_bytes.to_string())
+        .set("queue.buffering.max.messages", c.queue_max_messages.to_string())
+        .set("queue.buffering.max.kbytes", c.queue_max_kbytes.to_string())
+        .set("message.timeout.ms", c.message_timeout_ms.to_string())
+        .set("request.timeout.ms", c.request_timeout_ms.min(c.message_timeout_ms).to_string())
+        .set("statistics.interval.ms", c.statistics_interval_ms.to_string());
+    for (k, v) in &c.extra {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Creates the producer (it connects in the background).
+pub fn create_producer(
+    c: &KafkaConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<ProducerHealth>,
+) -> Result<FutureProducer<StatsContext>, KafkaError> {
+    producer_config(c).create_with_context(StatsContext { metrics, health })
+}
+
+/// What a producer error means for the request that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The local queue is full: 503, retry soon.
+    Saturated,
+    /// A broker or network problem that may pass: 503, retry with backoff.
+    Transient,
+    /// Retrying the same record cannot succeed (too large, not authorised…): alert.
+    Permanent,
+}
+
+/// Classifies a producer error (the one place that decides).
+pub fn classify(err: &KafkaError) -> Disposition {
+    use RDKafkaErrorCode::*;
+    match err.rdkafka_error_code() {
+        Some(QueueFull) => Disposition::Saturated,
+        Some(
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed | InvalidRecord | InvalidTopic | UnsupportedVersion
+            | InvalidRequiredAcks | Fatal | SaslAuthenticationFailed | Authentication,
+        ) => Disposition::Permanent,
+        _ => Disposition::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let e = |code| KafkaError::MessageProduction(code);
+        assert_eq!(classify(&e(RDKafkaErrorCode::QueueFull)), Disposition::Saturated);
+        assert_eq!(classify(&e(RDKafkaErrorCode::MessageTimedOut)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::BrokerTransportFailure)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::NotEnoughReplicas)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)), Disposition::Permanent);
+        assert_eq!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)), Disposition::Permanent);
+    }
+
+    #[test]
+    fn every_setting_is_explicit() {
+        let cc = producer_config(&KafkaConfig::default());
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("compression.type"), Some("zstd"));
+        assert_eq!(cc.get("queue.buffering.max.messages"), Some("100000"));
+    }
+}

@@ -1,0 +1,208 @@
+//! `KafkaSink`: the supervised actor that hands accepted batches to the
+//! producer. It only enqueues (never blocks its thread); the request awaits
+//! the broker's acknowledgement itself, under a deadline.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::kafka::{classify, Disposition, StatsContext};
+use crate::http::error::IngestError;
+
+/// Where records go.
+pub enum Sink {
+    /// The Kafka topics (production).
+    Kafka { producer: FutureProducer<StatsContext>, topic: String, dead_letter_topic: String },
+    /// Acknowledges at once and keeps nothing: for benchmarking receipt without a broker.
+    Discard,
+}
+
+impl Sink {
+    /// Waits up to `timeout` for every queued record to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        match self {
+            Sink::Kafka { producer, .. } => producer.flush(timeout).map_err(|e| e.to_string()),
+            Sink::Discard => Ok(()),
+        }
+    }
+
+    /// Records not yet acknowledged by the broker.
+    pub fn in_flight(&self) -> i32 {
+        match self {
+            Sink::Kafka { producer, .. } => producer.in_flight_count(),
+            Sink::Discard => 0,
+        }
+    }
+
+    pub fn producer(&self) -> Option<&FutureProducer<StatsContext>> {
+        match self {
+            Sink::Kafka { producer, .. } => Some(producer),
+            Sink::Discard => None,
+        }
+    }
+}
+
+/// An accepted batch on its way to Kafka: the events record and/or the dead letters.
+#[derive(Debug)]
+pub struct OutgoingBatch {
+    /// Partitioning key: the session id, so a session's batches stay in order.
+    pub session: String,
+    pub key_id: String,
+    pub received_at: i64,
+    pub record: Option<Vec<u8>>,
+    pub dead_letter: Option<Vec<u8>>,
+}
+
+/// Message: enqueue a batch.
+pub struct Produce(pub OutgoingBatch);
+
+impl Message for Produce {
+    type Result = Result<Pending, IngestError>;
+}
+
+/// One record's acknowledgement.
+pub enum Ack {
+    Kafka(DeliveryFuture),
+    Ready,
+}
+
+/// The acknowledgements a request waits for before answering 2xx.
+pub struct Pending {
+    acks: Vec<Ack>,
+    pub enqueued_at: Instant,
+}
+
+impl Pending {
+    /// Resolves when the broker acknowledged every record, or fails (never early).
+    pub async fn acknowledged(self, deadline: Duration, retry_after: u64) -> Result<(), IngestError> {
+        let wait = async {
+            for ack in self.acks {
+                if let Ack::Kafka(fut) = ack {
+                    match fut.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((err, _))) => return Err(to_ingest_error(&err, retry_after)),
+                        Err(_canceled) => {
+                            return Err(IngestError::BrokerUnavailable {
+                                reason: "producer closed".into(),
+                                retry_after,
+                            })
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(IngestError::BrokerTimeout { retry_after }),
+        }
+    }
+}
+
+fn to_ingest_error(err: &rdkafka::error::KafkaError, retry_after: u64) -> IngestError {
+    match classify(err) {
+        Disposition::Saturated => IngestError::Overloaded { retry_after },
+        Disposition::Transient => IngestError::BrokerUnavailable { reason: err.to_string(), retry_after },
+        Disposition::Permanent => {
+            tracing::error!(error = %err, "Broker refused a batch for good; it was not stored.");
+            IngestError::BrokerRejected(err.to_string())
+        }
+    }
+}
+
+/// The producer actor.
+pub struct KafkaSink {
+    sink: Sink,
+    mailbox_capacity: usize,
+    retry_after: u64,
+}
+
+impl KafkaSink {
+    pub fn new(sink: Sink, mailbox_capacity: usize, retry_after: u64) -> Self {
+        KafkaSink { sink, mailbox_capacity, retry_after }
+    }
+
+    fn enqueue(&self, topic_of: fn(&Sink) -> &str, batch: &OutgoingBatch, payload: &[u8], kind: &str) -> Result<Ack, IngestError> {
+        let Sink::Kafka { producer, .. } = &self.sink else { return Ok(Ack::Ready) };
+        let received_at = batch.received_at.to_string();
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header { key: "chronos-format", value: Some(kind) })
+            .insert(Header { key: "content-type", value: Some("application/json") })
+            .insert(Header { key: "chronos-key-id", value: Some(batch.key_id.as_str()) })
+            .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
+        let record = FutureRecord::to(topic_of(&self.sink))
+            .key(batch.session.as_str())
+            .payload(payload)
+            .headers(headers);
+        producer
+            .send_result(record)
+            .map(Ack::Kafka)
+            .map_err(|(err, _)| to_ingest_error(&err, self.retry_after))
+    }
+}
+
+fn events_topic(s: &Sink) -> &str {
+    match s {
+        Sink::Kafka { topic, .. } => topic,
+        Sink::Discard => "",
+    }
+}
+
+fn dead_letter_topic(s: &Sink) -> &str {
+    match s {
+        Sink::Kafka { dead_letter_topic, .. } => dead_letter_topic,
+        Sink::Discard => "",
+    }
+}
+
+impl Actor for KafkaSink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl Supervised for KafkaSink {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!("KafkaSink restarting.");
+    }
+}
+
+impl Handler<Produce> for KafkaSink {
+    type Result = Result<Pending, IngestError>;
+
+    fn handle(&mut self, Produce(batch): Produce, _ctx: &mut Context<Self>) -> Self::Result {
+        let enqueued_at = Instant::now();
+        let mut acks = Vec::with_capacity(2);
+        if let Some(record) = &batch.record {
+            acks.push(self.enqueue(events_topic, &batch, record, "batch.v1")?);
+        }
+        if let Some(dead) = &batch.dead_letter {
+            acks.push(self.enqueue(dead_letter_topic, &batch, dead, "dead_letter.v1")?);
+        }
+        Ok(Pending { acks, enqueued_at })
+    }
+}
+
+/// Message: flush the producer (shutdown). Blocks the sink's own arbiter only.
+pub struct Flush(pub Duration);
+
+impl Message for Flush {
+    type Result = Result<(), String>;
+}
+
+impl Handler<Flush> for KafkaSink {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, Flush(timeout): Flush, _ctx: &mut Context<Self>) -> Self::Result {
+        let result = self.sink.flush(timeout);
+        let left = self.sink.in_flight();
+        if left > 0 {
+            return Err(format!("{left} records still unacknowledged after {timeout:?}"));
+        }
+        result
+    }
+}

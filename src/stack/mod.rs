@@ -1,0 +1,1 @@
+//! The local stack (chronos start): PostgreSQL, the broker and chronosd.

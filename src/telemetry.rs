@@ -1,0 +1,101 @@
+//! Metrics (Prometheus text at `/metrics`) and log set-up. Metric names are
+//! constants here, all prefixed `chronos_`, with low-cardinality labels.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub const HTTP_REQUESTS: &str = "chronos_http_requests_total";
+pub const EVENTS_ACCEPTED: &str = "chronos_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "chronos_events_rejected_total";
+pub const BATCHES_PRODUCED: &str = "chronos_batches_produced_total";
+pub const PRODUCE_LATENCY: &str = "chronos_produce_latency_seconds";
+pub const PRODUCER_QUEUE_DEPTH: &str = "chronos_producer_queue_messages";
+pub const PRODUCER_QUEUE_BYTES: &str = "chronos_producer_queue_bytes";
+pub const RECEIPT_MAILBOX_DEPTH: &str = "chronos_receipt_in_flight";
+pub const ACTOR_PANICS: &str = "chronos_actor_panics_total";
+pub const KAFKA_BROKER_UP: &str = "chronos_kafka_broker_up";
+pub const KAFKA_BROKER_RTT: &str = "chronos_kafka_broker_rtt_avg_microseconds";
+pub const KAFKA_TX_MESSAGES: &str = "chronos_kafka_tx_messages";
+pub const KAFKA_TX_BYTES: &str = "chronos_kafka_tx_bytes";
+pub const KAFKA_TX_ERRORS: &str = "chronos_kafka_tx_errors";
+
+/// Produce latency buckets: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Every metric of one chronosd instance, in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub events_accepted: IntCounter,
+    pub events_rejected: IntCounter,
+    pub batches_produced: IntCounter,
+    pub produce_latency: Histogram,
+    pub producer_queue_depth: IntGauge,
+    pub producer_queue_bytes: IntGauge,
+    pub receipt_in_flight: IntGauge,
+    pub actor_panics: IntCounterVec,
+    pub kafka_broker_up: IntGaugeVec,
+    pub kafka_broker_rtt: IntGaugeVec,
+    pub kafka_tx_messages: IntGauge,
+    pub kafka_tx_bytes: IntGauge,
+    pub kafka_tx_errors: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.unwrap();
+                registry.register(Box::new(m.clone())).unwrap();
+                m
+            }};
+        }
+        Metrics {
+            http_requests: reg!(IntCounterVec::new(
+                Opts::new(HTTP_REQUESTS, "Batch requests by HTTP status and outcome code."),
+                &["status", "code"]
+            )),
+            events_accepted: reg!(IntCounter::new(EVENTS_ACCEPTED, "Events acknowledged by the broker.")),
+            events_rejected: reg!(IntCounter::new(EVENTS_REJECTED, "Events refused by validation (sent to the dead letters).")),
+            batches_produced: reg!(IntCounter::new(BATCHES_PRODUCED, "Batch records acknowledged by the broker.")),
+            produce_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new(PRODUCE_LATENCY, "Time from enqueue to broker acknowledgement.")
+                    .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            producer_queue_depth: reg!(IntGauge::new(PRODUCER_QUEUE_DEPTH, "Records waiting in the producer (librdkafka msg_cnt).")),
+            producer_queue_bytes: reg!(IntGauge::new(PRODUCER_QUEUE_BYTES, "Bytes waiting in the producer (librdkafka msg_size).")),
+            receipt_in_flight: reg!(IntGauge::new(RECEIPT_MAILBOX_DEPTH, "Batches queued for or being parsed by the receipt actors.")),
+            actor_panics: reg!(IntCounterVec::new(Opts::new(ACTOR_PANICS, "Panics caught in actors (the actor is restarted)."), &["actor"])),
+            kafka_broker_up: reg!(IntGaugeVec::new(Opts::new(KAFKA_BROKER_UP, "1 when librdkafka's connection to the broker is UP."), &["broker"])),
+            kafka_broker_rtt: reg!(IntGaugeVec::new(Opts::new(KAFKA_BROKER_RTT, "librdkafka's average broker round-trip time."), &["broker"])),
+            kafka_tx_messages: reg!(IntGauge::new(KAFKA_TX_MESSAGES, "Messages sent to brokers (librdkafka txmsgs).")),
+            kafka_tx_bytes: reg!(IntGauge::new(KAFKA_TX_BYTES, "Message bytes sent to brokers (librdkafka txmsg_bytes).")),
+            kafka_tx_errors: reg!(IntGauge::new(KAFKA_TX_ERRORS, "Transmission errors (librdkafka tx errors summed over brokers).")),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` (or `CHRONOS_LOG`) filters, default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("CHRONOS_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
