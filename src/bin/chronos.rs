@@ -1,1 +1,139 @@
-fn main() {}
+//! chronos: the command-line tool (start/stop/status/log of the local stack, topics).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use chronos::stack::{Service, Stack};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Chronos: self-hosted event capture (tracker.js → chronosd → Kafka → PostgreSQL).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Config file; default ./chronos.toml, else one generated in .chronos/.
+    #[arg(long, global = true, env = "CHRONOS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the local stack (PostgreSQL, broker, chronosd) or one service.
+    Start { service: Option<Service> },
+    /// Stop the local stack or one service (chronosd drains first).
+    Stop { service: Option<Service> },
+    /// Show each service: up or down, address, health.
+    Status,
+    /// Print a service's log.
+    Log {
+        service: Service,
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print only the last N lines first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Create the events and dead-letter topics (idempotent; any Kafka-protocol cluster).
+    InstallKafka,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("chronos: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stack = Stack::open(cli.config.as_deref())?;
+    match cli.command {
+        Cmd::Start { service } => {
+            stack.start(service)?;
+            if service.is_none() || service == Some(Service::Chronosd) {
+                print_where_to_send(&stack);
+            }
+        }
+        Cmd::Stop { service } => stack.stop(service)?,
+        Cmd::Status => {
+            let mut all_up = true;
+            for s in stack.status() {
+                all_up &= s.up;
+                let pid = s.pid.map(|p| format!("pid {p}")).unwrap_or_default();
+                println!(
+                    "{:<9} {:<5} {:<28} {:<10} {}",
+                    s.service.name(),
+                    if s.up { "up" } else { "down" },
+                    s.address,
+                    pid,
+                    s.detail
+                );
+            }
+            if !all_up {
+                std::process::exit(3);
+            }
+        }
+        Cmd::Log { service, follow, lines } => print_log(&stack.log_file(service), follow, lines)?,
+        Cmd::InstallKafka => {
+            let k = &stack.config.kafka;
+            let created = chronos::stack::postgres::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
+                .map_err(|e| anyhow::anyhow!("{e}; is the broker running? (`chronos start broker`)"))?;
+            for t in [&k.topic, &k.dead_letter_topic] {
+                let state = if created.contains(t) { "created" } else { "exists" };
+                println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_where_to_send(stack: &Stack) {
+    let addr = stack.config.http.listen;
+    println!();
+    println!("Chronos is receiving events at http://{addr}/v1/batch");
+    if let Some(k) = stack.first_key() {
+        println!("  write key: {} (id {}), origins: {}", k.key, k.id, k.origins.join(", "));
+        println!("  try it:");
+        println!(
+            "    curl -s http://{addr}/v1/batch -H 'Content-Type: text/plain' -d '{{\"v\":1,\"key\":\"{}\",\"batch\":\"'$(cat /proc/sys/kernel/random/uuid)'\",\"sent_at\":'$(date +%s%3N)',\"session\":\"demo\",\"page\":{{\"url\":\"http://localhost/\"}},\"events\":[[\"clicks\",'$(date +%s%3N)',\"BUTTON\",1,10,20,\"main>button\"]]}}'",
+            k.key
+        );
+    }
+    println!("  status: chronos status · logs: chronos log chronosd · stop: chronos stop");
+    println!("  config: {}", stack.config_path.display());
+}
+
+fn print_log(path: &std::path::Path, follow: bool, lines: usize) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}; has the service been started?", path.display()))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    let all: Vec<&str> = text.lines().collect();
+    for l in &all[all.len().saturating_sub(lines)..] {
+        println!("{l}");
+    }
+    if follow {
+        let mut pos = f.stream_position()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let len = std::fs::metadata(path)?.len();
+            if len < pos {
+                pos = 0; // truncated
+            }
+            if len > pos {
+                f.seek(SeekFrom::Start(pos))?;
+                let mut chunk = String::new();
+                f.read_to_string(&mut chunk)?;
+                print!("{chunk}");
+                pos = len;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! PostgreSQL from the machine's installation (Debian's postgresql-15):
+//! initdb the first time, start on a loopback port, create the database.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::process::{self, Lifetime, RunAs};
+
+/// Where PostgreSQL's programs are: `pg_config --bindir`, else Debian's default.
+pub fn bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if dir.join("postgres").exists() {
+                return dir;
+            }
+        }
+    }
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+/// One PostgreSQL server: data directory, port, log.
+#[derive(Debug, Clone)]
+pub struct PostgresSpec {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    /// Trade durability for speed (fsync off): tests only.
+    pub ephemeral: bool,
+}
+
+/// The superuser and database the stack creates.
+pub const USER: &str = "chronos";
+pub const DATABASE: &str = "chronos";
+
+impl PostgresSpec {
+    /// libpq URL of the stack's database.
+    pub fn url(&self) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Runs initdb unless the data directory already holds a cluster.
+    pub fn init(&self, run_as: Option<RunAs>) -> Result<()> {
+        if self.data_dir.join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        let bin = bindir();
+        if !bin.join("initdb").exists() {
+            bail!("PostgreSQL 15 is not installed ({} has no initdb); run .ci/setup or `apt-get install postgresql-15`", bin.display());
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        if let Some(r) = run_as {
+            r.chown(&self.data_dir)?;
+        }
+        let mut cmd = Command::new(bin.join("initdb"));
+        cmd.arg("-D").arg(&self.data_dir).args(["-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"]);
+        if self.ephemeral {
+            cmd.arg("--no-sync");
+        }
+        let mut child = process::spawn(cmd, &self.log, run_as, Lifetime::Owned)?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("initdb failed; see {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    /// Starts the server and waits for it to accept connections.
+    pub fn start(&self, run_as: Option<RunAs>, lifetime: Lifetime) -> Result<Child> {
+        let mut cmd = Command::new(bindir().join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=256MB"]);
+        if self.ephemeral {
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        }
+        let mut child = process::spawn(cmd, &self.log, run_as, lifetime)?;
+        let ready = process::wait_for_port(self.addr(), Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)));
+        if let Err(e) = ready {
+            let _ = child.kill();
+            bail!("PostgreSQL did not start: {e}; see {}", self.log.display());
+        }
+        Ok(child)
+    }
+
+    /// Creates the stack's database when missing (connecting to `postgres`).
+    pub fn create_database(&self) -> Result<()> {
+        let url = format!("host=127.0.0.1 port={} user={USER} dbname=postgres connect_timeout=10", self.port);
+        block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE]).await?.is_some();
+            if !exists {
+                client.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        })
+        .context("creating the chronos database")
+    }
+
+    /// The postmaster's pid, from its pid file.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        process::read_pid(&self.data_dir.join("postmaster.pid"))
+    }
+
+    /// Fast shutdown (SIGINT): running transactions are rolled back, data is safe.
+    pub fn stop(&self, grace: Duration) -> bool {
+        match self.postmaster_pid() {
+            Some(pid) => process::stop_pid(pid, libc::SIGINT, grace),
+            None => true,
+        }
+    }
+}
+
+/// Runs a future on a private current-thread runtime (CLI and test helpers are synchronous).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
+}
+
+/// A running PostgreSQL owned by the caller: stopped when dropped (tests).
+pub struct PostgresServer {
+    pub spec: PostgresSpec,
+    child: Child,
+}
+
+impl PostgresServer {
+    /// initdb (into `dir/data`), start on a free port, create the database.
+    pub fn start_in(dir: &Path) -> Result<Self> {
+        let run_as = RunAs::postgres_if_root()?;
+        let spec = PostgresSpec {
+            data_dir: dir.join("data"),
+            port: process::free_port(),
+            log: dir.join("postgres.log"),
+            ephemeral: true,
+        };
+        spec.init(run_as)?;
+        let child = spec.start(run_as, Lifetime::Owned)?;
+        let server = PostgresServer { spec, child };
+        server.spec.create_database()?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        self.spec.url()
+    }
+
+    /// Stops the server (fast shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        self.spec.stop(Duration::from_secs(20));
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = self.spec.start(RunAs::postgres_if_root()?, Lifetime::Owned)?;
+        Ok(())
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
