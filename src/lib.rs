@@ -53,8 +53,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let health = Arc::new(ProducerHealth::default());
     let producer = create_producer(&config.kafka, metrics.clone(), health.clone())
         .with_context(|| format!("creating the Kafka producer for {}", config.kafka.brokers))?;
+    let (kafka, m, h) = (config.kafka.clone(), metrics.clone(), health.clone());
     let sink = Sink::Kafka {
         producer,
+        factory: Box::new(move || create_producer(&kafka, m.clone(), h.clone())),
+        health: health.clone(),
         topic: config.kafka.topic.clone(),
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),
     };
@@ -83,7 +86,6 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         metrics: metrics.clone(),
     });
     let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
-    let producer = sink.producer().cloned();
     let sink_arbiter = Arbiter::new();
     let (mailbox, retry_after) = (config.http.mailbox_capacity, config.http.retry_after_secs);
     let sink = Supervisor::start_in_arbiter(&sink_arbiter.handle(), move |_| KafkaSink::new(sink, mailbox, retry_after));
@@ -94,7 +96,6 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         limits,
         metrics,
         health,
-        producer,
         max_body_bytes: config.http.max_body_bytes,
         trusted_proxies: config.http.trusted_proxies.clone(),
         produce_deadline: Duration::from_millis(config.http.produce_deadline_ms),

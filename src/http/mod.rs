@@ -28,7 +28,8 @@ use self::error::IngestError;
 use self::limits::RateLimits;
 use self::receipt::{Accepted, BatchSummary, Receive, ReceiptPool};
 use crate::produce::kafka::now_ms;
-use crate::produce::{KafkaSink, Produce, ProducerHealth, StatsContext};
+use crate::produce::sink::InFlight;
+use crate::produce::{KafkaSink, Produce, ProducerHealth};
 use crate::telemetry::Metrics;
 
 /// Everything the handlers share.
@@ -39,8 +40,6 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProducerHealth>,
-    /// Producer handle for `/readyz` (None with the discard sink).
-    pub producer: Option<rdkafka::producer::FutureProducer<StatsContext>>,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpAddr>,
     pub produce_deadline: Duration,
@@ -174,12 +173,15 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let Some(producer) = &state.producer else {
-        return HttpResponse::Ok().json(json!({ "ready": true, "sink": "discard" }));
+    let queued = match tokio::time::timeout(Duration::from_secs(2), state.sink.send(InFlight)).await {
+        Ok(Ok(Some(n))) => n,
+        Ok(Ok(None)) => return HttpResponse::Ok().json(json!({ "ready": true, "sink": "discard" })),
+        _ => {
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({ "ready": false, "reason": "the producer actor does not answer" }))
+        }
     };
-    use rdkafka::producer::Producer;
     let broker_up = state.health.broker_up(state.stats_max_age_ms);
-    let queued = producer.in_flight_count().max(0) as u64;
     let saturated = queued * 10 >= state.queue_max_messages as u64 * 9;
     let ready = broker_up && !saturated;
     let body = json!({

@@ -20,6 +20,8 @@ use crate::telemetry::Metrics;
 pub struct ProducerHealth {
     broker_up: AtomicBool,
     stats_at_ms: AtomicI64,
+    /// Set when librdkafka reports a fatal error (the producer is unusable).
+    fatal: AtomicBool,
 }
 
 impl ProducerHealth {
@@ -27,6 +29,13 @@ impl ProducerHealth {
     pub fn broker_up(&self, max_age_ms: i64) -> bool {
         let age = now_ms() - self.stats_at_ms.load(Ordering::Relaxed);
         self.broker_up.load(Ordering::Relaxed) && age <= max_age_ms
+    }
+}
+
+impl ProducerHealth {
+    /// Takes (and clears) the fatal-error flag.
+    pub fn take_fatal(&self) -> bool {
+        self.fatal.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -65,6 +74,17 @@ impl ClientContext for StatsContext {
         m.kafka_tx_errors.set(errors as i64);
         self.health.broker_up.store(up, Ordering::Relaxed);
         self.health.stats_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            // Idempotent producers go fatal on sequence errors (for example a
+            // broker that lost producer state); the sink recreates the producer.
+            tracing::error!(%error, reason, "Fatal producer error; the producer will be recreated.");
+            self.health.fatal.store(true, Ordering::Release);
+        } else {
+            tracing::warn!(%error, reason, "Kafka client error.");
+        }
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {

@@ -13,8 +13,14 @@ use crate::http::error::IngestError;
 
 /// Where records go.
 pub enum Sink {
-    /// The Kafka topics (production).
-    Kafka { producer: FutureProducer<StatsContext>, topic: String, dead_letter_topic: String },
+    /// The Kafka topics (production). `factory` recreates the producer after a fatal error.
+    Kafka {
+        producer: FutureProducer<StatsContext>,
+        factory: Box<dyn Fn() -> Result<FutureProducer<StatsContext>, rdkafka::error::KafkaError> + Send>,
+        health: std::sync::Arc<super::ProducerHealth>,
+        topic: String,
+        dead_letter_topic: String,
+    },
     /// Acknowledges at once and keeps nothing: for benchmarking receipt without a broker.
     Discard,
 }
@@ -30,16 +36,29 @@ impl Sink {
 
     /// Records not yet acknowledged by the broker.
     pub fn in_flight(&self) -> i32 {
+        self.producer_in_flight().unwrap_or(0) as i32
+    }
+
+    fn producer_in_flight(&self) -> Option<u64> {
         match self {
-            Sink::Kafka { producer, .. } => producer.in_flight_count(),
-            Sink::Discard => 0,
+            Sink::Kafka { producer, .. } => Some(producer.in_flight_count().max(0) as u64),
+            Sink::Discard => None,
         }
     }
 
-    pub fn producer(&self) -> Option<&FutureProducer<StatsContext>> {
-        match self {
-            Sink::Kafka { producer, .. } => Some(producer),
-            Sink::Discard => None,
+    /// Replaces a producer that went fatal (its queued records fail; their
+    /// requests answer 503 and the tracker retries with the same batch id).
+    fn recover(&mut self) {
+        if let Sink::Kafka { producer, factory, health, .. } = self {
+            if health.take_fatal() {
+                match factory() {
+                    Ok(p) => {
+                        *producer = p;
+                        tracing::warn!("Producer recreated after a fatal error.");
+                    }
+                    Err(e) => tracing::error!(error = %e, "Cannot recreate the producer."),
+                }
+            }
         }
     }
 }
@@ -175,6 +194,7 @@ impl Handler<Produce> for KafkaSink {
     type Result = Result<Pending, IngestError>;
 
     fn handle(&mut self, Produce(batch): Produce, _ctx: &mut Context<Self>) -> Self::Result {
+        self.sink.recover();
         let enqueued_at = Instant::now();
         let mut acks = Vec::with_capacity(2);
         if let Some(record) = &batch.record {
@@ -184,6 +204,21 @@ impl Handler<Produce> for KafkaSink {
             acks.push(self.enqueue(dead_letter_topic, &batch, dead, "dead_letter.v1")?);
         }
         Ok(Pending { acks, enqueued_at })
+    }
+}
+
+/// Message: how many records wait for the broker (for `/readyz`); `None` for the discard sink.
+pub struct InFlight;
+
+impl Message for InFlight {
+    type Result = Option<u64>;
+}
+
+impl Handler<InFlight> for KafkaSink {
+    type Result = Option<u64>;
+
+    fn handle(&mut self, _: InFlight, _ctx: &mut Context<Self>) -> Self::Result {
+        self.sink.producer_in_flight()
     }
 }
 

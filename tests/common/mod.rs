@@ -1,0 +1,318 @@
+//! Test harness: real PostgreSQL and the real broker on free loopback ports in
+//! temp dirs (the same helpers `chronos start` uses), chronosd as a process,
+//! and a plain rdkafka consumer to read back what landed.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use chronos::stack::broker::{self, BrokerServer};
+use chronos::stack::process::{http_get, wait_for_port};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+pub const KEY: &str = "wk_test_0123456789abcdef";
+pub const ORIGIN: &str = "https://shop.example.com";
+
+/// A temp dir other accounts can traverse (PostgreSQL runs as `postgres` under root).
+pub fn temp_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("chronos-test-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A unique topic name for one test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A broker with the events and dead-letter topics of one test.
+pub struct Kafka {
+    pub server: BrokerServer,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl Kafka {
+    pub fn start(partitions: i32) -> Kafka {
+        let dir = temp_dir();
+        let server = BrokerServer::start_in(dir.path()).expect("start the broker");
+        let k = Kafka { server, topic: unique("events"), dead_letter_topic: unique("dead"), partitions, _dir: dir };
+        broker::create_topics(&k.kafka_config(), Duration::from_secs(60)).expect("create topics");
+        k
+    }
+
+    pub fn kafka_config(&self) -> chronos::config::KafkaConfig {
+        chronos::config::KafkaConfig {
+            brokers: self.server.bootstrap(),
+            topic: self.topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            partitions: self.partitions,
+            ..Default::default()
+        }
+    }
+
+    /// Every record of `topic`, waiting until `at_least` arrived (or the timeout).
+    pub fn read_all(&self, topic: &str, at_least: usize, timeout: Duration) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.server.bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let until = Instant::now() + timeout;
+        // Keep reading a little after reaching the count, so extras would show.
+        let mut settle: Option<Instant> = None;
+        while Instant::now() < until {
+            if out.len() >= at_least {
+                let s = *settle.get_or_insert_with(|| Instant::now() + Duration::from_millis(1500));
+                if Instant::now() > s {
+                    break;
+                }
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: serde_json::from_slice(m.payload().unwrap_or_default()).expect("record value is JSON"),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => panic!("consumer error: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Records in `topic` per the broker's high watermarks.
+    pub fn count(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", self.server.bootstrap()).create().unwrap();
+        (0..self.partitions)
+            .map(|p| {
+                let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+                hi - lo
+            })
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Value,
+    pub headers: HashMap<String, String>,
+}
+
+/// chronosd config for tests: one browser key, one server-side key.
+pub fn config_toml(kafka: &Kafka, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[http]
+listen = "127.0.0.1:{port}"
+workers = 2
+receipt_threads = 2
+trusted_proxies = ["127.0.0.1"]
+produce_deadline_ms = 4000
+retry_after_secs = 1
+shutdown_grace_secs = 10
+
+[[keys]]
+id = "shop"
+key = "{KEY}"
+origins = ["shop.example.com", "*.blog.example.com"]
+
+[[keys]]
+id = "backend"
+key = "wk_backend_0123456789abcdef"
+origins = []
+allow_no_origin = true
+
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+dead_letter_topic = "{dead}"
+partitions = {partitions}
+message_timeout_ms = 3000
+request_timeout_ms = 2000
+linger_ms = 2
+statistics_interval_ms = 500
+extra = {{ "reconnect.backoff.max.ms" = "500" }}
+{extra}
+"#,
+        brokers = kafka.server.bootstrap(),
+        topic = kafka.topic,
+        dead = kafka.dead_letter_topic,
+        partitions = kafka.partitions,
+    )
+}
+
+/// chronosd running as a process, the way systemd runs it.
+pub struct Chronosd {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Chronosd {
+    /// Writes `toml` to a file and starts `chronosd --config FILE`; waits for /healthz.
+    pub fn start(toml: &str) -> Chronosd {
+        let dir = temp_dir();
+        let config = dir.path().join("chronos.toml");
+        std::fs::write(&config, toml).unwrap();
+        let parsed = chronos::config::Config::from_toml(toml).expect("test config is valid");
+        let log = dir.path().join("chronosd.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chronosd"))
+            .arg("--config")
+            .arg(&config)
+            .env("CHRONOS_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn chronosd");
+        let d = Chronosd { child: Some(child), addr: parsed.http.listen, log, _dir: dir };
+        let running = {
+            let pid = d.pid();
+            move || chronos::stack::process::alive(pid)
+        };
+        wait_for_port(d.addr, Duration::from_secs(20), running).unwrap_or_else(|e| panic!("chronosd: {e}\n{}", d.log_text()));
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until /readyz says ready.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = http_get(self.addr, "/readyz", Duration::from_secs(2)) {
+                return;
+            }
+            assert!(Instant::now() < until, "chronosd not ready within {timeout:?}\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    /// Resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Chronosd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A valid batch of `n` events cycling through every built-in type.
+pub fn batch(session: &str, n: usize) -> Value {
+    let t = now_ms();
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = t - 1000 + i as i64;
+            match i % 6 {
+                0 => json!(["pageviews", t, "load", "https://ref.example.org/"]),
+                1 => json!(["clicks", t, "BUTTON", 1, i, i * 2, "main>button.buy"]),
+                2 => json!(["link_clicks", t, "Docs \"quoted\" é", "https://shop.example.com/docs"]),
+                3 => json!(["mouse_moves", t, i, 300]),
+                4 => json!(["key_presses", t, null, "INPUT"]),
+                _ => json!(["form_submissions", t, "signup", "/join", ["email", "plan"]]),
+            }
+        })
+        .collect();
+    json!({
+        "v": 1,
+        "key": KEY,
+        "batch": uuid::Uuid::new_v4().to_string(),
+        "sent_at": t,
+        "session": session,
+        "page": {"url": "https://shop.example.com/cart", "title": "Cart", "language": "en-GB", "cookies_enabled": true},
+        "events": events,
+    })
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// POSTs a batch as sendBeacon does (text/plain) from `ORIGIN`, from client IP `ip`.
+pub fn post(c: &reqwest::blocking::Client, d: &Chronosd, body: &Value, ip: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    post_raw(c, d, body.to_string().into_bytes(), &[("Content-Type", "text/plain;charset=UTF-8"), ("Origin", ORIGIN), ("X-Forwarded-For", ip)])
+}
+
+pub fn post_raw(c: &reqwest::blocking::Client, d: &Chronosd, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = c.post(d.url("/v1/batch")).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = req.send().expect("request");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text}"));
+    (status, value, headers)
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
