@@ -296,6 +296,7 @@ impl Config {
             ("limits.per_ip_per_sec", self.limits.per_ip_per_sec as u64),
             ("limits.max_string_bytes", self.limits.max_string_bytes as u64),
             ("limits.max_session_bytes", self.limits.max_session_bytes as u64),
+            ("limits.max_page_keys", self.limits.max_page_keys as u64),
             ("kafka.partitions", self.kafka.partitions.max(0) as u64),
             ("kafka.replication", self.kafka.replication.max(0) as u64),
             ("kafka.queue_max_messages", self.kafka.queue_max_messages as u64),
@@ -398,6 +399,7 @@ const MANAGED_KAFKA_KEYS: &[&str] = &[
     "delivery.timeout.ms",
     "request.timeout.ms",
     "statistics.interval.ms",
+    "message.max.bytes",
 ];
 
 fn describe(e: &figment::Error) -> String {

@@ -51,12 +51,13 @@ use crate::telemetry::Metrics;
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProducerHealth::default());
-    let producer = create_producer(&config.kafka, metrics.clone(), health.clone())
+    let max_record = produce::kafka::max_record_bytes(config.http.max_decompressed_bytes, config.http.max_events_per_batch);
+    let producer = create_producer(&config.kafka, max_record, metrics.clone(), health.clone())
         .with_context(|| format!("creating the Kafka producer for {}", config.kafka.brokers))?;
     let (kafka, m, h) = (config.kafka.clone(), metrics.clone(), health.clone());
     let sink = Sink::Kafka {
         producer,
-        factory: Box::new(move || create_producer(&kafka, m.clone(), h.clone())),
+        factory: Box::new(move || create_producer(&kafka, max_record, m.clone(), h.clone())),
         health: health.clone(),
         topic: config.kafka.topic.clone(),
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),

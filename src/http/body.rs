@@ -20,7 +20,8 @@ impl Encoding {
     /// From the `Content-Encoding` header.
     pub fn from_header(value: Option<&str>) -> Result<Self, IngestError> {
         match value.map(str::trim) {
-            None | Some("") | Some("identity") => Ok(Encoding::Identity),
+            None | Some("") => Ok(Encoding::Identity),
+            Some(v) if v.eq_ignore_ascii_case("identity") => Ok(Encoding::Identity),
             Some(v) if v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip") => Ok(Encoding::Gzip),
             Some(v) => Err(IngestError::UnsupportedEncoding(v.chars().take(64).collect())),
         }
@@ -38,7 +39,7 @@ pub async fn read_capped(
     }
     let mut body = Vec::with_capacity(content_length.unwrap_or(8 * 1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| IngestError::BadGzip("connection closed while reading the body".into()))?;
+        let chunk = chunk.map_err(|e| IngestError::IncompleteBody(e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(IngestError::BodyTooLarge { limit });
         }

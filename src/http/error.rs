@@ -14,6 +14,8 @@ pub enum IngestError {
     BodyTooLarge { limit: usize },
     #[error("decompressed body is larger than the limit of {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    #[error("the request body ended early: {0}")]
+    IncompleteBody(String),
     #[error("body is not valid gzip: {0}")]
     BadGzip(String),
     #[error("Content-Encoding `{0}` is not supported (send gzip or no encoding)")]
@@ -51,6 +53,7 @@ impl IngestError {
         match self {
             BodyTooLarge { .. } => "body_too_large",
             DecompressedTooLarge { .. } => "decompressed_too_large",
+            IncompleteBody(_) => "incomplete_body",
             BadGzip(_) => "bad_gzip",
             UnsupportedEncoding(_) => "unsupported_encoding",
             UnsupportedMediaType(_) => "unsupported_media_type",
@@ -87,7 +90,7 @@ impl ResponseError for IngestError {
         use IngestError::*;
         match self {
             BodyTooLarge { .. } | DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BadGzip(_) | Payload(_) => StatusCode::BAD_REQUEST,
+            IncompleteBody(_) | BadGzip(_) | Payload(_) => StatusCode::BAD_REQUEST,
             UnsupportedEncoding(_) | UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UnknownKey => StatusCode::UNAUTHORIZED,
             OriginNotAllowed { .. } | MissingOrigin { .. } => StatusCode::FORBIDDEN,

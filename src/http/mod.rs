@@ -113,19 +113,20 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
     };
     let overloaded = || IngestError::Overloaded { retry_after: state.retry_after };
 
-    // Bounded mailboxes: `send` waits for room, up to the deadline.
+    // One deadline for the whole request. Bounded mailboxes: `send` waits for room.
+    let deadline = tokio::time::Instant::now() + state.produce_deadline;
     state.metrics.receipt_in_flight.inc();
-    let read = tokio::time::timeout(state.produce_deadline, state.receipts.pick().send(msg)).await;
+    let read = tokio::time::timeout_at(deadline, state.receipts.pick().send(msg)).await;
     state.metrics.receipt_in_flight.dec();
     let accepted = read.map_err(|_| overloaded())?.map_err(|_| IngestError::Internal)??;
 
     let Accepted { summary, batch } = accepted;
-    let sent = tokio::time::timeout(state.produce_deadline, state.sink.send(Produce(batch))).await;
+    let sent = tokio::time::timeout_at(deadline, state.sink.send(Produce(batch))).await;
     let pending = sent
         .map_err(|_| overloaded())?
         .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })??;
     let enqueued_at = pending.enqueued_at;
-    pending.acknowledged(state.produce_deadline, state.retry_after).await?;
+    pending.acknowledged(deadline, state.retry_after).await?;
 
     state.metrics.produce_latency.observe(enqueued_at.elapsed().as_secs_f64());
     state.metrics.batches_produced.inc();
@@ -140,6 +141,7 @@ fn cors_headers(res: &mut HttpResponse, origin: &str) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
 }
 
 /// CORS preflight: allowed when some write key allows the origin (the key is in

@@ -40,6 +40,9 @@ impl<'v> Envelope<'v> {
         if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
             return Err(invalid(k, format!("unknown field (a v1 batch has {})", FIELDS.join(", "))));
         }
+        if let Some(k) = first_duplicate(obj.keys().map(|k| k.as_ref())) {
+            return Err(invalid(k, "appears twice"));
+        }
         let field = |name: &str| obj.get(name).ok_or_else(|| invalid(name, "missing"));
 
         match field("v")?.as_u64() {
@@ -90,6 +93,9 @@ fn check_page(page: &Value<'_>, limits: &PayloadLimits) -> Result<(), PayloadErr
     if obj.len() > limits.max_page_keys {
         return Err(invalid("page", format!("{} keys is over the limit of {}", obj.len(), limits.max_page_keys)));
     }
+    if let Some(k) = first_duplicate(obj.keys().map(|k| k.as_ref())) {
+        return Err(invalid(&format!("page.{}", truncate(k, 64)), "appears twice"));
+    }
     match obj.get("url").and_then(|u| u.as_str()) {
         Some(u) if !u.is_empty() => {}
         _ => return Err(invalid("page.url", "missing or not a non-empty string")),
@@ -111,6 +117,18 @@ fn check_page(page: &Value<'_>, limits: &PayloadLimits) -> Result<(), PayloadErr
         }
     }
     Ok(())
+}
+
+/// The first key seen twice (objects here are small: a quadratic scan beats hashing).
+fn first_duplicate<'k>(keys: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+    let mut seen: Vec<&'k str> = Vec::with_capacity(8);
+    for k in keys {
+        if seen.contains(&k) {
+            return Some(k);
+        }
+        seen.push(k);
+    }
+    None
 }
 
 pub(super) fn truncate(s: &str, max: usize) -> &str {
@@ -179,5 +197,7 @@ mod tests {
         assert_eq!(path_of(&GOOD.replace(r#"[["clicks",1764000000000]]"#, "[1,2,3,4]")), "events");
         assert_eq!(path_of(&GOOD.replace(r#""v":1"#, r#""v":1,"extra":0"#)), "extra");
         assert_eq!(path_of("[1]"), "$");
+        assert_eq!(path_of(&GOOD.replace(r#""session":"s1""#, r#""session":"s1","session":"s2""#)), "session");
+        assert_eq!(path_of(&GOOD.replace(r#"{"url":"https://x.test/""#, r#"{"url":"https://x.test/","url":"""#)), "page.url");
     }
 }

@@ -98,8 +98,15 @@ impl ClientContext for StatsContext {
     }
 }
 
+/// Largest record a batch can produce: the decompressed body, plus per-event
+/// reasons in dead letters, plus the server's fields.
+pub fn max_record_bytes(max_decompressed_bytes: usize, max_events: usize) -> usize {
+    max_decompressed_bytes + max_events * 320 + 64 * 1024
+}
+
 /// Every librdkafka producer setting chronosd uses, from config.
-pub fn producer_config(c: &KafkaConfig) -> ClientConfig {
+/// `max_record` is `max_record_bytes(…)` of the HTTP caps.
+pub fn producer_config(c: &KafkaConfig, max_record: usize) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &c.brokers)
         .set("client.id", "chronosd")
@@ -113,7 +120,8 @@ pub fn producer_config(c: &KafkaConfig) -> ClientConfig {
         .set("queue.buffering.max.kbytes", c.queue_max_kbytes.to_string())
         .set("message.timeout.ms", c.message_timeout_ms.to_string())
         .set("request.timeout.ms", c.request_timeout_ms.min(c.message_timeout_ms).to_string())
-        .set("statistics.interval.ms", c.statistics_interval_ms.to_string());
+        .set("statistics.interval.ms", c.statistics_interval_ms.to_string())
+        .set("message.max.bytes", max_record.to_string());
     for (k, v) in &c.extra {
         cc.set(k, v);
     }
@@ -123,10 +131,11 @@ pub fn producer_config(c: &KafkaConfig) -> ClientConfig {
 /// Creates the producer (it connects in the background).
 pub fn create_producer(
     c: &KafkaConfig,
+    max_record: usize,
     metrics: Arc<Metrics>,
     health: Arc<ProducerHealth>,
 ) -> Result<FutureProducer<StatsContext>, KafkaError> {
-    producer_config(c).create_with_context(StatsContext { metrics, health })
+    producer_config(c, max_record).create_with_context(StatsContext { metrics, health })
 }
 
 /// What a producer error means for the request that caused it.
@@ -148,8 +157,10 @@ pub fn classify(err: &KafkaError) -> Disposition {
         Some(
             MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | TopicAuthorizationFailed
             | ClusterAuthorizationFailed | InvalidRecord | InvalidTopic | UnsupportedVersion
-            | InvalidRequiredAcks | Fatal | SaslAuthenticationFailed | Authentication,
+            | InvalidRequiredAcks | SaslAuthenticationFailed | Authentication,
         ) => Disposition::Permanent,
+        // Fatal (an idempotent producer's sequence broke) is transient here:
+        // the sink recreates the producer and the tracker retries the batch.
         _ => Disposition::Transient,
     }
 }
@@ -166,13 +177,15 @@ mod tests {
         assert_eq!(classify(&e(RDKafkaErrorCode::BrokerTransportFailure)), Disposition::Transient);
         assert_eq!(classify(&e(RDKafkaErrorCode::NotEnoughReplicas)), Disposition::Transient);
         assert_eq!(classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Disposition::Transient);
         assert_eq!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)), Disposition::Permanent);
         assert_eq!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)), Disposition::Permanent);
     }
 
     #[test]
     fn every_setting_is_explicit() {
-        let cc = producer_config(&KafkaConfig::default());
+        let cc = producer_config(&KafkaConfig::default(), 2_000_000);
+        assert_eq!(cc.get("message.max.bytes"), Some("2000000"));
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("compression.type"), Some("zstd"));

@@ -95,7 +95,7 @@ pub struct Pending {
 
 impl Pending {
     /// Resolves when the broker acknowledged every record, or fails (never early).
-    pub async fn acknowledged(self, deadline: Duration, retry_after: u64) -> Result<(), IngestError> {
+    pub async fn acknowledged(self, deadline: tokio::time::Instant, retry_after: u64) -> Result<(), IngestError> {
         let wait = async {
             for ack in self.acks {
                 if let Ack::Kafka(fut) = ack {
@@ -113,7 +113,7 @@ impl Pending {
             }
             Ok(())
         };
-        match tokio::time::timeout(deadline, wait).await {
+        match tokio::time::timeout_at(deadline, wait).await {
             Ok(result) => result,
             Err(_) => Err(IngestError::BrokerTimeout { retry_after }),
         }

@@ -1,0 +1,138 @@
+//! Property tests for parse → validate → encode (no services needed).
+
+use std::sync::Arc;
+
+use chronos::config::Config;
+use chronos::http::body::Encoding;
+use chronos::http::error::IngestError;
+use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
+use chronos::http::{auth::KeyRing, limits::RateLimits};
+use chronos::payload::PayloadLimits;
+use chronos::telemetry::Metrics;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "wk_prop_0123456789abcdef";
+
+fn shared() -> ReceiptShared {
+    let c = Config::from_toml(&format!(
+        "[limits]\nper_key_per_sec = 1000000000\nper_key_burst = 1000000000\n\
+         [[keys]]\nid = \"p\"\nkey = \"{KEY}\"\norigins = [\"example.com\"]\nallow_no_origin = true\n"
+    ))
+    .unwrap();
+    ReceiptShared {
+        catalog: chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
+        keys: KeyRing::from_config(&c.keys),
+        limits: Arc::new(RateLimits::new(&c.limits)),
+        payload_limits: PayloadLimits::from_config(&c),
+        max_decompressed_bytes: 1 << 20,
+        max_reasons: 5,
+        metrics: Arc::new(Metrics::new()),
+    }
+}
+
+fn receive(body: Vec<u8>) -> Receive {
+    Receive {
+        body,
+        encoding: Encoding::Identity,
+        origin: None,
+        client_ip: "203.0.113.0".parse().unwrap(),
+        user_agent: None,
+        received_at: 1_764_000_000_000,
+    }
+}
+
+/// Any string, including quotes, escapes, control characters and non-ASCII.
+fn text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 0..max).prop_map(|c| c.into_iter().collect::<String>())
+        .prop_filter("fits the byte cap", move |s| s.len() <= max)
+}
+
+fn time() -> impl Strategy<Value = i64> {
+    946_684_800_000i64..4_102_444_799_999
+}
+
+fn coord() -> impl Strategy<Value = i64> {
+    -1_000_000i64..=10_000_000
+}
+
+/// A valid event of a random built-in type.
+fn event() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (time(), text(16), proptest::option::of(text(64))).prop_map(|(t, n, r)| json!(["pageviews", t, n, r])),
+        (time(), text(64), 0i64..=31, coord(), coord(), proptest::option::of(text(100)))
+            .prop_map(|(t, e, b, x, y, s)| json!(["clicks", t, e, b, x, y, s])),
+        (time(), proptest::option::of(text(100)), proptest::option::of(text(100)))
+            .prop_map(|(t, l, h)| json!(["link_clicks", t, l, h])),
+        (time(), coord(), coord()).prop_map(|(t, x, y)| json!(["mouse_moves", t, x, y])),
+        (time(), proptest::option::of(text(32)), text(64)).prop_map(|(t, k, e)| json!(["key_presses", t, k, e])),
+        (time(), proptest::option::of(text(50)), proptest::option::of(text(50)), proptest::collection::vec(text(20), 0..8))
+            .prop_map(|(t, f, a, fields)| json!(["form_submissions", t, f, a, fields])),
+    ]
+}
+
+fn batch(events: Vec<Value>, title: String) -> Value {
+    json!({
+        "v": 1, "key": KEY, "batch": "0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e", "sent_at": 1_764_000_000_000i64,
+        "session": "s-1", "page": {"url": "https://example.com/", "title": title}, "events": events,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Valid events survive parse → validate → encode unchanged, in order.
+    #[test]
+    fn valid_batches_round_trip(events in proptest::collection::vec(event(), 1..60), title in text(200)) {
+        let sent = batch(events.clone(), title);
+        let a = read_batch(&shared(), receive(sent.to_string().into_bytes())).unwrap();
+        prop_assert_eq!(a.summary.accepted, events.len());
+        prop_assert_eq!(a.summary.rejected, 0);
+        prop_assert!(a.batch.dead_letter.is_none());
+        let record: Value = serde_json::from_slice(a.batch.record.as_ref().unwrap()).unwrap();
+        prop_assert_eq!(&record["events"], &Value::Array(events));
+        prop_assert_eq!(&record["page"], &sent["page"]);
+    }
+
+    /// One corrupted attribute rejects that event alone, with its position in the reason.
+    #[test]
+    fn a_corrupted_event_is_rejected_alone(
+        events in proptest::collection::vec(event(), 2..30),
+        pick in any::<prop::sample::Index>(),
+        junk in prop_oneof![Just(json!({"x": 1})), Just(json!([1, [2]])), Just(json!(1.5e300)), Just(json!(-1e18))],
+    ) {
+        let mut events = events;
+        let i = pick.index(events.len());
+        let n = events[i].as_array().unwrap().len();
+        events[i][n.max(3) - 1] = junk;
+        let a = read_batch(&shared(), receive(batch(events.clone(), "t".into()).to_string().into_bytes())).unwrap();
+        prop_assert_eq!(a.summary.accepted + a.summary.rejected, events.len());
+        prop_assert!(a.summary.rejected <= 1);
+        if a.summary.rejected == 1 {
+            let prefix = format!("events[{i}]");
+            prop_assert!(a.summary.reasons[0].starts_with(&prefix), "{}", a.summary.reasons[0]);
+            let dead: Value = serde_json::from_slice(a.batch.dead_letter.as_ref().unwrap()).unwrap();
+            prop_assert_eq!(&dead["rejected"][0]["event"], &events[i]);
+        }
+    }
+
+    /// Arbitrary bytes never panic: the answer is a batch or a specific 400.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        match read_batch(&shared(), receive(bytes)) {
+            Ok(_) | Err(IngestError::Payload(_)) | Err(IngestError::UnknownKey) => {}
+            Err(e) => prop_assert!(false, "unexpected error {e:?}"),
+        }
+    }
+
+    /// Truncating a valid batch anywhere gives a malformed-JSON error at an offset inside the body.
+    #[test]
+    fn truncation_names_an_offset_inside_the_body(events in proptest::collection::vec(event(), 1..10), cut in any::<prop::sample::Index>()) {
+        let text = batch(events, "t".into()).to_string().into_bytes();
+        let at = cut.index(text.len() - 1);
+        match read_batch(&shared(), receive(text[..at].to_vec())) {
+            Err(IngestError::Payload(chronos::payload::PayloadError::Malformed { offset, .. })) => prop_assert!(offset <= at),
+            other => prop_assert!(false, "cut at {at}: {other:?}"),
+        }
+    }
+}
