@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, EventTypeConfig};
 
 /// Environment variables with the `CHRONOS_` prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "tansu"];
+const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "tansu", "broker_log"];
 
 /// Everything chronosd and the chronos CLI read from the config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +163,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor when chronos creates the topics.
     pub replication: i32,
+    /// `enable.idempotence`: no duplicates or reordering from producer retries. Keep it on
+    /// with Apache Kafka. The local broker (tansu 0.6.0) stops serving after an
+    /// out-of-order sequence (one lost request), so the local stack turns it off.
+    pub idempotence: bool,
     /// `compression.type`: `zstd`, `lz4`, `gzip` or `none` (never snappy; see docs/kafka-record.md).
     pub compression: String,
     /// `linger.ms`.
@@ -193,6 +197,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "chronos.dead_letters".into(),
             partitions: 6,
             replication: 1,
+            idempotence: true,
             compression: "zstd".into(),
             linger_ms: 5,
             batch_num_messages: 10_000,

@@ -22,7 +22,12 @@ pub struct ProducerHealth {
     stats_at_ms: AtomicI64,
     /// Set when librdkafka reports a fatal error (the producer is unusable).
     fatal: AtomicBool,
+    /// Deliveries refused for the producer's own state (sequence, epoch) since the last reset.
+    state_errors: std::sync::atomic::AtomicU32,
 }
+
+/// Producer-state refusals in a row after which the producer is recreated.
+pub const STATE_ERRORS_BEFORE_RECREATE: u32 = 3;
 
 impl ProducerHealth {
     /// Whether some broker connection was UP in statistics no older than `max_age_ms`.
@@ -33,9 +38,27 @@ impl ProducerHealth {
 }
 
 impl ProducerHealth {
-    /// Takes (and clears) the fatal-error flag.
-    pub fn take_fatal(&self) -> bool {
-        self.fatal.swap(false, Ordering::AcqRel)
+    /// Counts a delivery refused for the producer's state (`Disposition::ProducerState`).
+    pub fn note_state_error(&self) {
+        self.state_errors.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a successful delivery (the producer is healthy).
+    pub fn note_delivered(&self) {
+        if self.state_errors.load(Ordering::Relaxed) != 0 {
+            self.state_errors.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether the producer must be recreated (fatal error, or its idempotence
+    /// state is refused again and again); clears the condition.
+    pub fn take_needs_recreate(&self) -> bool {
+        let stuck = self.state_errors.load(Ordering::Acquire) >= STATE_ERRORS_BEFORE_RECREATE;
+        let fatal = self.fatal.swap(false, Ordering::AcqRel);
+        if stuck || fatal {
+            self.state_errors.store(0, Ordering::Release);
+        }
+        stuck || fatal
     }
 }
 
@@ -111,7 +134,7 @@ pub fn producer_config(c: &KafkaConfig, max_record: usize) -> ClientConfig {
     cc.set("bootstrap.servers", &c.brokers)
         .set("client.id", "chronosd")
         .set("acks", "all")
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", c.idempotence.to_string())
         .set("compression.type", &c.compression)
         .set("linger.ms", c.linger_ms.to_string())
         .set("batch.num.messages", c.batch_num_messages.to_string())
@@ -145,6 +168,9 @@ pub enum Disposition {
     Saturated,
     /// A broker or network problem that may pass: 503, retry with backoff.
     Transient,
+    /// The broker refused the producer's idempotence state (sequence or epoch,
+    /// or a fatal error): 503, and the producer is recreated if it persists.
+    ProducerState,
     /// Retrying the same record cannot succeed (too large, not authorised…): alert.
     Permanent,
 }
@@ -154,13 +180,18 @@ pub fn classify(err: &KafkaError) -> Disposition {
     use RDKafkaErrorCode::*;
     match err.rdkafka_error_code() {
         Some(QueueFull) => Disposition::Saturated,
+        // A fresh producer (new producer id) gets past a broker that lost or
+        // rejects this one's sequence state; `Unknown` is how some
+        // Kafka-protocol brokers report it.
+        Some(
+            Fatal | OutOfOrderSequenceNumber | InvalidProducerEpoch | UnknownProducerId | InvalidProducerIdMapping
+            | ProducerFenced | Unknown,
+        ) => Disposition::ProducerState,
         Some(
             MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | TopicAuthorizationFailed
             | ClusterAuthorizationFailed | InvalidRecord | InvalidTopic | UnsupportedVersion
             | InvalidRequiredAcks | SaslAuthenticationFailed | Authentication,
         ) => Disposition::Permanent,
-        // Fatal (an idempotent producer's sequence broke) is transient here:
-        // the sink recreates the producer and the tracker retries the batch.
         _ => Disposition::Transient,
     }
 }
@@ -170,6 +201,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recreate_after_repeated_state_errors_or_a_fatal_one() {
+        let h = ProducerHealth::default();
+        h.note_state_error();
+        h.note_state_error();
+        assert!(!h.take_needs_recreate());
+        h.note_delivered();
+        for _ in 0..STATE_ERRORS_BEFORE_RECREATE {
+            h.note_state_error();
+        }
+        assert!(h.take_needs_recreate());
+        assert!(!h.take_needs_recreate(), "cleared");
+        h.fatal.store(true, Ordering::Release);
+        assert!(h.take_needs_recreate());
+    }
+
+    #[test]
     fn classification() {
         let e = |code| KafkaError::MessageProduction(code);
         assert_eq!(classify(&e(RDKafkaErrorCode::QueueFull)), Disposition::Saturated);
@@ -177,7 +224,9 @@ mod tests {
         assert_eq!(classify(&e(RDKafkaErrorCode::BrokerTransportFailure)), Disposition::Transient);
         assert_eq!(classify(&e(RDKafkaErrorCode::NotEnoughReplicas)), Disposition::Transient);
         assert_eq!(classify(&e(RDKafkaErrorCode::UnknownTopicOrPartition)), Disposition::Transient);
-        assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Disposition::Transient);
+        assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Disposition::ProducerState);
+        assert_eq!(classify(&e(RDKafkaErrorCode::OutOfOrderSequenceNumber)), Disposition::ProducerState);
+        assert_eq!(classify(&e(RDKafkaErrorCode::Unknown)), Disposition::ProducerState);
         assert_eq!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)), Disposition::Permanent);
         assert_eq!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)), Disposition::Permanent);
     }

@@ -2,6 +2,7 @@
 //! producer. It only enqueues (never blocks its thread); the request awaits
 //! the broker's acknowledgement itself, under a deadline.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -9,6 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::kafka::{classify, Disposition, StatsContext};
+use super::ProducerHealth;
 use crate::http::error::IngestError;
 
 /// Where records go.
@@ -17,7 +19,7 @@ pub enum Sink {
     Kafka {
         producer: FutureProducer<StatsContext>,
         factory: Box<dyn Fn() -> Result<FutureProducer<StatsContext>, rdkafka::error::KafkaError> + Send>,
-        health: std::sync::Arc<super::ProducerHealth>,
+        health: Arc<ProducerHealth>,
         topic: String,
         dead_letter_topic: String,
     },
@@ -46,15 +48,18 @@ impl Sink {
         }
     }
 
-    /// Replaces a producer that went fatal (its queued records fail; their
-    /// requests answer 503 and the tracker retries with the same batch id).
+    /// Replaces a producer that went fatal or whose idempotence state the
+    /// broker keeps refusing (its queued records fail; their requests answer
+    /// 503 and the tracker retries with the same batch id).
     fn recover(&mut self) {
         if let Sink::Kafka { producer, factory, health, .. } = self {
-            if health.take_fatal() {
+            if health.take_needs_recreate() {
                 match factory() {
                     Ok(p) => {
-                        *producer = p;
-                        tracing::warn!("Producer recreated after a fatal error.");
+                        let old = std::mem::replace(producer, p);
+                        // Dropping purges and joins librdkafka's threads: not on this thread.
+                        std::thread::spawn(move || drop(old));
+                        tracing::warn!("Producer recreated (fatal error or repeated producer-state refusals).");
                     }
                     Err(e) => tracing::error!(error = %e, "Cannot recreate the producer."),
                 }
@@ -90,6 +95,7 @@ pub enum Ack {
 /// The acknowledgements a request waits for before answering 2xx.
 pub struct Pending {
     acks: Vec<Ack>,
+    health: Option<Arc<ProducerHealth>>,
     pub enqueued_at: Instant,
 }
 
@@ -100,8 +106,19 @@ impl Pending {
             for ack in self.acks {
                 if let Ack::Kafka(fut) = ack {
                     match fut.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((err, _))) => return Err(to_ingest_error(&err, retry_after)),
+                        Ok(Ok(_)) => {
+                            if let Some(h) = &self.health {
+                                h.note_delivered();
+                            }
+                        }
+                        Ok(Err((err, _))) => {
+                            if classify(&err) == Disposition::ProducerState {
+                                if let Some(h) = &self.health {
+                                    h.note_state_error();
+                                }
+                            }
+                            return Err(to_ingest_error(&err, retry_after));
+                        }
                         Err(_canceled) => {
                             return Err(IngestError::BrokerUnavailable {
                                 reason: "producer closed".into(),
@@ -123,7 +140,9 @@ impl Pending {
 fn to_ingest_error(err: &rdkafka::error::KafkaError, retry_after: u64) -> IngestError {
     match classify(err) {
         Disposition::Saturated => IngestError::Overloaded { retry_after },
-        Disposition::Transient => IngestError::BrokerUnavailable { reason: err.to_string(), retry_after },
+        Disposition::Transient | Disposition::ProducerState => {
+            IngestError::BrokerUnavailable { reason: err.to_string(), retry_after }
+        }
         Disposition::Permanent => {
             tracing::error!(error = %err, "Broker refused a batch for good; it was not stored.");
             IngestError::BrokerRejected(err.to_string())
@@ -203,7 +222,11 @@ impl Handler<Produce> for KafkaSink {
         if let Some(dead) = &batch.dead_letter {
             acks.push(self.enqueue(dead_letter_topic, &batch, dead, "dead_letter.v1")?);
         }
-        Ok(Pending { acks, enqueued_at })
+        let health = match &self.sink {
+            Sink::Kafka { health, .. } => Some(health.clone()),
+            Sink::Discard => None,
+        };
+        Ok(Pending { acks, health, enqueued_at })
     }
 }
 

@@ -40,22 +40,25 @@ pub struct BrokerSpec {
     pub binary: PathBuf,
     pub data_dir: PathBuf,
     pub port: u16,
+    /// Port advertised to clients in metadata (differs from `port` behind a proxy).
+    pub advertised_port: u16,
     pub log: PathBuf,
 }
 
 impl BrokerSpec {
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised_port)
     }
 
     /// Starts the broker and waits for its port.
     pub fn start(&self, lifetime: Lifetime) -> Result<Child> {
         std::fs::create_dir_all(&self.data_dir)?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let mut cmd = Command::new(&self.binary);
         cmd.current_dir(&self.data_dir)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .env("RUST_LOG", std::env::var("CHRONOS_BROKER_LOG").unwrap_or_else(|_| "warn".into()));
         let mut child = process::spawn(cmd, &self.log, None, lifetime)?;
@@ -90,10 +93,18 @@ pub struct BrokerServer {
 impl BrokerServer {
     /// Starts a broker on a free port with its data in `dir`.
     pub fn start_in(dir: &Path) -> Result<Self> {
+        let port = process::free_port();
+        Self::start_advertising(dir, port, port)
+    }
+
+    /// Starts a broker on `port` that tells clients to connect to `advertised_port`
+    /// (a proxy in front of it, for fault-injection tests).
+    pub fn start_advertising(dir: &Path, port: u16, advertised_port: u16) -> Result<Self> {
         let spec = BrokerSpec {
             binary: find_binary("")?,
             data_dir: dir.join("broker"),
-            port: process::free_port(),
+            port,
+            advertised_port,
             log: dir.join("broker.log"),
         };
         let child = spec.start(Lifetime::Owned)?;
@@ -112,20 +123,6 @@ impl BrokerServer {
         }
     }
 
-    /// Pauses the broker (SIGSTOP): connections stay open but nothing answers.
-    pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
-        }
-    }
-
-    /// Resumes a paused broker (SIGCONT).
-    pub fn resume(&self) {
-        if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
-        }
-    }
-
     /// Starts the broker again on the same port and data.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
@@ -136,7 +133,6 @@ impl BrokerServer {
 
 impl Drop for BrokerServer {
     fn drop(&mut self) {
-        self.resume();
         self.kill();
     }
 }

@@ -3,6 +3,8 @@
 //! and a plain rdkafka consumer to read back what landed.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ pub struct Kafka {
     pub topic: String,
     pub dead_letter_topic: String,
     pub partitions: i32,
+    /// Present when every client reaches the broker through a `FaultProxy`.
+    pub proxy: Option<proxy::FaultProxy>,
     _dir: tempfile::TempDir,
 }
 
@@ -45,9 +49,31 @@ impl Kafka {
     pub fn start(partitions: i32) -> Kafka {
         let dir = temp_dir();
         let server = BrokerServer::start_in(dir.path()).expect("start the broker");
-        let k = Kafka { server, topic: unique("events"), dead_letter_topic: unique("dead"), partitions, _dir: dir };
+        Self::with_topics(server, None, partitions, dir)
+    }
+
+    /// A broker that clients reach only through a proxy that can freeze traffic.
+    pub fn start_behind_proxy(partitions: i32) -> Kafka {
+        let dir = temp_dir();
+        let port = chronos::stack::process::free_port();
+        let proxy = proxy::FaultProxy::start(port);
+        let server = BrokerServer::start_advertising(dir.path(), port, proxy.port).expect("start the broker");
+        Self::with_topics(server, Some(proxy), partitions, dir)
+    }
+
+    fn with_topics(server: BrokerServer, proxy: Option<proxy::FaultProxy>, partitions: i32, dir: tempfile::TempDir) -> Kafka {
+        let k = Kafka { server, topic: unique("events"), dead_letter_topic: unique("dead"), partitions, proxy, _dir: dir };
         broker::create_topics(&k.kafka_config(), Duration::from_secs(60)).expect("create topics");
         k
+    }
+
+    /// The broker's warnings and errors, and its last lines (for failure messages).
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.server.spec.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let problems = lines.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).take(40);
+        let tail = lines[lines.len().saturating_sub(10)..].iter();
+        problems.chain(std::iter::once(&"…")).chain(tail).copied().collect::<Vec<_>>().join("\n")
     }
 
     pub fn kafka_config(&self) -> chronos::config::KafkaConfig {
