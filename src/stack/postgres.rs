@@ -97,7 +97,17 @@ impl PostgresSpec {
     pub fn create_database(&self) -> Result<()> {
         let url = format!("host=127.0.0.1 port={} user={USER} dbname=postgres connect_timeout=10", self.port);
         block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            // The port opens before the server accepts sessions ("starting up"): retry.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let (client, conn) = loop {
+                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok(c) => break c,
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             tokio::spawn(conn);
             let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE]).await?.is_some();
             if !exists {
