@@ -2,7 +2,8 @@
 //! - `read_batch/50_events`: decompress-free parse + key/origin + validate + encode of
 //!   a 50-event batch, the work each `Receipt` actor does per request;
 //! - `http/post_batch_discard`: the whole HTTP handler (actix-web service call, actors,
-//!   response) with the discard sink, so the broker is out of the measurement.
+//!   response) with the discard sink, so the broker is out of the measurement; one
+//!   request at a time (latency), then 64 in flight (throughput).
 //! Method and results: perf/receipt.md.
 
 use std::sync::Arc;
@@ -127,6 +128,32 @@ fn bench_http(cr: &mut Criterion) {
                         .to_request();
                     let res = test::call_service(&app, req).await;
                     assert_eq!(res.status().as_u16(), 200);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    // Throughput with requests in flight together, as under real load: the
+    // actor hops overlap instead of adding up.
+    const IN_FLIGHT: u64 = 64;
+    g.throughput(Throughput::Elements(50 * IN_FLIGHT));
+    g.bench_function("post_batch_discard_64_in_flight", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let calls = (0..IN_FLIGHT).map(|_| {
+                        let req = test::TestRequest::post()
+                            .uri("/v1/batch")
+                            .insert_header(("Content-Type", "text/plain"))
+                            .insert_header(("Origin", ORIGIN))
+                            .set_payload(body.clone())
+                            .to_request();
+                        test::call_service(&app, req)
+                    });
+                    for res in futures_util::future::join_all(calls).await {
+                        assert_eq!(res.status().as_u16(), 200);
+                    }
                 }
                 start.elapsed()
             })
