@@ -126,6 +126,14 @@ impl Handler<Receive> for Receipt {
     type Result = Result<Accepted, IngestError>;
 
     fn handle(&mut self, msg: Receive, ctx: &mut Context<Self>) -> Self::Result {
+        #[cfg(test)]
+        if msg.body == tests::PANIC_BODY {
+            let r = catch_unwind(|| panic!("injected by a test"));
+            assert!(r.is_err());
+            self.shared.metrics.actor_panics.with_label_values(&["receipt"]).inc();
+            ctx.stop();
+            return Err(IngestError::Internal);
+        }
         match catch_unwind(AssertUnwindSafe(|| read_batch(&self.shared, msg))) {
             Ok(result) => result,
             Err(_) => {
@@ -169,5 +177,50 @@ impl ReceiptPool {
         for a in &self.arbiters {
             a.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    pub(super) const PANIC_BODY: &[u8] = b"__panic__";
+
+    fn shared() -> Arc<ReceiptShared> {
+        let c = Config::from_toml("[[keys]]\nid = \"t\"\nkey = \"wk_test_0123456789abcdef\"\nallow_no_origin = true\n").unwrap();
+        Arc::new(ReceiptShared {
+            catalog: EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
+            keys: KeyRing::from_config(&c.keys),
+            limits: Arc::new(RateLimits::new(&c.limits)),
+            payload_limits: PayloadLimits::from_config(&c),
+            max_decompressed_bytes: 1 << 20,
+            max_reasons: 5,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    fn receive(body: &[u8]) -> Receive {
+        Receive {
+            body: body.to_vec(),
+            encoding: Encoding::Identity,
+            origin: None,
+            client_ip: "203.0.113.0".parse().unwrap(),
+            user_agent: None,
+            received_at: 1_764_000_000_000,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_receipt_actor_is_restarted_and_keeps_serving() {
+        let shared = shared();
+        let pool = ReceiptPool::start(shared.clone(), 1, 4);
+        let body = br#"{"v":1,"key":"wk_test_0123456789abcdef","batch":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","sent_at":1764000000000,"session":"s","page":{"url":"u"},"events":[["mouse_moves",1764000000000,1,2]]}"#;
+        assert!(matches!(pool.pick().send(receive(PANIC_BODY)).await.unwrap(), Err(IngestError::Internal)));
+        // Same (only) actor, restarted by its Supervisor: it answers the next batch.
+        let ok = pool.pick().send(receive(body)).await.unwrap().unwrap();
+        assert_eq!(ok.summary.accepted, 1);
+        assert_eq!(shared.metrics.actor_panics.with_label_values(&["receipt"]).get(), 1);
+        pool.stop();
     }
 }
