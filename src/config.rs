@@ -475,6 +475,7 @@ origins = ["example.com", "*.example.org"]
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn env_overrides_every_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", key_section())?;

@@ -15,9 +15,9 @@
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
 //! - [`telemetry`]: metric names, the registry, logging.
-//! - [`shutdown`]: signals.
+//! - [`shutdown`]: SIGTERM and SIGINT.
 //!
-//! [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
+//! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
 pub mod catalog;
 pub mod config;

@@ -4,6 +4,7 @@
 //! - `http/post_batch_discard`: the whole HTTP handler (actix-web service call, actors,
 //!   response) with the discard sink, so the broker is out of the measurement; one
 //!   request at a time (latency), then 64 in flight (throughput).
+//!
 //! Method and results: perf/receipt.md.
 
 use std::sync::Arc;
