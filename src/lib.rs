@@ -39,8 +39,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::http::receipt::{ReceiptPool, ReceiptShared};
-use crate::http::{auth::KeyRing, limits::RateLimits, AppState};
-use crate::payload::PayloadLimits;
+use crate::http::AppState;
 use crate::produce::sink::Flush;
 use crate::produce::{create_producer, KafkaSink, ProducerHealth, Sink};
 use crate::telemetry::Metrics;
@@ -75,17 +74,8 @@ fn threads(configured: usize) -> usize {
 
 /// Builds the shared state and actors around a sink (Kafka, or discard for benchmarks).
 pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: Arc<ProducerHealth>) -> (web::Data<AppState>, Arbiter) {
-    let keys = KeyRing::from_config(&config.keys);
-    let limits = Arc::new(RateLimits::new(&config.limits));
-    let shared = Arc::new(ReceiptShared {
-        catalog: catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes),
-        keys: keys.clone(),
-        limits: limits.clone(),
-        payload_limits: PayloadLimits::from_config(config),
-        max_decompressed_bytes: config.http.max_decompressed_bytes,
-        max_reasons: config.http.max_reasons,
-        metrics: metrics.clone(),
-    });
+    let shared = Arc::new(ReceiptShared::from_config(config, metrics.clone()));
+    let (keys, limits) = (shared.keys.clone(), shared.limits.clone());
     let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
     let sink_arbiter = Arbiter::new();
     let (mailbox, retry_after) = (config.http.mailbox_capacity, config.http.retry_after_secs);

@@ -14,8 +14,6 @@ use actix_web::{test, App};
 use chronos::config::Config;
 use chronos::http::body::Encoding;
 use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
-use chronos::http::{auth::KeyRing, limits::RateLimits};
-use chronos::payload::PayloadLimits;
 use chronos::produce::{ProducerHealth, Sink};
 use chronos::telemetry::Metrics;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -70,15 +68,7 @@ pub fn batch_50() -> Vec<u8> {
 }
 
 fn shared(c: &Config) -> ReceiptShared {
-    ReceiptShared {
-        catalog: chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
-        keys: KeyRing::from_config(&c.keys),
-        limits: Arc::new(RateLimits::new(&c.limits)),
-        payload_limits: PayloadLimits::from_config(c),
-        max_decompressed_bytes: c.http.max_decompressed_bytes,
-        max_reasons: 5,
-        metrics: Arc::new(Metrics::new()),
-    }
+    ReceiptShared::from_config(c, Arc::new(Metrics::new()))
 }
 
 fn bench_read_batch(cr: &mut Criterion) {

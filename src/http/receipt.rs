@@ -30,6 +30,21 @@ pub struct ReceiptShared {
     pub metrics: Arc<Metrics>,
 }
 
+impl ReceiptShared {
+    /// Everything receipt needs, from validated config.
+    pub fn from_config(c: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
+        ReceiptShared {
+            catalog: EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
+            keys: KeyRing::from_config(&c.keys),
+            limits: Arc::new(RateLimits::new(&c.limits)),
+            payload_limits: PayloadLimits::from_config(c),
+            max_decompressed_bytes: c.http.max_decompressed_bytes,
+            max_reasons: c.http.max_reasons,
+            metrics,
+        }
+    }
+}
+
 /// Message: one request body to read.
 pub struct Receive {
     pub body: Vec<u8>,
@@ -189,15 +204,7 @@ mod tests {
 
     fn shared() -> Arc<ReceiptShared> {
         let c = Config::from_toml("[[keys]]\nid = \"t\"\nkey = \"wk_test_0123456789abcdef\"\nallow_no_origin = true\n").unwrap();
-        Arc::new(ReceiptShared {
-            catalog: EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
-            keys: KeyRing::from_config(&c.keys),
-            limits: Arc::new(RateLimits::new(&c.limits)),
-            payload_limits: PayloadLimits::from_config(&c),
-            max_decompressed_bytes: 1 << 20,
-            max_reasons: 5,
-            metrics: Arc::new(Metrics::new()),
-        })
+        Arc::new(ReceiptShared::from_config(&c, Arc::new(Metrics::new())))
     }
 
     fn receive(body: &[u8]) -> Receive {

@@ -8,8 +8,6 @@ use std::sync::{Arc, OnceLock};
 use chronos::config::Config;
 use chronos::http::body::Encoding;
 use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
-use chronos::http::{auth::KeyRing, limits::RateLimits};
-use chronos::payload::PayloadLimits;
 use chronos::telemetry::Metrics;
 use libfuzzer_sys::fuzz_target;
 
@@ -21,15 +19,7 @@ fn shared() -> &'static ReceiptShared {
              [[keys]]\nid = \"f\"\nkey = \"wk_fuzz_0123456789abcdef\"\norigins = [\"example.com\"]\nallow_no_origin = true\n",
         )
         .unwrap();
-        ReceiptShared {
-            catalog: chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes),
-            keys: KeyRing::from_config(&c.keys),
-            limits: Arc::new(RateLimits::new(&c.limits)),
-            payload_limits: PayloadLimits::from_config(&c),
-            max_decompressed_bytes: 1 << 20,
-            max_reasons: 5,
-            metrics: Arc::new(Metrics::new()),
-        }
+        ReceiptShared::from_config(&c, Arc::new(Metrics::new()))
     })
 }
 
