@@ -32,8 +32,66 @@ pub struct Config {
     /// The event catalog: `[events.<type>]`. Defaults to the six built-ins.
     #[serde(default = "catalog::built_in_events")]
     pub events: BTreeMap<String, EventTypeConfig>,
+    /// Loaders: Kafka → PostgreSQL.
+    pub load: LoadConfig,
     /// The local stack started by `chronos start`.
     pub stack: StackConfig,
+}
+
+/// Loaders (Kafka → PostgreSQL) settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Run the loaders in this chronosd (several chronosd share the partitions).
+    pub enabled: bool,
+    /// Kafka consumer group of the loaders.
+    pub group_id: String,
+    /// Flush a partition's buffer once it holds this many events.
+    pub flush_rows: usize,
+    /// … or this many ms after its first record arrived.
+    pub flush_ms: u64,
+    /// Threads the partition loaders run on; 0 = one per core.
+    pub threads: usize,
+    /// Records waiting per partition loader before polling waits.
+    pub mailbox_capacity: usize,
+    /// Event times more than this before receipt are clamped to it and flagged.
+    pub max_past_secs: u64,
+    /// Event times more than this after receipt are clamped to it and flagged.
+    pub max_future_secs: u64,
+    /// Daily partitions created for past days at install.
+    pub partitions_past_days: i64,
+    /// Daily partitions kept ready ahead of today.
+    pub partitions_ahead_days: i64,
+    /// Batch ids remembered for deduplication of retries, in hours.
+    pub seen_batches_retention_hours: u64,
+    /// Longest wait between retries when PostgreSQL fails, in ms.
+    pub retry_max_ms: u64,
+    /// Consumer `session.timeout.ms`.
+    pub session_timeout_ms: u32,
+    /// Consumer `max.poll.interval.ms`: also how long a rebalance waits for a
+    /// member that crashed, on brokers that only expire members then.
+    pub max_poll_interval_ms: u32,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            enabled: true,
+            group_id: "chronos-loaders".into(),
+            flush_rows: 20_000,
+            flush_ms: 500,
+            threads: 0,
+            mailbox_capacity: 256,
+            max_past_secs: 7 * 86_400,
+            max_future_secs: 86_400,
+            partitions_past_days: 8,
+            partitions_ahead_days: 7,
+            seen_batches_retention_hours: 72,
+            retry_max_ms: 10_000,
+            session_timeout_ms: 6_000,
+            max_poll_interval_ms: 60_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -44,6 +102,7 @@ impl Default for Config {
             keys: Vec::new(),
             kafka: KafkaConfig::default(),
             postgres: PostgresConfig::default(),
+            load: LoadConfig::default(),
             events: catalog::built_in_events(),
             stack: StackConfig::default(),
         }
@@ -311,6 +370,21 @@ impl Config {
             if v == 0 {
                 errors.push(format!("{key}: must be greater than 0"));
             }
+        }
+        let l = &self.load;
+        for (key, v) in [("load.flush_rows", l.flush_rows as u64), ("load.flush_ms", l.flush_ms), ("load.mailbox_capacity", l.mailbox_capacity as u64)] {
+            if v == 0 {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if l.max_poll_interval_ms < l.session_timeout_ms {
+            errors.push("load.max_poll_interval_ms: must be at least load.session_timeout_ms".into());
+        }
+        if l.group_id.is_empty() {
+            errors.push("load.group_id: must not be empty".into());
+        }
+        if (l.partitions_past_days * 86_400) < l.max_past_secs as i64 {
+            errors.push("load.partitions_past_days: must cover load.max_past_secs (clamped times need a partition)".into());
         }
         if h.max_decompressed_bytes < h.max_body_bytes {
             errors.push("http.max_decompressed_bytes: must be at least http.max_body_bytes".into());

@@ -25,7 +25,9 @@ pub mod http;
 pub mod payload;
 pub mod produce;
 pub mod shutdown;
+pub mod load;
 pub mod stack;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
@@ -49,6 +51,7 @@ use crate::telemetry::Metrics;
 /// actix `System`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let loaders = if config.load.enabled { Some(start_loaders(&config, metrics.clone()).await?) } else { None };
     let health = Arc::new(ProducerHealth::default());
     let max_record = produce::kafka::max_record_bytes(config.http.max_decompressed_bytes, config.http.max_events_per_batch);
     let producer = create_producer(&config.kafka, max_record, metrics.clone(), health.clone())
@@ -61,7 +64,33 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         topic: config.kafka.topic.clone(),
         dead_letter_topic: config.kafka.dead_letter_topic.clone(),
     };
-    serve(config, listener, sink, metrics, health, shutdown).await
+    let served = serve(config, listener, sink, metrics, health, shutdown).await;
+    if let Some(l) = loaders {
+        l.shutdown();
+    }
+    served
+}
+
+/// Applies the schema (idempotent: new catalog columns and tables appear),
+/// keeps daily partitions ahead and old batch ids pruned, starts the loaders.
+async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<load::LoaderHandle> {
+    let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
+    let mut client = store::connect(&config.postgres.url).await?;
+    store::install(&mut client, &catalog, config.load.partitions_past_days, config.load.partitions_ahead_days).await?;
+    let (ahead, retention) = (config.load.partitions_ahead_days, Duration::from_secs(config.load.seen_batches_retention_hours * 3600));
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store::ensure_partitions(&client, &catalog, ahead).await {
+                tracing::warn!(error = %e, "Partition maintenance failed.");
+            }
+            if let Err(e) = store::prune_seen_batches(&client, retention).await {
+                tracing::warn!(error = %e, "Pruning seen batch ids failed.");
+            }
+        }
+    });
+    load::start(config, metrics)
 }
 
 fn threads(configured: usize) -> usize {

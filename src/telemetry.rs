@@ -17,6 +17,9 @@ pub const KAFKA_BROKER_RTT: &str = "chronos_kafka_broker_rtt_avg_microseconds";
 pub const KAFKA_TX_MESSAGES: &str = "chronos_kafka_tx_messages";
 pub const KAFKA_TX_BYTES: &str = "chronos_kafka_tx_bytes";
 pub const KAFKA_TX_ERRORS: &str = "chronos_kafka_tx_errors";
+pub const LOAD_EVENTS: &str = "chronos_load_events_total";
+pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
+pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 
 /// Produce latency buckets: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -38,6 +41,9 @@ pub struct Metrics {
     pub kafka_tx_messages: IntGauge,
     pub kafka_tx_bytes: IntGauge,
     pub kafka_tx_errors: IntGauge,
+    pub load_events: IntCounter,
+    pub load_flush_seconds: Histogram,
+    pub load_flush_retries: IntCounter,
 }
 
 impl Metrics {
@@ -71,6 +77,12 @@ impl Metrics {
             kafka_tx_messages: reg!(IntGauge::new(KAFKA_TX_MESSAGES, "Messages sent to brokers (librdkafka txmsgs).")),
             kafka_tx_bytes: reg!(IntGauge::new(KAFKA_TX_BYTES, "Message bytes sent to brokers (librdkafka txmsg_bytes).")),
             kafka_tx_errors: reg!(IntGauge::new(KAFKA_TX_ERRORS, "Transmission errors (librdkafka tx errors summed over brokers).")),
+            load_events: reg!(IntCounter::new(LOAD_EVENTS, "Events committed to PostgreSQL by the loaders.")),
+            load_flush_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(LOAD_FLUSH_SECONDS, "Duration of one loader transaction (COPY + offsets + commit).")
+                    .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
             registry,
         }
     }

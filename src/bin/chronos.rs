@@ -43,6 +43,9 @@ enum Cmd {
     },
     /// Create the events and dead-letter topics (idempotent; any Kafka-protocol cluster).
     InstallKafka,
+    /// Create or update the PostgreSQL schema from the catalog (idempotent; adds new
+    /// event tables and attribute columns online, never drops anything).
+    InstallPipeline,
 }
 
 fn main() {
@@ -89,6 +92,19 @@ fn run(cli: Cli) -> Result<()> {
                 let state = if created.contains(t) { "created" } else { "exists" };
                 println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
             }
+        }
+        Cmd::InstallPipeline => {
+            let c = &stack.config;
+            let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+            chronos::stack::postgres::block_on(async {
+                let mut client = chronos::store::connect(&c.postgres.url).await?;
+                chronos::store::install(&mut client, &catalog, c.load.partitions_past_days, c.load.partitions_ahead_days).await
+            })?;
+            println!(
+                "schema installed at {}: {} event tables in schema events, internals in schema chronos",
+                chronos::store::redact(&c.postgres.url),
+                catalog.types().len()
+            );
         }
     }
     Ok(())

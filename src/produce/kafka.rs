@@ -111,13 +111,18 @@ impl ClientContext for StatsContext {
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel::*;
-        match level {
-            Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
-            Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            Notice | Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
-            Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        log_to_tracing(level, fac, log_message);
+    }
+}
+
+/// librdkafka's log lines, as tracing events (target `librdkafka`).
+pub fn log_to_tracing(level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+    use rdkafka::config::RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+        Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+        Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
     }
 }
 

@@ -157,8 +157,20 @@ pub struct Record {
     pub headers: HashMap<String, String>,
 }
 
-/// chronosd config for tests: one browser key, one server-side key.
+/// chronosd config for tests: one browser key, one server-side key; loaders off.
 pub fn config_toml(kafka: &Kafka, port: u16, extra: &str) -> String {
+    format!("{}\n[load]\nenabled = false\n", base_toml(kafka, port, extra))
+}
+
+/// chronosd config with the loaders on, writing to `pg_url`; `load` is extra `[load]` keys.
+pub fn config_toml_with_pg(kafka: &Kafka, port: u16, pg_url: &str, load: &str, extra: &str) -> String {
+    format!(
+        "{}\n[postgres]\nurl = \"{pg_url}\"\n[load]\nflush_ms = 200\nsession_timeout_ms = 6000\nmax_poll_interval_ms = 10000\n{load}\n",
+        base_toml(kafka, port, extra)
+    )
+}
+
+fn base_toml(kafka: &Kafka, port: u16, extra: &str) -> String {
     format!(
         r#"
 [http]
@@ -190,13 +202,14 @@ message_timeout_ms = 3000
 request_timeout_ms = 2000
 linger_ms = 2
 statistics_interval_ms = 500
-extra = {{ "reconnect.backoff.max.ms" = "500" }}
+extra = {{ "reconnect.backoff.max.ms" = "500"{trace} }}
 {extra}
 "#,
         brokers = kafka.server.bootstrap(),
         topic = kafka.topic,
         dead = kafka.dead_letter_topic,
         partitions = kafka.partitions,
+        trace = if std::env::var_os("TRACE_GROUPS").is_some() { r#", "debug" = "cgrp""# } else { "" },
     )
 }
 
@@ -220,7 +233,7 @@ impl Chronosd {
         let child = Command::new(env!("CARGO_BIN_EXE_chronosd"))
             .arg("--config")
             .arg(&config)
-            .env("CHRONOS_LOG", "info")
+            .env("CHRONOS_LOG", std::env::var("TEST_CHRONOS_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -263,6 +276,13 @@ impl Chronosd {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().unwrap()
+    }
+
+    /// Kills chronosd with SIGKILL (a crash: no drain, no flush).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// Resident memory in KiB (VmRSS).

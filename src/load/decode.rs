@@ -1,0 +1,251 @@
+//! Kafka record v1 → binary COPY tuples, one buffer per event table.
+//! Attributes are matched by name through the record's `schema`, so records
+//! written under an older or newer catalog still load (missing → NULL).
+//! Event time: `time = client_time + (received_at − sent_at)`, clamped to a
+//! window around receipt and flagged when clamped.
+
+use bytes::BytesMut;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue as Value;
+use uuid::Uuid;
+
+use super::copy::TupleWriter;
+use crate::catalog::{AttrType, EventCatalog};
+use crate::store::schema::BASE_COLUMNS;
+
+/// How event times are corrected and clamped.
+#[derive(Debug, Clone, Copy)]
+pub struct TimePolicy {
+    pub max_past_ms: i64,
+    pub max_future_ms: i64,
+}
+
+impl TimePolicy {
+    /// Corrected event time and whether it was clamped.
+    pub fn event_time(&self, client_time: i64, sent_at: i64, received_at: i64) -> (i64, bool) {
+        let t = client_time.saturating_add(received_at - sent_at);
+        let (lo, hi) = (received_at - self.max_past_ms, received_at + self.max_future_ms);
+        if t < lo {
+            (lo, true)
+        } else if t > hi {
+            (hi, true)
+        } else {
+            (t, false)
+        }
+    }
+}
+
+/// Rows of one table decoded from one record.
+#[derive(Debug)]
+pub struct TableRows {
+    /// Index of the event type in `EventCatalog::types()`.
+    pub table: usize,
+    pub rows: u32,
+    pub tuples: BytesMut,
+}
+
+/// An event or record that cannot be loaded, with why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub stage: &'static str,
+    pub reason: String,
+    pub batch_id: Option<Uuid>,
+    pub position: Option<i32>,
+    /// The event as JSON text.
+    pub event: Option<String>,
+    /// The whole record, when it could not be decoded.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// One decoded batch record.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    pub batch_id: Uuid,
+    pub tables: Vec<TableRows>,
+    pub dead: Vec<DeadLetter>,
+    pub events: usize,
+}
+
+/// Decodes a batch record (the buffer is parsed in place).
+pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) -> Result<DecodedBatch, String> {
+    let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
+    if field("v")?.as_u64() != Some(1) {
+        return Err("unsupported record version (this loader reads v1)".into());
+    }
+    let batch_id = field("batch_id")?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?;
+    let session = field("session_id")?.as_str().ok_or("`session_id` is not a string")?;
+    let key_id = field("key_id")?.as_str().ok_or("`key_id` is not a string")?;
+    let sent_at = field("sent_at")?.as_i64().ok_or("`sent_at` is not an integer")?;
+    let received_at = field("received_at")?.as_i64().ok_or("`received_at` is not an integer")?;
+    let client_ip = root.get("client_ip").and_then(|v| v.as_str());
+    let page = field("page")?;
+    if page.as_object().is_none() {
+        return Err("`page` is not an object".into());
+    }
+    let metadata = serde_json::to_string(page).map_err(|e| e.to_string())?;
+    let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
+    let events = field("events")?.as_array().ok_or("`events` is not an array")?;
+
+    let types = catalog.types();
+    let mut tables: Vec<TableRows> = Vec::new();
+    let mut dead = Vec::new();
+    let mut loaded = 0;
+    for (position, event) in events.iter().enumerate() {
+        let reject = |reason: String| DeadLetter {
+            stage: "load",
+            reason: format!("events[{position}]{reason}"),
+            batch_id: Some(batch_id),
+            position: Some(position as i32),
+            event: serde_json::to_string(event).ok(),
+            raw: None,
+        };
+        let Some(items) = event.as_array() else {
+            dead.push(reject(": not an array".into()));
+            continue;
+        };
+        let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
+        let Some(table) = types.iter().position(|t| &*t.name == name) else {
+            dead.push(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
+            continue;
+        };
+        let Some(client_time) = items.get(1).and_then(|v| v.as_i64()) else {
+            dead.push(reject("[1]: client time is not an integer".into()));
+            continue;
+        };
+        let names = schema.get(name).and_then(|n| n.as_array());
+        let ty = &types[table];
+        // Resolve every attribute before writing, so a bad value leaves no partial tuple.
+        let mut values: Vec<Option<&Value>> = Vec::with_capacity(ty.attributes.len());
+        let mut bad = None;
+        for a in &ty.attributes {
+            let idx = match names {
+                Some(names) => names.iter().position(|n| n.as_str() == Some(&a.name)),
+                None => None,
+            };
+            let v = idx.and_then(|i| items.get(2 + i)).filter(|v| !v.is_null());
+            if let Some(v) = v {
+                if !fits(v, a.ty) {
+                    bad = Some(format!(": `{}` does not fit column type {:?}", a.name, a.ty));
+                    break;
+                }
+            }
+            values.push(v);
+        }
+        if let Some(reason) = bad {
+            dead.push(reject(reason));
+            continue;
+        }
+        let rows = match tables.iter_mut().find(|t| t.table == table) {
+            Some(r) => r,
+            None => {
+                tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
+                tables.last_mut().unwrap()
+            }
+        };
+        let (time, flagged) = policy.event_time(client_time, sent_at, received_at);
+        let mut t = TupleWriter::begin(&mut rows.tuples, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
+        t.timestamp_ms(time);
+        t.timestamp_ms(client_time);
+        t.timestamp_ms(received_at);
+        t.bool(flagged);
+        t.text(session);
+        t.uuid(&batch_id);
+        t.i32(position as i32);
+        t.text(key_id);
+        match client_ip {
+            Some(ip) => t.text(ip),
+            None => t.null(),
+        }
+        t.jsonb(&metadata);
+        for (a, v) in ty.attributes.iter().zip(values) {
+            match v {
+                None => t.null(),
+                Some(v) => match a.ty {
+                    AttrType::Text => t.text(v.as_str().unwrap()),
+                    AttrType::Int => t.i64(v.as_i64().unwrap()),
+                    AttrType::Float => t.f64(v.cast_f64().unwrap()),
+                    AttrType::Bool => t.bool(v.as_bool().unwrap()),
+                    AttrType::TextList => {
+                        let items: Vec<&str> = v.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+                        t.text_array(items.into_iter())
+                    }
+                },
+            }
+        }
+        rows.rows += 1;
+        loaded += 1;
+    }
+    Ok(DecodedBatch { batch_id, tables, dead, events: loaded })
+}
+
+fn fits(v: &Value<'_>, ty: AttrType) -> bool {
+    match ty {
+        AttrType::Text => v.is_str(),
+        AttrType::Int => v.as_i64().is_some(),
+        AttrType::Float => v.is_number() && v.cast_f64().is_some_and(f64::is_finite),
+        AttrType::Bool => v.is_bool(),
+        AttrType::TextList => v.as_array().is_some_and(|a| a.iter().all(|s| s.is_str())),
+    }
+}
+
+/// Decodes a dead-letter record of the receipt stage into one row per rejected event.
+pub fn decode_dead_letter(buf: &mut [u8]) -> Result<Vec<DeadLetter>, String> {
+    let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
+    let batch_id = root.get("batch_id").and_then(|v| v.as_str()).and_then(|s| Uuid::try_parse(s).ok());
+    let rejected = root.get("rejected").and_then(|v| v.as_array()).ok_or("dead-letter record has no `rejected` array")?;
+    Ok(rejected
+        .iter()
+        .map(|r| DeadLetter {
+            stage: "receipt",
+            reason: r.get("reason").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+            batch_id,
+            position: r.get("position").and_then(|v| v.as_i64()).map(|p| p as i32),
+            event: r.get("event").and_then(|e| serde_json::to_string(e).ok()),
+            raw: None,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::built_in_events;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn event_time_cancels_the_clock_error_and_clamps() {
+        let p = TimePolicy { max_past_ms: 7 * DAY, max_future_ms: DAY };
+        // Client clock 1 h behind: sent_at says 09:00 while the server got it at 10:00.
+        assert_eq!(p.event_time(1_000, 3_600_000, 3_600_000 + 3_600_000), (3_601_000, false));
+        let now = 1_764_000_000_000;
+        assert_eq!(p.event_time(now + 30 * DAY, now, now), (now + DAY, true));
+        assert_eq!(p.event_time(now - 30 * DAY, now, now), (now - 7 * DAY, true));
+    }
+
+    #[test]
+    fn attributes_are_matched_by_name_and_bad_values_dead_lettered() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 100);
+        let text = r#"{"v":1,"batch_id":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","session_id":"s","key_id":"k",
+            "sent_at":1764000000000,"received_at":1764000000100,"client_ip":"203.0.113.0","page":{"url":"u"},
+            "schema":{"mouse_moves":["y","x"],"clicks":["element"]},
+            "events":[["mouse_moves",1764000000000,5,6],["mouse_moves",1764000000000,"no",6],["clicks",1764000000000,"A"],["nope",1]]}"#;
+        let mut buf = text.as_bytes().to_vec();
+        let d = decode_batch(&mut buf, &catalog, TimePolicy { max_past_ms: DAY, max_future_ms: DAY }).unwrap();
+        assert_eq!(d.events, 2);
+        assert_eq!(d.dead.len(), 2);
+        assert!(d.dead[0].reason.starts_with("events[1]: `y` does not fit"), "{:?}", d.dead[0]);
+        assert!(d.dead[1].reason.contains("`nope` is not in this loader's catalog"));
+        assert_eq!(d.tables.len(), 2);
+        assert!(d.tables.iter().all(|t| t.rows == 1));
+    }
+
+    #[test]
+    fn undecodable_records_say_why() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 100);
+        let p = TimePolicy { max_past_ms: DAY, max_future_ms: DAY };
+        assert!(decode_batch(&mut b"nope".to_vec(), &catalog, p).unwrap_err().starts_with("not JSON"));
+        assert_eq!(decode_batch(&mut br#"{"v":2}"#.to_vec(), &catalog, p).unwrap_err(), "unsupported record version (this loader reads v1)");
+    }
+}

@@ -1,0 +1,249 @@
+//! Loaders: Kafka → PostgreSQL, exactly once.
+//!
+//! One consumer (in the group `load.group_id`) polls on its own thread. On
+//! assignment it reads each partition's next offset from `chronos.offsets`
+//! (stored in the same transactions as the rows) and starts there, with one
+//! `PartitionLoader` actor per partition on a pool of arbiters. Records go to
+//! their loader with `send` (waits when the loader's mailbox is full, so a
+//! slow PostgreSQL slows polling). On revocation the loaders stop; anything
+//! they had not committed is read again by the next owner.
+
+pub mod copy;
+pub mod decode;
+pub mod loader;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
+
+use self::decode::TimePolicy;
+use self::loader::{FlushNow, LoaderShared, PartitionLoader, Record};
+use crate::catalog::EventCatalog;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+
+type Loaders = Arc<Mutex<HashMap<(String, i32), Addr<PartitionLoader>>>>;
+
+/// The consumer's context: starts and stops loaders on rebalance.
+struct LoadContext {
+    shared: Arc<LoaderShared>,
+    loaders: Loaders,
+    arbiters: Vec<ArbiterHandle>,
+    mailbox_capacity: usize,
+    rt: tokio::runtime::Runtime,
+    next_arbiter: std::sync::atomic::AtomicUsize,
+}
+
+impl ClientContext for LoadContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::produce::kafka::log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Loader consumer error.");
+    }
+}
+
+impl LoadContext {
+    /// Stored next offsets of `topic` for this group.
+    fn stored_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>> {
+        self.rt.block_on(async {
+            let client = crate::store::connect(&self.shared.pg_url).await?;
+            let rows = client
+                .query(
+                    "SELECT partition, next_offset FROM chronos.offsets WHERE consumer_group = $1 AND topic = $2",
+                    &[&self.shared.group, &topic],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect())
+        })
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut by_topic: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        let elements: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (topic, partition) in elements {
+            if !by_topic.contains_key(&topic) {
+                // PostgreSQL is the source of truth; without it we cannot start safely.
+                let offsets = loop {
+                    match self.stored_offsets(&topic) {
+                        Ok(o) => break o,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read stored offsets; retrying.");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                };
+                by_topic.insert(topic.clone(), offsets);
+            }
+            let stored = by_topic[&topic].get(&partition).copied();
+            let offset = stored.map(Offset::Offset).unwrap_or(Offset::Beginning);
+            let _ = tpl.set_partition_offset(&topic, partition, offset);
+            let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+            let (shared, t, cap) = (self.shared.clone(), topic.clone(), self.mailbox_capacity);
+            let addr = PartitionLoader::start_in_arbiter(&self.arbiters[i], move |_| PartitionLoader::new(shared, t, partition, stored, cap));
+            tracing::info!(topic, partition, ?stored, "Partition assigned; loading from the stored offset.");
+            self.loaders.lock().unwrap().insert((topic, partition), addr);
+        }
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "Cannot assign partitions.");
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut loaders = self.loaders.lock().unwrap();
+        for e in tpl.elements() {
+            if let Some(addr) = loaders.remove(&(e.topic().to_string(), e.partition())) {
+                // Stopping drops the uncommitted buffer; the next owner reads it again.
+                drop(addr);
+            }
+        }
+        // Dropping the last address stops an actor once its mailbox is drained; make it prompt.
+        if let Err(e) = consumer.unassign() {
+            tracing::warn!(error = %e, "Cannot unassign partitions.");
+        }
+    }
+}
+
+impl ConsumerContext for LoadContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => tracing::error!(?other, "Rebalance error."),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "Kafka offset commit failed (PostgreSQL holds the truth).");
+        }
+    }
+}
+
+/// The running loaders.
+pub struct LoaderHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl LoaderHandle {
+    /// Flushes every loader, leaves the group and stops (within `deadline`).
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+/// Starts the loaders of `config` (call inside an actix System).
+pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
+    let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
+    let (commit_tx, commit_rx) = crossbeam_channel::bounded::<(String, i32, i64)>(10_000);
+    let shared = Arc::new(LoaderShared {
+        copy_statements: LoaderShared::copy_statements(&catalog),
+        catalog,
+        policy: TimePolicy {
+            max_past_ms: config.load.max_past_secs as i64 * 1000,
+            max_future_ms: config.load.max_future_secs as i64 * 1000,
+        },
+        group: config.load.group_id.clone(),
+        dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+        flush_rows: config.load.flush_rows,
+        flush_ms: config.load.flush_ms,
+        retry_max_ms: config.load.retry_max_ms,
+        pg_url: config.postgres.url.clone(),
+        kafka_commits: commit_tx,
+        metrics,
+    });
+    let threads = if config.load.threads > 0 {
+        config.load.threads
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    };
+    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    let context = LoadContext {
+        shared,
+        loaders: Arc::new(Mutex::new(HashMap::new())),
+        arbiters: arbiters.iter().map(|a| a.handle()).collect(),
+        mailbox_capacity: config.load.mailbox_capacity,
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        next_arbiter: Default::default(),
+    };
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.load.group_id)
+        .set("client.id", "chronosd-loader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", config.load.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", config.load.max_poll_interval_ms.to_string())
+        .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
+        .set("enable.partition.eof", "false");
+    for (k, v) in &config.kafka.extra {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer<LoadContext> = cc.create_with_context(context).context("creating the loader consumer")?;
+    let topics = [config.kafka.topic.clone(), config.kafka.dead_letter_topic.clone()];
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).context("subscribing")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new().name("chronos-poll".into()).spawn(move || poll_loop(consumer, commit_rx, stop2))?;
+    Ok(LoaderHandle { stop, thread: Some(thread), arbiters })
+}
+
+fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: crossbeam_channel::Receiver<(String, i32, i64)>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        // Offsets already stored in PostgreSQL: tell Kafka too, for lag tools.
+        let latest: HashMap<(String, i32), i64> = commits.try_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        if !latest.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), next) in &latest {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            }
+            let _ = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                let addr = consumer.context().loaders.lock().unwrap().get(&key).cloned();
+                if let Some(addr) = addr {
+                    let rec = Record { offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec() };
+                    // Waits while the loader's mailbox is full (backpressure).
+                    if consumer.context().rt.block_on(addr.send(rec)).is_err() {
+                        tracing::debug!(topic = %key.0, partition = key.1, "Loader gone; record left for the next owner.");
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+            None => {}
+        }
+    }
+    // Shutdown: flush every loader, then leave the group.
+    let loaders: Vec<Addr<PartitionLoader>> = consumer.context().loaders.lock().unwrap().values().cloned().collect();
+    for addr in &loaders {
+        let _ = consumer.context().rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(10), addr.send(FlushNow)).await;
+            // The flush runs inside the actor; a second message waits for it to end.
+            let _ = tokio::time::timeout(Duration::from_secs(20), addr.send(FlushNow)).await;
+        });
+    }
+    consumer.unsubscribe();
+    tracing::info!(partitions = loaders.len(), "Loaders flushed and stopped.");
+}

@@ -1,0 +1,86 @@
+//! PostgreSQL storage: schema from the catalog (install, evolution, daily
+//! partitions) and the internals the loaders use.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+use crate::catalog::EventCatalog;
+
+/// Connects, with the connection driven on the current runtime.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("PostgreSQL at {} is not reachable; start it with `chronos start postgres`", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed.");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Today as days since the Unix epoch (UTC).
+pub fn today() -> i64 {
+    (crate::produce::kafka::now_ms() / 86_400_000) as i64
+}
+
+/// Applies the whole schema idempotently, under an advisory lock so that two
+/// chronosd starting together do not race on CREATE … IF NOT EXISTS.
+pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64, ahead_days: i64) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7243001)").await?;
+    tx.batch_execute(&schema::install_sql(catalog, today(), past_days, ahead_days))
+        .await
+        .context("applying the schema")?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Creates the coming days' partitions (run periodically).
+pub async fn ensure_partitions(client: &Client, catalog: &EventCatalog, ahead_days: i64) -> Result<()> {
+    for ty in catalog.types() {
+        for day in today()..=today() + ahead_days {
+            // One by one: a day that already has rows in the default partition
+            // cannot get its own partition; its rows stay in the default one.
+            if let Err(e) = client.batch_execute(&schema::day_partition_ddl(ty, day)).await {
+                tracing::warn!(table = %ty.name, day, error = %e, "Cannot create a daily partition.");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forgets batch ids older than `retention` (retries come within minutes).
+pub async fn prune_seen_batches(client: &Client, retention: Duration) -> Result<u64> {
+    let secs = retention.as_secs_f64();
+    Ok(client
+        .execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1)", &[&secs])
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,164 @@
+//! DDL from the catalog, applied idempotently: schema `events` (one table per
+//! event type, partitioned by day on `time`, plus a default partition so no row
+//! is ever refused for its time) and schema `chronos` (offsets, seen batch ids,
+//! dead letters). New attributes become new nullable columns online; nothing
+//! is ever dropped.
+
+use std::fmt::Write as _;
+
+use crate::catalog::{AttrType, EventCatalog, EventType};
+
+/// Columns every event table has, in COPY order, before the attributes.
+pub const BASE_COLUMNS: &[(&str, &str)] = &[
+    ("time", "timestamptz NOT NULL"),
+    ("client_time", "timestamptz NOT NULL"),
+    ("received_at", "timestamptz NOT NULL"),
+    ("time_flagged", "boolean NOT NULL"),
+    ("session_id", "text NOT NULL"),
+    ("batch_id", "uuid NOT NULL"),
+    ("position", "integer NOT NULL"),
+    ("key_id", "text NOT NULL"),
+    ("client_ip", "text"),
+    ("metadata", "jsonb NOT NULL"),
+];
+
+/// SQL type of an attribute.
+pub fn sql_type(ty: AttrType) -> &'static str {
+    match ty {
+        AttrType::Text => "text",
+        AttrType::Int => "bigint",
+        AttrType::Float => "double precision",
+        AttrType::Bool => "boolean",
+        AttrType::TextList => "text[]",
+    }
+}
+
+/// `"name"`: identifiers come only from the validated catalog, quoted anyway.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `events."<type>"`.
+pub fn table(ty: &EventType) -> String {
+    format!("events.{}", ident(&ty.name))
+}
+
+/// The internal tables (schema `chronos`).
+pub const INTERNALS: &str = r#"
+CREATE SCHEMA IF NOT EXISTS events;
+CREATE SCHEMA IF NOT EXISTS chronos;
+CREATE TABLE IF NOT EXISTS chronos.offsets (
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS chronos.seen_batches (
+    batch_id uuid PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS seen_batches_seen_at ON chronos.seen_batches (seen_at);
+CREATE TABLE IF NOT EXISTS chronos.dead_letters (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    stage text NOT NULL,
+    reason text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    "offset" bigint NOT NULL,
+    batch_id uuid,
+    position integer,
+    event jsonb,
+    raw bytea,
+    replayed_at timestamptz
+);
+"#;
+
+/// DDL for one event table: create if missing, then add any missing attribute column.
+pub fn event_table_ddl(ty: &EventType) -> String {
+    let t = table(ty);
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {t} (\n");
+    for (name, decl) in BASE_COLUMNS {
+        let _ = writeln!(sql, "    {} {decl},", ident(name));
+    }
+    for a in &ty.attributes {
+        let _ = writeln!(sql, "    {} {},", ident(&a.name), sql_type(a.ty));
+    }
+    sql.truncate(sql.trim_end_matches([',', '\n']).len());
+    sql.push_str("\n) PARTITION BY RANGE (time);\n");
+    let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
+    // Schema evolution: columns added to the catalog appear online; old rows read NULL.
+    for a in &ty.attributes {
+        let _ = writeln!(sql, "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {};", ident(&a.name), sql_type(a.ty));
+    }
+    let _ = writeln!(sql, "CREATE INDEX IF NOT EXISTS {} ON {t} (time);", ident(&format!("{}_time", ty.name)));
+    sql
+}
+
+/// DDL creating the daily partition of `day` (days since the Unix epoch) for one table,
+/// unless it exists. Rows for that day already in the default partition would make
+/// this fail, so partitions are created ahead of time.
+pub fn day_partition_ddl(ty: &EventType, day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    let (y2, m2, d2) = civil_from_days(day + 1);
+    let name = format!("{}_p{y:04}{m:02}{d:02}", ty.name);
+    format!(
+        "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
+        ident(&name),
+        table(ty)
+    )
+}
+
+/// Whole schema for a catalog, with daily partitions for `[today - past, today + ahead]`.
+pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64) -> String {
+    let mut sql = String::from(INTERNALS);
+    for ty in catalog.types() {
+        sql.push_str(&event_table_ddl(ty));
+        for day in today - past_days..=today + ahead_days {
+            sql.push_str(&day_partition_ddl(ty, day));
+            sql.push('\n');
+        }
+    }
+    sql
+}
+
+/// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::built_in_events;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_419), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn table_ddl_has_every_column_in_order() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 100);
+        let clicks = catalog.get("clicks").unwrap();
+        let ddl = event_table_ddl(clicks);
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS events.\"clicks\" (\n    \"time\" timestamptz NOT NULL,"), "{ddl}");
+        assert!(ddl.contains("\"selector\" text\n) PARTITION BY RANGE (time);"), "{ddl}");
+        assert!(ddl.contains("ALTER TABLE events.\"clicks\" ADD COLUMN IF NOT EXISTS \"buttons\" bigint;"));
+        assert!(day_partition_ddl(clicks, 20_419).contains("FROM ('2025-11-26 00:00:00+00') TO ('2025-11-27 00:00:00+00')"));
+    }
+}
