@@ -238,7 +238,7 @@ fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: crossbeam_channel::Re
     // Shutdown: flush every loader, then leave the group.
     let loaders: Vec<Addr<PartitionLoader>> = consumer.context().loaders.lock().unwrap().values().cloned().collect();
     for addr in &loaders {
-        let _ = consumer.context().rt.block_on(async {
+        consumer.context().rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(10), addr.send(FlushNow)).await;
             // The flush runs inside the actor; a second message waits for it to end.
             let _ = tokio::time::timeout(Duration::from_secs(20), addr.send(FlushNow)).await;

@@ -106,7 +106,7 @@ fn check_page(page: &Value<'_>, limits: &PayloadLimits) -> Result<(), PayloadErr
         }
         let ok = match v {
             Value::String(s) => s.len() <= limits.max_string_bytes,
-            Value::Static(s) => s.as_f64().map_or(true, f64::is_finite),
+            Value::Static(s) => s.as_f64().is_none_or(f64::is_finite),
             _ => false,
         };
         if !ok {

@@ -39,7 +39,7 @@ pub fn redact(url: &str) -> String {
 
 /// Today as days since the Unix epoch (UTC).
 pub fn today() -> i64 {
-    (crate::produce::kafka::now_ms() / 86_400_000) as i64
+    crate::produce::kafka::now_ms() / 86_400_000
 }
 
 /// Applies the whole schema idempotently, under an advisory lock so that two
