@@ -316,3 +316,99 @@ attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", 
     let r = &query(&url, "SELECT plan, seats FROM events.signups")[0];
     assert_eq!((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)), ("pro".to_string(), Some(3)));
 }
+
+/// Posts 25-event batches from `threads` clients to `urls` (round robin) until `stop`.
+fn load_in_background(urls: Vec<String>, threads: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|t| {
+            let (stop, urls) = (stop.clone(), urls.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let b = batch(&format!("bg-{t}-{}", i % 5), 25);
+                    let url = &urls[i % urls.len()];
+                    i += 1;
+                    let _ = c.post(url).header("Origin", ORIGIN).header("Content-Type", "text/plain").body(b.to_string()).send();
+                }
+            })
+        })
+        .collect()
+}
+
+/// Events per distinct batch id in the events topic: what must end up loaded.
+fn events_in_kafka(kafka: &Kafka) -> i64 {
+    let records = kafka.read_all(&kafka.topic, kafka.count(&kafka.topic) as usize, Duration::from_secs(30));
+    let mut by_batch: HashMap<String, i64> = HashMap::new();
+    for r in &records {
+        by_batch.insert(r.value["batch_id"].as_str().unwrap().to_string(), r.value["events"].as_array().unwrap().len() as i64);
+    }
+    by_batch.values().sum()
+}
+
+const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n";
+
+#[test]
+fn postgres_restarted_mid_load_gives_exact_counts() {
+    let mut pg = postgres();
+    let kafka = Kafka::start(2);
+    let url = pg.server.url();
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS));
+    d.wait_ready(Duration::from_secs(30));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&url, &format!("SELECT {}", total_sql())) < 500 {
+        assert!(Instant::now() < until, "loading never started\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg.server.restart().expect("restart PostgreSQL");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let expected = events_in_kafka(&kafka);
+    wait_for_events(&url, expected, Duration::from_secs(90), &d);
+    assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates across the PostgreSQL restart");
+    let metrics = client().get(d.url("/metrics")).send().unwrap().text().unwrap();
+    let retries = metrics.lines().find(|l| l.starts_with("chronos_load_flush_retries_total ")).unwrap().to_string();
+    eprintln!("{expected} events loaded exactly once across a PostgreSQL restart ({retries})");
+}
+
+#[test]
+fn two_chronosd_in_one_group_one_stopped_gives_exact_counts() {
+    let pg = postgres();
+    let kafka = Kafka::start(4);
+    let url = pg.server.url();
+    let a = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200", FAST_IPS));
+    let mut b = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200", FAST_IPS));
+    a.wait_ready(Duration::from_secs(30));
+    b.wait_ready(Duration::from_secs(30));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = load_in_background(vec![a.url("/v1/batch")], 2, stop.clone());
+    // Both members load: each committed offsets for some partitions.
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let partitions = count(&url, "SELECT count(DISTINCT partition) FROM chronos.offsets WHERE topic NOT LIKE 'dead%'");
+        if partitions == 4 {
+            break;
+        }
+        assert!(Instant::now() < until, "only {partitions} partitions loading\n{}\n{}", a.log_text(), b.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM: b flushes, commits and leaves the group; a takes its partitions.
+    // (With kill -9 instead, tansu 0.6.0 never expires the dead member while a
+    // keeps heartbeating, so its partitions stay orphaned; Apache Kafka expires
+    // it after session.timeout.ms. The single-process kill -9 test covers crashes.)
+    assert_eq!(b.terminate().code(), Some(0), "{}", b.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let expected = events_in_kafka(&kafka);
+    wait_for_events(&url, expected, Duration::from_secs(120), &a);
+    assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates after the rebalance");
+    eprintln!("{expected} events loaded exactly once after one of two loaders left mid-load");
+}

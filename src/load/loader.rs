@@ -36,6 +36,8 @@ pub struct LoaderShared {
     pub pg_url: String,
     /// Offsets to commit to Kafka once stored in PostgreSQL: (topic, partition, next offset).
     pub kafka_commits: crossbeam_channel::Sender<(String, i32, i64)>,
+    /// Where a fenced loader must read again from: (topic, partition, stored offset).
+    pub seeks: crossbeam_channel::Sender<(String, i32, i64)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -74,8 +76,8 @@ struct Buffer {
 /// Why a flush did not commit.
 #[derive(Debug)]
 enum FlushError {
-    /// Another loader moved this partition's offset: it owns the partition now.
-    Fenced,
+    /// Another loader moved this partition's offset past ours (the stored offset).
+    Fenced(Option<i64>),
     Db(tokio_postgres::Error),
 }
 
@@ -136,7 +138,7 @@ impl PartitionLoader {
                             shared.metrics.load_events.inc_by(loaded);
                             return (client, Ok(buffer.next_offset.unwrap()));
                         }
-                        Err(FlushError::Fenced) => return (client, Err(())),
+                        Err(FlushError::Fenced(stored)) => return (client, Err(stored)),
                         Err(FlushError::Db(e)) => {
                             tracing::warn!(topic, partition, error = %e, retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
                         }
@@ -151,16 +153,21 @@ impl PartitionLoader {
         };
         // `wait`: no other message is handled until the flush ends, so the
         // mailbox fills and the poller waits (backpressure).
-        ctx.wait(fut.into_actor(self).map(|(client, result), act, ctx| {
+        ctx.wait(fut.into_actor(self).map(|(client, result), act, _ctx| {
             act.client = client;
             match result {
                 Ok(next) => {
                     act.expected = Some(next);
                     let _ = act.shared.kafka_commits.try_send((act.topic.clone(), act.partition, next));
                 }
-                Err(()) => {
-                    tracing::warn!(topic = %act.topic, partition = act.partition, "Partition taken over by another loader; stopping.");
-                    ctx.stop();
+                Err(stored) => {
+                    // Another loader committed this range first (a rebalance race):
+                    // drop ours and read again from what is stored.
+                    tracing::warn!(topic = %act.topic, partition = act.partition, ?stored, "Offset moved by another loader; re-reading from the stored offset.");
+                    act.expected = stored;
+                    if let Some(o) = stored {
+                        let _ = act.shared.seeks.try_send((act.topic.clone(), act.partition, o));
+                    }
                 }
             }
         }));
@@ -241,7 +248,14 @@ async fn commit(
         .await?;
     if moved != 1 {
         tx.rollback().await?;
-        return Err(FlushError::Fenced);
+        let stored = client
+            .query_opt(
+                "SELECT next_offset FROM chronos.offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+                &[&shared.group, &topic, &partition],
+            )
+            .await?
+            .map(|r| r.get::<_, i64>(0));
+        return Err(FlushError::Fenced(stored));
     }
     tx.commit().await?;
     tracing::debug!(topic, partition, rows = loaded, next_offset = next, "Loaded batch.");
@@ -276,6 +290,13 @@ impl Handler<Record> for PartitionLoader {
     type Result = ();
 
     fn handle(&mut self, mut rec: Record, ctx: &mut Context<Self>) {
+        // Records below the next offset are already loaded (ours or another
+        // loader's) or were delivered again after a seek: skip them.
+        if let Some(next) = self.buffer.next_offset.or(self.expected) {
+            if rec.offset < next {
+                return;
+            }
+        }
         let raw_copy = rec.payload.clone();
         let dead_letters = self.is_dead_letter_topic();
         let decoded = catch_unwind(AssertUnwindSafe(|| {
@@ -309,6 +330,22 @@ impl Handler<Record> for PartitionLoader {
         if self.due() {
             self.flush(ctx);
         }
+    }
+}
+
+/// Message: the partition was revoked; stop without committing what is buffered.
+pub struct Revoked;
+
+impl Message for Revoked {
+    type Result = ();
+}
+
+impl Handler<Revoked> for PartitionLoader {
+    type Result = ();
+
+    fn handle(&mut self, _: Revoked, ctx: &mut Context<Self>) {
+        self.buffer = Buffer::default();
+        ctx.stop();
     }
 }
 

@@ -27,7 +27,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext};
 
 use self::decode::TimePolicy;
-use self::loader::{FlushNow, LoaderShared, PartitionLoader, Record};
+use self::loader::{FlushNow, LoaderShared, PartitionLoader, Record, Revoked};
 use crate::catalog::EventCatalog;
 use crate::config::Config;
 use crate::telemetry::Metrics;
@@ -105,10 +105,9 @@ impl LoadContext {
         for e in tpl.elements() {
             if let Some(addr) = loaders.remove(&(e.topic().to_string(), e.partition())) {
                 // Stopping drops the uncommitted buffer; the next owner reads it again.
-                drop(addr);
+                addr.do_send(Revoked);
             }
         }
-        // Dropping the last address stops an actor once its mailbox is drained; make it prompt.
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "Cannot unassign partitions.");
         }
@@ -155,6 +154,7 @@ impl LoaderHandle {
 pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
     let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let (commit_tx, commit_rx) = crossbeam_channel::bounded::<(String, i32, i64)>(10_000);
+    let (seek_tx, seek_rx) = crossbeam_channel::bounded::<(String, i32, i64)>(1_000);
     let shared = Arc::new(LoaderShared {
         copy_statements: LoaderShared::copy_statements(&catalog),
         catalog,
@@ -169,6 +169,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         retry_max_ms: config.load.retry_max_ms,
         pg_url: config.postgres.url.clone(),
         kafka_commits: commit_tx,
+        seeks: seek_tx,
         metrics,
     });
     let threads = if config.load.threads > 0 {
@@ -204,12 +205,19 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).context("subscribing")?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let thread = std::thread::Builder::new().name("chronos-poll".into()).spawn(move || poll_loop(consumer, commit_rx, stop2))?;
+    let thread = std::thread::Builder::new().name("chronos-poll".into()).spawn(move || poll_loop(consumer, commit_rx, seek_rx, stop2))?;
     Ok(LoaderHandle { stop, thread: Some(thread), arbiters })
 }
 
-fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: crossbeam_channel::Receiver<(String, i32, i64)>, stop: Arc<AtomicBool>) {
+type OffsetQueue = crossbeam_channel::Receiver<(String, i32, i64)>;
+
+fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: OffsetQueue, seeks: OffsetQueue, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
+        for (topic, partition, offset) in seeks.try_iter() {
+            if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                tracing::warn!(topic, partition, offset, error = %e, "Cannot seek back to the stored offset.");
+            }
+        }
         // Offsets already stored in PostgreSQL: tell Kafka too, for lag tools.
         let latest: HashMap<(String, i32), i64> = commits.try_iter().map(|(t, p, o)| ((t, p), o)).collect();
         if !latest.is_empty() {

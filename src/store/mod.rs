@@ -46,7 +46,8 @@ pub fn today() -> i64 {
 /// chronosd starting together do not race on CREATE … IF NOT EXISTS.
 pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64, ahead_days: i64) -> Result<()> {
     let tx = client.transaction().await?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7243001)").await?;
+    // "already exists, skipping" notices are expected on every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)").await?;
     tx.batch_execute(&schema::install_sql(catalog, today(), past_days, ahead_days))
         .await
         .context("applying the schema")?;

@@ -233,7 +233,7 @@ impl Chronosd {
         let child = Command::new(env!("CARGO_BIN_EXE_chronosd"))
             .arg("--config")
             .arg(&config)
-            .env("CHRONOS_LOG", std::env::var("TEST_CHRONOS_LOG").unwrap_or_else(|_| "info".into()))
+            .env("CHRONOS_LOG", std::env::var("TEST_CHRONOS_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn".into()))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
