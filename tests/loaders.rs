@@ -412,3 +412,57 @@ fn two_chronosd_in_one_group_one_stopped_gives_exact_counts() {
     assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates after the rebalance");
     eprintln!("{expected} events loaded exactly once after one of two loaders left mid-load");
 }
+
+#[test]
+fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
+    let pg = postgres();
+    let kafka = Kafka::start(1);
+    let url = pg.server.url();
+    let port = free_port();
+    let mut d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, "", ""));
+    d.wait_ready(Duration::from_secs(30));
+    let c = client();
+    let mut b = batch("replay", 1);
+    b["events"] = json!([["signups", now_ms(), "pro"], ["mouse_moves", now_ms(), 1, 2]]);
+    let (s, body, _) = post(&c, &d, &b, "198.51.100.9");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["rejected"], 1);
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&url, "SELECT count(*) FROM chronos.dead_letters") < 1 {
+        assert!(Instant::now() < until, "no dead letter\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+
+    // The catalog learns the event type; chronosd restarts and creates its table.
+    let events = "[events.signups]\nattributes = [{ name = \"plan\", type = \"text\", max_len = 32 }]\n";
+    let toml = config_toml_with_pg(&kafka, port, &url, "", events);
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    let dir = temp_dir();
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["dead-letters", "list"]);
+    assert!(listed.contains("events[0][0]: unknown or disabled event type `signups`"), "{listed}");
+    assert!(cli(&["dead-letters", "replay"]).contains("replayed 1 dead letter(s)"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&url, "SELECT count(*) FROM events.signups") < 1 {
+        assert!(Instant::now() < until, "replayed event never loaded\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = &query(&url, "SELECT plan, session_id, metadata->>'url' FROM events.signups")[0];
+    assert_eq!(r.get::<_, String>(0), "pro");
+    assert_eq!(r.get::<_, String>(1), "replay");
+    assert_eq!(r.get::<_, String>(2), b["page"]["url"].as_str().unwrap());
+    // Nothing left to replay; the event is stored once.
+    assert!(cli(&["dead-letters", "replay"]).contains("replayed 0 dead letter(s)"));
+    assert!(!cli(&["dead-letters", "list"]).contains("signups"));
+    assert!(cli(&["dead-letters", "list", "--all"]).contains("(replayed)"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&url, "SELECT count(*) FROM events.signups"), 1);
+}

@@ -43,9 +43,28 @@ enum Cmd {
     },
     /// Create the events and dead-letter topics (idempotent; any Kafka-protocol cluster).
     InstallKafka,
+    /// List or replay dead letters (events that could not be stored, with why).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterCmd,
+    },
     /// Create or update the PostgreSQL schema from the catalog (idempotent; adds new
     /// event tables and attribute columns online, never drops anything).
     InstallPipeline,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCmd {
+    /// Show the newest dead letters not yet replayed.
+    List {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: i64,
+        /// Include replayed ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-submit dead letters that the current catalog accepts (all, or the given ids).
+    Replay { ids: Vec<i64> },
 }
 
 fn main() {
@@ -92,6 +111,31 @@ fn run(cli: Cli) -> Result<()> {
                 let state = if created.contains(t) { "created" } else { "exists" };
                 println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
             }
+        }
+        Cmd::DeadLetters { action } => {
+            let c = &stack.config;
+            chronos::stack::postgres::block_on(async {
+                let client = chronos::store::connect(&c.postgres.url).await?;
+                match action {
+                    DeadLetterCmd::List { limit, all } => {
+                        for d in chronos::load::replay::list(&client, limit, all).await? {
+                            let replayed = if d.replayed { " (replayed)" } else { "" };
+                            println!("{:>6}  {}  {:<7}  {}{replayed}", d.id, d.at, d.stage, d.reason);
+                            if let Some(e) = d.event {
+                                println!("        {e}");
+                            }
+                        }
+                    }
+                    DeadLetterCmd::Replay { ids } => {
+                        let report = chronos::load::replay::replay(c, &client, &ids).await?;
+                        println!("replayed {} dead letter(s)", report.replayed.len());
+                        for (id, reason) in &report.still_invalid {
+                            println!("{id:>6}  still refused: {reason}");
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?;
         }
         Cmd::InstallPipeline => {
             let c = &stack.config;

@@ -55,6 +55,20 @@ pub struct DeadLetter {
     pub event: Option<String>,
     /// The whole record, when it could not be decoded.
     pub raw: Option<Vec<u8>>,
+    /// The batch's facts as JSON (session_id, key_id, sent_at, received_at,
+    /// client_ip, user_agent, page): what a replay needs to rebuild a record.
+    pub context: Option<String>,
+}
+
+/// The batch facts of a record, as the JSON `context` of its dead letters.
+fn context_of(root: &Value<'_>) -> Option<String> {
+    let mut ctx = serde_json::Map::new();
+    for k in ["session_id", "key_id", "sent_at", "received_at", "client_ip", "user_agent", "page"] {
+        if let Some(v) = root.get(k) {
+            ctx.insert(k.to_string(), serde_json::to_value(v).ok()?);
+        }
+    }
+    serde_json::to_string(&ctx).ok()
 }
 
 /// One decoded batch record.
@@ -87,6 +101,7 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
     let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
     let events = field("events")?.as_array().ok_or("`events` is not an array")?;
 
+    let context = context_of(&root);
     let types = catalog.types();
     let mut tables: Vec<TableRows> = Vec::new();
     let mut dead = Vec::new();
@@ -99,6 +114,7 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
             position: Some(position as i32),
             event: serde_json::to_string(event).ok(),
             raw: None,
+            context: context.clone(),
         };
         let Some(items) = event.as_array() else {
             dead.push(reject(": not an array".into()));
@@ -193,6 +209,7 @@ fn fits(v: &Value<'_>, ty: AttrType) -> bool {
 pub fn decode_dead_letter(buf: &mut [u8]) -> Result<Vec<DeadLetter>, String> {
     let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
     let batch_id = root.get("batch_id").and_then(|v| v.as_str()).and_then(|s| Uuid::try_parse(s).ok());
+    let context = context_of(&root);
     let rejected = root.get("rejected").and_then(|v| v.as_array()).ok_or("dead-letter record has no `rejected` array")?;
     Ok(rejected
         .iter()
@@ -203,6 +220,7 @@ pub fn decode_dead_letter(buf: &mut [u8]) -> Result<Vec<DeadLetter>, String> {
             position: r.get("position").and_then(|v| v.as_i64()).map(|p| p as i32),
             event: r.get("event").and_then(|e| serde_json::to_string(e).ok()),
             raw: None,
+            context: context.clone(),
         })
         .collect())
 }

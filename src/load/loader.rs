@@ -228,11 +228,13 @@ async fn commit(
         let positions: Vec<Option<i32>> = dead.iter().map(|d| d.letter.position).collect();
         let events: Vec<Option<&str>> = dead.iter().map(|d| d.letter.event.as_deref()).collect();
         let raws: Vec<Option<&[u8]>> = dead.iter().map(|d| d.letter.raw.as_deref()).collect();
+        let contexts: Vec<Option<&str>> = dead.iter().map(|d| d.letter.context.as_deref()).collect();
         tx.execute(
-            "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw)
-             SELECT s, r, $3, $4, o, b, p, e::jsonb, w
-             FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[]) AS u(s, r, o, b, p, e, w)",
-            &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws],
+            "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
+             SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
+             FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
+                  AS u(s, r, o, b, p, e, w, c)",
+            &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts],
         )
         .await?;
     }
@@ -321,7 +323,7 @@ impl Handler<Record> for PartitionLoader {
             }
             Ok(Err(letters)) => b.dead.extend(letters.into_iter().map(|letter| PlacedDeadLetter { letter, offset: rec.offset })),
             Err(reason) => b.dead.push(PlacedDeadLetter {
-                letter: DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(raw_copy) },
+                letter: DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(raw_copy), context: None },
                 offset: rec.offset,
             }),
         }

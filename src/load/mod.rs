@@ -11,6 +11,7 @@
 pub mod copy;
 pub mod decode;
 pub mod loader;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -72,8 +72,10 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     position integer,
     event jsonb,
     raw bytea,
+    context jsonb,
     replayed_at timestamptz
 );
+ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
 "#;
 
 /// DDL for one event table: create if missing, then add any missing attribute column.
