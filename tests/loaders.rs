@@ -137,6 +137,18 @@ fn events_land_exactly_once_with_every_value_intact() {
     check(&format!("SELECT key, element {}", one("key_presses")), json!({"key": null, "element": "INPUT"}));
     check(&format!("SELECT form_id, action, fields {}", one("form_submissions")), json!({"form_id": "signup", "action": "/join", "fields": ["email", "plan"]}));
 
+    // Lag per partition is exported (and reaches 0 once everything is committed).
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = c.get(d.url("/metrics")).send().unwrap().text().unwrap();
+        let lags: Vec<&str> = metrics.lines().filter(|l| l.starts_with("chronos_load_consumer_lag_records{") && l.contains(&kafka.topic)).collect();
+        if lags.len() == 3 && lags.iter().all(|l| l.ends_with(" 0")) {
+            break;
+        }
+        assert!(Instant::now() < until, "lag metrics: {lags:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // Offsets live in PostgreSQL, per partition.
     let stored = count(&url, "SELECT coalesce(sum(next_offset), 0)::bigint FROM chronos.offsets WHERE topic NOT LIKE 'dead%'");
     assert_eq!(stored, 41, "every record of the events topic is accounted for");

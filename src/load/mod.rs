@@ -53,6 +53,19 @@ impl ClientContext for LoadContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Loader consumer error.");
     }
+
+    fn stats(&self, s: rdkafka::statistics::Statistics) {
+        // consumer_lag = high watermark − committed offset, and Kafka offsets are
+        // committed only after PostgreSQL committed: records not yet in the tables.
+        let lag = &self.shared.metrics.load_consumer_lag;
+        for (topic, t) in &s.topics {
+            for part in t.partitions.values() {
+                if part.partition >= 0 && part.desired {
+                    lag.with_label_values(&[topic, &part.partition.to_string()]).set(part.consumer_lag.max(0));
+                }
+            }
+        }
+    }
 }
 
 impl LoadContext {
@@ -197,7 +210,8 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("session.timeout.ms", config.load.session_timeout_ms.to_string())
         .set("max.poll.interval.ms", config.load.max_poll_interval_ms.to_string())
         .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
     for (k, v) in &config.kafka.extra {
         cc.set(k, v);
     }
