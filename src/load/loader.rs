@@ -98,11 +98,14 @@ pub struct PartitionLoader {
     client: Option<Client>,
     buffer: Buffer,
     mailbox_capacity: usize,
+    /// After a fence: the stored offset the consumer was sent back to. Records
+    /// queued before the seek are skipped until this exact offset comes again.
+    resync_at: Option<i64>,
 }
 
 impl PartitionLoader {
     pub fn new(shared: Arc<LoaderShared>, topic: String, partition: i32, expected: Option<i64>, mailbox_capacity: usize) -> Self {
-        PartitionLoader { shared, topic, partition, expected, client: None, buffer: Buffer::default(), mailbox_capacity }
+        PartitionLoader { shared, topic, partition, expected, client: None, buffer: Buffer::default(), mailbox_capacity, resync_at: None }
     }
 
     fn is_dead_letter_topic(&self) -> bool {
@@ -165,7 +168,9 @@ impl PartitionLoader {
                     // drop ours and read again from what is stored.
                     tracing::warn!(topic = %act.topic, partition = act.partition, ?stored, "Offset moved by another loader; re-reading from the stored offset.");
                     act.expected = stored;
+                    act.buffer = Buffer::default();
                     if let Some(o) = stored {
+                        act.resync_at = Some(o);
                         let _ = act.shared.seeks.try_send((act.topic.clone(), act.partition, o));
                     }
                 }
@@ -233,7 +238,8 @@ async fn commit(
             "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
              SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
              FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
-                  AS u(s, r, o, b, p, e, w, c)",
+                  AS u(s, r, o, b, p, e, w, c)
+             ON CONFLICT DO NOTHING",
             &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts],
         )
         .await?;
@@ -292,6 +298,14 @@ impl Handler<Record> for PartitionLoader {
     type Result = ();
 
     fn handle(&mut self, mut rec: Record, ctx: &mut Context<Self>) {
+        // After a fence, wait for the seek: skip everything until the stored
+        // offset itself is delivered again (these topics have no offset gaps).
+        if let Some(at) = self.resync_at {
+            if rec.offset != at {
+                return;
+            }
+            self.resync_at = None;
+        }
         // Records below the next offset are already loaded (ours or another
         // loader's) or were delivered again after a seek: skip them.
         if let Some(next) = self.buffer.next_offset.or(self.expected) {

@@ -101,6 +101,10 @@ fn check_page(page: &Value<'_>, limits: &PayloadLimits) -> Result<(), PayloadErr
         _ => return Err(invalid("page.url", "missing or not a non-empty string")),
     }
     for (k, v) in obj.iter() {
+        if k.contains('\0') || matches!(v, Value::String(s) if s.contains('\0')) {
+            // PostgreSQL jsonb cannot hold NUL.
+            return Err(invalid(&format!("page.{}", truncate(&k.replace('\0', "\\u0000"), 64)), "contains a NUL character"));
+        }
         if k.is_empty() || k.len() > 64 {
             return Err(invalid("page", format!("key `{}` must be 1 to 64 bytes", truncate(k, 64))));
         }
@@ -197,6 +201,7 @@ mod tests {
         assert_eq!(path_of(&GOOD.replace(r#"[["clicks",1764000000000]]"#, "[1,2,3,4]")), "events");
         assert_eq!(path_of(&GOOD.replace(r#""v":1"#, r#""v":1,"extra":0"#)), "extra");
         assert_eq!(path_of("[1]"), "$");
+        assert_eq!(path_of(&GOOD.replace(r#""url":"https://x.test/""#, r#""url":"https://x.test/","title":"a\u0000""#)), "page.title");
         assert_eq!(path_of(&GOOD.replace(r#""session":"s1""#, r#""session":"s1","session":"s2""#)), "session");
         assert_eq!(path_of(&GOOD.replace(r#"{"url":"https://x.test/""#, r#"{"url":"https://x.test/","url":"""#)), "page.url");
     }

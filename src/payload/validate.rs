@@ -102,7 +102,10 @@ fn check_value(v: &Value<'_>, attr: &Attribute) -> Result<(), String> {
 }
 
 fn check_len(s: &str, max: usize) -> Result<(), String> {
-    if s.len() > max {
+    if s.contains('\0') {
+        // PostgreSQL text and jsonb cannot hold NUL.
+        Err("contains a NUL character".into())
+    } else if s.len() > max {
         Err(format!("{} bytes is over the limit of {max}", s.len()))
     } else {
         Ok(())
@@ -169,6 +172,7 @@ mod tests {
         assert_eq!(reason(&format!(r#"["clicks",{T},null,1,1,1,null]"#)), "events[0][2] `element`: must not be null");
         assert_eq!(reason(&format!(r#"["key_presses",{T},"{}","INPUT"]"#, "k".repeat(33))), "events[0][2] `key`: 33 bytes is over the limit of 32");
         assert_eq!(reason(&format!(r#"["form_submissions",{T},null,null,["a",1]]"#)), "events[0][4] `fields`: item 1: expected a string");
+        assert_eq!(reason(&format!(r#"["key_presses",{T},"a\u0000b","INPUT"]"#)), "events[0][2] `key`: contains a NUL character");
     }
 
     #[test]

@@ -76,6 +76,9 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     replayed_at timestamptz
 );
 ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
+-- A retried batch (same batch id) dead-letters the same event once.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
+    WHERE batch_id IS NOT NULL AND position IS NOT NULL;
 "#;
 
 /// DDL for one event table: create if missing, then add any missing attribute column.
