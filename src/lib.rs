@@ -12,6 +12,9 @@
 //!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
 //! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
+//! - [`load`]: loaders — the consumer, one `PartitionLoader` actor per partition,
+//!   COPY BINARY encoding, dead-letter replay.
+//! - [`store`]: PostgreSQL — schema from the catalog, partitions, internals.
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
 //! - [`telemetry`]: metric names, the registry, logging.

@@ -331,6 +331,15 @@ attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", 
     assert_eq!(got[1], (5, Some(0.5)));
     let r = &query(&url, "SELECT plan, seats FROM events.signups")[0];
     assert_eq!((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)), ("pro".to_string(), Some(3)));
+
+    // Changing a type is refused at start with a message naming the column.
+    let dir = temp_dir();
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(&config, config_toml_with_pg(&kafka, free_port(), &url, "", &events.replace(r#"name = "seats", type = "int""#, r#"name = "seats", type = "text""#))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).arg("install-pipeline").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("events.signups.seats is bigint in PostgreSQL but text in the catalog"), "{err}");
 }
 
 /// Posts 25-event batches from `threads` clients to `urls` (round robin) until `stop`.

@@ -1,4 +1,5 @@
-//! chronos: the command-line tool (start/stop/status/log of the local stack, topics).
+//! chronos: the command-line tool (start/stop/status/log of the local stack,
+//! topics, schema, dead letters).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;

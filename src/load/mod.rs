@@ -152,7 +152,7 @@ pub struct LoaderHandle {
 }
 
 impl LoaderHandle {
-    /// Flushes every loader, leaves the group and stops (within `deadline`).
+    /// Flushes every loader (up to 30 s each), leaves the group and stops.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

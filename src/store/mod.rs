@@ -52,7 +52,43 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64
         .await
         .context("applying the schema")?;
     tx.commit().await?;
-    Ok(())
+    check_column_types(client, catalog).await
+}
+
+/// Refuses to start when a catalog attribute's type differs from its column's:
+/// COPY would fail on every flush. Types are never changed online.
+pub async fn check_column_types(client: &Client, catalog: &EventCatalog) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT table_name, column_name, CASE WHEN data_type = 'ARRAY' THEN udt_name ELSE data_type END
+             FROM information_schema.columns WHERE table_schema = 'events'",
+            &[],
+        )
+        .await?;
+    let mut errors = Vec::new();
+    for ty in catalog.types() {
+        for a in &ty.attributes {
+            let want = match schema::sql_type(a.ty) {
+                "text[]" => "_text",
+                t => t,
+            };
+            let found = rows.iter().find(|r| r.get::<_, &str>(0) == &*ty.name && r.get::<_, &str>(1) == &*a.name);
+            if let Some(r) = found {
+                let have: &str = r.get(2);
+                if have != want {
+                    errors.push(format!(
+                        "events.{}.{} is {have} in PostgreSQL but {want} in the catalog (events.{}): types are not changed online; add a new attribute instead",
+                        ty.name, a.name, ty.name
+                    ));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", errors.join("\n"))
+    }
 }
 
 /// Creates the coming days' partitions (run periodically).
