@@ -44,7 +44,13 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let listener = TcpListener::bind(config.http.listen)
-        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-    actix_rt::System::new().block_on(chronos::run(config, listener, chronos::shutdown::signal()))
+    let result = TcpListener::bind(config.http.listen)
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))
+        .and_then(|listener| actix_rt::System::new().block_on(chronos::run(config, listener, chronos::shutdown::signal())));
+    if let Err(e) = result {
+        // One line with the whole cause chain: what failed and what to do.
+        eprintln!("chronosd: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
