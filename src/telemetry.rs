@@ -21,6 +21,7 @@ pub const LOAD_EVENTS: &str = "chronos_load_events_total";
 pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
+pub const LOAD_PAUSES: &str = "chronos_load_partition_pauses_total";
 
 /// Produce latency buckets: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -46,6 +47,7 @@ pub struct Metrics {
     pub load_flush_seconds: Histogram,
     pub load_flush_retries: IntCounter,
     pub load_consumer_lag: IntGaugeVec,
+    pub load_pauses: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +87,7 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec())
             )),
             load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
+            load_pauses: reg!(IntCounter::new(LOAD_PAUSES, "Partitions paused because their loader was behind (backpressure).")),
             load_consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new(LOAD_CONSUMER_LAG, "Records of an assigned partition not yet committed to PostgreSQL (librdkafka consumer_lag)."),
                 &["topic", "partition"]

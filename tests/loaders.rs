@@ -378,7 +378,7 @@ fn postgres_restarted_mid_load_gives_exact_counts() {
     let mut pg = postgres();
     let kafka = Kafka::start(2);
     let url = pg.server.url();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS));
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200\nretry_max_ms = 500\nmailbox_capacity = 16", FAST_IPS));
     d.wait_ready(Duration::from_secs(30));
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
@@ -398,7 +398,10 @@ fn postgres_restarted_mid_load_gives_exact_counts() {
     assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates across the PostgreSQL restart");
     let metrics = client().get(d.url("/metrics")).send().unwrap().text().unwrap();
     let retries = metrics.lines().find(|l| l.starts_with("chronos_load_flush_retries_total ")).unwrap().to_string();
-    eprintln!("{expected} events loaded exactly once across a PostgreSQL restart ({retries})");
+    let pauses = metrics.lines().find(|l| l.starts_with("chronos_load_partition_pauses_total ")).unwrap().to_string();
+    let paused: u64 = pauses.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(paused > 0, "partitions were paused while PostgreSQL was away (mailbox of 16)");
+    eprintln!("{expected} events loaded exactly once across a PostgreSQL restart ({retries}, {pauses})");
 }
 
 #[test]

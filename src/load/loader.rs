@@ -307,9 +307,16 @@ impl Handler<Record> for PartitionLoader {
             self.resync_at = None;
         }
         // Records below the next offset are already loaded (ours or another
-        // loader's) or were delivered again after a seek: skip them.
+        // loader's) or were delivered again after a seek: skip them. A record
+        // past it means some were not handed over: read again from `next`.
         if let Some(next) = self.buffer.next_offset.or(self.expected) {
             if rec.offset < next {
+                return;
+            }
+            if rec.offset > next {
+                tracing::warn!(topic = %self.topic, partition = self.partition, next, got = rec.offset, "Offset gap; re-reading from the next offset.");
+                self.resync_at = Some(next);
+                let _ = self.shared.seeks.try_send((self.topic.clone(), self.partition, next));
                 return;
             }
         }

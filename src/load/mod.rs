@@ -43,6 +43,8 @@ struct LoadContext {
     mailbox_capacity: usize,
     rt: tokio::runtime::Runtime,
     next_arbiter: std::sync::atomic::AtomicUsize,
+    /// Bumped on every assignment or revocation (the poll loop forgets its pauses).
+    rebalances: std::sync::atomic::AtomicU64,
 }
 
 impl ClientContext for LoadContext {
@@ -130,6 +132,7 @@ impl LoadContext {
 
 impl ConsumerContext for LoadContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
@@ -199,6 +202,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         mailbox_capacity: config.load.mailbox_capacity,
         rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         next_arbiter: Default::default(),
+        rebalances: Default::default(),
     };
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka.brokers)
@@ -226,8 +230,44 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
 
 type OffsetQueue = crossbeam_channel::Receiver<(String, i32, i64)>;
 
+fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
 fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: OffsetQueue, seeks: OffsetQueue, stop: Arc<AtomicBool>) {
+    // Partitions whose loader's mailbox was full: paused, with the first offset
+    // not handed over and when to try again. Other partitions keep flowing and
+    // the consumer keeps polling (its group membership never lapses).
+    let mut paused: HashMap<(String, i32), (i64, std::time::Instant)> = HashMap::new();
+    let mut seen_rebalances = 0;
     while !stop.load(Ordering::Relaxed) {
+        let rebalances = consumer.context().rebalances.load(Ordering::SeqCst);
+        if rebalances != seen_rebalances {
+            // New loaders start from the offsets stored in PostgreSQL: old pauses are void.
+            for (topic, partition) in paused.keys() {
+                let _ = consumer.resume(&one_partition(topic, *partition));
+            }
+            paused.clear();
+            seen_rebalances = rebalances;
+        }
+        let now = std::time::Instant::now();
+        let due: Vec<(String, i32)> = paused.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| k.clone()).collect();
+        for key in due {
+            let (offset, _) = paused[&key];
+            // Seek back to the first record not handed over, then resume.
+            match consumer.seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(1)) {
+                Ok(()) => {
+                    let _ = consumer.resume(&one_partition(&key.0, key.1));
+                    paused.remove(&key);
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %key.0, partition = key.1, error = %e, "Seek before resume failed; retrying.");
+                    paused.insert(key, (offset, now + Duration::from_millis(100)));
+                }
+            }
+        }
         for (topic, partition, offset) in seeks.try_iter() {
             if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
                 tracing::warn!(topic, partition, offset, error = %e, "Cannot seek back to the stored offset.");
@@ -245,12 +285,27 @@ fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: OffsetQueue, seeks: O
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let key = (m.topic().to_string(), m.partition());
-                let addr = consumer.context().loaders.lock().unwrap().get(&key).cloned();
-                if let Some(addr) = addr {
-                    let rec = Record { offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec() };
-                    // Waits while the loader's mailbox is full (backpressure).
-                    if consumer.context().rt.block_on(addr.send(rec)).is_err() {
-                        tracing::debug!(topic = %key.0, partition = key.1, "Loader gone; record left for the next owner.");
+                if paused.contains_key(&key) {
+                    // Fetched before the pause took effect: read again after the seek.
+                    continue;
+                }
+                let rec = Record { offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec() };
+                // Always through the same stored address: an actix sender may
+                // overfill the mailbox by one and is then refused until drained;
+                // a fresh clone per record would never be refused.
+                let sent = consumer.context().loaders.lock().unwrap().get(&key).map(|addr| addr.try_send(rec));
+                if let Some(sent) = sent {
+                    match sent {
+                        Ok(()) => {}
+                        Err(actix::prelude::SendError::Full(_)) => {
+                            // Backpressure: this loader is behind (PostgreSQL slow or down).
+                            let _ = consumer.pause(&one_partition(&key.0, key.1));
+                            consumer.context().shared.metrics.load_pauses.inc();
+                            paused.insert(key, (m.offset(), std::time::Instant::now() + Duration::from_millis(20)));
+                        }
+                        Err(actix::prelude::SendError::Closed(_)) => {
+                            tracing::debug!(topic = %key.0, partition = key.1, "Loader gone; record left for the next owner.");
+                        }
                     }
                 }
             }
