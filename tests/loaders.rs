@@ -387,6 +387,9 @@ fn postgres_restarted_mid_load_gives_exact_counts() {
         assert!(Instant::now() < until, "loading never started\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Down for 3 s (longer than a loader waits before its partition is paused), then back.
+    pg.server.stop();
+    std::thread::sleep(Duration::from_secs(3));
     pg.server.restart().expect("restart PostgreSQL");
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

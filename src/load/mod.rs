@@ -230,6 +230,32 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
 
 type OffsetQueue = crossbeam_channel::Receiver<(String, i32, i64)>;
 
+/// How long polling waits for a full loader mailbox before pausing its partition.
+const HAND_OVER_WAIT: Duration = Duration::from_millis(500);
+
+/// Gives a record to its partition's loader, waiting up to `HAND_OVER_WAIT`
+/// while the mailbox is full (a flush in progress). `None` when no loader owns
+/// the partition. Always through the same stored address: an actix sender may
+/// overfill a mailbox by one and is then refused until it drains, so a fresh
+/// clone per record would never be refused.
+fn hand_over(
+    consumer: &BaseConsumer<LoadContext>,
+    key: &(String, i32),
+    mut rec: Record,
+) -> Option<Result<(), actix::prelude::SendError<Record>>> {
+    let until = std::time::Instant::now() + HAND_OVER_WAIT;
+    loop {
+        let sent = consumer.context().loaders.lock().unwrap().get(key).map(|addr| addr.try_send(rec))?;
+        match sent {
+            Err(actix::prelude::SendError::Full(back)) if std::time::Instant::now() < until => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return Some(other),
+        }
+    }
+}
+
 fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
@@ -290,11 +316,7 @@ fn poll_loop(consumer: BaseConsumer<LoadContext>, commits: OffsetQueue, seeks: O
                     continue;
                 }
                 let rec = Record { offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec() };
-                // Always through the same stored address: an actix sender may
-                // overfill the mailbox by one and is then refused until drained;
-                // a fresh clone per record would never be refused.
-                let sent = consumer.context().loaders.lock().unwrap().get(&key).map(|addr| addr.try_send(rec));
-                if let Some(sent) = sent {
+                if let Some(sent) = hand_over(&consumer, &key, rec) {
                     match sent {
                         Ok(()) => {}
                         Err(actix::prelude::SendError::Full(_)) => {
