@@ -36,6 +36,17 @@ fn count(url: &str, sql: &str) -> i64 {
     query(url, sql)[0].get(0)
 }
 
+/// PostgreSQL, a broker with `partitions`, and chronosd (loaders on) ready on a free port.
+fn loading(partitions: i32, load: &str, extra: &str) -> (Pg, Kafka, String, u16, Chronosd) {
+    let pg = postgres();
+    let kafka = Kafka::start(partitions);
+    let url = pg.server.url();
+    let port = free_port();
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, load, extra));
+    d.wait_ready(Duration::from_secs(30));
+    (pg, kafka, url, port, d)
+}
+
 const TABLES: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
 
 fn total_sql() -> String {
@@ -73,11 +84,7 @@ fn events_of(b: &Value) -> i64 {
 
 #[test]
 fn events_land_exactly_once_with_every_value_intact() {
-    let pg = postgres();
-    let kafka = Kafka::start(3);
-    let url = pg.server.url();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", ""));
-    d.wait_ready(Duration::from_secs(30));
+    let (_pg, kafka, url, _port, d) = loading(3, "", "");
     let c = client();
 
     let mut expected = 0;
@@ -223,11 +230,7 @@ fn kill_9_mid_load_then_restart_gives_exact_counts() {
 
 #[test]
 fn implausible_event_times_are_stored_clamped_and_flagged() {
-    let pg = postgres();
-    let kafka = Kafka::start(1);
-    let url = pg.server.url();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1", ""));
-    d.wait_ready(Duration::from_secs(30));
+    let (_pg, _kafka, url, _port, d) = loading(1, "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1", "");
     let c = client();
     let now = now_ms();
     let mut b = batch("clock", 1);
@@ -255,11 +258,7 @@ fn implausible_event_times_are_stored_clamped_and_flagged() {
 
 #[test]
 fn invalid_events_become_dead_letters_with_their_reason() {
-    let pg = postgres();
-    let kafka = Kafka::start(1);
-    let url = pg.server.url();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", ""));
-    d.wait_ready(Duration::from_secs(30));
+    let (_pg, _kafka, url, _port, d) = loading(1, "", "");
     let c = client();
     let mut b = batch("dl", 3);
     b["events"][1] = json!(["mouse_moves", now_ms(), "left", 4]);
@@ -290,12 +289,7 @@ fn invalid_events_become_dead_letters_with_their_reason() {
 
 #[test]
 fn schema_evolves_online_when_the_catalog_grows() {
-    let pg = postgres();
-    let kafka = Kafka::start(1);
-    let url = pg.server.url();
-    let port = free_port();
-    let mut d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, "", ""));
-    d.wait_ready(Duration::from_secs(30));
+    let (_pg, kafka, url, port, mut d) = loading(1, "", "");
     let c = client();
     let (s, _, _) = post(&c, &d, &batch("old", 6), "198.51.100.8");
     assert_eq!(s, 200);
@@ -375,11 +369,7 @@ const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000
 
 #[test]
 fn postgres_restarted_mid_load_gives_exact_counts() {
-    let mut pg = postgres();
-    let kafka = Kafka::start(2);
-    let url = pg.server.url();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200\nretry_max_ms = 500\nmailbox_capacity = 16", FAST_IPS));
-    d.wait_ready(Duration::from_secs(30));
+    let (mut pg, kafka, url, _port, d) = loading(2, "flush_rows = 200\nretry_max_ms = 500\nmailbox_capacity = 16", FAST_IPS);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
     let until = Instant::now() + Duration::from_secs(30);
@@ -446,12 +436,7 @@ fn two_chronosd_in_one_group_one_stopped_gives_exact_counts() {
 
 #[test]
 fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
-    let pg = postgres();
-    let kafka = Kafka::start(1);
-    let url = pg.server.url();
-    let port = free_port();
-    let mut d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, "", ""));
-    d.wait_ready(Duration::from_secs(30));
+    let (_pg, kafka, url, port, mut d) = loading(1, "", "");
     let c = client();
     let mut b = batch("replay", 1);
     b["events"] = json!([["signups", now_ms(), "pro"], ["mouse_moves", now_ms(), 1, 2]]);
