@@ -254,6 +254,18 @@ fn implausible_event_times_are_stored_clamped_and_flagged() {
     assert!(got[1].1, "far past flagged");
     assert_eq!(got[1].2, -3600, "clamped to received_at - max_past");
     assert!(!got[2].1, "plausible time not flagged");
+
+    // sql/schema.sql applies as is to an empty database (twice: idempotent).
+    query(&url, "CREATE DATABASE plain_sql");
+    let plain = format!("{}/plain_sql", url.rsplit_once('/').unwrap().0);
+    let sql = include_str!("../sql/schema.sql");
+    block_on(async move {
+        let client = chronos::store::connect(&plain).await.unwrap();
+        client.batch_execute(sql).await.unwrap();
+        client.batch_execute(sql).await.unwrap();
+        let n: i64 = client.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'events'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 12, "six event tables, each with its default partition");
+    });
 }
 
 #[test]

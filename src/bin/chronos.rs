@@ -51,7 +51,11 @@ enum Cmd {
     },
     /// Create or update the PostgreSQL schema from the catalog (idempotent; adds new
     /// event tables and attribute columns online, never drops anything).
-    InstallPipeline,
+    InstallPipeline {
+        /// Print the schema of the configured catalog (without daily partitions) and exit.
+        #[arg(long)]
+        print_sql: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,9 +142,13 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Cmd::InstallPipeline => {
+        Cmd::InstallPipeline { print_sql } => {
             let c = &stack.config;
             let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+            if print_sql {
+                print!("{}", chronos::store::schema::static_sql(&catalog));
+                return Ok(());
+            }
             chronos::stack::postgres::block_on(async {
                 let mut client = chronos::store::connect(&c.postgres.url).await?;
                 chronos::store::install(&mut client, &catalog, c.load.partitions_past_days, c.load.partitions_ahead_days).await

@@ -116,6 +116,16 @@ pub fn day_partition_ddl(ty: &EventType, day: i64) -> String {
     )
 }
 
+/// The schema of a catalog without its daily partitions (those depend on the
+/// day they are created): what sql/schema.sql holds for the built-in catalog.
+pub fn static_sql(catalog: &EventCatalog) -> String {
+    let mut sql = String::from(INTERNALS);
+    for ty in catalog.types() {
+        sql.push_str(&event_table_ddl(ty));
+    }
+    sql
+}
+
 /// Whole schema for a catalog, with daily partitions for `[today - past, today + ahead]`.
 pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64) -> String {
     let mut sql = String::from(INTERNALS);
@@ -147,6 +157,16 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use crate::catalog::built_in_events;
+
+    #[test]
+    fn sql_schema_file_is_the_generated_schema_of_the_built_in_catalog() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 2048);
+        assert_eq!(
+            static_sql(&catalog),
+            include_str!("../../sql/schema.sql"),
+            "regenerate with `chronos install-pipeline --print-sql > sql/schema.sql`"
+        );
+    }
 
     #[test]
     fn civil_dates() {

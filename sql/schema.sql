@@ -1,0 +1,151 @@
+
+CREATE SCHEMA IF NOT EXISTS events;
+CREATE SCHEMA IF NOT EXISTS chronos;
+CREATE TABLE IF NOT EXISTS chronos.offsets (
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS chronos.seen_batches (
+    batch_id uuid PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS seen_batches_seen_at ON chronos.seen_batches (seen_at);
+CREATE TABLE IF NOT EXISTS chronos.dead_letters (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    stage text NOT NULL,
+    reason text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    "offset" bigint NOT NULL,
+    batch_id uuid,
+    position integer,
+    event jsonb,
+    raw bytea,
+    context jsonb,
+    replayed_at timestamptz
+);
+ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
+-- A retried batch (same batch id) dead-letters the same event once.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
+    WHERE batch_id IS NOT NULL AND position IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events."clicks" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "element" text,
+    "buttons" bigint,
+    "x" bigint,
+    "y" bigint,
+    "selector" text
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."clicks_default" PARTITION OF events."clicks" DEFAULT;
+ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "element" text;
+ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "buttons" bigint;
+ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "x" bigint;
+ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "y" bigint;
+ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "selector" text;
+CREATE INDEX IF NOT EXISTS "clicks_time" ON events."clicks" (time);
+CREATE TABLE IF NOT EXISTS events."form_submissions" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "form_id" text,
+    "action" text,
+    "fields" text[]
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."form_submissions_default" PARTITION OF events."form_submissions" DEFAULT;
+ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "form_id" text;
+ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "action" text;
+ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "fields" text[];
+CREATE INDEX IF NOT EXISTS "form_submissions_time" ON events."form_submissions" (time);
+CREATE TABLE IF NOT EXISTS events."key_presses" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "key" text,
+    "element" text
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."key_presses_default" PARTITION OF events."key_presses" DEFAULT;
+ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "key" text;
+ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "element" text;
+CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" (time);
+CREATE TABLE IF NOT EXISTS events."link_clicks" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "link_text" text,
+    "target_url" text
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."link_clicks_default" PARTITION OF events."link_clicks" DEFAULT;
+ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "link_text" text;
+ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "target_url" text;
+CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" (time);
+CREATE TABLE IF NOT EXISTS events."mouse_moves" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "x" bigint,
+    "y" bigint
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."mouse_moves_default" PARTITION OF events."mouse_moves" DEFAULT;
+ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "x" bigint;
+ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "y" bigint;
+CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" (time);
+CREATE TABLE IF NOT EXISTS events."pageviews" (
+    "time" timestamptz NOT NULL,
+    "client_time" timestamptz NOT NULL,
+    "received_at" timestamptz NOT NULL,
+    "time_flagged" boolean NOT NULL,
+    "session_id" text NOT NULL,
+    "batch_id" uuid NOT NULL,
+    "position" integer NOT NULL,
+    "key_id" text NOT NULL,
+    "client_ip" text,
+    "metadata" jsonb NOT NULL,
+    "navigation" text,
+    "referrer" text
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS events."pageviews_default" PARTITION OF events."pageviews" DEFAULT;
+ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "navigation" text;
+ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "referrer" text;
+CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" (time);
