@@ -25,7 +25,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 
 use self::decode::TimePolicy;
 use self::loader::{FlushNow, LoaderShared, PartitionLoader, Record, Revoked};
@@ -204,9 +204,8 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         next_arbiter: Default::default(),
         rebalances: Default::default(),
     };
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.load.group_id)
+    let mut cc = crate::produce::kafka::base_client_config(&config.kafka);
+    cc.set("group.id", &config.load.group_id)
         .set("client.id", "chronosd-loader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -216,9 +215,6 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
-    for (k, v) in &config.kafka.extra {
-        cc.set(k, v);
-    }
     let consumer: BaseConsumer<LoadContext> = cc.create_with_context(context).context("creating the loader consumer")?;
     let topics = [config.kafka.topic.clone(), config.kafka.dead_letter_topic.clone()];
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).context("subscribing")?;

@@ -5,18 +5,12 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 
 fn admin(c: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &c.brokers);
-    for (k, v) in &c.extra {
-        cc.set(k, v);
-    }
-    cc.create().map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", c.brokers))
+    super::kafka::base_client_config(c).create().map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", c.brokers))
 }
 
 /// Creates the events and dead-letter topics when missing. Returns the names created.
@@ -40,22 +34,4 @@ pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<Str
         }
     }
     Ok(created)
-}
-
-/// Partition count of `topic`, or an error saying what to do.
-pub fn partitions_of(c: &KafkaConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &c.brokers);
-    for (k, v) in &c.extra {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("the broker at {} is not reachable ({e}); start it with `chronos start broker`", c.brokers))?;
-    match md.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
-        _ => Err(format!("topic {topic} does not exist on {}; create it with `chronos install-kafka`", c.brokers)),
-    }
 }

@@ -132,12 +132,22 @@ pub fn max_record_bytes(max_decompressed_bytes: usize, max_events: usize) -> usi
     max_decompressed_bytes + max_events * 320 + 64 * 1024
 }
 
+/// What every chronos Kafka client shares: the bootstrap servers and `kafka.extra`
+/// (security, SASL, broker-specific settings).
+pub fn base_client_config(c: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.extra {
+        cc.set(k, v);
+    }
+    cc
+}
+
 /// Every librdkafka producer setting chronosd uses, from config.
 /// `max_record` is `max_record_bytes(…)` of the HTTP caps.
 pub fn producer_config(c: &KafkaConfig, max_record: usize) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &c.brokers)
-        .set("client.id", "chronosd")
+    let mut cc = base_client_config(c);
+    cc.set("client.id", "chronosd")
         .set("acks", "all")
         .set("enable.idempotence", c.idempotence.to_string())
         .set("compression.type", &c.compression)
@@ -150,9 +160,6 @@ pub fn producer_config(c: &KafkaConfig, max_record: usize) -> ClientConfig {
         .set("request.timeout.ms", c.request_timeout_ms.min(c.message_timeout_ms).to_string())
         .set("statistics.interval.ms", c.statistics_interval_ms.to_string())
         .set("message.max.bytes", max_record.to_string());
-    for (k, v) in &c.extra {
-        cc.set(k, v);
-    }
     cc
 }
 

@@ -36,12 +36,8 @@ impl Sink {
         }
     }
 
-    /// Records not yet acknowledged by the broker.
-    pub fn in_flight(&self) -> i32 {
-        self.producer_in_flight().unwrap_or(0) as i32
-    }
-
-    fn producer_in_flight(&self) -> Option<u64> {
+    /// Records not yet acknowledged by the broker; `None` for the discard sink.
+    pub fn in_flight(&self) -> Option<u64> {
         match self {
             Sink::Kafka { producer, .. } => Some(producer.in_flight_count().max(0) as u64),
             Sink::Discard => None,
@@ -162,15 +158,16 @@ impl KafkaSink {
         KafkaSink { sink, mailbox_capacity, retry_after }
     }
 
-    fn enqueue(&self, topic_of: fn(&Sink) -> &str, batch: &OutgoingBatch, payload: &[u8], kind: &str) -> Result<Ack, IngestError> {
-        let Sink::Kafka { producer, .. } = &self.sink else { return Ok(Ack::Ready) };
+    fn enqueue(&self, dead_letters: bool, batch: &OutgoingBatch, payload: &[u8]) -> Result<Ack, IngestError> {
+        let Sink::Kafka { producer, topic, dead_letter_topic, .. } = &self.sink else { return Ok(Ack::Ready) };
+        let (topic, kind) = if dead_letters { (dead_letter_topic, "dead_letter.v1") } else { (topic, "batch.v1") };
         let received_at = batch.received_at.to_string();
         let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header { key: "chronos-format", value: Some(kind) })
             .insert(Header { key: "content-type", value: Some("application/json") })
             .insert(Header { key: "chronos-key-id", value: Some(batch.key_id.as_str()) })
             .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
-        let record = FutureRecord::to(topic_of(&self.sink))
+        let record = FutureRecord::to(topic)
             .key(batch.session.as_str())
             .payload(payload)
             .headers(headers);
@@ -178,20 +175,6 @@ impl KafkaSink {
             .send_result(record)
             .map(Ack::Kafka)
             .map_err(|(err, _)| to_ingest_error(&err, self.retry_after))
-    }
-}
-
-fn events_topic(s: &Sink) -> &str {
-    match s {
-        Sink::Kafka { topic, .. } => topic,
-        Sink::Discard => "",
-    }
-}
-
-fn dead_letter_topic(s: &Sink) -> &str {
-    match s {
-        Sink::Kafka { dead_letter_topic, .. } => dead_letter_topic,
-        Sink::Discard => "",
     }
 }
 
@@ -217,10 +200,10 @@ impl Handler<Produce> for KafkaSink {
         let enqueued_at = Instant::now();
         let mut acks = Vec::with_capacity(2);
         if let Some(record) = &batch.record {
-            acks.push(self.enqueue(events_topic, &batch, record, "batch.v1")?);
+            acks.push(self.enqueue(false, &batch, record)?);
         }
         if let Some(dead) = &batch.dead_letter {
-            acks.push(self.enqueue(dead_letter_topic, &batch, dead, "dead_letter.v1")?);
+            acks.push(self.enqueue(true, &batch, dead)?);
         }
         let health = match &self.sink {
             Sink::Kafka { health, .. } => Some(health.clone()),
@@ -241,7 +224,7 @@ impl Handler<InFlight> for KafkaSink {
     type Result = Option<u64>;
 
     fn handle(&mut self, _: InFlight, _ctx: &mut Context<Self>) -> Self::Result {
-        self.sink.producer_in_flight()
+        self.sink.in_flight()
     }
 }
 
@@ -257,7 +240,7 @@ impl Handler<Flush> for KafkaSink {
 
     fn handle(&mut self, Flush(timeout): Flush, _ctx: &mut Context<Self>) -> Self::Result {
         let result = self.sink.flush(timeout);
-        let left = self.sink.in_flight();
+        let left = self.sink.in_flight().unwrap_or(0);
         if left > 0 {
             return Err(format!("{left} records still unacknowledged after {timeout:?}"));
         }

@@ -7,7 +7,7 @@ pub mod proxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -357,8 +357,4 @@ pub fn post_raw(c: &reqwest::blocking::Client, d: &Chronosd, body: Vec<u8>, head
     let text = res.text().unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text}"));
     (status, value, headers)
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
