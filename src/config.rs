@@ -36,6 +36,8 @@ pub struct Config {
     pub load: LoadConfig,
     /// The local stack started by `chronos start`.
     pub stack: StackConfig,
+    /// What `chronos tracker build` puts into the browser tracker.
+    pub tracker: crate::tracker::TrackerConfig,
 }
 
 /// Loaders (Kafka → PostgreSQL) settings.
@@ -105,6 +107,7 @@ impl Default for Config {
             load: LoadConfig::default(),
             events: catalog::built_in_events(),
             stack: StackConfig::default(),
+            tracker: crate::tracker::TrackerConfig::default(),
         }
     }
 }
@@ -349,6 +352,7 @@ impl Config {
     /// Checks every value; errors name the key and say why.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = catalog::validate_events(&self.events);
+        errors.extend(crate::tracker::validate(self));
         let h = &self.http;
         let positive = [
             ("http.max_body_bytes", h.max_body_bytes as u64),

@@ -17,6 +17,7 @@
 //! - [`store`]: PostgreSQL — schema from the catalog, partitions, internals.
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
+//! - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
 //! - [`telemetry`]: metric names, the registry, logging.
 //! - [`shutdown`]: SIGTERM and SIGINT.
 //!
@@ -32,6 +33,7 @@ pub mod load;
 pub mod stack;
 pub mod store;
 pub mod telemetry;
+pub mod tracker;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -56,6 +56,21 @@ enum Cmd {
         #[arg(long)]
         print_sql: bool,
     },
+    /// Browser tracker: `build` writes chronos.js configured from the config file.
+    Tracker {
+        #[command(subcommand)]
+        action: TrackerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrackerCmd {
+    /// Write the script-tag bundle with `Chronos.init(...)` from [tracker], [[keys]] and [events].
+    Build {
+        /// Output file; default stdout.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
                 catalog.types().len()
             );
         }
+        Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
     }
     Ok(())
 }
