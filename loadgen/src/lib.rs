@@ -95,11 +95,11 @@ impl Args {
     }
 }
 
-/// The whole command: run, then verify when asked. What `main` and the tests call.
-pub async fn execute(args: &Args) -> anyhow::Result<report::Report> {
+/// The whole command: run, then verify when asked (the result is in
+/// `report.verify`). What `main` and the tests call.
+pub async fn execute(args: &Args) -> anyhow::Result<run::Outcome> {
     let opts = args.options()?;
-    let outcome = run::run(&opts).await?;
-    let mut report = outcome.report;
+    let mut outcome = run::run(&opts).await?;
     if let Some(url) = &args.verify {
         let types = opts.mix.types();
         let v = verify::verify(
@@ -110,7 +110,7 @@ pub async fn execute(args: &Args) -> anyhow::Result<report::Report> {
             Duration::from_millis(1000),
         )
         .await?;
-        report.verify = Some(v);
+        outcome.report.verify = Some(v);
     }
-    Ok(report)
+    Ok(outcome)
 }

@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
     };
-    let report = runtime.block_on(loadgen::execute(&args))?;
+    let report = runtime.block_on(loadgen::execute(&args))?.report;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
