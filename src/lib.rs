@@ -33,6 +33,7 @@ pub mod load;
 pub mod stack;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod tracker;
 
 use std::future::Future;

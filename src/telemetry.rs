@@ -22,6 +22,8 @@ pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
 pub const LOAD_PAUSES: &str = "chronos_load_partition_pauses_total";
+pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
+pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
 
 /// Produce latency buckets: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -48,6 +50,8 @@ pub struct Metrics {
     pub load_flush_retries: IntCounter,
     pub load_consumer_lag: IntGaugeVec,
     pub load_pauses: IntCounter,
+    pub view_groups: IntCounter,
+    pub view_seconds: Histogram,
 }
 
 impl Metrics {
@@ -91,6 +95,11 @@ impl Metrics {
             load_consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new(LOAD_CONSUMER_LAG, "Records of an assigned partition not yet committed to PostgreSQL (librdkafka consumer_lag)."),
                 &["topic", "partition"]
+            )),
+            view_groups: reg!(IntCounter::new(VIEW_GROUPS, "Continuous-view groups merged (one upserted row each).")),
+            view_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(VIEW_SECONDS, "Time of one transaction's view maintenance (aggregate in Rust + upserts).")
+                    .buckets(LATENCY_BUCKETS.to_vec())
             )),
             registry,
         }

@@ -1,5 +1,5 @@
 //! chronos: the command-line tool (start/stop/status/log of the local stack,
-//! topics, schema, dead letters).
+//! topics, schema, continuous views, dead letters).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -56,6 +56,11 @@ enum Cmd {
         #[arg(long)]
         print_sql: bool,
     },
+    /// Continuous views: list, add from a SQL file, drop (no restart needed).
+    Views {
+        #[command(subcommand)]
+        action: ViewsCmd,
+    },
     /// Browser tracker: `build` writes chronos.js configured from the config file.
     Tracker {
         #[command(subcommand)]
@@ -71,6 +76,27 @@ enum TrackerCmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ViewsCmd {
+    /// Show each view: source, rows, creation time (and its SQL with --sql).
+    List {
+        #[arg(long)]
+        sql: bool,
+    },
+    /// Add the views defined in FILE (`CREATE [CONTINUOUS] VIEW …;`), all or none.
+    Add {
+        file: PathBuf,
+        /// Fill the new views from the events already in the raw tables.
+        #[arg(long)]
+        backfill: bool,
+        /// Only check the definitions against the catalog.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Drop a view and its state table.
+    Drop { name: String },
 }
 
 #[derive(Subcommand)]
@@ -174,9 +200,56 @@ fn run(cli: Cli) -> Result<()> {
                 catalog.types().len()
             );
         }
+        Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
     }
     Ok(())
+}
+
+fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let defs = match &action {
+        ViewsCmd::Add { file, .. } => {
+            let sql = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            chronos::views::parse_views(&sql, &catalog).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        }
+        _ => Vec::new(),
+    };
+    if let ViewsCmd::Add { check: true, .. } = action {
+        for d in &defs {
+            println!("{}: ok ({} keys, {} aggregates, from {})", d.name, d.keys.len(), d.aggs.len(), d.source_name);
+        }
+        return Ok(());
+    }
+    chronos::stack::postgres::block_on(async {
+        let mut client = chronos::store::connect(&c.postgres.url).await?;
+        match action {
+            ViewsCmd::List { sql } => {
+                let views = chronos::views::list(&client).await?;
+                if views.is_empty() {
+                    println!("no continuous views (chronos views add FILE adds some)");
+                }
+                for v in views {
+                    println!("{:<28} from {:<18} {:>9} rows  created {}", v.name, v.source, v.rows, v.created_at);
+                    if sql {
+                        println!("  {}\n", v.definition);
+                    }
+                }
+            }
+            ViewsCmd::Add { backfill, .. } => {
+                chronos::views::add(&mut client, &defs, &catalog, backfill).await?;
+                for d in &defs {
+                    let filled = if backfill { ", filled from the raw tables" } else { ", counting from now" };
+                    println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
+                }
+            }
+            ViewsCmd::Drop { name } => {
+                chronos::views::drop(&mut client, &name).await?;
+                println!("dropped view {name}");
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn print_where_to_send(stack: &Stack) {

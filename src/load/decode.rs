@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::copy::TupleWriter;
 use crate::catalog::{AttrType, EventCatalog};
+use crate::views::expr::Row;
 use crate::store::schema::BASE_COLUMNS;
 
 /// How event times are corrected and clamped.
@@ -80,8 +81,75 @@ pub struct DecodedBatch {
     pub events: usize,
 }
 
-/// Decodes a batch record (the buffer is parsed in place).
+/// Decodes a batch record into COPY tuples (the buffer is parsed in place).
 pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) -> Result<DecodedBatch, String> {
+    let types = catalog.types();
+    let mut tables: Vec<TableRows> = Vec::new();
+    let mut dead = Vec::new();
+    let mut loaded = 0;
+    let mut metadata: Option<String> = None;
+    let batch_id = walk(
+        buf,
+        catalog,
+        policy,
+        |table, row, batch_id| {
+            let ty = &types[table];
+            let rows = match tables.iter_mut().position(|t| t.table == table) {
+                Some(i) => &mut tables[i],
+                None => {
+                    tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
+                    tables.last_mut().unwrap()
+                }
+            };
+            let metadata = metadata.get_or_insert_with(|| serde_json::to_string(row.page).unwrap_or_else(|_| "{}".into()));
+            let mut t = TupleWriter::begin(&mut rows.tuples, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
+            t.timestamp_ms(row.time);
+            t.timestamp_ms(row.client_time);
+            t.timestamp_ms(row.received_at);
+            t.bool(row.time_flagged);
+            t.text(row.session_id);
+            t.uuid(&batch_id);
+            t.i32(row.position);
+            t.text(row.key_id);
+            match row.client_ip {
+                Some(ip) => t.text(ip),
+                None => t.null(),
+            }
+            t.jsonb(metadata);
+            for (a, v) in ty.attributes.iter().zip(row.attrs) {
+                match v {
+                    None => t.null(),
+                    Some(v) => match a.ty {
+                        AttrType::Text => t.text(v.as_str().unwrap()),
+                        AttrType::Int => t.i64(v.as_i64().unwrap()),
+                        AttrType::Float => t.f64(v.cast_f64().unwrap()),
+                        AttrType::Bool => t.bool(v.as_bool().unwrap()),
+                        AttrType::TextList => {
+                            let items: Vec<&str> = v.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+                            t.text_array(items.into_iter())
+                        }
+                    },
+                }
+            }
+            rows.rows += 1;
+            loaded += 1;
+        },
+        |letter| dead.push(letter),
+    )?;
+    Ok(DecodedBatch { batch_id, tables, dead, events: loaded })
+}
+
+/// Parses a batch record (in place) and calls `on_event` with each loadable
+/// event (its table index, the row, the batch id) and `on_reject` with each
+/// event that cannot be loaded. The one place that decides which events load:
+/// the raw rows and the continuous views both read through it.
+pub fn walk(
+    buf: &mut [u8],
+    catalog: &EventCatalog,
+    policy: TimePolicy,
+    mut on_event: impl FnMut(usize, &Row<'_, '_>, Uuid),
+    mut on_reject: impl FnMut(DeadLetter),
+) -> Result<Uuid, String> {
     let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
     let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
     if field("v")?.as_u64() != Some(1) {
@@ -97,15 +165,12 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
     }
-    let metadata = serde_json::to_string(page).map_err(|e| e.to_string())?;
     let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
     let events = field("events")?.as_array().ok_or("`events` is not an array")?;
 
     let context = context_of(&root);
     let types = catalog.types();
-    let mut tables: Vec<TableRows> = Vec::new();
-    let mut dead = Vec::new();
-    let mut loaded = 0;
+    let mut values: Vec<Option<&Value>> = Vec::new();
     for (position, event) in events.iter().enumerate() {
         let reject = |reason: String| DeadLetter {
             stage: "load",
@@ -117,22 +182,22 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
             context: context.clone(),
         };
         let Some(items) = event.as_array() else {
-            dead.push(reject(": not an array".into()));
+            on_reject(reject(": not an array".into()));
             continue;
         };
         let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
         let Some(table) = types.iter().position(|t| &*t.name == name) else {
-            dead.push(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
+            on_reject(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
             continue;
         };
         let Some(client_time) = items.get(1).and_then(|v| v.as_i64()) else {
-            dead.push(reject("[1]: client time is not an integer".into()));
+            on_reject(reject("[1]: client time is not an integer".into()));
             continue;
         };
         let names = schema.get(name).and_then(|n| n.as_array());
         let ty = &types[table];
-        // Resolve every attribute before writing, so a bad value leaves no partial tuple.
-        let mut values: Vec<Option<&Value>> = Vec::with_capacity(ty.attributes.len());
+        // Resolve every attribute before using any, so a bad value leaves no partial row.
+        values.clear();
         let mut bad = None;
         for a in &ty.attributes {
             let idx = match names {
@@ -149,50 +214,26 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
             values.push(v);
         }
         if let Some(reason) = bad {
-            dead.push(reject(reason));
+            on_reject(reject(reason));
             continue;
         }
-        let rows = match tables.iter_mut().find(|t| t.table == table) {
-            Some(r) => r,
-            None => {
-                tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
-                tables.last_mut().unwrap()
-            }
+        let (time, time_flagged) = policy.event_time(client_time, sent_at, received_at);
+        let row = Row {
+            type_name: &ty.name,
+            time,
+            client_time,
+            received_at,
+            time_flagged,
+            session_id: session,
+            position: position as i32,
+            key_id,
+            client_ip,
+            page,
+            attrs: &values,
         };
-        let (time, flagged) = policy.event_time(client_time, sent_at, received_at);
-        let mut t = TupleWriter::begin(&mut rows.tuples, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
-        t.timestamp_ms(time);
-        t.timestamp_ms(client_time);
-        t.timestamp_ms(received_at);
-        t.bool(flagged);
-        t.text(session);
-        t.uuid(&batch_id);
-        t.i32(position as i32);
-        t.text(key_id);
-        match client_ip {
-            Some(ip) => t.text(ip),
-            None => t.null(),
-        }
-        t.jsonb(&metadata);
-        for (a, v) in ty.attributes.iter().zip(values) {
-            match v {
-                None => t.null(),
-                Some(v) => match a.ty {
-                    AttrType::Text => t.text(v.as_str().unwrap()),
-                    AttrType::Int => t.i64(v.as_i64().unwrap()),
-                    AttrType::Float => t.f64(v.cast_f64().unwrap()),
-                    AttrType::Bool => t.bool(v.as_bool().unwrap()),
-                    AttrType::TextList => {
-                        let items: Vec<&str> = v.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
-                        t.text_array(items.into_iter())
-                    }
-                },
-            }
-        }
-        rows.rows += 1;
-        loaded += 1;
+        on_event(table, &row, batch_id);
     }
-    Ok(DecodedBatch { batch_id, tables, dead, events: loaded })
+    Ok(batch_id)
 }
 
 fn fits(v: &Value<'_>, ty: AttrType) -> bool {

@@ -39,6 +39,8 @@ pub struct LoaderShared {
     /// Where a fenced loader must read again from: (topic, partition, stored offset).
     pub seeks: crossbeam_channel::Sender<(String, i32, i64)>,
     pub metrics: Arc<Metrics>,
+    /// The continuous views maintained in each flush's transaction.
+    pub views: crate::views::Registry,
 }
 
 impl LoaderShared {
@@ -67,6 +69,9 @@ struct PlacedDeadLetter {
 #[derive(Default)]
 struct Buffer {
     batches: Vec<DecodedBatch>,
+    /// Each batch's record as received (the views parse it again at commit,
+    /// with the view set of the transaction).
+    records: Vec<Vec<u8>>,
     dead: Vec<PlacedDeadLetter>,
     events: usize,
     next_offset: Option<i64>,
@@ -188,6 +193,7 @@ async fn commit(
     buffer: &Buffer,
 ) -> Result<u64, FlushError> {
     let tx = client.transaction().await?;
+    let views = shared.views.lock_current(&tx, &shared.catalog).await?;
     // Batch ids seen before (tracker retries) are skipped whole.
     let mut ids: Vec<Uuid> = buffer.batches.iter().map(|b| b.batch_id).collect();
     ids.sort_unstable();
@@ -205,8 +211,9 @@ async fn commit(
         .collect()
     };
     let mut taken: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let keep: Vec<&DecodedBatch> =
-        buffer.batches.iter().filter(|b| fresh.contains(&b.batch_id) && taken.insert(b.batch_id)).collect();
+    let kept: Vec<usize> =
+        (0..buffer.batches.len()).filter(|i| fresh.contains(&buffer.batches[*i].batch_id) && taken.insert(buffer.batches[*i].batch_id)).collect();
+    let keep: Vec<&DecodedBatch> = kept.iter().map(|i| &buffer.batches[*i]).collect();
     let mut loaded = 0u64;
     for (table, statement) in shared.copy_statements.iter().enumerate() {
         let parts: Vec<&BytesMut> = keep.iter().flat_map(|b| b.tables.iter()).filter(|t| t.table == table).map(|t| &t.tuples).collect();
@@ -223,6 +230,18 @@ async fn commit(
         futures_util::pin_mut!(sink);
         sink.send(data.freeze()).await?;
         loaded += sink.finish().await?;
+    }
+    if !views.views.is_empty() && !kept.is_empty() {
+        let started = Instant::now();
+        let mut acc = crate::views::Accumulator::new(&views);
+        for i in &kept {
+            let mut record = buffer.records[*i].clone();
+            let walked = crate::load::decode::walk(&mut record, &shared.catalog, shared.policy, |t, row, _| acc.add(t, row), |_| {});
+            debug_assert!(walked.is_ok(), "a decoded record decodes again");
+        }
+        let groups = acc.apply(&tx).await?;
+        shared.metrics.view_groups.inc_by(groups);
+        shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }
     let dead: Vec<&PlacedDeadLetter> = buffer.dead.iter().collect();
     if !dead.is_empty() {
@@ -336,6 +355,7 @@ impl Handler<Record> for PartitionLoader {
         let b = &mut self.buffer;
         match decoded {
             Ok(Ok(mut batch)) => {
+                b.records.push(raw_copy);
                 b.events += batch.events;
                 for letter in batch.dead.drain(..) {
                     b.dead.push(PlacedDeadLetter { letter, offset: rec.offset });

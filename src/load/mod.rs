@@ -188,6 +188,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         kafka_commits: commit_tx,
         seeks: seek_tx,
         metrics,
+        views: crate::views::Registry::default(),
     });
     let threads = if config.load.threads > 0 {
         config.load.threads

@@ -52,7 +52,12 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64
         .await
         .context("applying the schema")?;
     tx.commit().await?;
-    check_column_types(client, catalog).await
+    check_column_types(client, catalog).await?;
+    let added = crate::views::install_defaults_once(client, catalog).await.context("creating the default continuous views")?;
+    if added > 0 {
+        tracing::info!(views = added, "Created the default continuous views.");
+    }
+    Ok(())
 }
 
 /// Refuses to start when a catalog attribute's type differs from its column's:

@@ -79,6 +79,21 @@ ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;
+-- Continuous views (src/views): definitions, and a generation moved by every
+-- add or drop; each view's state table and companion view live in `views`.
+CREATE SCHEMA IF NOT EXISTS views;
+CREATE TABLE IF NOT EXISTS chronos.views (
+    name text PRIMARY KEY,
+    source text NOT NULL,
+    definition text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    backfilled boolean NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chronos.view_generation (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    generation bigint NOT NULL
+);
+INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHING;
 "#;
 
 /// DDL for one event table: create if missing, then add any missing attribute column.

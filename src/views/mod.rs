@@ -1,0 +1,245 @@
+//! Continuous views (the PipelineDB part): SQL definitions parsed and checked
+//! against the catalog (`parse`), evaluated on each loader transaction's
+//! events in Rust (`expr`, `state`) and merged into each view's state table
+//! with one upsert per view in the same transaction as the raw rows (`sql`),
+//! so views are exactly-once like the rows.
+//!
+//! Definitions live in `chronos.views` (created with the schema, see
+//! `store::schema::INTERNALS`); `chronos.view_generation` changes
+//! with every add or drop. A loader transaction takes the views lock shared
+//! and reads the generation; `add` and `drop` take it exclusively, so every
+//! transaction either committed before a change (and is in the backfill) or
+//! sees the new set of views.
+
+pub mod expr;
+pub mod parse;
+pub mod sql;
+pub mod state;
+
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::{Client, Transaction};
+
+use crate::catalog::EventCatalog;
+use crate::store::schema::ident;
+pub use parse::{parse_views, ViewDef, ViewError};
+
+/// Advisory lock key of the views set (shared by loaders, exclusive for add/drop).
+pub const VIEWS_LOCK: i64 = 0x6368_726f_6e76_6977; // "chronviw"
+
+/// The views shipped with Chronos, created by `chronos install-pipeline`.
+pub const DEFAULTS: &str = include_str!("../../sql/views/defaults.sql");
+
+/// A checked view with its upsert statement.
+pub struct LiveView {
+    pub def: ViewDef,
+    pub upsert: String,
+}
+
+/// The views of one generation.
+#[derive(Default)]
+pub struct ViewSet {
+    pub generation: i64,
+    pub views: Vec<LiveView>,
+}
+
+/// The current view set, shared by the loaders of one chronosd.
+pub struct Registry {
+    current: Mutex<Arc<ViewSet>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { current: Mutex::new(Arc::new(ViewSet { generation: -1, views: Vec::new() })) }
+    }
+}
+
+impl Registry {
+    pub fn current(&self) -> Arc<ViewSet> {
+        self.current.lock().unwrap().clone()
+    }
+
+    /// Takes the views lock (shared) in `tx` and returns the view set of the
+    /// generation it sees, loading definitions when the generation moved.
+    pub async fn lock_current(&self, tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<Arc<ViewSet>, tokio_postgres::Error> {
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]).await?;
+        let generation: i64 = tx
+            .query_opt("SELECT generation FROM chronos.view_generation", &[])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let current = self.current();
+        if current.generation == generation {
+            return Ok(current);
+        }
+        let rows = tx.query("SELECT name, definition FROM chronos.views ORDER BY name", &[]).await?;
+        let mut views = Vec::new();
+        for r in rows {
+            let (name, definition): (String, String) = (r.get(0), r.get(1));
+            match parse_views(&definition, catalog) {
+                Ok(mut defs) if defs.len() == 1 => {
+                    let def = defs.remove(0);
+                    views.push(LiveView { upsert: sql::upsert(&def), def });
+                }
+                Ok(_) => tracing::error!(view = %name, "Stored view definition is not one statement; view not maintained."),
+                Err(e) => tracing::error!(view = %name, error = %e, "Stored view no longer fits the catalog; view not maintained."),
+            }
+        }
+        tracing::info!(generation, views = views.len(), "Loaded continuous views.");
+        let set = Arc::new(ViewSet { generation, views });
+        *self.current.lock().unwrap() = set.clone();
+        Ok(set)
+    }
+}
+
+/// Summary of a stored view, for `chronos views list`.
+pub struct ViewInfo {
+    pub name: String,
+    pub source: String,
+    pub rows: i64,
+    pub created_at: String,
+    pub definition: String,
+}
+
+/// Why adding or dropping a view failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewsError {
+    #[error("{0}")]
+    Definition(#[from] ViewError),
+    #[error("view `{0}` already exists; drop it first (chronos views drop {0})")]
+    Exists(String),
+    #[error("no view named `{0}` (chronos views list shows them)")]
+    Missing(String),
+    #[error("view `{view}` needs the PostgreSQL extension `{ext}`, which this server does not have; install it (Debian: apt install postgresql-15-{ext})")]
+    Extension { view: String, ext: &'static str },
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Adds views (all or none), optionally filled from the raw tables; no restart needed.
+pub async fn add(client: &mut Client, defs: &[ViewDef], catalog: &EventCatalog, backfill: bool) -> Result<(), ViewsError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+    add_in(&tx, defs, catalog, backfill).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn add_in(tx: &Transaction<'_>, defs: &[ViewDef], catalog: &EventCatalog, backfill: bool) -> Result<(), ViewsError> {
+    for def in defs {
+        if tx.query_opt("SELECT 1 FROM chronos.views WHERE name = $1", &[&def.name]).await?.is_some() {
+            return Err(ViewsError::Exists(def.name.clone()));
+        }
+        for ext in sql::extensions(def) {
+            let available = tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = $1", &[&ext]).await?.is_some();
+            if !available {
+                return Err(ViewsError::Extension { view: def.name.clone(), ext });
+            }
+            tx.batch_execute(&format!("CREATE EXTENSION IF NOT EXISTS {}", ident(ext))).await?;
+        }
+        tx.batch_execute(&sql::ddl(def)).await?;
+        if backfill {
+            tx.batch_execute(&sql::backfill(def, catalog)).await?;
+        }
+        tx.execute(
+            "INSERT INTO chronos.views (name, source, definition, backfilled) VALUES ($1, $2, $3, $4)",
+            &[&def.name, &def.source_name, &def.definition, &backfill],
+        )
+        .await?;
+    }
+    tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    Ok(())
+}
+
+/// Drops a view and its state; loaders stop maintaining it at their next transaction.
+pub async fn drop(client: &mut Client, name: &str) -> Result<(), ViewsError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+    if tx.execute("DELETE FROM chronos.views WHERE name = $1", &[&name]).await? == 0 {
+        return Err(ViewsError::Missing(name.to_string()));
+    }
+    tx.batch_execute(&sql::drop_sql(name)).await?;
+    tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query("SELECT name, source, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS TZ'), definition FROM chronos.views ORDER BY name", &[])
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let count = client
+            .query_one(&format!("SELECT count(*) FROM views.{}", ident(&format!("{name}_mrel"))), &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1);
+        out.push(ViewInfo { name, source: r.get(1), rows: count, created_at: r.get(2), definition: r.get(3) });
+    }
+    Ok(out)
+}
+
+/// Adds the default views the first time (a fresh install), with backfill.
+/// Later runs leave the set alone: a dropped default stays dropped.
+pub async fn install_defaults_once(client: &mut Client, catalog: &EventCatalog) -> Result<usize, ViewsError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+    let generation: i64 = tx.query_one("SELECT generation FROM chronos.view_generation", &[]).await?.get(0);
+    if generation != 0 {
+        return Ok(0);
+    }
+    let defs = parse_views(DEFAULTS, catalog)?;
+    // Defaults need hll; skip the ones a server without the extension cannot hold.
+    let mut usable = Vec::new();
+    for d in defs {
+        let mut ok = true;
+        for ext in sql::extensions(&d) {
+            ok &= tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = $1", &[&ext]).await?.is_some();
+        }
+        if ok {
+            usable.push(d);
+        } else {
+            tracing::warn!(view = %d.name, "Default view skipped: a PostgreSQL extension it needs is missing.");
+        }
+    }
+    add_in(&tx, &usable, catalog, true).await?;
+    tx.commit().await?;
+    Ok(usable.len())
+}
+
+/// Partial aggregates of every view of a set over one transaction's events.
+pub struct Accumulator<'s> {
+    pub set: &'s ViewSet,
+    pub partials: Vec<state::Partial>,
+}
+
+impl<'s> Accumulator<'s> {
+    pub fn new(set: &'s ViewSet) -> Self {
+        Accumulator { set, partials: set.views.iter().map(|_| state::Partial::default()).collect() }
+    }
+
+    pub fn add(&mut self, type_index: usize, row: &expr::Row<'_, '_>) {
+        for (v, p) in self.set.views.iter().zip(self.partials.iter_mut()) {
+            p.add(&v.def, type_index, row);
+        }
+    }
+
+    /// Runs one upsert per view with groups, pipelined on the connection.
+    pub async fn apply(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+        let mut params: Vec<(usize, Vec<sql::Param>)> = Vec::new();
+        for (i, (v, p)) in self.set.views.iter().zip(&self.partials).enumerate() {
+            if !p.is_empty() {
+                params.push((i, sql::upsert_params(&v.def, p)));
+            }
+        }
+        let futures = params.iter().map(|(i, ps)| {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ps.iter().map(|p| p.as_ref() as _).collect();
+            let upsert = &self.set.views[*i].upsert;
+            async move { tx.execute(upsert.as_str(), &refs).await }
+        });
+        let counts = futures_util::future::try_join_all(futures).await?;
+        Ok(counts.into_iter().sum())
+    }
+}

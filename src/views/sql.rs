@@ -1,0 +1,406 @@
+//! SQL of a continuous view, generated from its checked definition (never
+//! pasted from the user's text): the state table `views."<name>_mrel"`, the
+//! companion view `views."<name>"` that finishes the values, the upsert that
+//! merges a transaction's partial aggregates, and the backfill from the raw
+//! tables.
+//!
+//! Group keys are unique with NULLS NOT DISTINCT (PostgreSQL 15), so a NULL
+//! key is one group and `ON CONFLICT` matches it.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::types::ToSql;
+
+use super::expr::{literal, Expr, SqlType};
+use super::parse::{Agg, Output, Source, ViewDef};
+use super::state::{Key, Partial, State};
+use crate::catalog::EventCatalog;
+use crate::store::schema::{ident, BASE_COLUMNS};
+
+/// t-digest compression of percentile states (≈ 1% error on the tails).
+pub const TDIGEST_COMPRESSION: i32 = 100;
+
+/// Column of the state table for keyless views (one row).
+const ALL_ROW: &str = "__all";
+
+pub fn mrel(view: &ViewDef) -> String {
+    format!("views.{}", ident(&format!("{}_mrel", view.name)))
+}
+
+pub fn companion(view: &ViewDef) -> String {
+    format!("views.{}", ident(&view.name))
+}
+
+fn sum_type(e: &Expr) -> &'static str {
+    if e.ty() == SqlType::Float {
+        "double precision"
+    } else {
+        "numeric"
+    }
+}
+
+/// State columns of one aggregate: (column name, SQL type, NOT NULL).
+fn state_columns(name: &str, agg: &Agg) -> Vec<(String, &'static str)> {
+    match agg {
+        Agg::CountStar | Agg::Count(_) => vec![(name.into(), "bigint NOT NULL")],
+        Agg::Sum(e) => vec![(name.into(), sum_type(e))],
+        Agg::Min(e) | Agg::Max(e) => vec![(name.into(), e.ty().sql())],
+        Agg::Avg(e) => vec![(format!("{name}__sum"), sum_type(e)), (format!("{name}__count"), "bigint NOT NULL")],
+        Agg::Distinct(_) => vec![(format!("{name}__hll"), "hll NOT NULL")],
+        Agg::Percentile(..) => vec![(format!("{name}__tdigest"), "tdigest")],
+    }
+}
+
+fn key_columns(view: &ViewDef) -> Vec<String> {
+    if view.keys.is_empty() {
+        vec![ident(ALL_ROW)]
+    } else {
+        view.keys.iter().map(|(n, _)| ident(n)).collect()
+    }
+}
+
+/// Extensions the view needs.
+pub fn extensions(view: &ViewDef) -> Vec<&'static str> {
+    let mut e = Vec::new();
+    if view.needs_hll() {
+        e.push("hll");
+    }
+    if view.needs_tdigest() {
+        e.push("tdigest");
+    }
+    e
+}
+
+/// The state table, its key index and the companion view.
+pub fn ddl(view: &ViewDef) -> String {
+    let mut cols: Vec<String> = Vec::new();
+    if view.keys.is_empty() {
+        cols.push(format!("{} boolean NOT NULL DEFAULT true", ident(ALL_ROW)));
+    }
+    for (n, e) in &view.keys {
+        cols.push(format!("{} {}", ident(n), e.ty().sql()));
+    }
+    for (n, a) in &view.aggs {
+        for (c, t) in state_columns(n, a) {
+            cols.push(format!("{} {t}", ident(&c)));
+        }
+    }
+    let mut sql = format!("CREATE TABLE {} (\n  {}\n);\n", mrel(view), cols.join(",\n  "));
+    let _ = writeln!(
+        sql,
+        "CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT;",
+        ident(&format!("{}_mrel_keys", view.name)),
+        mrel(view),
+        key_columns(view).join(", ")
+    );
+    let outputs: Vec<String> = view
+        .outputs
+        .iter()
+        .map(|o| match o {
+            Output::Key(k) => format!("m.{}", ident(&view.keys[*k].0)),
+            Output::Agg(a) => {
+                let (n, agg) = &view.aggs[*a];
+                let c = |suffix: &str| format!("m.{}", ident(&format!("{n}{suffix}")));
+                let value = match agg {
+                    Agg::CountStar | Agg::Count(_) | Agg::Sum(_) | Agg::Min(_) | Agg::Max(_) => c(""),
+                    Agg::Avg(_) => format!("CASE WHEN {} = 0 THEN NULL ELSE {} / {} END", c("__count"), c("__sum"), c("__count")),
+                    Agg::Distinct(_) => format!("hll_cardinality({})::bigint", c("__hll")),
+                    Agg::Percentile(p, _) => {
+                        format!("(SELECT tdigest_percentile(d, {p:?}::double precision) FROM (VALUES ({})) AS v(d))", c("__tdigest"))
+                    }
+                };
+                format!("{value} AS {}", ident(n))
+            }
+        })
+        .collect();
+    let _ = writeln!(sql, "CREATE VIEW {} AS SELECT {} FROM {} AS m;", companion(view), outputs.join(", "), mrel(view));
+    sql
+}
+
+pub fn drop_sql(view_name: &str) -> String {
+    format!(
+        "DROP VIEW IF EXISTS views.{}; DROP TABLE IF EXISTS views.{};",
+        ident(view_name),
+        ident(&format!("{view_name}_mrel"))
+    )
+}
+
+fn array_type(t: SqlType) -> &'static str {
+    match t {
+        SqlType::Text => "text[]",
+        SqlType::Int => "bigint[]",
+        SqlType::Float => "double precision[]",
+        SqlType::Bool => "boolean[]",
+        SqlType::Time => "timestamptz[]",
+    }
+}
+
+/// The upsert merging one transaction's partial aggregates. Parameters come
+/// from `upsert_params`, in the same order.
+pub fn upsert(view: &ViewDef) -> String {
+    let mut cols: Vec<String> = Vec::new(); // target columns
+    let mut arrays: Vec<String> = Vec::new(); // unnest arguments
+    let mut select: Vec<String> = Vec::new();
+    let mut joins = String::new();
+    let mut sets: Vec<String> = Vec::new();
+    let mut p = 0;
+    let mut param = |t: &str| {
+        p += 1;
+        format!("${p}::{t}")
+    };
+    for (n, e) in &view.keys {
+        cols.push(ident(n));
+        arrays.push(param(array_type(e.ty())));
+        select.push(format!("u.c{}", arrays.len()));
+    }
+    for (i, (n, agg)) in view.aggs.iter().enumerate() {
+        let t = |suffix: &str| format!("t.{}", ident(&format!("{n}{suffix}")));
+        let x = |suffix: &str| format!("EXCLUDED.{}", ident(&format!("{n}{suffix}")));
+        let add_nullable = |s: &str| format!("CASE WHEN {t} IS NULL THEN {x} WHEN {x} IS NULL THEN {t} ELSE {t} + {x} END", t = t(s), x = x(s));
+        match agg {
+            Agg::CountStar | Agg::Count(_) => {
+                arrays.push(param("bigint[]"));
+                select.push(format!("u.c{}", arrays.len()));
+                sets.push(format!("{} = {} + {}", ident(n), t(""), x("")));
+            }
+            Agg::Sum(e) | Agg::Avg(e) => {
+                let (col, arr) = if e.ty() == SqlType::Float { ("double precision", "double precision[]") } else { ("numeric", "text[]") };
+                let sum_col = if matches!(agg, Agg::Avg(_)) { "__sum" } else { "" };
+                arrays.push(param(arr));
+                select.push(format!("u.c{}::{col}", arrays.len()));
+                sets.push(format!("{} = {}", ident(&format!("{n}{sum_col}")), add_nullable(sum_col)));
+                if matches!(agg, Agg::Avg(_)) {
+                    arrays.push(param("bigint[]"));
+                    select.push(format!("u.c{}", arrays.len()));
+                    sets.push(format!("{} = {} + {}", ident(&format!("{n}__count")), t("__count"), x("__count")));
+                }
+            }
+            Agg::Min(e) | Agg::Max(e) => {
+                arrays.push(param(array_type(e.ty())));
+                select.push(format!("u.c{}", arrays.len()));
+                let f = if matches!(agg, Agg::Min(_)) { "LEAST" } else { "GREATEST" };
+                sets.push(format!("{} = {f}({}, {})", ident(n), t(""), x("")));
+            }
+            Agg::Distinct(e) => {
+                let (g, v) = (param("bigint[]"), param(array_type(e.ty())));
+                let hash = if e.ty() == SqlType::Int { "hll_hash_bigint" } else { "hll_hash_text" };
+                let _ = write!(
+                    joins,
+                    "\nLEFT JOIN (SELECT g, hll_add_agg({hash}(v)) AS v FROM unnest({g}, {v}) AS d(g, v) GROUP BY g) AS a{i} ON a{i}.g = u.i"
+                );
+                select.push(format!("COALESCE(a{i}.v, hll_empty())"));
+                sets.push(format!("{} = hll_union({}, {})", ident(&format!("{n}__hll")), t("__hll"), x("__hll")));
+            }
+            Agg::Percentile(..) => {
+                let (g, v, c) = (param("bigint[]"), param("double precision[]"), param("bigint[]"));
+                let _ = write!(
+                    joins,
+                    "\nLEFT JOIN (SELECT g, tdigest(v, c, {TDIGEST_COMPRESSION}) AS v FROM unnest({g}, {v}, {c}) AS d(g, v, c) GROUP BY g) AS a{i} ON a{i}.g = u.i"
+                );
+                select.push(format!("a{i}.v"));
+                sets.push(format!(
+                    "{} = (SELECT tdigest(d) FROM (VALUES ({}), ({})) AS m(d))",
+                    ident(&format!("{n}__tdigest")),
+                    t("__tdigest"),
+                    x("__tdigest")
+                ));
+            }
+        }
+        cols.extend(state_columns(n, agg).into_iter().map(|(c, _)| ident(&c)));
+    }
+    let aliases: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
+    format!(
+        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){joins}\nON CONFLICT ({}) DO UPDATE SET {}",
+        mrel(view),
+        cols.join(", "),
+        select.join(", "),
+        arrays.join(", "),
+        aliases.join(", "),
+        key_columns(view).join(", "),
+        sets.join(", ")
+    )
+}
+
+/// A statement parameter.
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+fn time_of(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+fn key_array(t: SqlType, keys: impl Iterator<Item = Key>) -> Param {
+    match t {
+        SqlType::Text => Box::new(
+            keys.map(|k| match k {
+                Key::Text(s) => Some(String::from(s)),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        ),
+        SqlType::Int => Box::new(keys.map(|k| if let Key::Int(i) = k { Some(i) } else { None }).collect::<Vec<_>>()),
+        SqlType::Float => Box::new(keys.map(|k| if let Key::Float(f) = k { Some(f64::from_bits(f)) } else { None }).collect::<Vec<_>>()),
+        SqlType::Bool => Box::new(keys.map(|k| if let Key::Bool(b) = k { Some(b) } else { None }).collect::<Vec<_>>()),
+        SqlType::Time => Box::new(keys.map(|k| if let Key::Time(t) = k { Some(time_of(t)) } else { None }).collect::<Vec<_>>()),
+    }
+}
+
+/// Parameters of `upsert` for one partial (which must not be empty).
+pub fn upsert_params(view: &ViewDef, partial: &Partial) -> Vec<Param> {
+    let groups: Vec<&super::state::Group> = partial.groups.iter().collect();
+    let mut params: Vec<Param> = Vec::new();
+    for (k, (_, e)) in view.keys.iter().enumerate() {
+        params.push(key_array(e.ty(), groups.iter().map(|g| g.keys[k].clone())));
+    }
+    for (a, (_, agg)) in view.aggs.iter().enumerate() {
+        let states = || groups.iter().map(move |g| &g.states[a]);
+        match agg {
+            Agg::CountStar | Agg::Count(_) => {
+                params.push(Box::new(states().map(|s| if let State::Count(n) = s { *n } else { 0 }).collect::<Vec<i64>>()))
+            }
+            Agg::Sum(_) | Agg::Avg(_) => {
+                let first = states().next();
+                match first {
+                    Some(State::SumFloat(_)) | Some(State::AvgFloat(..)) => params.push(Box::new(
+                        states()
+                            .map(|s| match s {
+                                State::SumFloat(v) => *v,
+                                State::AvgFloat(v, _) => Some(*v),
+                                _ => None,
+                            })
+                            .collect::<Vec<Option<f64>>>(),
+                    )),
+                    _ => params.push(Box::new(
+                        states()
+                            .map(|s| match s {
+                                State::SumInt(v) => v.map(|v| v.to_string()),
+                                State::AvgInt(v, _) => Some(v.to_string()),
+                                _ => None,
+                            })
+                            .collect::<Vec<Option<String>>>(),
+                    )),
+                }
+                if matches!(agg, Agg::Avg(_)) {
+                    params.push(Box::new(
+                        states()
+                            .map(|s| match s {
+                                State::AvgInt(_, n) | State::AvgFloat(_, n) => *n,
+                                _ => 0,
+                            })
+                            .collect::<Vec<i64>>(),
+                    ));
+                }
+            }
+            Agg::Min(e) | Agg::Max(e) => {
+                let t = e.ty();
+                let vals = states().map(|s| match s {
+                    State::MinInt(v) | State::MaxInt(v) => v.map_or(Key::Null, |i| if t == SqlType::Time { Key::Time(i) } else { Key::Int(i) }),
+                    State::MinFloat(v) | State::MaxFloat(v) => v.map_or(Key::Null, |f| Key::Float(f.to_bits())),
+                    _ => Key::Null,
+                });
+                params.push(key_array(t, vals.collect::<Vec<_>>().into_iter()));
+            }
+            Agg::Distinct(e) => {
+                let mut g: Vec<i64> = Vec::new();
+                let mut v: Vec<Key> = Vec::new();
+                for (i, s) in states().enumerate() {
+                    if let State::Distinct(set) = s {
+                        for k in set {
+                            g.push(i as i64 + 1);
+                            v.push(k.clone());
+                        }
+                    }
+                }
+                params.push(Box::new(g));
+                params.push(key_array(e.ty(), v.into_iter()));
+            }
+            Agg::Percentile(..) => {
+                let (mut g, mut v, mut c) = (Vec::<i64>::new(), Vec::<f64>::new(), Vec::<i64>::new());
+                for (i, s) in states().enumerate() {
+                    if let State::Percentile(m) = s {
+                        for (bits, n) in m {
+                            g.push(i as i64 + 1);
+                            v.push(f64::from_bits(*bits));
+                            c.push(*n);
+                        }
+                    }
+                }
+                params.push(Box::new(g));
+                params.push(Box::new(v));
+                params.push(Box::new(c));
+            }
+        }
+    }
+    params
+}
+
+/// The rows a view reads, as SQL: the event table, or every table for `events`.
+fn source_sql(view: &ViewDef, catalog: &EventCatalog) -> String {
+    match view.source {
+        Source::Type(t) => crate::store::schema::table(&catalog.types()[t]),
+        Source::All => {
+            let base: Vec<String> = BASE_COLUMNS.iter().map(|(n, _)| ident(n)).collect();
+            let parts: Vec<String> = catalog
+                .types()
+                .iter()
+                .map(|t| format!("SELECT {}::text AS \"type\", {} FROM {}", literal(&t.name), base.join(", "), crate::store::schema::table(t)))
+                .collect();
+            format!("({}) AS e", parts.join(" UNION ALL "))
+        }
+    }
+}
+
+/// Fills an empty state table from the raw tables (what the view would hold
+/// had it existed since the first event).
+pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
+    let attr_names: Vec<&str> = match view.source {
+        Source::Type(t) => catalog.types()[t].attributes.iter().map(|a| &*a.name).collect(),
+        Source::All => Vec::new(),
+    };
+    let sql_of = |e: &Expr| {
+        let mut s = String::new();
+        e.to_sql(&attr_names, &mut s);
+        s
+    };
+    let mut cols = Vec::new();
+    let mut values = Vec::new();
+    for (n, e) in &view.keys {
+        cols.push(ident(n));
+        values.push(sql_of(e));
+    }
+    for (n, agg) in &view.aggs {
+        cols.extend(state_columns(n, agg).into_iter().map(|(c, _)| ident(&c)));
+        match agg {
+            Agg::CountStar => values.push("count(*)".into()),
+            Agg::Count(e) => values.push(format!("count({})", sql_of(e))),
+            Agg::Sum(e) => values.push(format!("sum({})::{}", sql_of(e), sum_type(e))),
+            Agg::Min(e) => values.push(format!("min({})", sql_of(e))),
+            Agg::Max(e) => values.push(format!("max({})", sql_of(e))),
+            Agg::Avg(e) => {
+                values.push(format!("sum({})::{}", sql_of(e), sum_type(e)));
+                values.push(format!("count({})", sql_of(e)));
+            }
+            Agg::Distinct(e) => {
+                let hash = if e.ty() == SqlType::Int { "hll_hash_bigint" } else { "hll_hash_text" };
+                let x = sql_of(e);
+                values.push(format!("COALESCE(hll_add_agg({hash}({x})) FILTER (WHERE {x} IS NOT NULL), hll_empty())"));
+            }
+            Agg::Percentile(_, e) => values.push(format!("tdigest(({})::double precision, {TDIGEST_COMPRESSION})", sql_of(e))),
+        }
+    }
+    let mut sql = format!("INSERT INTO {} ({})\nSELECT {}\nFROM {}", mrel(view), cols.join(", "), values.join(", "), source_sql(view, catalog));
+    if let Some(f) = &view.filter {
+        let _ = write!(sql, "\nWHERE {}", sql_of(f));
+    }
+    if !view.keys.is_empty() {
+        let ords: Vec<String> = (1..=view.keys.len()).map(|i| i.to_string()).collect();
+        let _ = write!(sql, "\nGROUP BY {}", ords.join(", "));
+    } else {
+        sql.push_str("\nHAVING count(*) > 0");
+    }
+    sql
+}

@@ -1,0 +1,425 @@
+//! Continuous views against real PostgreSQL (with hll and tdigest) and the
+//! real broker: each view equals the same query run on the raw tables —
+//! exact aggregates exactly, approximate ones within their error — also after
+//! `kill -9` of chronosd mid-stream, and views added (with backfill) or
+//! dropped while events flow.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::stack::process::free_port;
+use common::*;
+use serde_json::{json, Value};
+
+const TABLES: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+
+struct Stack {
+    _pg_dir: tempfile::TempDir,
+    _pg: PostgresServer,
+    url: String,
+    kafka: Kafka,
+    toml: String,
+    config_file: tempfile::NamedTempFile,
+    d: Chronosd,
+}
+
+fn stack() -> Stack {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let kafka = Kafka::start(3);
+    let toml = config_toml_with_pg(&kafka, free_port(), &url, "", "");
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config_file.path(), &toml).unwrap();
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    Stack { _pg_dir: pg_dir, _pg: pg, url, kafka, toml, config_file, d }
+}
+
+fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    block_on(async move {
+        let client = chronos::store::connect(&url).await.unwrap();
+        client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}\n{e:?}"))
+    })
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    query(url, sql)[0].get(0)
+}
+
+/// Runs the `chronos` CLI with the stack's config; (exit ok, stdout + stderr).
+fn cli(s: &Stack, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chronos"))
+        .arg("--config")
+        .arg(s.config_file.path())
+        .args(args)
+        .output()
+        .expect("run chronos");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A batch with varied values: NULL attributes, pages with and without a
+/// title, clicks spread over several minutes, many sessions.
+fn varied_batch(rng: &mut Rng, n: usize) -> Value {
+    let now = now_ms();
+    let session = format!("s{}", rng.below(40));
+    let page = match rng.below(3) {
+        0 => json!({"url": format!("https://shop.example.com/p{}", rng.below(5)), "title": format!("Page {}", rng.below(3))}),
+        1 => json!({"url": format!("https://shop.example.com/p{}", rng.below(5))}),
+        _ => json!({"url": "https://shop.example.com/", "title": null}),
+    };
+    let events: Vec<Value> = (0..n)
+        .map(|_| {
+            // Up to 10 minutes back, so minute and 5-minute buckets vary.
+            let t = now - rng.below(600_000) as i64;
+            let x = rng.below(2000) as i64 - 100;
+            let y = rng.below(1000) as i64;
+            match rng.below(6) {
+                0 => json!(["pageviews", t, "load", if rng.below(2) == 0 { Value::Null } else { json!("https://ref.example.org/") }]),
+                1 | 2 => {
+                    let selector = if rng.below(3) == 0 { Value::Null } else { json!(format!("main>button.b{}", rng.below(3))) };
+                    let element = ["BUTTON", "A", "DIV"][rng.below(3) as usize];
+                    json!(["clicks", t, element, rng.below(4), x, y, selector])
+                }
+                3 => json!(["mouse_moves", t, x, y]),
+                4 => json!(["key_presses", t, if rng.below(2) == 0 { Value::Null } else { json!("Enter") }, "INPUT"]),
+                _ => json!(["form_submissions", t, if rng.below(2) == 0 { Value::Null } else { json!("signup") }, "/join", ["email"]]),
+            }
+        })
+        .collect();
+    json!({
+        "v": 1, "key": KEY, "batch": uuid::Uuid::new_v4().to_string(), "sent_at": now,
+        "session": session, "page": page, "events": events,
+    })
+}
+
+fn total_events(url: &str) -> i64 {
+    let sql = TABLES.iter().map(|t| format!("(SELECT count(*) FROM events.{t})")).collect::<Vec<_>>().join(" + ");
+    count(url, &format!("SELECT {sql}"))
+}
+
+fn wait_for_events(url: &str, n: i64, d: &Chronosd) {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = total_events(url);
+        if got >= n {
+            assert_eq!(got, n, "more events than accepted");
+            return;
+        }
+        assert!(Instant::now() < until, "{got} of {n} events loaded\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Posts `batches` varied batches; returns the events accepted.
+fn post_varied(s: &Stack, rng: &mut Rng, batches: usize) -> i64 {
+    let c = client();
+    let mut sent = 0;
+    for _ in 0..batches {
+        let n = 1 + rng.below(60) as usize;
+        let (status, body, _) = post(&c, &s.d, &varied_batch(rng, n), "203.0.113.9");
+        assert_eq!(status, 200, "{body}");
+        sent += n as i64;
+    }
+    sent
+}
+
+/// Rows of a query as text, keyed by the first `keys` columns (NULL → "∅").
+fn rows_by_key(url: &str, sql: &str, keys: usize) -> BTreeMap<Vec<String>, Vec<Option<String>>> {
+    let mut out = BTreeMap::new();
+    for r in query(url, sql) {
+        let cols: Vec<Option<String>> = (0..r.len()).map(|i| r.get::<_, Option<String>>(i)).collect();
+        let key: Vec<String> = cols[..keys].iter().map(|c| c.clone().unwrap_or_else(|| "∅".into())).collect();
+        assert!(out.insert(key.clone(), cols[keys..].to_vec()).is_none(), "two rows for key {key:?} in {sql}");
+    }
+    out
+}
+
+/// How a column of a view is compared with the raw query.
+#[derive(Clone, Copy)]
+enum Cmp {
+    Exact,
+    /// Relative error at most this (approximate aggregates).
+    Within(f64),
+    /// Absolute error at most this.
+    Abs(f64),
+}
+
+/// Asserts `SELECT <cols> FROM views.<view>` equals `raw` (same column order).
+fn assert_view_equals(url: &str, view: &str, keys: &[&str], cols: &[(&str, Cmp)], raw: &str) {
+    let all: Vec<String> = keys.iter().chain(cols.iter().map(|(c, _)| c)).map(|c| format!("{c}::text")).collect();
+    let got = rows_by_key(url, &format!("SELECT {} FROM views.{view}", all.join(", ")), keys.len());
+    let want = rows_by_key(url, raw, keys.len());
+    assert!(!want.is_empty(), "{view}: the raw query returned nothing; the test proves nothing");
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{view}: groups differ");
+    for (k, w) in &want {
+        let g = &got[k];
+        for (i, (name, cmp)) in cols.iter().enumerate() {
+            let (gv, wv) = (&g[i], &w[i]);
+            let ok = match (cmp, gv, wv) {
+                (_, None, None) => true,
+                (Cmp::Exact, a, b) => a == b,
+                (Cmp::Within(r), Some(a), Some(b)) => {
+                    let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+                    (a - b).abs() <= r * b.abs().max(1.0)
+                }
+                (Cmp::Abs(e), Some(a), Some(b)) => {
+                    let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+                    (a - b).abs() <= *e
+                }
+                _ => false,
+            };
+            assert!(ok, "{view} {k:?} column {name}: view has {gv:?}, raw tables give {wv:?}");
+        }
+    }
+}
+
+const TEST_VIEWS: &str = "
+CREATE CONTINUOUS VIEW t_clicks AS
+  SELECT element, selector, date_trunc('minute', time) AS minute, time_bucket(interval '5 minutes', time) AS b5,
+         count(*), count(selector) AS with_selector, sum(x) AS sx, min(y) AS mny, max(y) AS mxy, avg(x) AS ax,
+         max(time) AS last_seen, count(DISTINCT session_id) AS sessions,
+         percentile_cont(0.5) WITHIN GROUP (ORDER BY x) AS p50
+  FROM clicks WHERE buttons <> 2 GROUP BY element, selector, minute, b5;
+CREATE VIEW t_all AS
+  SELECT type, metadata->>'title' AS title, count(*), count(DISTINCT position) AS positions FROM events GROUP BY type, title;
+CREATE CONTINUOUS VIEW t_total AS SELECT count(*), sum(y) AS sy, avg(y) AS ay, percentile_cont(0.9) WITHIN GROUP (ORDER BY y) AS p90 FROM mouse_moves;
+";
+
+fn check_test_views(url: &str) {
+    assert_view_equals(
+        url,
+        "t_clicks",
+        &["element", "selector", "minute", "b5"],
+        &[
+            ("count", Cmp::Exact),
+            ("with_selector", Cmp::Exact),
+            ("sx", Cmp::Exact),
+            ("mny", Cmp::Exact),
+            ("mxy", Cmp::Exact),
+            ("round(ax, 9)", Cmp::Exact),
+            ("last_seen", Cmp::Exact),
+            ("sessions", Cmp::Within(0.05)),
+            ("p50", Cmp::Abs(200.0)),
+        ],
+        "SELECT element, selector, date_trunc('minute', time)::text,
+                date_bin('5 minutes', time, '2000-01-03 00:00:00+00')::text,
+                count(*)::text, count(selector)::text, sum(x)::text, min(y)::text, max(y)::text, round(avg(x), 9)::text,
+                max(time)::text, count(DISTINCT session_id)::text,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::text
+         FROM events.clicks WHERE buttons <> 2 GROUP BY 1, 2, 3, 4",
+    );
+    let union = TABLES
+        .iter()
+        .map(|t| format!("SELECT '{t}' AS type, metadata, position FROM events.{t}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    assert_view_equals(
+        url,
+        "t_all",
+        &["type", "title"],
+        &[("count", Cmp::Exact), ("positions", Cmp::Within(0.05))],
+        &format!("SELECT type, metadata->>'title', count(*)::text, count(DISTINCT position)::text FROM ({union}) e GROUP BY 1, 2"),
+    );
+    // A keyless view is one row; the "key" column here is a constant.
+    assert_view_equals(
+        url,
+        "t_total",
+        &["'all'"],
+        &[("count", Cmp::Exact), ("sy", Cmp::Exact), ("round(ay, 9)", Cmp::Exact), ("p90", Cmp::Abs(25.0))],
+        "SELECT 'all', count(*)::text, sum(y)::text, round(avg(y), 9)::text, percentile_cont(0.9) WITHIN GROUP (ORDER BY y)::text FROM events.mouse_moves",
+    );
+    // Two of the default views.
+    let union_time = TABLES
+        .iter()
+        .map(|t| format!("SELECT '{t}' AS type, time FROM events.{t}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    assert_view_equals(
+        url,
+        "events_per_minute",
+        &["type", "minute"],
+        &[("events", Cmp::Exact)],
+        &format!("SELECT type, date_trunc('minute', time)::text, count(*)::text FROM ({union_time}) e GROUP BY 1, 2"),
+    );
+    assert_view_equals(
+        url,
+        "pageviews_hourly",
+        &["url", "hour"],
+        &[("views", Cmp::Exact), ("sessions", Cmp::Within(0.05))],
+        "SELECT metadata->>'url', date_trunc('hour', time)::text, count(*)::text, count(DISTINCT session_id)::text FROM events.pageviews GROUP BY 1, 2",
+    );
+    assert_view_equals(
+        url,
+        "mouse_heat",
+        &["url", "cell_x", "cell_y"],
+        &[("moves", Cmp::Exact)],
+        "SELECT metadata->>'url', (x / 50 * 50)::text, (y / 50 * 50)::text, count(*)::text FROM events.mouse_moves GROUP BY 1, 2, 3",
+    );
+}
+
+fn add_views(s: &Stack, sql: &str, extra: &[&str]) -> (bool, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), sql).unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let mut args = vec!["views", "add", path.as_str()];
+    args.extend_from_slice(extra);
+    cli(s, &args)
+}
+
+#[test]
+fn views_equal_the_raw_queries_also_after_kill_9() {
+    let mut s = stack();
+    // The defaults are there from the first start.
+    let (ok, list) = cli(&s, &["views", "list"]);
+    assert!(ok && list.contains("events_per_minute") && list.contains("mouse_heat"), "{list}");
+    let (ok, out) = add_views(&s, TEST_VIEWS, &[]);
+    assert!(ok, "{out}");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut sent = post_varied(&s, &mut rng, 150);
+    wait_for_events(&s.url, sent, &s.d);
+    check_test_views(&s.url);
+
+    // kill -9 while batches keep arriving; restart; nothing counted twice or lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicI64::new(0));
+    let poster = {
+        let (stop, accepted, url) = (stop.clone(), accepted.clone(), s.d.url("/v1/batch"));
+        std::thread::spawn(move || {
+            let c = client();
+            let mut rng = Rng(42);
+            while !stop.load(Ordering::Relaxed) {
+                let n = 1 + rng.below(40) as usize;
+                let body = varied_batch(&mut rng, n).to_string();
+                let res = c.post(&url).header("Content-Type", "text/plain").header("Origin", ORIGIN).body(body).send();
+                match res {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        accepted.fetch_add(n as i64, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    s.d.kill9();
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    sent += accepted.load(Ordering::Relaxed);
+    assert!(accepted.load(Ordering::Relaxed) > 0, "nothing was posted while loading");
+    // A restarted member must wait out the killed one's session (tansu; see tests/loaders.rs).
+    std::thread::sleep(Duration::from_secs(8));
+    s.d = Chronosd::start(&s.toml);
+    s.d.wait_ready(Duration::from_secs(30));
+    sent += post_varied(&s, &mut rng, 20);
+    wait_for_events(&s.url, sent, &s.d);
+    let distinct = TABLES
+        .iter()
+        .map(|t| format!("SELECT batch_id, position FROM events.{t}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    assert_eq!(count(&s.url, &format!("SELECT count(DISTINCT (batch_id, position)) FROM ({distinct}) u")), sent);
+    check_test_views(&s.url);
+    let _ = &s.kafka;
+}
+
+#[test]
+fn views_are_added_with_backfill_and_dropped_while_events_flow() {
+    let mut s = stack();
+    let mut rng = Rng(7);
+    let mut sent = post_varied(&s, &mut rng, 60);
+    wait_for_events(&s.url, sent, &s.d);
+
+    // Bad definitions are refused with where and why, and change nothing.
+    let (ok, out) = add_views(&s, "CREATE CONTINUOUS VIEW good AS SELECT count(*) FROM clicks;\nCREATE CONTINUOUS VIEW bad AS\n  SELECT key, mode() WITHIN GROUP (ORDER BY key) FROM key_presses GROUP BY key;", &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("line 3, column 15") && out.contains("`mode` cannot be maintained incrementally"), "{out}");
+    assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.views WHERE name IN ('good', 'bad')"), 0);
+    let (ok, out) = add_views(&s, "CREATE VIEW element_counts AS SELECT element, count(*) FROM clicks GROUP BY element", &[]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+
+    // Added while batches arrive, filled from what is already stored: equal to the raw query.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicI64::new(0));
+    let poster = {
+        let (stop, accepted, url) = (stop.clone(), accepted.clone(), s.d.url("/v1/batch"));
+        std::thread::spawn(move || {
+            let c = client();
+            let mut rng = Rng(99);
+            while !stop.load(Ordering::Relaxed) {
+                let n = 1 + rng.below(40) as usize;
+                let body = varied_batch(&mut rng, n).to_string();
+                let r = c.post(&url).header("Content-Type", "text/plain").header("Origin", ORIGIN).body(body).send().unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                accepted.fetch_add(n as i64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let (ok, out) = add_views(&s, TEST_VIEWS, &["--backfill"]);
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(700));
+    // Dropped while batches arrive: loading goes on.
+    let (ok, out) = cli(&s, &["views", "drop", "t_all"]);
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    sent += accepted.load(Ordering::Relaxed);
+    wait_for_events(&s.url, sent, &s.d);
+    assert_view_equals(
+        &s.url,
+        "t_total",
+        &["'all'"],
+        &[("count", Cmp::Exact), ("sy", Cmp::Exact)],
+        "SELECT 'all', count(*)::text, sum(y)::text FROM events.mouse_moves",
+    );
+    assert_view_equals(
+        &s.url,
+        "t_clicks",
+        &["element", "selector", "minute", "b5"],
+        &[("count", Cmp::Exact), ("sx", Cmp::Exact), ("last_seen", Cmp::Exact)],
+        "SELECT element, selector, date_trunc('minute', time)::text, date_bin('5 minutes', time, '2000-01-03 00:00:00+00')::text,
+                count(*)::text, sum(x)::text, max(time)::text
+         FROM events.clicks WHERE buttons <> 2 GROUP BY 1, 2, 3, 4",
+    );
+    assert_eq!(count(&s.url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'views' AND tablename = 't_all_mrel'"), 0);
+    let (ok, list) = cli(&s, &["views", "list"]);
+    assert!(ok && list.contains("t_clicks") && !list.contains("t_all"), "{list}");
+    let (ok, out) = cli(&s, &["views", "drop", "t_all"]);
+    assert!(!ok && out.contains("no view named `t_all`"), "{out}");
+    assert!(!s.d.log_text().contains("ERROR"), "{}", s.d.log_text());
+    // The daemon is still loading after all that.
+    sent += post_varied(&s, &mut rng, 5);
+    wait_for_events(&s.url, sent, &s.d);
+    let _ = (&s.kafka, Path::new("."));
+    s.d.terminate();
+}
