@@ -63,7 +63,7 @@ fn count(url: &str, sql: &str) -> i64 {
     query(url, sql)[0].get(0)
 }
 
-const TABLES: [&str; 7] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions", "signup"];
+const TABLES: [&str; 8] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions", "signup", "note"];
 
 /// Every event of a session, over all tables: (table, batch id, page url).
 fn events_of_session(url: &str, session: &str) -> Vec<Value> {
@@ -108,6 +108,9 @@ origins = ["{site}"]
 
 [events.signup]
 attributes = [{{ name = "plan", type = "text", max_len = 32 }}, {{ name = "seats", type = "int", nullable = true }}]
+
+[events.note]
+attributes = [{{ name = "text", type = "text", max_len = 2048 }}]
 
 [tracker]
 endpoint = "http://127.0.0.1:{port}"
@@ -158,6 +161,8 @@ flush_interval_ms = 600000
     wait_until("the spa's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("signup", &spa_session)) == 1);
     wait_until("the retried batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("retry_batch")).0 > 0);
     wait_until("the kept batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("outbox_batch")).0 > 0);
+    let big = s("big_session");
+    wait_until("the large buffers", Duration::from_secs(60), &d, || count(&pg_url, &sql("note", &big)) >= 100);
     std::thread::sleep(Duration::from_secs(2)); // time for a duplicate to show
     assert_eq!(count(&pg_url, "SELECT count(*) FROM chronos.dead_letters"), 0, "no event refused: {:?}", rows(&pg_url, "SELECT reason FROM chronos.dead_letters"));
 
@@ -273,6 +278,10 @@ flush_interval_ms = 600000
         assert_eq!(batch_rows(&pg_url, &s(batch)), (n, n), "{batch} stored once, every event");
         assert_eq!(count(&pg_url, &format!("SELECT count(*) FROM chronos.seen_batches WHERE batch_id = '{}'", s(batch))), 1);
     }
+
+    // --- Large buffers: split under the beacon limit, nothing lost or doubled.
+    assert_eq!(count(&pg_url, &sql("note", &big)), 100);
+    assert_eq!(count(&pg_url, &format!("SELECT count(DISTINCT text) FROM events.note WHERE session_id = '{big}'")), 100);
 
     // --- Nothing typed into a field appears anywhere: every table, every column, and the topic.
     let tables = rows(

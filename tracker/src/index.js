@@ -131,10 +131,12 @@ export const flush = (unloading) => {
   if (unloading) keep();
 };
 
-// Splits a batch whose body would reach MAX_BODY into halves, each with its own id.
+const bytes = (s) => new TextEncoder().encode(s).length;
+
+// Splits a batch whose body would reach MAX_BODY bytes into halves, each with its own id.
 const split = (batch) => {
   const ev = batch.events;
-  if (ev.length < 2 || body(batch).length * 1.1 < MAX_BODY) return [batch];
+  if (ev.length < 2 || bytes(body(batch)) < MAX_BODY) return [batch];
   const half = ev.length >> 1;
   return [
     ...split({ ...batch, events: ev.slice(0, half) }),
@@ -159,11 +161,13 @@ const beacon = (batch) => {
 const send = (batch, attempt) => {
   pending.set(batch.batch, batch);
   let retryAfter = 0;
+  const b = body(batch);
   fetch(opts.endpoint, {
     method: 'POST',
-    body: body(batch),
+    body: b,
     headers: { 'Content-Type': 'text/plain' },
-    keepalive: true,
+    // A single event too large for the keepalive quota still goes, without keepalive.
+    keepalive: bytes(b) < MAX_BODY,
     credentials: 'omit',
   })
     .then((r) => {
