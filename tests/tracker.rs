@@ -161,6 +161,8 @@ flush_interval_ms = 600000
     wait_until("the spa's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("signup", &spa_session)) == 1);
     wait_until("the retried batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("retry_batch")).0 > 0);
     wait_until("the kept batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("outbox_batch")).0 > 0);
+    wait_until("the hidden tab's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("hidden_session"))) == 2);
+    wait_until("the restored page's click", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("bfcache_session"))) == 1);
     let big = s("big_session");
     wait_until("the large buffers", Duration::from_secs(60), &d, || count(&pg_url, &sql("note", &big)) >= 100);
     std::thread::sleep(Duration::from_secs(2)); // time for a duplicate to show
@@ -247,6 +249,8 @@ flush_interval_ms = 600000
         pv("hash", &spa("a?tab=2#sec"), &spa("a?tab=2")),
         pv("push", &spa("a?tab=2"), &spa("b")),
         pv("pop", &spa("b"), &spa("a?tab=2")),
+        pv("hash", &spa("a?tab=2"), &spa("a?tab=2#long")),
+        pv("hash", &spa("a?tab=2#long"), &spa("a?tab=2")),
     ]);
     assert_eq!(by_session("navigation, referrer", "pageviews", &spa_session), expected);
     let spa_clicks: Vec<Value> =
@@ -256,11 +260,34 @@ flush_interval_ms = 600000
         vec![
             json!(["button#a", spa("?flush=1500")]),
             json!(["button#b", spa("a")]),
+            json!(["a#long", spa("a?tab=2")]),
             json!(["button#c", spa("a?tab=2")]),
             json!(["button#e", spa("a?tab=2")]), // #d was clicked while opted out
         ]
     );
     assert_eq!(by_session("plan, seats", "signup", &spa_session), vec![json!({"plan": "team", "seats": 7, "url": spa("a?tab=2")})]);
+    // Link text over 512 bytes is cut on a character boundary.
+    assert_eq!(
+        by_session("link_text, target_url, octet_length(link_text) AS bytes", "link_clicks", &spa_session),
+        vec![json!({"link_text": "é".repeat(256), "target_url": spa("a?tab=2#long"), "bytes": 512, "url": spa("a?tab=2")})]
+    );
+
+    // --- visibilitychange to hidden: the buffer left then (by beacon), before the next click.
+    let hidden = by_session("selector, batch_id", "clicks", &s("hidden_session"));
+    assert_eq!(hidden.iter().map(|c| c["selector"].as_str().unwrap()).collect::<Vec<_>>(), ["button#c", "button#d"]);
+    assert_ne!(hidden[0]["batch_id"], hidden[1]["batch_id"], "#c left when the page was hidden, #d when it closed");
+
+    // --- Back/forward cache: the restored page counts a view.
+    let bf = s("bfcache_session");
+    assert_eq!(
+        by_session("navigation, referrer", "pageviews", &bf),
+        vec![
+            json!({"navigation": "load", "referrer": null, "url": page("index.html")}),
+            json!({"navigation": "load", "referrer": null, "url": page("thanks.html")}), // typed, as page.goto does
+            json!({"navigation": "restore", "referrer": null, "url": page("index.html")}),
+        ]
+    );
+    assert_eq!(by_session("element", "clicks", &bf), vec![json!({"element": "BUTTON", "url": page("index.html")})]);
 
     // A batch never spans two pages.
     for session in [&site_session, &spa_session] {

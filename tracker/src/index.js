@@ -78,6 +78,8 @@ const cut = (s, n) => {
 const tag = (el) => cut(el.tagName, 64) || '?';
 const attr = (el, name) => Element.prototype.getAttribute.call(el, name);
 
+const esc = (s) => (W.CSS && CSS.escape ? CSS.escape(s) : s);
+
 // A short CSS path: up to 5 ancestors, stopping at the first id.
 const selector = (el) => {
   const parts = [];
@@ -85,10 +87,10 @@ const selector = (el) => {
     let p = el.tagName.toLowerCase();
     const id = attr(el, 'id');
     if (id) {
-      parts.unshift(p + '#' + id);
+      parts.unshift(p + '#' + esc(id));
       break;
     }
-    const cls = (attr(el, 'class') || '').trim().split(/\s+/).slice(0, 2).join('.');
+    const cls = (attr(el, 'class') || '').trim().split(/\s+/).filter(Boolean).slice(0, 2).map(esc).join('.');
     parts.unshift(cls ? p + '.' + cls : p);
     el = el.parentElement;
   }
@@ -314,6 +316,8 @@ export const init = (o) => {
   on(W, 'hashchange', () => navigated('hash'));
   on(D, 'visibilitychange', () => D.visibilityState === 'hidden' && flush(1));
   on(W, 'pagehide', () => flush(1));
+  // Back to a page kept in the back/forward cache: a new view of it.
+  on(W, 'pageshow', (e) => e.persisted && ((lastUrl = ''), navigated('restore')));
   wrap('pushState');
   wrap('replaceState');
   timer = setInterval(flush, o.flushMs);

@@ -21,6 +21,7 @@ const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
     '--no-first-run', '--disable-component-update', '--disable-sync'],
+  ignoreDefaultArgs: ['--disable-back-forward-cache'], // as in a user's browser
 });
 
 /** A fresh context (own sessionStorage and localStorage) with page errors collected. */
@@ -38,7 +39,7 @@ function watch(ctx) {
   ctx.on('request', (r) => {
     if (!r.url().startsWith(BATCH) || r.method() !== 'POST') return;
     const body = JSON.parse(r.postData());
-    const entry = { batch: body.batch, events: body.events, page: body.page.url, bytes: Buffer.byteLength(r.postData()), status: null };
+    const entry = { batch: body.batch, events: body.events, page: body.page.url, bytes: Buffer.byteLength(r.postData()), type: r.resourceType(), status: null };
     seen.push(entry);
     entries.set(r, entry);
   });
@@ -68,12 +69,11 @@ async function waitFor(what, cond, ms = 15000) {
 }
 
 // --- 1. Multi-page site with the configured bundle (flush interval far away):
-// every batch leaves on navigation or when the tab closes. Fetches to chronosd
-// are aborted, so whatever arrives came by sendBeacon.
+// every batch leaves on navigation or when the tab closes, by sendBeacon
+// (resource type `ping`; Playwright does not even see those sent during unload).
 {
   const { ctx, page } = await context('site');
-  const fetched = watch(ctx);
-  await ctx.route(BATCH, (route) => route.abort());
+  const seen = watch(ctx);
   await page.goto(SITE + '/index.html');
   result.site_session = await sessionOf(page);
   await page.mouse.move(100, 100);
@@ -114,7 +114,7 @@ async function waitFor(what, cond, ms = 15000) {
   // Closing the tab: pagehide sends the last batch.
   await page.close();
   await sleep(500);
-  result.site_fetches = fetched.length;
+  const fetched = seen.filter((s) => s.type !== 'ping');
   check(fetched.length === 0, `site: ${fetched.length} batch(es) went by fetch; navigation flushes must use sendBeacon`);
   await ctx.close();
 }
@@ -145,6 +145,15 @@ async function waitFor(what, cond, ms = 15000) {
   await page.waitForFunction(() => location.pathname === '/spa/a');
   await sleep(40);
   check(await page.evaluate(() => chronos.track('signup', { plan: 'team', seats: 7 })), 'spa: track(signup) returned false');
+  // A link with a long text: cut at 512 bytes, on a character boundary.
+  await page.evaluate(() => {
+    // (Absolute href: the page has <base href="/">.)
+    document.body.insertAdjacentHTML('beforeend', `<a id="long" href="${location.href.split('#')[0]}#long">${'é'.repeat(300)}</a>`);
+  });
+  await page.click('#long');
+  await nav(() => history.back()); // #long → back: one more hash pageview
+  await page.waitForFunction(() => !location.hash);
+  await sleep(40);
   // Periodic flush: no navigation, the click still leaves within a few seconds.
   await page.click('#c');
   const before = seen.length;
@@ -247,18 +256,82 @@ async function waitFor(what, cond, ms = 15000) {
   await ctx.close();
 }
 
-// --- 6. Global Privacy Control: nothing is captured or sent.
+// --- 6. Global Privacy Control and Do-Not-Track: nothing is captured or sent,
+// unless the site turned `respectDnt` off.
+for (const [signal, value] of [['globalPrivacyControl', true], ['doNotTrack', '1']]) {
+  for (const respect of [true, false]) {
+    const { ctx, page } = await context(signal);
+    await ctx.addInitScript(([name, v]) => Object.defineProperty(Navigator.prototype, name, { get: () => v }), [signal, value]);
+    const seen = watch(ctx);
+    await page.goto(SITE + `/spa/?flush=600000&dnt=${respect ? 1 : 0}`);
+    await page.waitForFunction(() => window.chronos);
+    await page.click('#a');
+    await page.evaluate(() => chronos.flush());
+    await sleep(800);
+    const sent = seen.length;
+    const session = await sessionOf(page);
+    if (respect) {
+      check(sent === 0, `${signal}: ${sent} batch(es) sent despite it`);
+      check(session === null, `${signal}: a session id was stored despite it`);
+    } else {
+      check(sent === 1 && seen[0].status === 200, `${signal} with respectDnt off: ${sent} batch(es) sent, expected 1`);
+    }
+    await ctx.close();
+  }
+}
+
+// --- 7. visibilitychange to hidden sends the buffer by beacon, without navigation.
 {
-  const { ctx, page } = await context('gpc');
-  await ctx.addInitScript(() => Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true }));
+  const { ctx, page } = await context('hidden');
   const seen = watch(ctx);
-  await page.goto(SITE + '/spa/?flush=200');
+  await page.goto(SITE + '/spa/?flush=600000');
+  await page.waitForFunction(() => window.chronos);
+  result.hidden_session = await sessionOf(page);
+  await page.click('#c');
+  await page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+    document.dispatchEvent(new Event('visibilitychange'));
+    delete document.visibilityState;
+  });
+  await page.click('#d'); // in the next batch (sent when the tab closes)
+  await page.close();
+  await sleep(300);
+  const beacon = seen.find((s) => s.events.some((e) => e[0] === 'clicks' && e[6] === 'button#c'));
+  check(beacon && beacon.type === 'ping', `hidden: #c was not sent by beacon when the page was hidden: ${JSON.stringify(seen)}`);
+  await ctx.close();
+}
+
+// --- 8. No crypto.randomUUID (pages on plain http outside localhost): ids from getRandomValues.
+{
+  const { ctx, page } = await context('uuid');
+  await ctx.addInitScript(() => delete Crypto.prototype.randomUUID);
+  const seen = watch(ctx);
+  await page.goto(SITE + '/spa/?flush=600000');
   await page.waitForFunction(() => window.chronos);
   await page.click('#a');
   await page.evaluate(() => chronos.flush());
-  await sleep(800);
-  check(seen.length === 0, `gpc: ${seen.length} batch(es) sent despite Global Privacy Control`);
-  check((await sessionOf(page)) === null, 'gpc: a session id was stored despite Global Privacy Control');
+  await waitFor('the batch answered', () => seen.length === 1 && seen[0].status !== null);
+  const v4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const session = await sessionOf(page);
+  check(v4.test(session) && v4.test(seen[0].batch), `uuid: session ${session}, batch ${seen[0].batch} are not UUID v4`);
+  check(seen[0].status === 200, `uuid: status ${seen[0].status}`);
+  await ctx.close();
+}
+
+// --- 9. Back to a page from the back/forward cache: a `restore` pageview.
+{
+  const { ctx, page } = await context('bfcache');
+  await ctx.addInitScript(() => addEventListener('pageshow', (e) => e.persisted && (window.__restored = true)));
+  await page.goto(SITE + '/index.html');
+  result.bfcache_session = await sessionOf(page);
+  await page.goto(SITE + '/thanks.html');
+  await page.goBack({ waitUntil: 'commit' }); // a restored page fires no load event
+  await page.waitForFunction(() => location.pathname === '/index.html' && document.readyState === 'complete');
+  await sleep(100);
+  check(await page.evaluate(() => window.__restored === true), 'bfcache: index.html was not restored from the back/forward cache');
+  await page.click('button.buy');
+  await page.close();
+  await sleep(300);
   await ctx.close();
 }
 
