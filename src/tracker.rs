@@ -55,7 +55,8 @@ impl Default for TrackerConfig {
 pub fn validate(config: &Config) -> Vec<String> {
     let t = &config.tracker;
     let mut errors = Vec::new();
-    if !t.endpoint.is_empty() && !(t.endpoint.starts_with("http://") || t.endpoint.starts_with("https://")) {
+    let http = t.endpoint.starts_with("http://") || t.endpoint.starts_with("https://");
+    if !t.endpoint.is_empty() && !http {
         errors.push(format!("tracker.endpoint: `{}` must start with http:// or https://", t.endpoint));
     }
     if !t.key_id.is_empty() && !config.keys.iter().any(|k| k.id == t.key_id) {

@@ -285,7 +285,9 @@ const wrap = (name) => {
   const orig = history[name];
   history[name] = function () {
     const r = orig.apply(this, arguments);
-    navigated(name === 'pushState' ? 'push' : 'replace');
+    try {
+      navigated(name === 'pushState' ? 'push' : 'replace');
+    } catch (x) {}
     return r;
   };
 };
@@ -307,7 +309,17 @@ export const init = (o) => {
   session = store('sessionStorage', 'chronos.session');
   if (!session) store('sessionStorage', 'chronos.session', (session = uuid()));
 
-  const on = (t, type, fn) => t.addEventListener(type, fn, { capture: true, passive: true });
+  // A tracker must never break the page: its handlers swallow their own errors.
+  const on = (t, type, fn) =>
+    t.addEventListener(
+      type,
+      (e) => {
+        try {
+          fn(e);
+        } catch (x) {}
+      },
+      { capture: true, passive: true },
+    );
   on(D, 'click', onClick);
   on(D, 'keydown', onKey);
   on(D, 'submit', onSubmit);
