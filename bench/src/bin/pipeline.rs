@@ -1,0 +1,392 @@
+//! The pipeline benchmark (perf/pipeline): in one run, on one stack started
+//! with the test helpers, measures
+//!   (a) the broker's ceiling for chronosd's records: plain rdkafka produce, then consume;
+//!   (b) the PostgreSQL COPY BINARY ceiling for their rows;
+//!   (c) chronosd's highest sustained HTTP → Kafka rate with p99 ≤ 10 ms (loaders
+//!       off), stepping loadgen's open-loop rate;
+//!   (d) the end-to-end rate into PostgreSQL (loaders on) with loadgen --verify
+//!       at 0 missing / 0 duplicated;
+//! prints (c)/(a) and (d)/min(a, b), chronosd's RSS, and where the CPU went
+//! per step; writes a Markdown report with `--out`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chronos_bench::records::{self, KEY, ORIGIN};
+use chronos_bench::ceiling;
+use chronos_bench::stack::{self, Chronosd, PerfStack};
+use clap::Parser;
+use loadgen::report::Report;
+
+#[derive(Debug, Parser)]
+#[command(about = "HTTP → Kafka → PostgreSQL throughput next to the broker and COPY ceilings, in one run")]
+struct Args {
+    /// Records (50-event batches) for the ceilings (a) and (b).
+    #[arg(long, default_value_t = 20_000)]
+    records: usize,
+    /// Seconds per rate step of (c).
+    #[arg(long, default_value_t = 10.0)]
+    step_secs: f64,
+    /// Seconds per end-to-end run of (d).
+    #[arg(long, default_value_t = 20.0)]
+    e2e_secs: f64,
+    /// First offered rate of (c), events/s.
+    #[arg(long, default_value_t = 100_000.0)]
+    start_rate: f64,
+    /// p99 latency (from the intended send time) a step of (c) may have, ms.
+    #[arg(long, default_value_t = 10.0)]
+    max_p99_ms: f64,
+    /// loadgen keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Events per batch.
+    #[arg(long, default_value_t = 50)]
+    batch_size: u32,
+    /// chronosd config override, `section.key=value` (repeatable), e.g. kafka.linger_ms=2.
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Which measurements to run: any of a, b, c, d (a and b run together).
+    #[arg(long, default_value = "abcd")]
+    phases: String,
+    /// Offered rates of (d), events/s, comma-separated; default 0.6, 0.8 and 1.0 × min(a, b, c).
+    #[arg(long, value_delimiter = ',')]
+    e2e_rates: Vec<f64>,
+    /// Write the report (Markdown) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One loadgen run and what the machine did meanwhile.
+struct Step {
+    report: Report,
+    /// Highest chronosd VmRSS seen during the step, MiB.
+    rss_mib: f64,
+    /// CPU used during the step, in cores (CPU seconds / wall seconds).
+    cpu: Cpu,
+    /// All 2xx and accepted ≥ 97 % of the offered rate.
+    kept_up: bool,
+    pass: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    chronosd: f64,
+    loadgen: f64,
+    broker: f64,
+    postgres: f64,
+    other: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?.parent().context("binary dir")?.to_path_buf();
+    anyhow::ensure!(bin_dir.join("chronosd").is_file() && bin_dir.join("loadgen").is_file(),
+        "chronosd and loadgen must be built beside this binary (perf/pipeline builds them)");
+    let machine = machine();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("{machine}\nload average before: {load_before}");
+    let stack = PerfStack::start()?;
+    let mut out = String::new();
+
+    // (a) and (b): the same records chronosd would produce, and their rows.
+    let mut ceilings = None;
+    if args.phases.contains('a') || args.phases.contains('b') {
+        let (config, _) = stack.config(stack::port(), false, &args.sets)?;
+        let recs = records::records(&config, records::bodies(args.records, args.batch_size))?;
+        let events = (args.records * args.batch_size as usize) as f64;
+        let bytes: usize = recs.iter().map(|r| r.value.len()).sum();
+        let produce = ceiling::broker_produce(&config.kafka, &config.kafka.topic, &recs, true)?;
+        let consume = ceiling::broker_consume(&config.kafka.brokers, &config.kafka.topic, config.kafka.partitions, recs.len())?;
+        let copy = ceiling::copy_ceiling(&config, &recs)?;
+        let floor = ceiling::broker_ack_latency(&config.kafka, &config.kafka.topic, &recs, 100.0, 5.0)?;
+        // What the four record headers cost the broker: the same records without them.
+        let (bare, _) = stack.config(stack::port(), false, &args.sets)?;
+        let produce_bare = ceiling::broker_produce(&bare.kafka, &bare.kafka.topic, &recs, false)?;
+        let consume_bare = ceiling::broker_consume(&bare.kafka.brokers, &bare.kafka.topic, bare.kafka.partitions, recs.len())?;
+        let (p, c, b) = (events / produce, events / consume, events / copy);
+        let line = format!(
+            "{} records of {} events ({:.1} MB of JSON), {} partitions, compression {}, linger.ms {}\n\
+             (a) broker produce ceiling (plain rdkafka, acks=all): {:>10.0} events/s ({:.0} records/s)\n\
+             (a) broker consume ceiling (plain rdkafka):           {:>10.0} events/s ({:.0} records/s)\n\
+             (b) PostgreSQL COPY BINARY ceiling:                    {:>10.0} events/s\n\
+             broker ack latency at 100 records/s (plain rdkafka): p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2} ms\n\
+             for comparison, the same records without their 4 headers: produce {:.0}, consume {:.0} events/s\n",
+            recs.len(), args.batch_size, bytes as f64 / 1e6, config.kafka.partitions, config.kafka.compression, config.kafka.linger_ms,
+            p, p / args.batch_size as f64, c, c / args.batch_size as f64, b,
+            floor.p50, floor.p90, floor.p99, floor.max,
+            events / produce_bare, events / consume_bare
+        );
+        eprint!("{line}");
+        out.push_str(&format!("## Ceilings\n\n```\n{line}```\n\n"));
+        ceilings = Some((p, c, b));
+    }
+
+    // (c): loaders off, step the offered rate.
+    let mut best_http: Option<f64> = None;
+    let mut rss_max: f64 = 0.0;
+    let mut best_kept_up: Option<f64> = None;
+    if args.phases.contains('c') {
+        let (config, text) = stack.config(stack::port(), false, &args.sets)?;
+        let d = Chronosd::start(&bin_dir, stack.dir.path(), &config, &text)?;
+        let mut steps: Vec<Step> = Vec::new();
+        let run = |rate: f64, steps: &mut Vec<Step>| -> anyhow::Result<bool> {
+            if !steps.is_empty() {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            let s = step(&args, &bin_dir, &stack, &d, rate, args.step_secs, None)?;
+            let kept_up = s.kept_up;
+            steps.push(s);
+            Ok(kept_up)
+        };
+        // Throughput: up by 1.5× while chronosd keeps up (down by 2× while it does not),
+        // then halve the gap twice.
+        let mut rate = args.start_rate;
+        let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+        loop {
+            if run(rate, &mut steps)? {
+                lo = Some(rate);
+                if hi.is_some() || rate > 5e6 {
+                    break;
+                }
+                rate *= 1.5;
+            } else {
+                hi = Some(rate);
+                if lo.is_some() || rate < 2_000.0 {
+                    break;
+                }
+                rate /= 2.0;
+            }
+        }
+        if let (Some(mut l), Some(mut h)) = (lo, hi) {
+            for _ in 0..2 {
+                let mid = (l + h) / 2.0;
+                if run(mid, &mut steps)? {
+                    l = mid;
+                } else {
+                    h = mid;
+                }
+            }
+            lo = Some(l);
+        }
+        best_kept_up = lo;
+        // Latency: when no step met the p99 bound, step down from the lowest rate tried.
+        let mut low = steps.iter().map(|s| s.report.rate).fold(f64::MAX, f64::min);
+        for _ in 0..3 {
+            if steps.iter().any(|s| s.pass) || low < 1_000.0 {
+                break;
+            }
+            low /= 2.0;
+            run(low, &mut steps)?;
+        }
+        best_http = steps.iter().filter(|s| s.pass).map(|s| s.report.rate).fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.max(r))));
+        steps.sort_by(|a, b| a.report.rate.total_cmp(&b.report.rate));
+        rss_max = steps.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+        out.push_str(&format!(
+            "## (c) HTTP → Kafka, loaders off ({} s per step, {} connections; kept up = all 2xx and accepted ≥ 97 % of offered; pass = kept up and p99 ≤ {} ms)\n\n",
+            args.step_secs, args.connections, args.max_p99_ms
+        ));
+        out.push_str(&table(&steps, false));
+        drop(d);
+    }
+
+    // (d): loaders on, the end-to-end rate with --verify.
+    let mut best_e2e: Option<f64> = None;
+    if args.phases.contains('d') {
+        let (config, text) = stack.config(stack::port(), true, &args.sets)?;
+        let d = Chronosd::start(&bin_dir, stack.dir.path(), &config, &text)?;
+        let rates: Vec<f64> = if !args.e2e_rates.is_empty() {
+            args.e2e_rates.clone()
+        } else {
+            let cap = [ceilings.map(|(p, c, b)| p.min(c).min(b)), best_kept_up].into_iter().flatten().fold(f64::MAX, f64::min);
+            let cap = if cap == f64::MAX { 20_000.0 } else { cap };
+            vec![0.6 * cap, 0.8 * cap, cap]
+        };
+        let mut steps = Vec::new();
+        for (i, rate) in rates.into_iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            let s = step(&args, &bin_dir, &stack, &d, rate, args.e2e_secs, Some(&config.postgres.url))?;
+            let v = s.report.verify.clone().context("verify ran")?;
+            let total = s.report.elapsed_secs + v.wait_secs;
+            let e2e = s.report.events_accepted as f64 / total;
+            eprintln!("    end to end: {e2e:.0} events/s ({} events in {total:.2} s), missing {}, duplicated {}", s.report.events_accepted, v.missing, v.duplicated);
+            if v.passed() {
+                best_e2e = Some(best_e2e.map_or(e2e, |b: f64| b.max(e2e)));
+            }
+            rss_max = rss_max.max(s.rss_mib);
+            let failed = !v.passed();
+            steps.push(s);
+            if failed {
+                break;
+            }
+        }
+        out.push_str(&format!(
+            "\n## (d) End to end into PostgreSQL, loaders on, loadgen --verify ({} s per run; end-to-end rate = accepted events / (send time + wait until the last batch was loaded))\n\n",
+            args.e2e_secs
+        ));
+        out.push_str(&table(&steps, true));
+        drop(d);
+    }
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut summary = String::new();
+    if let Some((p, c, b)) = ceilings {
+        let a_e2e = p.min(c);
+        summary.push_str(&format!("(a) broker ceiling: produce {p:.0}, consume {c:.0} events/s\n(b) COPY ceiling: {b:.0} events/s\n"));
+        match best_http {
+            Some(h) => summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: {h:.0} events/s   (c)/(a produce) = {:.2}\n", args.max_p99_ms, h / p)),
+            None if args.phases.contains('c') => summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: no step met the bound\n", args.max_p99_ms)),
+            None => {}
+        }
+        if let Some(k) = best_kept_up {
+            summary.push_str(&format!("(c') HTTP → Kafka, highest rate kept up (any p99): {k:.0} events/s   (c')/(a produce) = {:.2}\n", k / p));
+        }
+        if let Some(e) = best_e2e {
+            summary.push_str(&format!("(d) end to end, 0 missing / 0 duplicated: {e:.0} events/s   (d)/min(a, b) = {:.2}\n", e / a_e2e.min(b)));
+        }
+    } else {
+        if let Some(h) = best_http {
+            summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: {h:.0} events/s\n", args.max_p99_ms));
+        }
+        if let Some(k) = best_kept_up {
+            summary.push_str(&format!("(c') HTTP → Kafka, highest rate kept up (any p99): {k:.0} events/s\n"));
+        }
+        if let Some(e) = best_e2e {
+            summary.push_str(&format!("(d) end to end, 0 missing / 0 duplicated: {e:.0} events/s\n"));
+        }
+    }
+    summary.push_str(&format!("chronosd RSS, highest seen: {rss_max:.0} MiB\n"));
+    println!("{summary}");
+    if let Some(path) = &args.out {
+        let command = std::env::var("PERF_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+        let text = format!(
+            "# Pipeline benchmark\n\nCommand: `{command}`\n\nWhen: {}\n\n{machine}\n\nLoad average before: {load_before}After: {load_after}\n\
+             ## Summary\n\n```\n{summary}```\n\n{out}",
+            date()
+        );
+        std::fs::write(path, text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One loadgen run at `rate` against `d`, with chronosd's RSS and everyone's CPU.
+fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, d: &Chronosd, rate: f64, secs: f64, verify: Option<&str>) -> anyhow::Result<Step> {
+    let pid = d.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(Ordering::Relaxed) {
+                max = max.max(stack::rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            max
+        })
+    };
+    let broker_needle = format!("tcp://127.0.0.1:{}", stack.broker.spec.port);
+    let postmaster = stack.pg.spec.postmaster_pid().unwrap_or(-1);
+    let cpu0 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
+    let t = Instant::now();
+    let mut cmd = Command::new(bin_dir.join("loadgen"));
+    cmd.args(["--rate", &format!("{rate:.0}"), "--duration", &secs.to_string(), "--batch-size", &args.batch_size.to_string()])
+        .args(["--connections", &args.connections.to_string(), "--target", &d.url(), "--key", KEY, "--origin", ORIGIN])
+        .args(["--json", "--quiet"]);
+    if let Some(url) = verify {
+        cmd.args(["--verify", url, "--verify-timeout", "300"]);
+    }
+    let output = cmd.output().context("running loadgen")?;
+    let wall = t.elapsed().as_secs_f64();
+    let cpu1 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
+    stop.store(true, Ordering::Relaxed);
+    let rss_mib = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    let report: Report = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("loadgen output: {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))?;
+    let c = |a: f64, b: f64| (b - a).max(0.0) / wall;
+    let mut cpu = Cpu {
+        chronosd: c(cpu0.0, cpu1.0),
+        loadgen: c(cpu0.1, cpu1.1),
+        broker: c(cpu0.2, cpu1.2),
+        postgres: c(cpu0.3, cpu1.3),
+        other: 0.0,
+    };
+    cpu.other = (c(cpu0.4, cpu1.4) - cpu.chronosd - cpu.loadgen - cpu.broker - cpu.postgres).max(0.0);
+    let st = &report.statuses;
+    let all_ok = st.ok == report.requests;
+    let kept_up = all_ok && report.accepted_rate >= 0.97 * rate;
+    let pass = kept_up && report.latency_ms.p99 <= args.max_p99_ms;
+    eprintln!(
+        "  offered {rate:>9.0} → accepted {:>9.0} events/s · p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms · non-2xx {} · RSS {rss_mib:.0} MiB · CPU chronosd {:.2} loadgen {:.2} broker {:.2} pg {:.2} other {:.2} · {}",
+        report.accepted_rate, report.latency_ms.p50, report.latency_ms.p99, report.latency_ms.p999, report.latency_ms.max,
+        report.requests - st.ok, cpu.chronosd, cpu.loadgen, cpu.broker, cpu.postgres, cpu.other,
+        if pass { "pass" } else if kept_up { "kept up, p99 over" } else { "FELL BEHIND" }
+    );
+    Ok(Step { report, rss_mib, cpu, kept_up, pass })
+}
+
+/// Busy CPU seconds of the whole machine (all but idle and iowait).
+fn busy_secs() -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    if f.len() < 5 {
+        return 0.0;
+    }
+    (f.iter().take(8).sum::<f64>() - f[3] - f[4]) / ticks
+}
+
+fn table(steps: &[Step], e2e: bool) -> String {
+    let mut t = String::from(
+        "| offered ev/s | accepted ev/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | RSS MiB | CPU chronosd | loadgen | broker | postgres | other |",
+    );
+    t.push_str(if e2e { " end-to-end ev/s | missing | duplicated |\n" } else { " pass |\n" });
+    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    t.push_str(if e2e { "---:|---:|---:|\n" } else { ":-:|\n" });
+    for s in steps {
+        let r = &s.report;
+        let l = &r.latency_ms;
+        t.push_str(&format!(
+            "| {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.rate, r.accepted_rate, l.p50, l.p90, l.p99, l.p999, l.max, r.requests - r.statuses.ok, s.rss_mib,
+            s.cpu.chronosd, s.cpu.loadgen, s.cpu.broker, s.cpu.postgres, s.cpu.other
+        ));
+        match (&r.verify, e2e) {
+            (Some(v), true) => t.push_str(&format!(
+                " {:.0} | {} | {} |\n",
+                r.events_accepted as f64 / (r.elapsed_secs + v.wait_secs),
+                v.missing,
+                v.duplicated
+            )),
+            _ => t.push_str(if s.pass { " pass |\n" } else if s.kept_up { " kept up |\n" } else { " fell behind |\n" }),
+        }
+    }
+    t
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "Machine: {} CPUs ({model}), {:.1} GiB memory, Linux {}; chronosd, loadgen, the broker (tansu, SQLite) and PostgreSQL on the same CPUs.",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        mem / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn date() -> String {
+    Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
