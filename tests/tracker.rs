@@ -163,6 +163,7 @@ flush_interval_ms = 600000
     wait_until("the kept batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("outbox_batch")).0 > 0);
     wait_until("the hidden tab's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("hidden_session"))) == 2);
     wait_until("the restored page's click", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("bfcache_session"))) == 1);
+    wait_until("the bounded outbox", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("bound_session"))) >= 16);
     let big = s("big_session");
     wait_until("the large buffers", Duration::from_secs(60), &d, || count(&pg_url, &sql("note", &big)) >= 100);
     std::thread::sleep(Duration::from_secs(2)); // time for a duplicate to show
@@ -305,6 +306,16 @@ flush_interval_ms = 600000
         assert_eq!(batch_rows(&pg_url, &s(batch)), (n, n), "{batch} stored once, every event");
         assert_eq!(count(&pg_url, &format!("SELECT count(*) FROM chronos.seen_batches WHERE batch_id = '{}'", s(batch))), 1);
     }
+
+    // --- A bounded outbox: the newest 16 of 20 unsent batches arrive, once each; the oldest 4 never.
+    let kept: Vec<String> = r["bound_kept"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect();
+    assert_eq!(kept.len(), 16);
+    for b in &kept {
+        let (n, distinct) = batch_rows(&pg_url, b);
+        assert!(n >= 1 && n == distinct, "kept batch {b}: {n} rows, {distinct} positions");
+        assert_eq!(count(&pg_url, &format!("SELECT count(*) FROM events.clicks WHERE batch_id = '{b}'")), 1, "kept batch {b}: its click");
+    }
+    assert_eq!(count(&pg_url, &sql("clicks", &s("bound_session"))), 16, "only the kept batches' clicks");
 
     // --- Large buffers: split under the beacon limit, nothing lost or doubled.
     assert_eq!(count(&pg_url, &sql("note", &big)), 100);

@@ -203,10 +203,10 @@ const keep = () => {
   try {
     saved = JSON.parse(store('localStorage', OUTBOX) || '[]');
   } catch (e) {}
-  const ids = new Set(saved.map((b) => b.batch));
-  for (const b of pending.values()) if (!ids.has(b.batch)) saved.push(b);
-  // Acknowledged ones leave; batches of other tabs stay until they are resent.
-  saved = saved.filter((b) => pending.has(b.batch) || !mine.has(b.batch)).slice(-MAX_OUTBOX);
+  // Batches of other tabs stay until they are resent; ours are the pending ones,
+  // oldest first (acknowledged ones leave); the newest MAX_OUTBOX are kept.
+  saved = saved.filter((b) => !pending.has(b.batch) && !mine.has(b.batch));
+  saved = [...saved, ...pending.values()].slice(-MAX_OUTBOX);
   for (const b of pending.values()) mine.add(b.batch);
   while (saved.length && JSON.stringify(saved).length > 4 * MAX_BODY) saved.shift();
   store('localStorage', OUTBOX, saved.length ? JSON.stringify(saved) : null);

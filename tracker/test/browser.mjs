@@ -111,6 +111,7 @@ async function waitFor(what, cond, ms = 15000) {
     (await sessionOf(page)) === result.site_session,
     'the session id changed between pages of one tab',
   );
+  check((await ctx.cookies()).length === 0, `site: cookies were set: ${JSON.stringify(await ctx.cookies())}`);
   // Closing the tab: pagehide sends the last batch.
   await page.close();
   await sleep(500);
@@ -170,7 +171,7 @@ async function waitFor(what, cond, ms = 15000) {
   await ctx.close();
 }
 
-// --- 3. chronosd answers 503 (after storing the batch, and once without), then 2xx:
+// --- 3. chronosd answers 503 (after storing the batch), then 429, then 2xx:
 // the same batch id is retried and stored once.
 {
   const { ctx, page } = await context('retry');
@@ -184,10 +185,11 @@ async function waitFor(what, cond, ms = 15000) {
     n++;
     // First answer: chronosd has the batch, the browser is told 503 anyway.
     if (n === 1) await route.fetch();
+    const [status, code] = n === 1 ? [503, 'overloaded'] : [429, 'rate_limited'];
     await route.fulfill({
-      status: 503,
+      status,
       headers: { 'access-control-allow-origin': SITE, 'content-type': 'application/json', 'retry-after': '1' },
-      body: JSON.stringify({ ok: false, error: { code: 'overloaded', message: 'test', retry_after: 1 } }),
+      body: JSON.stringify({ ok: false, error: { code, message: 'test', retry_after: 1 } }),
     });
   });
   await page.goto(SITE + '/spa/?flush=600000');
@@ -199,7 +201,7 @@ async function waitFor(what, cond, ms = 15000) {
   await waitFor('the retried batch stored', () => seen.filter((s) => s.batch === target && s.status === 200).length === 1, 20000);
   const attempts = seen.filter((s) => s.batch === target);
   check(attempts.length === 3, `retry: ${attempts.length} attempts of ${target}, expected 3`);
-  check(JSON.stringify(attempts.map((a) => a.status)) === '[503,503,200]', `retry: statuses ${JSON.stringify(attempts.map((a) => a.status))}`);
+  check(JSON.stringify(attempts.map((a) => a.status)) === '[503,429,200]', `retry: statuses ${JSON.stringify(attempts.map((a) => a.status))}`);
   result.retry_batch = target;
   result.retry_events = attempts[0].events.length;
   await ctx.close();
@@ -253,6 +255,33 @@ async function waitFor(what, cond, ms = 15000) {
   check(seen.every((s) => stored.has(s.batch)), `big: statuses ${JSON.stringify(seen.map((s) => s.status))}`);
   check(seen.every((s) => s.bytes < 60000), `big: bodies of ${JSON.stringify(seen.map((s) => s.bytes))} bytes`);
   result.big_bodies = seen.map((s) => [s.bytes, s.status]);
+  await ctx.close();
+}
+
+// --- 5b. The outbox is bounded: of 20 unsent batches the newest 16 are kept and sent later.
+{
+  const { ctx, page } = await context('outbox-bound');
+  const seen = watch(ctx);
+  let down = true;
+  await ctx.route(BATCH, (route) => (down ? route.abort() : route.continue()));
+  await page.goto(SITE + '/spa/?flush=600000');
+  await page.waitForFunction(() => window.chronos);
+  result.bound_session = await sessionOf(page);
+  for (let i = 0; i < 20; i++) {
+    await page.click('#a');
+    await page.evaluate(() => chronos.flush());
+  }
+  await waitFor('20 failed batches', () => new Set(seen.filter((s) => s.status === 'failed').map((s) => s.batch)).size === 20);
+  // Oldest first, by the time of their click.
+  const clickTime = (s) => s.events.find((e) => e[0] === 'clicks')[1];
+  const ids = [...new Set(seen.map((s) => s.batch))].sort((a, b) => clickTime(seen.find((s) => s.batch === a)) - clickTime(seen.find((s) => s.batch === b)));
+  const mark = seen.length;
+  await page.goto(SITE + '/spa/?flush=600000'); // pagehide: the outbox is written
+  await waitFor('the kept batches tried again', () => new Set(seen.slice(mark).map((s) => s.batch)).size >= 16);
+  down = false;
+  await waitFor('the kept batches stored', () => ids.slice(4).every((id) => seen.some((s) => s.batch === id && s.status === 200)), 30000);
+  check(!seen.slice(mark).some((s) => ids.slice(0, 4).includes(s.batch)), 'outbox-bound: one of the 4 oldest batches was kept');
+  result.bound_kept = ids.slice(4);
   await ctx.close();
 }
 
