@@ -264,6 +264,7 @@ fn print_where_to_send(stack: &Stack) {
             k.key
         );
     }
+    println!("  browser: chronos tracker build --out chronos.js, then <script src=\"/chronos.js\" defer></script> in your pages");
     println!("  status: chronos status · logs: chronos log chronosd · stop: chronos stop");
     println!("  config: {}", stack.config_path.display());
 }
