@@ -231,7 +231,9 @@ flush_interval_ms = 600000
     assert!(moves.len() >= 3, "mouse moves: {moves:?}");
     // At most one sample per interval, only while moving: ~0.6 s of movement (20 steps) and two jumps.
     assert!(moves.len() <= 10, "{} samples on index.html: {moves:?}", moves.len());
-    assert!(moves.windows(2).all(|w| w[1]["t"].as_i64().unwrap() - w[0]["t"].as_i64().unwrap() >= 80), "samples closer than the interval: {moves:?}");
+    // (A late timer tick can bring the next one closer than 100 ms; sampling every
+    // mousemove would give samples a few ms apart.)
+    assert!(moves.windows(2).all(|w| w[1]["t"].as_i64().unwrap() - w[0]["t"].as_i64().unwrap() >= 30), "samples closer than the interval: {moves:?}");
     assert!(moves.windows(2).all(|w| (&w[0]["x"], &w[0]["y"]) != (&w[1]["x"], &w[1]["y"])), "a sample without movement: {moves:?}");
     assert_eq!((&moves[0]["x"], &moves[0]["y"]), (&json!(100), &json!(100)));
     // Where the scripted movement stopped, and where the pointer rested for the click.
