@@ -174,7 +174,8 @@ const send = (batch, attempt) => {
   })
     .then((r) => {
       if (r.ok || (r.status < 500 && r.status !== 429)) {
-        // Stored, or refused for good (4xx): never resent.
+        // Stored, or refused for good (4xx: say why, in the console): never resent.
+        if (!r.ok) r.text().then((t) => console.warn('Chronos: batch refused', r.status, t));
         pending.delete(batch.batch);
         if (mine.has(batch.batch)) keep();
         return;
@@ -272,7 +273,7 @@ const onMove = (e) => {
 };
 
 const sample = () => {
-  if (mouse === mouseSent) {
+  if (mouseSent && mouse[0] === mouseSent[0] && mouse[1] === mouseSent[1]) {
     clearInterval(mouseTimer);
     mouseTimer = 0;
     return;
@@ -302,7 +303,8 @@ export const init = (o) => {
   o = { mouseMs: 100, flushMs: 5000, maxEvents: 500, retryMs: 1000, respectDnt: true, ...o };
   if (!o.endpoint || !o.key) throw new Error('Chronos.init: `endpoint` and `key` are required');
   if (o.respectDnt && (N.doNotTrack === '1' || W.doNotTrack === '1' || N.globalPrivacyControl === true)) return api;
-  o.endpoint = o.endpoint.replace(/\/+$/, '') + (/\/v1\/batch$/.test(o.endpoint) ? '' : '/v1/batch');
+  o.endpoint = o.endpoint.replace(/\/+$/, '');
+  if (!/\/v1\/batch$/.test(o.endpoint)) o.endpoint += '/v1/batch';
   opts = o;
   optedOut = store('localStorage', OPTOUT) === '1';
   types = o.events || BUILT_IN;

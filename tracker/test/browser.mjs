@@ -39,7 +39,7 @@ function watch(ctx) {
   ctx.on('request', (r) => {
     if (!r.url().startsWith(BATCH) || r.method() !== 'POST') return;
     const body = JSON.parse(r.postData());
-    const entry = { batch: body.batch, events: body.events, page: body.page.url, bytes: Buffer.byteLength(r.postData()), type: r.resourceType(), status: null };
+    const entry = { batch: body.batch, events: body.events, page: body.page.url, bytes: Buffer.byteLength(r.postData()), type: r.resourceType(), url: r.url(), status: null };
     seen.push(entry);
     entries.set(r, entry);
   });
@@ -207,6 +207,31 @@ async function waitFor(what, cond, ms = 15000) {
   await ctx.close();
 }
 
+// --- 3b. A 4xx is final: not retried, and said in the console. (The endpoint is
+// given as …/v1/batch/ here: the tracker still posts to …/v1/batch.)
+{
+  const { ctx, page } = await context('refused');
+  const seen = watch(ctx);
+  const warnings = [];
+  page.on('console', (m) => m.type() === 'warning' && warnings.push(m.text()));
+  await ctx.route(BATCH, (route) =>
+    route.fulfill({
+      status: 400,
+      headers: { 'access-control-allow-origin': SITE, 'content-type': 'application/json' },
+      body: JSON.stringify({ ok: false, error: { code: 'invalid_batch', message: 'test', path: 'page' } }),
+    }),
+  );
+  await page.goto(SITE + '/spa/?flush=600000&ep=/v1/batch/');
+  await page.waitForFunction(() => window.chronos);
+  await page.click('#a');
+  await page.evaluate(() => chronos.flush());
+  await sleep(3000);
+  check(seen.length === 1 && seen[0].status === 400, `refused: ${seen.length} attempts (${JSON.stringify(seen.map((s) => s.status))}), expected 1`);
+  check(seen[0]?.url === BATCH, `refused: posted to ${seen[0]?.url}, expected ${BATCH}`);
+  check(warnings.some((w) => w.includes('Chronos: batch refused 400') && w.includes('invalid_batch')), `refused: warnings ${JSON.stringify(warnings)}`);
+  await ctx.close();
+}
+
 // --- 4. Network down: the batch is kept in localStorage and sent on the next page load.
 {
   const { ctx, page } = await context('outbox');
@@ -275,12 +300,15 @@ async function waitFor(what, cond, ms = 15000) {
   // Oldest first, by the time of their click.
   const clickTime = (s) => s.events.find((e) => e[0] === 'clicks')[1];
   const ids = [...new Set(seen.map((s) => s.batch))].sort((a, b) => clickTime(seen.find((s) => s.batch === a)) - clickTime(seen.find((s) => s.batch === b)));
-  const mark = seen.length;
+  // Attempts after the new document committed come from the new page (the old one may
+  // still retry until then).
+  let mark = Infinity;
+  page.once('framenavigated', () => (mark = seen.length));
   await page.goto(SITE + '/spa/?flush=600000'); // pagehide: the outbox is written
   await waitFor('the kept batches tried again', () => new Set(seen.slice(mark).map((s) => s.batch)).size >= 16);
   down = false;
   await waitFor('the kept batches stored', () => ids.slice(4).every((id) => seen.some((s) => s.batch === id && s.status === 200)), 30000);
-  check(!seen.slice(mark).some((s) => ids.slice(0, 4).includes(s.batch)), 'outbox-bound: one of the 4 oldest batches was kept');
+  // (That the 4 oldest were not kept shows in the database: only 16 clicks arrive.)
   result.bound_kept = ids.slice(4);
   await ctx.close();
 }
