@@ -225,7 +225,8 @@ async function waitFor(what, cond, ms = 15000) {
   await page.waitForFunction(() => window.chronos);
   await page.click('#a');
   await page.evaluate(() => chronos.flush());
-  await sleep(3000);
+  await waitFor('the answer', () => seen.length > 0 && seen[0].status !== null);
+  await sleep(2500); // a retry would come within 1 s
   check(seen.length === 1 && seen[0].status === 400, `refused: ${seen.length} attempts (${JSON.stringify(seen.map((s) => s.status))}), expected 1`);
   check(seen[0]?.url === BATCH, `refused: posted to ${seen[0]?.url}, expected ${BATCH}`);
   check(warnings.some((w) => w.includes('Chronos: batch refused 400') && w.includes('invalid_batch')), `refused: warnings ${JSON.stringify(warnings)}`);
@@ -246,7 +247,8 @@ async function waitFor(what, cond, ms = 15000) {
   await waitFor('a failed attempt', () => seen.some((s) => s.status === 'failed'));
   const kept = seen[0].batch;
   // Next page load (same tab): the batch comes back from the outbox.
-  const mark = seen.length;
+  let mark = Infinity; // attempts after the new document committed come from the new page
+  page.once('framenavigated', () => (mark = seen.length));
   await page.goto(SITE + '/spa/?flush=600000');
   await waitFor('an attempt from the new page', () => seen.slice(mark).some((s) => s.batch === kept && s.status === 'failed'));
   down = false;
@@ -324,7 +326,8 @@ for (const [signal, value] of [['globalPrivacyControl', true], ['doNotTrack', '1
     await page.waitForFunction(() => window.chronos);
     await page.click('#a');
     await page.evaluate(() => chronos.flush());
-    await sleep(800);
+    if (respect) await sleep(800);
+    else await waitFor('the batch answered', () => seen.length > 0 && seen[0].status !== null);
     const sent = seen.length;
     const session = await sessionOf(page);
     if (respect) {
