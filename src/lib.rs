@@ -20,6 +20,7 @@
 //! - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
 //! - [`telemetry`]: metric names, the registry, logging.
 //! - [`shutdown`]: SIGTERM and SIGINT.
+//! - [`systemd`]: `Type=notify` messages (READY=1, WATCHDOG=1, STOPPING=1) when run by systemd.
 //!
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
@@ -35,6 +36,7 @@ pub mod store;
 pub mod telemetry;
 pub mod views;
 pub mod tracker;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -151,8 +153,10 @@ pub async fn serve(
         .listen(listener)?
         .run();
     let handle = server.handle();
+    let mut notifier = systemd::Notifier::start(addr);
     actix_rt::spawn(async move {
         shutdown.await;
+        notifier.stopping();
         tracing::info!("Stopping: no new connections; finishing requests in flight.");
         handle.stop(true).await;
     });
