@@ -1,7 +1,8 @@
 //! The local Kafka-protocol broker (tansu with SQLite storage; see
 //! ../shared/BROKER.md): find it, start it, create the topics.
 //! chronosd itself only needs bootstrap servers; nothing here is tansu-specific
-//! beyond how the local process is started.
+//! beyond how the local process is started (and one index it lacks, see
+//! `BrokerSpec::index_headers`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
