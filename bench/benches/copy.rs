@@ -1,6 +1,7 @@
 //! COPY BINARY encoding on one core: a Kafka record v1 of 50 events (as
 //! receipt encodes it) decoded into binary COPY tuples, the loaders' per-record
-//! CPU work. Method and results: perf/loader.md.
+//! CPU work; and the continuous views' CPU work on the same records.
+//! Method and results: perf/loader.md, perf/views.md.
 
 use std::sync::Arc;
 
@@ -57,6 +58,36 @@ fn bench_decode(cr: &mut Criterion) {
             let d = decode_batch(&mut record.clone(), &catalog, policy).unwrap();
             assert_eq!(d.events, 50);
             d
+        })
+    });
+    g.finish();
+
+    // The continuous views' share of a flush: 100 records (5000 events) parsed
+    // again and aggregated into every default view (sql/views/defaults.sql),
+    // next to the parse alone.
+    let defaults = chronos::views::parse_views(chronos::views::DEFAULTS, &catalog).unwrap();
+    let set = chronos::views::ViewSet {
+        generation: 1,
+        views: defaults.into_iter().map(|def| chronos::views::LiveView { upsert: String::new(), def }).collect(),
+    };
+    let mut g = cr.benchmark_group("views");
+    g.throughput(Throughput::Elements(5000));
+    g.bench_function("parse_only_100_records", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for _ in 0..100 {
+                chronos::load::decode::walk(&mut record.clone(), &catalog, policy, |_, _, _| n += 1, |_| {}).unwrap();
+            }
+            assert_eq!(n, 5000);
+        })
+    });
+    g.bench_function("default_views_100_records", |b| {
+        b.iter(|| {
+            let mut acc = chronos::views::Accumulator::new(&set);
+            for _ in 0..100 {
+                chronos::load::decode::walk(&mut record.clone(), &catalog, policy, |t, row, _| acc.add(t, row), |_| {}).unwrap();
+            }
+            acc.partials.iter().map(|p| p.len()).sum::<usize>()
         })
     });
     g.finish();

@@ -5,7 +5,7 @@
 //! the offset it started from, so a loader that lost its partition can never
 //! commit — then COMMIT. Only then is the offset committed to Kafka (for lag tools).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
 use super::copy::{HEADER, TRAILER};
@@ -100,7 +100,7 @@ pub struct PartitionLoader {
     /// The partition's next offset as stored in PostgreSQL when this loader
     /// last committed (or was assigned); the fence for the next commit.
     expected: Option<i64>,
-    client: Option<Client>,
+    db: Option<Db>,
     buffer: Buffer,
     mailbox_capacity: usize,
     /// After a fence: the stored offset the consumer was sent back to. Records
@@ -110,7 +110,7 @@ pub struct PartitionLoader {
 
 impl PartitionLoader {
     pub fn new(shared: Arc<LoaderShared>, topic: String, partition: i32, expected: Option<i64>, mailbox_capacity: usize) -> Self {
-        PartitionLoader { shared, topic, partition, expected, client: None, buffer: Buffer::default(), mailbox_capacity, resync_at: None }
+        PartitionLoader { shared, topic, partition, expected, db: None, buffer: Buffer::default(), mailbox_capacity, resync_at: None }
     }
 
     fn is_dead_letter_topic(&self) -> bool {
@@ -128,15 +128,15 @@ impl PartitionLoader {
             return;
         }
         let buffer = std::mem::take(&mut self.buffer);
-        let client = self.client.take();
+        let db = self.db.take();
         let shared = self.shared.clone();
         let (topic, partition, expected) = (self.topic.clone(), self.partition, self.expected);
         let fut = async move {
-            let mut client = client;
+            let mut client = db;
             let mut backoff = Duration::from_millis(100);
             loop {
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = crate::store::connect(&shared.pg_url).await.ok();
+                if client.as_ref().is_none_or(|d| d.client.is_closed()) {
+                    client = crate::store::connect(&shared.pg_url).await.ok().map(Db::new);
                 }
                 if let Some(c) = client.as_mut() {
                     let started = Instant::now();
@@ -162,7 +162,7 @@ impl PartitionLoader {
         // `wait`: no other message is handled until the flush ends, so the
         // mailbox fills and the poller waits (backpressure).
         ctx.wait(fut.into_actor(self).map(|(client, result), act, _ctx| {
-            act.client = client;
+            act.db = client;
             match result {
                 Ok(next) => {
                     act.expected = Some(next);
@@ -184,32 +184,60 @@ impl PartitionLoader {
     }
 }
 
+/// A connection of a loader and the statements prepared on it.
+struct Db {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+impl Db {
+    fn new(client: Client) -> Self {
+        Db { client, prepared: HashMap::new() }
+    }
+}
+
+/// `sql` prepared once per connection (saves a round trip and the planning per flush).
+async fn prepared(
+    prepared: &mut HashMap<String, Statement>,
+    tx: &Transaction<'_>,
+    sql: &str,
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some(s) = prepared.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = tx.prepare(sql).await?;
+    prepared.insert(sql.to_string(), s.clone());
+    Ok(s)
+}
+
 async fn commit(
-    client: &mut Client,
+    db: &mut Db,
     shared: &LoaderShared,
     topic: &str,
     partition: i32,
     expected: Option<i64>,
     buffer: &Buffer,
 ) -> Result<u64, FlushError> {
+    let Db { client, prepared: statements } = db;
     let tx = client.transaction().await?;
-    let views = shared.views.lock_current(&tx, &shared.catalog).await?;
     // Batch ids seen before (tracker retries) are skipped whole.
     let mut ids: Vec<Uuid> = buffer.batches.iter().map(|b| b.batch_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let fresh: HashSet<Uuid> = if ids.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(
-            "INSERT INTO chronos.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id",
-            &[&ids],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    };
+    // Pipelined: the views lock and generation, and the batch ids.
+    let (views, fresh) = futures_util::future::try_join(shared.views.lock_current(&tx, &shared.catalog), async {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = tx
+            .query(
+                "INSERT INTO chronos.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id",
+                &[&ids],
+            )
+            .await?;
+        Ok::<HashSet<Uuid>, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
+    })
+    .await?;
     let mut taken: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
     let kept: Vec<usize> =
         (0..buffer.batches.len()).filter(|i| fresh.contains(&buffer.batches[*i].batch_id) && taken.insert(buffer.batches[*i].batch_id)).collect();
@@ -226,7 +254,8 @@ async fn commit(
             data.extend_from_slice(p);
         }
         data.extend_from_slice(TRAILER);
-        let sink = tx.copy_in::<_, Bytes>(statement.as_str()).await?;
+        let statement = prepared(statements, &tx, statement).await?;
+        let sink = tx.copy_in::<_, Bytes>(&statement).await?;
         futures_util::pin_mut!(sink);
         sink.send(data.freeze()).await?;
         loaded += sink.finish().await?;
@@ -239,7 +268,11 @@ async fn commit(
             let walked = crate::load::decode::walk(&mut record, &shared.catalog, shared.policy, |t, row, _| acc.add(t, row), |_| {});
             debug_assert!(walked.is_ok(), "a decoded record decodes again");
         }
-        let groups = acc.apply(&tx).await?;
+        let mut upserts = Vec::with_capacity(views.views.len());
+        for v in &views.views {
+            upserts.push(prepared(statements, &tx, &v.upsert).await?);
+        }
+        let groups = acc.apply(&tx, &upserts).await?;
         shared.metrics.view_groups.inc_by(groups);
         shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }

@@ -62,12 +62,13 @@ impl Registry {
     /// Takes the views lock (shared) in `tx` and returns the view set of the
     /// generation it sees, loading definitions when the generation moved.
     pub async fn lock_current(&self, tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<Arc<ViewSet>, tokio_postgres::Error> {
-        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]).await?;
-        let generation: i64 = tx
-            .query_opt("SELECT generation FROM chronos.view_generation", &[])
-            .await?
-            .map(|r| r.get(0))
-            .unwrap_or(0);
+        // Pipelined, and in this order: the generation is read after the lock is held.
+        let (_, generation) = futures_util::future::try_join(
+            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]),
+            tx.query_opt("SELECT generation FROM chronos.view_generation", &[]),
+        )
+        .await?;
+        let generation: i64 = generation.map(|r| r.get(0)).unwrap_or(0);
         let current = self.current();
         if current.generation == generation {
             return Ok(current);
@@ -226,8 +227,9 @@ impl<'s> Accumulator<'s> {
         }
     }
 
-    /// Runs one upsert per view with groups, pipelined on the connection.
-    pub async fn apply(&self, tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
+    /// Runs one upsert per view with groups, pipelined on the connection;
+    /// `upserts` are the views' upsert statements prepared on it, in order.
+    pub async fn apply(&self, tx: &Transaction<'_>, upserts: &[tokio_postgres::Statement]) -> Result<u64, tokio_postgres::Error> {
         let mut params: Vec<(usize, Vec<sql::Param>)> = Vec::new();
         for (i, (v, p)) in self.set.views.iter().zip(&self.partials).enumerate() {
             if !p.is_empty() {
@@ -236,8 +238,8 @@ impl<'s> Accumulator<'s> {
         }
         let futures = params.iter().map(|(i, ps)| {
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ps.iter().map(|p| p.as_ref() as _).collect();
-            let upsert = &self.set.views[*i].upsert;
-            async move { tx.execute(upsert.as_str(), &refs).await }
+            let upsert = &upserts[*i];
+            async move { tx.execute(upsert, &refs).await }
         });
         let counts = futures_util::future::try_join_all(futures).await?;
         Ok(counts.into_iter().sum())
