@@ -133,7 +133,8 @@ export const flush = (unloading) => {
   if (unloading) keep();
 };
 
-const bytes = (s) => new TextEncoder().encode(s).length;
+// UTF-8 size; a string of n UTF-16 units takes at most 3n bytes, so most need no encoding.
+const bytes = (s) => (s.length * 3 < MAX_BODY ? s.length : new TextEncoder().encode(s).length);
 
 // Splits a batch whose body would reach MAX_BODY bytes into halves, each with its own id.
 const split = (batch) => {
