@@ -190,6 +190,26 @@ mod tests {
         assert!(init_options(&c).unwrap_err().contains("no write key for browsers"));
     }
 
+    /// The tracker's own list of built-in attributes (tracker/src/index.js) is the catalog's.
+    #[test]
+    fn tracker_built_ins_match_the_catalog() {
+        let src = include_str!("../tracker/src/index.js");
+        let block = src.split("const BUILT_IN = {").nth(1).unwrap().split("};").next().unwrap();
+        let tracker: std::collections::BTreeMap<String, Vec<String>> = block
+            .lines()
+            .filter_map(|l| l.trim().split_once(": ["))
+            .map(|(name, attrs)| {
+                let attrs = attrs.trim_end_matches("],").split(", ").map(|a| a.trim_matches('\'').to_string()).collect();
+                (name.to_string(), attrs)
+            })
+            .collect();
+        let catalog: std::collections::BTreeMap<String, Vec<String>> = crate::catalog::built_in_events()
+            .into_iter()
+            .map(|(name, t)| (name, t.attributes.into_iter().map(|a| a.name).collect()))
+            .collect();
+        assert_eq!(tracker, catalog);
+    }
+
     /// The committed bundle is what `npm run build` makes of `tracker/src`.
     #[test]
     fn committed_bundle_equals_a_fresh_build() {
