@@ -49,8 +49,9 @@ struct Args {
     /// chronosd config override, `section.key=value` (repeatable), e.g. kafka.linger_ms=2.
     #[arg(long = "set")]
     sets: Vec<String>,
-    /// Which measurements to run: any of a, b, c, d (a and b run together).
-    #[arg(long, default_value = "abcd")]
+    /// Which measurements to run: any of a, b, c, d (a and b run together), and h
+    /// (chronosd's HTTP path with a discard sink instead of the broker).
+    #[arg(long, default_value = "abhcd")]
     phases: String,
     /// Offered rates of (d), events/s, comma-separated; default 0.6, 0.8 and 1.0 × min(a, b, c).
     #[arg(long, value_delimiter = ',')]
@@ -125,6 +126,35 @@ fn main() -> anyhow::Result<()> {
         ceilings = Some((p, c, b));
     }
 
+    // (h): chronosd's own HTTP path, no broker: the real server (chronos::serve,
+    // in this process) with the discard sink, which acknowledges every record at once.
+    let mut best_discard: Option<(Option<f64>, Option<f64>)> = None;
+    if args.phases.contains('h') {
+        let (config, _) = stack.config(stack::port(), false, &args.sets)?;
+        let listener = std::net::TcpListener::bind(config.http.listen)?;
+        let target = Target { pid: std::process::id() as i32, url: format!("http://{}", config.http.listen) };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let shutdown = async move {
+                    let _ = stop_rx.await;
+                };
+                let health = Arc::new(chronos::produce::ProducerHealth::default());
+                chronos::serve(config, listener, chronos::produce::Sink::Discard, Arc::new(chronos::telemetry::Metrics::new()), health, shutdown).await
+            })
+        });
+        let (mut steps, kept_up, pass) = ladder(&args, &bin_dir, &stack, &target, args.start_rate.max(100_000.0))?;
+        let _ = stop_tx.send(());
+        let _ = server.join();
+        steps.sort_by(|a, b| a.report.rate.total_cmp(&b.report.rate));
+        out.push_str(&format!(
+            "## (h) chronosd's HTTP path alone: discard sink, no broker (chronos::serve in the bench process; its CPU and RSS count as chronosd's)\n\n"
+        ));
+        out.push_str(&table(&steps, false));
+        out.push('\n');
+        best_discard = Some((kept_up, pass));
+    }
+
     // (c): loaders off, step the offered rate.
     let mut best_http: Option<f64> = None;
     let mut rss_max: f64 = 0.0;
@@ -132,57 +162,11 @@ fn main() -> anyhow::Result<()> {
     if args.phases.contains('c') {
         let (config, text) = stack.config(stack::port(), false, &args.sets)?;
         let d = Chronosd::start(&bin_dir, stack.dir.path(), &config, &text)?;
-        let mut steps: Vec<Step> = Vec::new();
-        let run = |rate: f64, steps: &mut Vec<Step>| -> anyhow::Result<bool> {
-            if !steps.is_empty() {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            let s = step(&args, &bin_dir, &stack, &d, rate, args.step_secs, None)?;
-            let kept_up = s.kept_up;
-            steps.push(s);
-            Ok(kept_up)
-        };
-        // Throughput: up by 1.5× while chronosd keeps up (down by 2× while it does not),
-        // then halve the gap twice.
-        let mut rate = args.start_rate;
-        let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
-        loop {
-            if run(rate, &mut steps)? {
-                lo = Some(rate);
-                if hi.is_some() || rate > 5e6 {
-                    break;
-                }
-                rate *= 1.5;
-            } else {
-                hi = Some(rate);
-                if lo.is_some() || rate < 2_000.0 {
-                    break;
-                }
-                rate /= 2.0;
-            }
-        }
-        if let (Some(mut l), Some(mut h)) = (lo, hi) {
-            for _ in 0..2 {
-                let mid = (l + h) / 2.0;
-                if run(mid, &mut steps)? {
-                    l = mid;
-                } else {
-                    h = mid;
-                }
-            }
-            lo = Some(l);
-        }
-        best_kept_up = lo;
-        // Latency: when no step met the p99 bound, step down from the lowest rate tried.
-        let mut low = steps.iter().map(|s| s.report.rate).fold(f64::MAX, f64::min);
-        for _ in 0..3 {
-            if steps.iter().any(|s| s.pass) || low < 1_000.0 {
-                break;
-            }
-            low /= 2.0;
-            run(low, &mut steps)?;
-        }
-        best_http = steps.iter().filter(|s| s.pass).map(|s| s.report.rate).fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.max(r))));
+        let target = Target { pid: d.pid(), url: d.url() };
+        let (steps, kept_up, pass) = ladder(&args, &bin_dir, &stack, &target, args.start_rate)?;
+        best_kept_up = kept_up;
+        best_http = pass;
+        let mut steps = steps;
         steps.sort_by(|a, b| a.report.rate.total_cmp(&b.report.rate));
         rss_max = steps.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
         out.push_str(&format!(
@@ -210,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             if i > 0 {
                 std::thread::sleep(Duration::from_secs(2));
             }
-            let s = step(&args, &bin_dir, &stack, &d, rate, args.e2e_secs, Some(&config.postgres.url))?;
+            let s = step(&args, &bin_dir, &stack, &Target { pid: d.pid(), url: d.url() }, rate, args.e2e_secs, Some(&config.postgres.url))?;
             let v = s.report.verify.clone().context("verify ran")?;
             let total = s.report.elapsed_secs + v.wait_secs;
             let e2e = s.report.events_accepted as f64 / total;
@@ -260,7 +244,15 @@ fn main() -> anyhow::Result<()> {
             summary.push_str(&format!("(d) end to end, 0 missing / 0 duplicated: {e:.0} events/s\n"));
         }
     }
-    summary.push_str(&format!("chronosd RSS, highest seen: {rss_max:.0} MiB\n"));
+    if let Some((kept_up, pass)) = best_discard {
+        summary.push_str(&format!(
+            "(h) chronosd HTTP path alone (discard sink): p99 ≤ {} ms up to {}, kept up to {} events/s\n",
+            args.max_p99_ms,
+            pass.map_or("none".into(), |r| format!("{r:.0}")),
+            kept_up.map_or("none".into(), |r| format!("{r:.0}"))
+        ));
+    }
+    summary.push_str(&format!("chronosd RSS, highest seen (loaders off and on): {rss_max:.0} MiB\n"));
     println!("{summary}");
     if let Some(path) = &args.out {
         let command = std::env::var("PERF_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
@@ -275,9 +267,73 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One loadgen run at `rate` against `d`, with chronosd's RSS and everyone's CPU.
-fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, d: &Chronosd, rate: f64, secs: f64, verify: Option<&str>) -> anyhow::Result<Step> {
-    let pid = d.pid();
+/// Where loadgen sends and whose CPU and memory count as chronosd's.
+struct Target {
+    pid: i32,
+    url: String,
+}
+
+/// Steps the offered rate: up by 1.5× while chronosd keeps up (down by 2× while it
+/// does not), then halves the gap twice; then, when no step met the p99 bound,
+/// steps down from the lowest rate tried. Returns the steps, the highest rate
+/// kept up and the highest rate that passed.
+fn ladder(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, start_rate: f64) -> anyhow::Result<(Vec<Step>, Option<f64>, Option<f64>)> {
+    let mut steps: Vec<Step> = Vec::new();
+    let run = |rate: f64, steps: &mut Vec<Step>| -> anyhow::Result<bool> {
+        if !steps.is_empty() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let s = step(args, bin_dir, stack, target, rate, args.step_secs, None)?;
+        let kept_up = s.kept_up;
+        steps.push(s);
+        Ok(kept_up)
+    };
+    // Throughput: up by 1.5× while chronosd keeps up (down by 2× while it does not),
+    // then halve the gap twice.
+    let mut rate = start_rate;
+    let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+    loop {
+        if run(rate, &mut steps)? {
+            lo = Some(rate);
+            if hi.is_some() || rate > 5e6 {
+                break;
+            }
+            rate *= 1.5;
+        } else {
+            hi = Some(rate);
+            if lo.is_some() || rate < 2_000.0 {
+                break;
+            }
+            rate /= 2.0;
+        }
+    }
+    if let (Some(mut l), Some(mut h)) = (lo, hi) {
+        for _ in 0..2 {
+            let mid = (l + h) / 2.0;
+            if run(mid, &mut steps)? {
+                l = mid;
+            } else {
+                h = mid;
+            }
+        }
+        lo = Some(l);
+    }
+    // Latency: when no step met the p99 bound, step down from the lowest rate tried.
+    let mut low = steps.iter().map(|s| s.report.rate).fold(f64::MAX, f64::min);
+    for _ in 0..3 {
+        if steps.iter().any(|s| s.pass) || low < 1_000.0 {
+            break;
+        }
+        low /= 2.0;
+        run(low, &mut steps)?;
+    }
+    let best_pass = steps.iter().filter(|s| s.pass).map(|s| s.report.rate).fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.max(r))));
+    Ok((steps, lo, best_pass))
+}
+
+/// One loadgen run at `rate` against `target`, with chronosd's RSS and everyone's CPU.
+fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f64, secs: f64, verify: Option<&str>) -> anyhow::Result<Step> {
+    let pid = target.pid;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
@@ -296,7 +352,7 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, d: &Chronosd, rate: f64,
     let t = Instant::now();
     let mut cmd = Command::new(bin_dir.join("loadgen"));
     cmd.args(["--rate", &format!("{rate:.0}"), "--duration", &secs.to_string(), "--batch-size", &args.batch_size.to_string()])
-        .args(["--connections", &args.connections.to_string(), "--target", &d.url(), "--key", KEY, "--origin", ORIGIN])
+        .args(["--connections", &args.connections.to_string(), "--target", &target.url, "--key", KEY, "--origin", ORIGIN])
         .args(["--json", "--quiet"]);
     if let Some(url) = verify {
         cmd.args(["--verify", url, "--verify-timeout", "300"]);
