@@ -139,18 +139,40 @@ flush_interval_ms = 600000
     assert_eq!(std::fs::read_to_string(&bundle).unwrap(), chronos::tracker::build(&config).unwrap());
     let options = chronos::tracker::init_options(&config).unwrap();
 
-    let run = Command::new("node")
+    // The browser run, stopped after 5 minutes (a hung browser fails the test, never hangs it).
+    let out_file = dir.path().join("browser.out");
+    let err_file = dir.path().join("browser.err");
+    let mut child = Command::new("node")
         .arg("test/browser.mjs")
         .current_dir(tracker_dir())
         .env("CHRONOS_JS", &bundle)
         .env("OPTIONS", options.to_string())
         .env("SITE_PORT", site_port.to_string())
         .env("CHROMIUM", chromium())
-        .output()
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
         .expect("run node test/browser.mjs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "browser run failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- chronosd\n{}", d.log_text());
+    let until = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "browser run failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- chronosd\n{}",
+        status.map_or("killed after 300 s".to_string(), |s| s.to_string()),
+        d.log_text()
+    );
     let r: Value = serde_json::from_str(stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("RESULT line")).unwrap();
     let s = |k: &str| r[k].as_str().unwrap_or_else(|| panic!("{k} in {r}")).to_string();
     let (site_session, spa_session) = (s("site_session"), s("spa_session"));
