@@ -64,6 +64,9 @@ pub struct LoadConfig {
     pub partitions_past_days: i64,
     /// Daily partitions kept ready ahead of today.
     pub partitions_ahead_days: i64,
+    /// New event tables as TimescaleDB hypertables: "auto" (when the extension
+    /// is available), "always" (refuse to start without it) or "never".
+    pub timescaledb: Timescale,
     /// Batch ids remembered for deduplication of retries, in hours.
     pub seen_batches_retention_hours: u64,
     /// Longest wait between retries when PostgreSQL fails, in ms.
@@ -73,6 +76,15 @@ pub struct LoadConfig {
     /// Consumer `max.poll.interval.ms`: also how long a rebalance waits for a
     /// member that crashed, on brokers that only expire members then.
     pub max_poll_interval_ms: u32,
+}
+
+/// Whether event tables become TimescaleDB hypertables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Timescale {
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for LoadConfig {
@@ -88,6 +100,7 @@ impl Default for LoadConfig {
             max_future_secs: 86_400,
             partitions_past_days: 8,
             partitions_ahead_days: 7,
+            timescaledb: Timescale::Auto,
             seen_batches_retention_hours: 72,
             retry_max_ms: 10_000,
             session_timeout_ms: 6_000,

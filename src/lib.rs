@@ -84,7 +84,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<load::LoaderHandle> {
     let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let mut client = store::connect(&config.postgres.url).await?;
-    store::install(&mut client, &catalog, config.load.partitions_past_days, config.load.partitions_ahead_days).await?;
+    store::install(&mut client, &catalog, &config.load).await?;
     let (ahead, retention) = (config.load.partitions_ahead_days, Duration::from_secs(config.load.seen_batches_retention_hours * 3600));
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

@@ -494,3 +494,28 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count(&url, "SELECT count(*) FROM events.signups"), 1);
 }
+
+#[test]
+fn tables_are_native_partitions_without_timescaledb_and_always_refuses_clearly() {
+    let pg = postgres();
+    let kafka = Kafka::start(1);
+    let url = pg.server.url();
+    let dir = temp_dir();
+    let install = |mode: &str| {
+        let file = dir.path().join(format!("{mode}.toml"));
+        std::fs::write(&file, config_toml_with_pg(&kafka, free_port(), &url, &format!("timescaledb = \"{mode}\""), "")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&file).arg("install-pipeline").output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    // This server has no timescaledb extension (Debian's PostgreSQL 15 without it).
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"), 0);
+    let (ok, out) = install("always");
+    assert!(!ok && out.contains("has no timescaledb extension"), "{out}");
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events'"), 0, "a refused install creates nothing");
+    let (ok, out) = install("auto");
+    assert!(ok, "{out}");
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'"), 6);
+    // Existing native tables are never converted.
+    let (ok, out) = install("always");
+    assert!(!ok && out.contains("never converted"), "{out}");
+}

@@ -101,7 +101,7 @@ pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<
     let schema = format!("ceiling_{}", uuid::Uuid::new_v4().simple());
     block_on(async {
         let mut client = chronos::store::connect(&config.postgres.url).await?;
-        chronos::store::install(&mut client, &catalog, 1, 1).await?;
+        chronos::store::install(&mut client, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..config.load.clone() }).await?;
         client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
         for ty in catalog.types() {
             client

@@ -192,7 +192,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             chronos::stack::postgres::block_on(async {
                 let mut client = chronos::store::connect(&c.postgres.url).await?;
-                chronos::store::install(&mut client, &catalog, c.load.partitions_past_days, c.load.partitions_ahead_days).await
+                chronos::store::install(&mut client, &catalog, &c.load).await
             })?;
             println!(
                 "schema installed at {}: {} event tables in schema events, internals in schema chronos",

@@ -44,11 +44,13 @@ pub fn today() -> i64 {
 
 /// Applies the whole schema idempotently, under an advisory lock so that two
 /// chronosd starting together do not race on CREATE … IF NOT EXISTS.
-pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64, ahead_days: i64) -> Result<()> {
+pub async fn install(client: &mut Client, catalog: &EventCatalog, load: &crate::config::LoadConfig) -> Result<()> {
     let tx = client.transaction().await?;
     // "already exists, skipping" notices are expected on every start.
     tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)").await?;
-    tx.batch_execute(&schema::install_sql(catalog, today(), past_days, ahead_days))
+    let layout = layout(&tx, load.timescaledb).await?;
+    tracing::info!(?layout, "Event tables layout.");
+    tx.batch_execute(&schema::install_sql(catalog, today(), load.partitions_past_days, load.partitions_ahead_days, layout))
         .await
         .context("applying the schema")?;
     tx.commit().await?;
@@ -58,6 +60,33 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, past_days: i64
         tracing::info!(views = added, "Created the default continuous views.");
     }
     Ok(())
+}
+
+/// The layout of the event tables: the one they already have (tables are
+/// never converted), else hypertables when TimescaleDB is wanted and available.
+async fn layout(client: &impl tokio_postgres::GenericClient, mode: crate::config::Timescale) -> Result<schema::Layout> {
+    use crate::config::Timescale;
+    let existing: Option<bool> = client
+        .query_opt(
+            "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let available = client.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
+    Ok(match (existing, mode, available) {
+        (Some(true), Timescale::Always, _) => anyhow::bail!(
+            "load.timescaledb = \"always\", but the event tables already exist with native partitions; tables are never converted in place (set \"auto\" or migrate them)"
+        ),
+        (Some(true), _, _) => schema::Layout::Native,
+        (Some(false), _, _) => schema::Layout::Hypertable,
+        (None, Timescale::Always, false) => anyhow::bail!(
+            "load.timescaledb = \"always\", but this PostgreSQL server has no timescaledb extension (pg_available_extensions); install TimescaleDB or set \"auto\""
+        ),
+        (None, Timescale::Never, _) | (None, Timescale::Auto, false) => schema::Layout::Native,
+        (None, _, true) => schema::Layout::Hypertable,
+    })
 }
 
 /// Refuses to start when a catalog attribute's type differs from its column's:
@@ -99,6 +128,14 @@ pub async fn check_column_types(client: &Client, catalog: &EventCatalog) -> Resu
 /// Creates the coming days' partitions (run periodically).
 pub async fn ensure_partitions(client: &Client, catalog: &EventCatalog, ahead_days: i64) -> Result<()> {
     for ty in catalog.types() {
+        // Hypertables get their chunks from TimescaleDB.
+        let native = client
+            .query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&schema::table(ty)])
+            .await?
+            .is_some();
+        if !native {
+            continue;
+        }
         for day in today()..=today() + ahead_days {
             // One by one: a day that already has rows in the default partition
             // cannot get its own partition; its rows stay in the default one.

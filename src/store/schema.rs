@@ -96,8 +96,22 @@ CREATE TABLE IF NOT EXISTS chronos.view_generation (
 INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHING;
 "#;
 
+/// How event tables are split by time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Native range partitions per day (created ahead) plus a default partition.
+    Native,
+    /// TimescaleDB hypertables with 1-day chunks (TimescaleDB creates them).
+    Hypertable,
+}
+
 /// DDL for one event table: create if missing, then add any missing attribute column.
 pub fn event_table_ddl(ty: &EventType) -> String {
+    event_table_ddl_as(ty, Layout::Native)
+}
+
+/// `event_table_ddl` for a layout.
+pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
     let t = table(ty);
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {t} (\n");
     for (name, decl) in BASE_COLUMNS {
@@ -107,8 +121,21 @@ pub fn event_table_ddl(ty: &EventType) -> String {
         let _ = writeln!(sql, "    {} {},", ident(&a.name), sql_type(a.ty));
     }
     sql.truncate(sql.trim_end_matches([',', '\n']).len());
-    sql.push_str("\n) PARTITION BY RANGE (time);\n");
-    let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
+    match layout {
+        Layout::Native => {
+            sql.push_str("\n) PARTITION BY RANGE (time);\n");
+            let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
+        }
+        Layout::Hypertable => {
+            sql.push_str("\n);\n");
+            // Chunks are made by TimescaleDB for any time: no row is refused for its time.
+            let _ = writeln!(
+                sql,
+                "SELECT create_hypertable('{}', 'time', chunk_time_interval => interval '1 day', if_not_exists => true, create_default_indexes => false);",
+                t.replace('\'', "''")
+            );
+        }
+    }
     // Schema evolution: columns added to the catalog appear online; old rows read NULL.
     for a in &ty.attributes {
         let _ = writeln!(sql, "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {};", ident(&a.name), sql_type(a.ty));
@@ -141,11 +168,18 @@ pub fn static_sql(catalog: &EventCatalog) -> String {
     sql
 }
 
-/// Whole schema for a catalog, with daily partitions for `[today - past, today + ahead]`.
-pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64) -> String {
+/// Whole schema for a catalog, with daily partitions for `[today - past, today + ahead]`
+/// (native layout) or as hypertables.
+pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64, layout: Layout) -> String {
     let mut sql = String::from(INTERNALS);
+    if layout == Layout::Hypertable {
+        sql.push_str("CREATE EXTENSION IF NOT EXISTS timescaledb;\n");
+    }
     for ty in catalog.types() {
-        sql.push_str(&event_table_ddl(ty));
+        sql.push_str(&event_table_ddl_as(ty, layout));
+        if layout == Layout::Hypertable {
+            continue;
+        }
         for day in today - past_days..=today + ahead_days {
             sql.push_str(&day_partition_ddl(ty, day));
             sql.push('\n');
@@ -181,6 +215,20 @@ mod tests {
             include_str!("../../sql/schema.sql"),
             "regenerate with `chronos install-pipeline --print-sql > sql/schema.sql`"
         );
+    }
+
+    #[test]
+    fn hypertable_layout_makes_plain_tables_with_1_day_chunks_and_no_partitions() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 2048);
+        let sql = install_sql(&catalog, 20_418, 8, 7, Layout::Hypertable);
+        assert!(sql.contains("CREATE EXTENSION IF NOT EXISTS timescaledb;"));
+        assert!(!sql.contains("PARTITION"), "{sql}");
+        assert!(sql.contains(
+            "\"selector\" text\n);\nSELECT create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '1 day', if_not_exists => true, create_default_indexes => false);"
+        ));
+        assert_eq!(sql.matches("create_hypertable(").count(), catalog.types().len());
+        let native = install_sql(&catalog, 20_418, 8, 7, Layout::Native);
+        assert!(!native.contains("timescaledb") && native.contains("PARTITION OF events.\"clicks\" DEFAULT"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         let views = block_on(async {
             let mut c = chronos::store::connect(&url).await?;
             c.batch_execute("SET client_min_messages = warning").await?;
-            chronos::store::install(&mut c, &catalog, 1, 1).await?;
+            chronos::store::install(&mut c, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..cfg.load.clone() }).await?;
             if !with_views {
                 for v in chronos::views::list(&c).await? {
                     chronos::views::drop(&mut c, &v.name).await?;
