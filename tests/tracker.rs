@@ -1,6 +1,12 @@
 //! The browser tracker in headless Chromium (Debian `chromium` + playwright-core)
 //! against real chronosd, broker and PostgreSQL: tracker/test/browser.mjs drives
-//! a multi-page site and an SPA; this test checks what landed in the tables.
+//! a multi-page site (bundle from `chronos tracker build`) and an SPA (ES module,
+//! `init` at run time) and checks what the browser can see (beacon vs fetch,
+//! retries, statuses); this test checks what landed in the tables: every event
+//! type with its values, SPA pageviews once each, no batch spanning two pages,
+//! beacons on navigation, hidden tab and close, 503/429-then-200 and the outbox
+//! stored exactly once, the outbox bound, split large buffers, GPC/DNT, and no
+//! typed text anywhere in the database or the topics.
 //! Missing node, chromium or tracker/node_modules fail the test (never skip).
 
 mod common;
