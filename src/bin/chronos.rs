@@ -30,7 +30,8 @@ enum Cmd {
     Start { service: Option<Service> },
     /// Stop the local stack or one service (chronosd drains first).
     Stop { service: Option<Service> },
-    /// Show each service: up or down, address, health.
+    /// Show each service (up or down, address, health), the loaders' consumer lag
+    /// and the events stored in the last minute.
     Status,
     /// Print a service's log.
     Log {
@@ -144,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
                     s.detail
                 );
             }
+            print_pipeline(&stack.config);
             if !all_up {
                 std::process::exit(3);
             }
@@ -250,6 +252,26 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// The data-flow lines of `chronos status`; a part that cannot be read says why.
+fn print_pipeline(c: &chronos::config::Config) {
+    use chronos::stack::pipeline;
+    let (lag, recent) = chronos::stack::postgres::block_on(async {
+        (pipeline::consumer_lag(c, Duration::from_secs(5)).await, pipeline::events_last_minute(c).await)
+    });
+    match lag {
+        Ok(topics) => {
+            for t in topics {
+                println!("{:<9} {:<5} {:<28} {} records not yet loaded ({} partitions)", "lag", "", t.topic, t.lag, t.partitions.len());
+            }
+        }
+        Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "lag", "", c.load.group_id),
+    }
+    match recent {
+        Ok(n) => println!("{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s)", "ingest", "", "", n as f64 / 60.0),
+        Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "ingest", "", ""),
+    }
 }
 
 fn print_where_to_send(stack: &Stack) {

@@ -2,8 +2,11 @@
 //! machine's installation), the Kafka-protocol broker and chronosd, with all
 //! state (data, logs, pid files, generated config) in one directory.
 //! The integration tests start the same services with the same helpers.
+//! [`pipeline`] is the data-flow half of `chronos status` (consumer lag,
+//! events stored in the last minute), for any deployment.
 
 pub mod broker;
+pub mod pipeline;
 pub mod postgres;
 pub mod process;
 

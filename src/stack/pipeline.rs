@@ -1,0 +1,118 @@
+//! What `chronos status` says about the data flow: the loaders' consumer lag
+//! (records in Kafka past the offsets committed in PostgreSQL) and the events
+//! stored in the last minute. Works against any deployment the config points
+//! at, not only the local stack.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::catalog::EventCatalog;
+use crate::config::Config;
+use crate::store::schema::ident;
+
+/// Lag of one topic for the loaders' consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLag {
+    pub topic: String,
+    /// (partition, high watermark, next offset to load)
+    pub partitions: Vec<(i32, i64, i64)>,
+    /// Records in the topic not yet loaded (sum over partitions).
+    pub lag: i64,
+}
+
+/// Records not yet loaded per partition: the high watermark minus the stored
+/// next offset (a partition never loaded counts from its low watermark).
+pub fn partition_lag(low: i64, high: i64, stored_next: Option<i64>) -> i64 {
+    let next = stored_next.unwrap_or(low).max(low);
+    (high - next).max(0)
+}
+
+/// The events and dead-letter topics' lag for `load.group_id`.
+pub async fn consumer_lag(config: &Config, timeout: Duration) -> Result<Vec<TopicLag>> {
+    let k = &config.kafka;
+    let client = crate::store::connect(&config.postgres.url).await?;
+    let rows = client
+        .query(
+            "SELECT topic, partition, next_offset FROM chronos.offsets WHERE consumer_group = $1",
+            &[&config.load.group_id],
+        )
+        .await
+        .context("reading chronos.offsets (run `chronos install-pipeline` if the schema is missing)")?;
+    let stored: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let (topics, brokers) = (vec![k.topic.clone(), k.dead_letter_topic.clone()], k.brokers.clone());
+    let consumer: BaseConsumer = crate::produce::kafka::base_client_config(k)
+        .create()
+        .with_context(|| format!("cannot create a Kafka client for {brokers}"))?;
+    // rdkafka's metadata and watermark calls block: keep them off the runtime's thread.
+    tokio::task::spawn_blocking(move || {
+        topics
+            .into_iter()
+            .map(|topic| {
+                let meta = consumer
+                    .fetch_metadata(Some(&topic), timeout)
+                    .with_context(|| format!("the broker at {brokers} did not answer (is it running? `chronos start broker`)"))?;
+                let t = meta.topics().first().with_context(|| format!("no metadata for topic {topic}"))?;
+                if t.partitions().is_empty() {
+                    anyhow::bail!("topic {topic} does not exist; create it with `chronos install-kafka`");
+                }
+                let mut partitions = Vec::new();
+                let mut lag = 0;
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .with_context(|| format!("watermarks of {topic}/{}", p.id()))?;
+                    let next = stored.iter().find(|(tp, part, _)| *tp == topic && *part == p.id()).map(|s| s.2);
+                    lag += partition_lag(low, high, next);
+                    partitions.push((p.id(), high, next.unwrap_or(low).max(low)));
+                }
+                partitions.sort();
+                Ok(TopicLag { topic, partitions, lag })
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// Events stored whose receipt time is within the last minute, over every
+/// enabled event type of the catalog.
+pub async fn events_last_minute(config: &Config) -> Result<i64> {
+    let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
+    let client = crate::store::connect(&config.postgres.url).await?;
+    // Rows are partitioned by event time, which the loader keeps within
+    // [received_at − max_past_secs, received_at + max_future_secs]: the second
+    // condition lets PostgreSQL skip old partitions.
+    let counts: Vec<String> = catalog
+        .types()
+        .iter()
+        .map(|t| {
+            format!(
+                "(SELECT count(*) FROM events.{} WHERE received_at > now() - interval '1 minute' \
+                 AND time > now() - interval '1 minute' - make_interval(secs => {}))",
+                ident(&t.name),
+                config.load.max_past_secs
+            )
+        })
+        .collect();
+    if counts.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!("SELECT ({})::bigint", counts.join(" + "));
+    let row = client.query_one(sql.as_str(), &[]).await.context("counting the last minute's events (schema installed?)")?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+
+    #[test]
+    fn lag_counts_from_the_stored_offset_or_the_start_of_the_log() {
+        assert_eq!(partition_lag(0, 10, Some(10)), 0);
+        assert_eq!(partition_lag(0, 10, Some(4)), 6);
+        assert_eq!(partition_lag(3, 10, None), 7, "never loaded: everything retained");
+        assert_eq!(partition_lag(8, 10, Some(4)), 2, "records deleted by retention are not lag");
+        assert_eq!(partition_lag(0, 10, Some(12)), 0, "never negative");
+    }
+}
