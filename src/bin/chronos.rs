@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Chronos: self-hosted event capture (tracker.js → chronosd → Kafka → PostgreSQL).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, disable_help_subcommand = true)]
 struct Cli {
     /// Config file; default ./chronos.toml, else one generated in .chronos/.
     #[arg(long, global = true, env = "CHRONOS_CONFIG")]
@@ -66,6 +66,12 @@ enum Cmd {
     Tracker {
         #[command(subcommand)]
         action: TrackerCmd,
+    },
+    /// The manual: every command, its options, files, environment, exit status
+    /// (`chronos help views add` for one command).
+    Help {
+        /// A command, e.g. `status` or `views add`.
+        command: Vec<String>,
     },
 }
 
@@ -122,6 +128,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Help { command } = &cli.command {
+        return help(command);
+    }
     let stack = Stack::open(cli.config.as_deref())?;
     match cli.command {
         Cmd::Start { service } => {
@@ -204,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
+        Cmd::Help { .. } => unreachable!("answered before the config is read"),
     }
     Ok(())
 }
@@ -252,6 +262,117 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// The manual's sections around the commands (as in the original's `chronos help`).
+const MANUAL_HEAD: &str = "\
+NAME
+    chronos - run and operate Chronos: tracker.js -> chronosd -> Kafka -> PostgreSQL
+
+SYNOPSIS
+    chronos [--config FILE] COMMAND [ARGS]
+    chronos help [COMMAND [SUBCOMMAND]]
+
+DESCRIPTION
+    chronos starts and stops the local stack (PostgreSQL, the Kafka-protocol
+    broker, chronosd), shows its status and logs, creates the Kafka topics and
+    the PostgreSQL schema, manages continuous views and dead letters, and
+    builds the browser tracker. Every command reads the same config file as
+    chronosd. Production deployments (systemd, docker) are described in
+    docs/operations.md.
+";
+
+const MANUAL_TAIL: &str = "\
+FILES
+    ./chronos.toml
+        The config file when --config is not given. Without it, the first
+        command writes .chronos/chronos.toml with a fresh write key.
+    .chronos/
+        The local stack: PostgreSQL data, broker data, logs, pid files
+        ([stack] dir).
+    chronos.example.toml
+        Every key with its default and meaning.
+
+ENVIRONMENT
+    CHRONOS_CONFIG
+        The config file (same as --config).
+    CHRONOS_<SECTION>__<KEY>
+        Overrides one config key, e.g. CHRONOS_KAFKA__BROKERS=k1:9092,k2:9092.
+    CHRONOS_LOG
+        chronosd's log filter (e.g. info, or warn,chronos=debug).
+
+EXIT STATUS
+    0   success.
+    1   the command failed; the message says what to do next.
+    2   bad arguments (and `chronosd --check-config` on an invalid file).
+    3   `chronos status`: a service of the local stack is down.
+
+EXAMPLES
+    chronos start                      start everything, print where to send events
+    chronos status                     services, consumer lag, events in the last minute
+    chronos log chronosd -f            follow chronosd's log
+    chronos views add my_views.sql --backfill
+    chronos dead-letters list -n 5     why events were refused
+    chronos tracker build --out chronos.js
+
+SEE ALSO
+    chronosd --help, docs/operations.md, docs/views.md, docs/storage.md,
+    docs/wire-format.md, docs/kafka-record.md, tracker/README.md
+";
+
+/// `chronos help`: the manual; `chronos help CMD [SUB]`: that command's full help.
+fn help(path: &[String]) -> Result<()> {
+    use clap::CommandFactory;
+    let mut root = Cli::command();
+    if path.is_empty() {
+        let mut out = format!("{MANUAL_HEAD}\nCOMMANDS\n");
+        manual_commands(&mut root, "chronos", &mut out);
+        out.push('\n');
+        out.push_str(MANUAL_TAIL);
+        return print_page(&out);
+    }
+    let mut cmd = &mut root;
+    let mut walked = String::from("chronos");
+    for name in path {
+        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        cmd = match cmd.find_subcommand_mut(name) {
+            Some(c) => c,
+            None if names.is_empty() => anyhow::bail!("`{walked}` has no subcommands; see `chronos help`"),
+            None => anyhow::bail!("`{walked} {name}` is not a command; known: {}", names.join(", ")),
+        };
+        walked = format!("{walked} {name}");
+    }
+    let mut cmd = cmd.clone().bin_name(walked);
+    print_page(&cmd.render_long_help().to_string())
+}
+
+/// Prints a page; a reader that quits early (`| head`, `less`) is not an error.
+fn print_page(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Every command's long help, indented, depth first.
+fn manual_commands(cmd: &mut clap::Command, path: &str, out: &mut String) {
+    let subs: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for name in subs {
+        let full = format!("{path} {name}");
+        let sub = cmd.find_subcommand_mut(&name).unwrap();
+        let has_children = sub.get_subcommands().next().is_some();
+        let mut c = sub.clone().bin_name(full.clone());
+        out.push_str(&format!("\n    {full}\n"));
+        for line in c.render_long_help().to_string().lines() {
+            out.push_str(if line.is_empty() { "" } else { "        " });
+            out.push_str(line);
+            out.push('\n');
+        }
+        if has_children {
+            manual_commands(sub, &full, out);
+        }
+    }
 }
 
 /// The data-flow lines of `chronos status`; a part that cannot be read says why.
