@@ -322,7 +322,7 @@ fn chronosd_config_in_the_stack_is_valid_and_matches_the_services() {
 fn an_invalid_config_is_refused_by_the_same_loader() {
     // The check above must be able to fail: the same file with a bad value.
     let text = read("docker/chronosd/chronos.toml").replace("replication = 3", "replication = \"three\"");
-    let err = chronos::config::Config::from_toml(&text).err().expect("a string replication is refused");
+    let err = chronos::config::Config::from_toml(&text).expect_err("a string replication is refused");
     assert!(err.to_string().contains("replication"), "{err}");
 }
 

@@ -249,7 +249,8 @@ impl Drop for Notified {
 #[test]
 fn ready_after_healthz_then_watchdog_pings_then_stopping_and_exit_0() {
     let kafka = Kafka::start(1);
-    let watchdog = Duration::from_millis(600);
+    // Pings every second; a loaded CI machine still keeps the gaps under 2 s.
+    let watchdog = Duration::from_secs(2);
     let mut d = Notified::start(&config_toml(&kafka, free_port(), ""), watchdog, &[]);
 
     let (ready, _) = d.wait_for("READY=1", Duration::from_secs(60));
@@ -262,7 +263,7 @@ fn ready_after_healthz_then_watchdog_pings_then_stopping_and_exit_0() {
 
     // Pings at half the watchdog timeout: never a gap systemd would act on.
     let mut pings = Vec::new();
-    let window = Instant::now() + Duration::from_secs(3);
+    let window = Instant::now() + Duration::from_secs(5);
     while Instant::now() < window {
         if let Some(m) = d.next(Duration::from_millis(100)) {
             assert!(!m.contains("READY=1"), "READY=1 sent twice");
@@ -271,7 +272,7 @@ fn ready_after_healthz_then_watchdog_pings_then_stopping_and_exit_0() {
             }
         }
     }
-    assert!(pings.len() >= 4, "{} WATCHDOG=1 pings in 3 s with WATCHDOG_USEC={watchdog:?}\n{}", pings.len(), d.log_text());
+    assert!(pings.len() >= 3, "{} WATCHDOG=1 pings in 5 s with WATCHDOG_USEC={watchdog:?}\n{}", pings.len(), d.log_text());
     for w in pings.windows(2) {
         let gap = w[1] - w[0];
         assert!(gap < watchdog, "{gap:?} between two pings, watchdog timeout {watchdog:?}");
