@@ -211,7 +211,7 @@ pub fn upsert(view: &ViewDef) -> String {
     }
     let aliases: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
     format!(
-        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){joins}\nON CONFLICT ({}) DO UPDATE SET {}",
+        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){joins}\nORDER BY u.i\nON CONFLICT ({}) DO UPDATE SET {}",
         mrel(view),
         cols.join(", "),
         select.join(", "),
@@ -251,7 +251,10 @@ fn key_array(t: SqlType, keys: impl Iterator<Item = Key>) -> Param {
 
 /// Parameters of `upsert` for one partial (which must not be empty).
 pub fn upsert_params(view: &ViewDef, partial: &Partial) -> Vec<Param> {
-    let groups: Vec<&super::state::Group> = partial.groups.iter().collect();
+    // Groups in key order: concurrent loader transactions then lock a view's
+    // rows in the same order (`ORDER BY u.i` in `upsert`), so they never deadlock.
+    let mut groups: Vec<&super::state::Group> = partial.groups.iter().collect();
+    groups.sort_unstable_by(|a, b| a.keys.cmp(&b.keys));
     let mut params: Vec<Param> = Vec::new();
     for (k, (_, e)) in view.keys.iter().enumerate() {
         params.push(key_array(e.ty(), groups.iter().map(|g| g.keys[k].clone())));

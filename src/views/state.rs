@@ -11,7 +11,7 @@ use super::parse::{Agg, Source, ViewDef};
 
 /// An owned group key or distinct value. Floats are normalised so that
 /// equal values (0.0 and -0.0) are one key, as in PostgreSQL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
     Null,
     Int(i64),

@@ -10,6 +10,7 @@
 //! maintained in the same transactions, so they are complete then too).
 //!
 //! Usage: cargo run --release -p chronos-bench --bin views_perf -- [batches] [rounds]
+//! (VIEWS_ONLY=name,… keeps only those default views in the "with views" rounds.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,8 +55,10 @@ fn main() -> anyhow::Result<()> {
             let mut c = chronos::store::connect(&url).await?;
             c.batch_execute("SET client_min_messages = warning").await?;
             chronos::store::install(&mut c, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..cfg.load.clone() }).await?;
-            if !with_views {
-                for v in chronos::views::list(&c).await? {
+            // VIEWS_ONLY=a,b keeps only those default views (to see what each costs).
+            let only = std::env::var("VIEWS_ONLY").ok();
+            for v in chronos::views::list(&c).await? {
+                if !with_views || only.as_deref().is_some_and(|o| !o.split(',').any(|n| n == v.name)) {
                     chronos::views::drop(&mut c, &v.name).await?;
                 }
             }
@@ -82,6 +85,10 @@ fn main() -> anyhow::Result<()> {
             let secs = t.elapsed().as_secs_f64();
             handle.shutdown();
             let (flush, view) = (metrics.load_flush_seconds.get_sample_sum(), metrics.view_seconds.get_sample_sum());
+            let retries = metrics.load_flush_retries.get();
+            if retries > 0 {
+                println!("  ({retries} flushes retried)");
+            }
             anyhow::Ok((secs, metrics.view_groups.get() as i64, first.unwrap_or(0.0), flush, view))
         })?;
         println!(
