@@ -283,6 +283,48 @@ fn check_test_views(url: &str) {
     );
 }
 
+/// Posts varied batches from a thread until stopped, as fast as chronosd answers.
+struct Poster {
+    stop: Arc<AtomicBool>,
+    batches: Arc<AtomicI64>,
+    events: Arc<AtomicI64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Poster {
+    fn start(url: String, seed: u64) -> Poster {
+        let (stop, batches, events) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+        let thread = {
+            let (stop, batches, events) = (stop.clone(), batches.clone(), events.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let mut rng = Rng(seed);
+                while !stop.load(Ordering::Relaxed) {
+                    let n = 1 + rng.below(40) as usize;
+                    let body = varied_batch(&mut rng, n).to_string();
+                    match c.post(&url).header("Content-Type", "text/plain").header("Origin", ORIGIN).body(body).send() {
+                        Ok(r) if r.status().as_u16() == 200 => {
+                            batches.fetch_add(1, Ordering::Relaxed);
+                            events.fetch_add(n as i64, Ordering::Relaxed);
+                        }
+                        Ok(r) => panic!("chronosd answered {}", r.status()),
+                        // chronosd was killed: stop quietly.
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        Poster { stop, batches, events, thread }
+    }
+
+    /// Stops; (batches, events) acknowledged with 200.
+    fn stop(self) -> (usize, i64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("poster thread");
+        (self.batches.load(Ordering::Relaxed) as usize, self.events.load(Ordering::Relaxed))
+    }
+}
+
 fn add_views(s: &Stack, sql: &str, extra: &[&str]) -> (bool, String) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), sql).unwrap();
@@ -306,32 +348,10 @@ fn views_equal_the_raw_queries_also_after_kill_9() {
     check_test_views(&s.url);
 
     // kill -9 while batches keep arriving; restart; nothing counted twice or lost.
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(AtomicI64::new(0));
-    let poster = {
-        let (stop, accepted, url) = (stop.clone(), accepted.clone(), s.d.url("/v1/batch"));
-        std::thread::spawn(move || {
-            let c = client();
-            let mut rng = Rng(42);
-            while !stop.load(Ordering::Relaxed) {
-                let n = 1 + rng.below(40) as usize;
-                let body = varied_batch(&mut rng, n).to_string();
-                let res = c.post(&url).header("Content-Type", "text/plain").header("Origin", ORIGIN).body(body).send();
-                match res {
-                    Ok(r) if r.status().as_u16() == 200 => {
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        })
-    };
+    let poster = Poster::start(s.d.url("/v1/batch"), 42);
     std::thread::sleep(Duration::from_millis(1500));
     s.d.kill9();
-    stop.store(true, Ordering::Relaxed);
-    poster.join().unwrap();
-    let acked = accepted.load(Ordering::Relaxed) as usize;
+    let (acked, _) = poster.stop();
     assert!(acked > 0, "nothing was posted while loading");
     // What must be loaded is what Kafka holds: every acknowledged batch, plus any
     // the broker stored just before the crash cut its HTTP answer.
@@ -386,23 +406,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow() {
     assert!(!ok && out.contains("already exists"), "{out}");
 
     // Added while batches arrive, filled from what is already stored: equal to the raw query.
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(AtomicI64::new(0));
-    let poster = {
-        let (stop, accepted, url) = (stop.clone(), accepted.clone(), s.d.url("/v1/batch"));
-        std::thread::spawn(move || {
-            let c = client();
-            let mut rng = Rng(99);
-            while !stop.load(Ordering::Relaxed) {
-                let n = 1 + rng.below(40) as usize;
-                let body = varied_batch(&mut rng, n).to_string();
-                let r = c.post(&url).header("Content-Type", "text/plain").header("Origin", ORIGIN).body(body).send().unwrap();
-                assert_eq!(r.status().as_u16(), 200);
-                accepted.fetch_add(n as i64, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let poster = Poster::start(s.d.url("/v1/batch"), 99);
     std::thread::sleep(Duration::from_millis(700));
     let (ok, out) = add_views(&s, TEST_VIEWS, &["--backfill"]);
     assert!(ok, "{out}");
@@ -411,9 +415,9 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow() {
     let (ok, out) = cli(&s, &["views", "drop", "t_all"]);
     assert!(ok, "{out}");
     std::thread::sleep(Duration::from_millis(700));
-    stop.store(true, Ordering::Relaxed);
-    poster.join().unwrap();
-    sent += accepted.load(Ordering::Relaxed);
+    let (acked, events) = poster.stop();
+    assert!(acked > 0, "nothing was posted while views changed");
+    sent += events;
     wait_for_events(&s.url, sent, &s.d);
     assert_view_equals(
         &s.url,
