@@ -153,6 +153,12 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Most first rejection reasons echoed in a response.
     pub max_reasons: usize,
+    /// Also accept the write keys stored in PostgreSQL (`chronos keys create|revoke`),
+    /// reloaded while chronosd runs; chronosd does not start if it cannot read them.
+    pub keys_from_postgres: bool,
+    /// Seconds between reloads of the stored write keys (how long a new or
+    /// revoked key takes to count).
+    pub keys_refresh_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -170,6 +176,8 @@ impl Default for HttpConfig {
             mailbox_capacity: 1024,
             shutdown_grace_secs: 20,
             max_reasons: 5,
+            keys_from_postgres: false,
+            keys_refresh_secs: 5,
         }
     }
 }
@@ -443,6 +451,9 @@ impl Config {
             if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
                 errors.push(format!("kafka.extra.\"{key}\": set by chronosd itself; use the typed kafka.* key"));
             }
+        }
+        if self.http.keys_from_postgres && self.http.keys_refresh_secs == 0 {
+            errors.push("http.keys_refresh_secs: must be at least 1 with http.keys_from_postgres".into());
         }
         let mut ids = std::collections::HashSet::new();
         let mut secrets = std::collections::HashSet::new();

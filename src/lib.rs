@@ -8,7 +8,7 @@
 //!
 //! - [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot.
 //! - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
-//! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins), limits,
+//! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in PostgreSQL), limits,
 //!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
 //! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
@@ -145,6 +145,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (state, sink_arbiter) = build_state(&config, sink, metrics, health);
+    if config.http.keys_from_postgres {
+        // Stored keys count from the first request on, or chronosd does not start.
+        let client = store::connect(&config.postgres.url).await.context("http.keys_from_postgres")?;
+        let n = http::stored_keys::reload(&client, &state.keys).await.context("reading the stored write keys (http.keys_from_postgres)")?;
+        tracing::info!(keys = n, "Loaded the write keys stored in PostgreSQL.");
+        let every = Duration::from_secs(config.http.keys_refresh_secs);
+        actix_rt::spawn(http::stored_keys::refresh_loop(config.postgres.url.clone(), state.keys.clone(), every));
+    }
     let app_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
         .workers(threads(config.http.workers))

@@ -67,12 +67,40 @@ enum Cmd {
         #[command(subcommand)]
         action: TrackerCmd,
     },
+    /// Write keys stored in PostgreSQL: create, list, revoke, while chronosd runs
+    /// (with `http.keys_from_postgres = true`); keys of the config file are listed too.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
     /// The manual: every command, its options, files, environment, exit status
     /// (`chronos help views add` for one command).
     Help {
         /// A command, e.g. `status` or `views add`.
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Store a new key (it works within `http.keys_refresh_secs`); prints the key.
+    Create {
+        /// Public name of the key, recorded with every batch.
+        id: String,
+        /// An allowed page origin (`example.com`, `*.example.com`, `https://example.com:8443`); repeat for more.
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+        /// Accept requests without an `Origin` header (server-side senders).
+        #[arg(long)]
+        allow_no_origin: bool,
+        /// Use this secret instead of a generated one (16-256 printable ASCII characters).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Show every key: the config file's and the stored ones, revoked included.
+    List,
+    /// Revoke a stored key (refused within `http.keys_refresh_secs`).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -213,9 +241,47 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
+        Cmd::Keys { action } => keys(&stack.config, action)?,
         Cmd::Help { .. } => unreachable!("answered before the config is read"),
     }
     Ok(())
+}
+
+fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
+    use chronos::http::stored_keys;
+    let config_ids: Vec<&str> = c.keys.iter().map(|k| k.id.as_str()).collect();
+    chronos::stack::postgres::block_on(async {
+        let client = chronos::store::connect(&c.postgres.url).await?;
+        match action {
+            KeysCmd::Create { id, origins, allow_no_origin, key } => {
+                let key = key.unwrap_or_else(stored_keys::generate);
+                stored_keys::create(&client, &id, &key, &origins, allow_no_origin, &config_ids).await?;
+                println!("{key}");
+                eprintln!("stored key `{id}`; chronosd accepts it within {} s", c.http.keys_refresh_secs);
+                if !c.http.keys_from_postgres {
+                    eprintln!("note: http.keys_from_postgres is false in this config: chronosd ignores stored keys until it is set");
+                }
+            }
+            KeysCmd::List => {
+                for k in &c.keys {
+                    let origins = if k.origins.is_empty() { "(none)".to_string() } else { k.origins.join(",") };
+                    println!("{:<20} config   {:<10} origins {origins}{}", k.id, "active", if k.allow_no_origin { " +no-origin" } else { "" });
+                }
+                for k in stored_keys::list(&client).await? {
+                    let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                    let origins = if k.origins.is_empty() { "(none)".to_string() } else { k.origins.join(",") };
+                    let no_origin = if k.allow_no_origin { " +no-origin" } else { "" };
+                    let revoked = k.revoked_at.map(|r| format!(", revoked {r}")).unwrap_or_default();
+                    println!("{:<20} stored   {state:<10} origins {origins}{no_origin} (created {}{revoked})", k.id, k.created_at);
+                }
+            }
+            KeysCmd::Revoke { id } => {
+                stored_keys::revoke(&client, &id, &config_ids).await?;
+                println!("revoked key `{id}`; chronosd refuses it within {} s", c.http.keys_refresh_secs);
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {

@@ -5,6 +5,10 @@
 //! pages from writing with it. Requests without an `Origin` header (curl,
 //! server-side senders) are refused unless the key allows them explicitly.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::config::WriteKeyConfig;
 
 /// One allowlist entry: `example.com`, `*.example.com`, `https://example.com:8443`.
@@ -107,7 +111,22 @@ pub struct WriteKey {
     secret: String,
     origins: Vec<OriginPattern>,
     allow_no_origin: bool,
+    /// Stable per key (the per-key rate limit's bucket): config keys by
+    /// position, stored keys after them by their row's slot.
+    pub slot: usize,
 }
+
+impl WriteKey {
+    /// A key from `chronos.write_keys` (origins already checked when stored;
+    /// one that no longer parses is skipped, as in the config).
+    pub fn stored(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+        let origins = origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect();
+        WriteKey { id, secret, origins, allow_no_origin, slot: STORED_SLOTS + slot }
+    }
+}
+
+/// Slots below this are config keys; stored keys' slots start here.
+const STORED_SLOTS: usize = 1 << 32;
 
 /// Why a key may not be used from where the request came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,44 +149,61 @@ impl WriteKey {
     }
 }
 
-/// All valid write keys (several at once during a rotation).
+/// All valid write keys (several at once during a rotation): those of the
+/// config, and those stored in PostgreSQL (`chronos keys`), which
+/// [`KeyRing::set_stored`] replaces while chronosd runs. Clones share the
+/// stored set.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
-    keys: Vec<WriteKey>,
+    config: Arc<[Arc<WriteKey>]>,
+    stored: Arc<ArcSwap<Vec<Arc<WriteKey>>>>,
 }
 
 impl KeyRing {
     /// Builds the ring from validated config.
     pub fn from_config(keys: &[WriteKeyConfig]) -> Self {
-        KeyRing {
-            keys: keys
-                .iter()
-                .map(|k| WriteKey {
+        let config = keys
+            .iter()
+            .enumerate()
+            .map(|(slot, k)| {
+                Arc::new(WriteKey {
                     id: k.id.clone(),
                     secret: k.key.clone(),
                     origins: k.origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect(),
                     allow_no_origin: k.allow_no_origin,
+                    slot,
                 })
-                .collect(),
-        }
+            })
+            .collect();
+        KeyRing { config, stored: Arc::default() }
     }
 
-    /// The key whose secret is `secret`, with its position in the ring.
-    pub fn find(&self, secret: &str) -> Option<(usize, &WriteKey)> {
-        self.keys.iter().enumerate().find(|(_, k)| constant_time_eq(k.secret.as_bytes(), secret.as_bytes()))
+    /// Replaces the stored keys (a revoked key stops working at once).
+    pub fn set_stored(&self, keys: Vec<WriteKey>) {
+        self.stored.store(Arc::new(keys.into_iter().map(Arc::new).collect()));
+    }
+
+    /// The key whose secret is `secret`, with its rate-limit slot.
+    pub fn find(&self, secret: &str) -> Option<(usize, Arc<WriteKey>)> {
+        let matches = |k: &&Arc<WriteKey>| constant_time_eq(k.secret.as_bytes(), secret.as_bytes());
+        if let Some(k) = self.config.iter().find(matches) {
+            return Some((k.slot, k.clone()));
+        }
+        self.stored.load().iter().find(matches).map(|k| (k.slot, k.clone()))
     }
 
     /// Whether some key allows this origin (CORS preflight comes before the key is known).
     pub fn any_allows(&self, origin: &str) -> bool {
-        self.keys.iter().any(|k| k.check_origin(Some(origin)).is_ok())
+        let allows = |k: &Arc<WriteKey>| k.check_origin(Some(origin)).is_ok();
+        self.config.iter().any(allows) || self.stored.load().iter().any(allows)
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.config.len() + self.stored.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 }
 

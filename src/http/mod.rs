@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod error;
 pub mod limits;
 pub mod receipt;
+pub mod stored_keys;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
