@@ -379,6 +379,8 @@ EXAMPLES
     chronos log chronosd -f            follow chronosd's log
     chronos views add my_views.sql --backfill
     chronos dead-letters list -n 5     why events were refused
+    chronos keys create site-2026 --origin example.com   a new write key, no restart
+    chronos keys revoke site-2025      the old one gets 401 within http.keys_refresh_secs
     chronos tracker build --out chronos.js
 
 SEE ALSO
