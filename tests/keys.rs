@@ -117,3 +117,11 @@ fn chronosd_does_not_start_without_its_stored_keys() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("http.keys_from_postgres") && err.contains("not reachable"), "{err}");
 }
+
+#[test]
+fn the_quickstart_config_reads_stored_keys() {
+    let dir = temp_dir();
+    let c = chronos::config::Config::from_toml(&chronos::stack::quickstart_config(dir.path())).expect("valid quickstart config");
+    assert!(c.http.keys_from_postgres, "`chronos keys` works with the stack `chronos start` makes");
+    assert!(c.http.keys_refresh_secs > 0);
+}
