@@ -116,9 +116,12 @@ fn batch_of_len(len: usize) -> Vec<u8> {
 #[test]
 fn every_refusal_has_its_status_and_body_and_stores_nothing() {
     let kafka = Kafka::start(1);
+    // The tracker must fit the smaller batch cap too (config validation).
     let extra = r#"
 [limits]
 max_string_bytes = 20000
+[tracker]
+max_events = 10
 "#;
     let toml = config_toml(&kafka, chronos::stack::process::free_port(), extra)
         .replace("[http]\n", "[http]\nmax_body_bytes = 4000\nmax_decompressed_bytes = 8000\nmax_events_per_batch = 10\n");
