@@ -272,7 +272,7 @@ async fn commit(
         for v in &views.views {
             upserts.push(prepared(statements, &tx, &v.upsert).await?);
         }
-        let groups = acc.apply(&tx, &upserts).await?;
+        let groups = acc.apply(&tx, &upserts, partition).await?;
         shared.metrics.view_groups.inc_by(groups);
         shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }

@@ -229,11 +229,12 @@ impl<'s> Accumulator<'s> {
 
     /// Runs one upsert per view with groups, pipelined on the connection;
     /// `upserts` are the views' upsert statements prepared on it, in order.
-    pub async fn apply(&self, tx: &Transaction<'_>, upserts: &[tokio_postgres::Statement]) -> Result<u64, tokio_postgres::Error> {
+    /// `shard` is the loader's Kafka partition (its own rows in every view).
+    pub async fn apply(&self, tx: &Transaction<'_>, upserts: &[tokio_postgres::Statement], shard: i32) -> Result<u64, tokio_postgres::Error> {
         let mut params: Vec<(usize, Vec<sql::Param>)> = Vec::new();
         for (i, (v, p)) in self.set.views.iter().zip(&self.partials).enumerate() {
             if !p.is_empty() {
-                params.push((i, sql::upsert_params(&v.def, p)));
+                params.push((i, sql::upsert_params(&v.def, p, shard)));
             }
         }
         let futures = params.iter().map(|(i, ps)| {

@@ -21,8 +21,11 @@ use crate::store::schema::{ident, BASE_COLUMNS};
 /// t-digest compression of percentile states (≈ 1% error on the tails).
 pub const TDIGEST_COMPRESSION: i32 = 100;
 
-/// Column of the state table for keyless views (one row).
-const ALL_ROW: &str = "__all";
+/// Column of the state table naming the writer: the Kafka partition of the
+/// loader that wrote the row (-1: backfill). Each loader upserts only its own
+/// rows, so loaders of different partitions never wait for each other's row
+/// locks; the companion view merges a group's rows.
+const SHARD: &str = "__shard";
 
 pub fn mrel(view: &ViewDef) -> String {
     format!("views.{}", ident(&format!("{}_mrel", view.name)))
@@ -53,11 +56,7 @@ fn state_columns(name: &str, agg: &Agg) -> Vec<(String, &'static str)> {
 }
 
 fn key_columns(view: &ViewDef) -> Vec<String> {
-    if view.keys.is_empty() {
-        vec![ident(ALL_ROW)]
-    } else {
-        view.keys.iter().map(|(n, _)| ident(n)).collect()
-    }
+    std::iter::once(ident(SHARD)).chain(view.keys.iter().map(|(n, _)| ident(n))).collect()
 }
 
 /// Extensions the view needs.
@@ -74,10 +73,7 @@ pub fn extensions(view: &ViewDef) -> Vec<&'static str> {
 
 /// The state table, its key index and the companion view.
 pub fn ddl(view: &ViewDef) -> String {
-    let mut cols: Vec<String> = Vec::new();
-    if view.keys.is_empty() {
-        cols.push(format!("{} boolean NOT NULL DEFAULT true", ident(ALL_ROW)));
-    }
+    let mut cols: Vec<String> = vec![format!("{} integer NOT NULL", ident(SHARD))];
     for (n, e) in &view.keys {
         cols.push(format!("{} {}", ident(n), e.ty().sql()));
     }
@@ -103,18 +99,29 @@ pub fn ddl(view: &ViewDef) -> String {
                 let (n, agg) = &view.aggs[*a];
                 let c = |suffix: &str| format!("m.{}", ident(&format!("{n}{suffix}")));
                 let value = match agg {
-                    Agg::CountStar | Agg::Count(_) | Agg::Sum(_) | Agg::Min(_) | Agg::Max(_) => c(""),
-                    Agg::Avg(_) => format!("CASE WHEN {} = 0 THEN NULL ELSE {} / {} END", c("__count"), c("__sum"), c("__count")),
-                    Agg::Distinct(_) => format!("hll_cardinality({})::bigint", c("__hll")),
-                    Agg::Percentile(p, _) => {
-                        format!("(SELECT tdigest_percentile(d, {p:?}::double precision) FROM (VALUES ({})) AS v(d))", c("__tdigest"))
-                    }
+                    Agg::CountStar | Agg::Count(_) => format!("sum({})::bigint", c("")),
+                    Agg::Sum(_) => format!("sum({})", c("")),
+                    Agg::Min(_) => format!("min({})", c("")),
+                    Agg::Max(_) => format!("max({})", c("")),
+                    Agg::Avg(_) => format!(
+                        "CASE WHEN sum({n}) = 0 THEN NULL ELSE sum({s}) / sum({n}) END",
+                        n = c("__count"),
+                        s = c("__sum")
+                    ),
+                    Agg::Distinct(_) => format!("hll_cardinality(hll_union_agg({}))::bigint", c("__hll")),
+                    Agg::Percentile(p, _) => format!("tdigest_percentile({}, {p:?}::double precision)", c("__tdigest")),
                 };
                 format!("{value} AS {}", ident(n))
             }
         })
         .collect();
-    let _ = writeln!(sql, "CREATE VIEW {} AS SELECT {} FROM {} AS m;", companion(view), outputs.join(", "), mrel(view));
+    let group = if view.keys.is_empty() {
+        " HAVING count(*) > 0".to_string()
+    } else {
+        let keys: Vec<String> = view.keys.iter().map(|(n, _)| format!("m.{}", ident(n))).collect();
+        format!(" GROUP BY {}", keys.join(", "))
+    };
+    let _ = writeln!(sql, "CREATE VIEW {} AS SELECT {} FROM {} AS m{group};", companion(view), outputs.join(", "), mrel(view));
     sql
 }
 
@@ -209,6 +216,9 @@ pub fn upsert(view: &ViewDef) -> String {
         }
         cols.extend(state_columns(n, agg).into_iter().map(|(c, _)| ident(&c)));
     }
+    // The writer's shard: the last parameter.
+    cols.insert(0, ident(SHARD));
+    select.insert(0, param("integer"));
     let aliases: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
     format!(
         "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){joins}\nORDER BY u.i\nON CONFLICT ({}) DO UPDATE SET {}",
@@ -249,8 +259,9 @@ fn key_array(t: SqlType, keys: impl Iterator<Item = Key>) -> Param {
     }
 }
 
-/// Parameters of `upsert` for one partial (which must not be empty).
-pub fn upsert_params(view: &ViewDef, partial: &Partial) -> Vec<Param> {
+/// Parameters of `upsert` for one partial (which must not be empty), written
+/// by the loader of Kafka partition `shard`.
+pub fn upsert_params(view: &ViewDef, partial: &Partial, shard: i32) -> Vec<Param> {
     // Groups in key order: concurrent loader transactions then lock a view's
     // rows in the same order (`ORDER BY u.i` in `upsert`), so they never deadlock.
     let mut groups: Vec<&super::state::Group> = partial.groups.iter().collect();
@@ -338,6 +349,7 @@ pub fn upsert_params(view: &ViewDef, partial: &Partial) -> Vec<Param> {
             }
         }
     }
+    params.push(Box::new(shard));
     params
 }
 
@@ -369,8 +381,8 @@ pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
         e.to_sql(&attr_names, &mut s);
         s
     };
-    let mut cols = Vec::new();
-    let mut values = Vec::new();
+    let mut cols = vec![ident(SHARD)];
+    let mut values = vec!["-1".to_string()];
     for (n, e) in &view.keys {
         cols.push(ident(n));
         values.push(sql_of(e));
@@ -400,7 +412,7 @@ pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
         let _ = write!(sql, "\nWHERE {}", sql_of(f));
     }
     if !view.keys.is_empty() {
-        let ords: Vec<String> = (1..=view.keys.len()).map(|i| i.to_string()).collect();
+        let ords: Vec<String> = (2..=view.keys.len() + 1).map(|i| i.to_string()).collect();
         let _ = write!(sql, "\nGROUP BY {}", ords.join(", "));
     } else {
         sql.push_str("\nHAVING count(*) > 0");
