@@ -92,8 +92,8 @@ impl Default for LoadConfig {
         LoadConfig {
             enabled: true,
             group_id: "chronos-loaders".into(),
-            flush_rows: 20_000,
-            flush_ms: 500,
+            flush_rows: 50_000,
+            flush_ms: 1000,
             threads: 0,
             mailbox_capacity: 256,
             max_past_secs: 7 * 86_400,

@@ -9,7 +9,7 @@
 //! Time = from loader start until every row is committed (the views are
 //! maintained in the same transactions, so they are complete then too).
 //!
-//! Usage: cargo run --release -p chronos-bench --bin views_perf -- [batches] [rounds]
+//! Usage: cargo run --release -p chronos-bench --bin views_perf -- [batches] [rounds] [section.key=value …]
 //! (VIEWS_ONLY=name,… keeps only those default views in the "with views" rounds.)
 
 use std::sync::Arc;
@@ -25,6 +25,8 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let batches: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(4000);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2);
+    // Further arguments: `section.key=value` config overrides for the loaders (e.g. load.flush_rows=5000).
+    let overrides: Vec<String> = args.collect();
     let stack = PerfStack::start()?;
     let (config, _) = stack.config(port(), false, &[])?;
     let recs = records(&config, bodies(batches, 50))?;
@@ -48,7 +50,9 @@ fn main() -> anyhow::Result<()> {
             anyhow::Ok(())
         })?;
         let url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-        let (cfg, _) = stack.config(port(), true, &[format!("postgres.url=\"{url}\"")])?;
+        let mut o = overrides.clone();
+        o.push(format!("postgres.url=\"{url}\""));
+        let (cfg, _) = stack.config(port(), true, &o)?;
         broker_produce(&cfg.kafka, &cfg.kafka.topic, &recs, true)?;
         let catalog = chronos::catalog::EventCatalog::from_config(&cfg.events, cfg.limits.max_string_bytes);
         let views = block_on(async {
