@@ -148,7 +148,12 @@ impl PartitionLoader {
                         }
                         Err(FlushError::Fenced(stored)) => return (client, Err(stored)),
                         Err(FlushError::Db(e)) => {
-                            tracing::warn!(topic, partition, error = %e, retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
+                            // tokio-postgres prints only "db error": say what PostgreSQL said.
+                            let error = match e.as_db_error() {
+                                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                                None => e.to_string(),
+                            };
+                            tracing::warn!(topic, partition, error, retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
                         }
                     }
                 } else {

@@ -59,6 +59,10 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, load: &crate::
     if added > 0 {
         tracing::info!(views = added, "Created the default continuous views.");
     }
+    let rebuilt = crate::views::rebuild_outdated(client, catalog).await.context("rebuilding continuous views")?;
+    if !rebuilt.is_empty() {
+        tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
+    }
     Ok(())
 }
 

@@ -210,6 +210,45 @@ pub async fn install_defaults_once(client: &mut Client, catalog: &EventCatalog) 
     Ok(usable.len())
 }
 
+/// Rebuilds, from the raw tables, the views whose state table is missing or
+/// has an older layout (no `__shard` column, before per-loader rows): a
+/// loader cannot write such a view, and the raw tables hold every event the
+/// view ever saw. Returns the names rebuilt.
+pub async fn rebuild_outdated(client: &mut Client, catalog: &EventCatalog) -> Result<Vec<String>, ViewsError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+    let rows = tx
+        .query(
+            "SELECT v.name, v.definition FROM chronos.views v WHERE NOT EXISTS (
+               SELECT 1 FROM information_schema.columns c
+               WHERE c.table_schema = 'views' AND c.table_name = v.name || '_mrel' AND c.column_name = '__shard')
+             ORDER BY v.name",
+            &[],
+        )
+        .await?;
+    let mut rebuilt = Vec::new();
+    for r in rows {
+        let (name, definition): (String, String) = (r.get(0), r.get(1));
+        let def = match parse_views(&definition, catalog) {
+            Ok(mut defs) if defs.len() == 1 => defs.remove(0),
+            _ => {
+                tracing::error!(view = %name, "Cannot rebuild a view whose definition no longer fits the catalog.");
+                continue;
+            }
+        };
+        tx.batch_execute(&sql::drop_sql(&name)).await?;
+        tx.batch_execute(&sql::ddl(&def)).await?;
+        tx.batch_execute(&sql::backfill(&def, catalog)).await?;
+        tx.execute("UPDATE chronos.views SET backfilled = true WHERE name = $1", &[&name]).await?;
+        rebuilt.push(name);
+    }
+    if !rebuilt.is_empty() {
+        tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    }
+    tx.commit().await?;
+    Ok(rebuilt)
+}
+
 /// Partial aggregates of every view of a set over one transaction's events.
 pub struct Accumulator<'s> {
     pub set: &'s ViewSet,
