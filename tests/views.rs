@@ -118,6 +118,11 @@ fn varied_batch(rng: &mut Rng, n: usize) -> Value {
     })
 }
 
+/// `cols` of every event table, with the table's name as `type`, as one UNION ALL.
+fn all_events(cols: &str) -> String {
+    TABLES.iter().map(|t| format!("SELECT '{t}' AS type, {cols} FROM events.{t}")).collect::<Vec<_>>().join(" UNION ALL ")
+}
+
 fn total_events(url: &str) -> i64 {
     let sql = TABLES.iter().map(|t| format!("(SELECT count(*) FROM events.{t})")).collect::<Vec<_>>().join(" + ");
     count(url, &format!("SELECT {sql}"))
@@ -234,11 +239,7 @@ fn check_test_views(url: &str) {
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::text
          FROM events.clicks WHERE buttons <> 2 GROUP BY 1, 2, 3, 4",
     );
-    let union = TABLES
-        .iter()
-        .map(|t| format!("SELECT '{t}' AS type, metadata, position FROM events.{t}"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let union = all_events("metadata, position");
     assert_view_equals(
         url,
         "t_all",
@@ -255,11 +256,7 @@ fn check_test_views(url: &str) {
         "SELECT 'all', count(*)::text, sum(y)::text, round(avg(y), 9)::text, percentile_cont(0.9) WITHIN GROUP (ORDER BY y)::text FROM events.mouse_moves",
     );
     // Two of the default views.
-    let union_time = TABLES
-        .iter()
-        .map(|t| format!("SELECT '{t}' AS type, time FROM events.{t}"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let union_time = all_events("time");
     assert_view_equals(
         url,
         "events_per_minute",
@@ -365,11 +362,7 @@ fn views_equal_the_raw_queries_also_after_kill_9() {
     s.d.wait_ready(Duration::from_secs(30));
     sent += post_varied(&s, &mut rng, 20);
     wait_for_events(&s.url, sent, &s.d);
-    let distinct = TABLES
-        .iter()
-        .map(|t| format!("SELECT batch_id, position FROM events.{t}"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let distinct = all_events("batch_id, position");
     assert_eq!(count(&s.url, &format!("SELECT count(DISTINCT (batch_id, position)) FROM ({distinct}) u")), sent);
     check_test_views(&s.url);
     docs_recipes_run(&s);

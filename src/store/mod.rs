@@ -55,11 +55,10 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, load: &crate::
         .context("applying the schema")?;
     tx.commit().await?;
     check_column_types(client, catalog).await?;
-    let added = crate::views::install_defaults_once(client, catalog).await.context("creating the default continuous views")?;
+    let (added, rebuilt) = crate::views::install(client, catalog).await.context("installing the continuous views")?;
     if added > 0 {
         tracing::info!(views = added, "Created the default continuous views.");
     }
-    let rebuilt = crate::views::rebuild_outdated(client, catalog).await.context("rebuilding continuous views")?;
     if !rebuilt.is_empty() {
         tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
     }

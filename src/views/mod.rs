@@ -182,31 +182,31 @@ pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Erro
     Ok(out)
 }
 
-/// Adds the default views the first time (a fresh install), with backfill.
-/// Later runs leave the set alone: a dropped default stays dropped.
-pub async fn install_defaults_once(client: &mut Client, catalog: &EventCatalog) -> Result<usize, ViewsError> {
+/// The views part of a schema install, in one transaction under the views
+/// lock: the default views on a fresh install (with backfill; later runs leave
+/// the set alone, so a dropped default stays dropped), and a rebuild from the
+/// raw tables of any view whose state table is missing or of an older layout.
+/// Returns (defaults added, names rebuilt).
+pub async fn install(client: &mut Client, catalog: &EventCatalog) -> Result<(usize, Vec<String>), ViewsError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
     let generation: i64 = tx.query_one("SELECT generation FROM chronos.view_generation", &[]).await?.get(0);
-    if generation != 0 {
-        return Ok(0);
-    }
-    let defs = parse_views(DEFAULTS, catalog)?;
-    // Defaults need hll; skip the ones a server without the extension cannot hold.
-    let mut usable = Vec::new();
-    for d in defs {
-        let mut ok = true;
-        for ext in sql::extensions(&d) {
-            ok &= tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = $1", &[&ext]).await?.is_some();
-        }
-        if ok {
-            usable.push(d);
-        } else {
-            tracing::warn!(view = %d.name, "Default view skipped: a PostgreSQL extension it needs is missing.");
-        }
-    }
-    add_in(&tx, &usable, catalog, true).await?;
+    let added = if generation == 0 { add_defaults(&tx, catalog).await? } else { 0 };
+    let rebuilt = rebuild_outdated(&tx, catalog).await?;
     tx.commit().await?;
+    Ok((added, rebuilt))
+}
+
+/// Adds the default views a server can hold (they need hll) and says which it skipped.
+async fn add_defaults(tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<usize, ViewsError> {
+    let available: Vec<String> =
+        tx.query("SELECT name FROM pg_available_extensions WHERE name IN ('hll', 'tdigest')", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let (usable, skipped): (Vec<ViewDef>, Vec<ViewDef>) =
+        parse_views(DEFAULTS, catalog)?.into_iter().partition(|d| sql::extensions(d).iter().all(|e| available.iter().any(|a| a == e)));
+    for d in &skipped {
+        tracing::warn!(view = %d.name, "Default view skipped: a PostgreSQL extension it needs is missing.");
+    }
+    add_in(tx, &usable, catalog, true).await?;
     Ok(usable.len())
 }
 
@@ -214,9 +214,7 @@ pub async fn install_defaults_once(client: &mut Client, catalog: &EventCatalog) 
 /// has an older layout (no `__shard` column, before per-loader rows): a
 /// loader cannot write such a view, and the raw tables hold every event the
 /// view ever saw. Returns the names rebuilt.
-pub async fn rebuild_outdated(client: &mut Client, catalog: &EventCatalog) -> Result<Vec<String>, ViewsError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+async fn rebuild_outdated(tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<Vec<String>, ViewsError> {
     let rows = tx
         .query(
             "SELECT v.name, v.definition FROM chronos.views v WHERE NOT EXISTS (
@@ -245,7 +243,6 @@ pub async fn rebuild_outdated(client: &mut Client, catalog: &EventCatalog) -> Re
     if !rebuilt.is_empty() {
         tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
     }
-    tx.commit().await?;
     Ok(rebuilt)
 }
 

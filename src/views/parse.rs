@@ -473,7 +473,7 @@ impl Scope<'_> {
                 let (l, r) = (self.expr(left)?, self.expr(right)?);
                 match op {
                     BinaryOperator::And | BinaryOperator::Or => {
-                        let (l, r) = (self.condition(left)?, self.condition(right)?);
+                        let (l, r) = (condition(left, l)?, condition(right, r)?);
                         if *op == BinaryOperator::And {
                             Expr::And(Box::new(l), Box::new(r))
                         } else {
@@ -523,11 +523,7 @@ impl Scope<'_> {
     }
 
     fn condition(&self, e: &ast::Expr) -> Result<Expr, ViewError> {
-        let x = self.expr(e)?;
-        if x.ty() != SqlType::Bool {
-            return Err(err(e, format!("`{e}` is not a condition")));
-        }
-        Ok(x)
+        condition(e, self.expr(e)?)
     }
 
     fn function(&self, node: &ast::Expr, f: &ast::Function) -> Result<Expr, ViewError> {
@@ -665,6 +661,14 @@ impl Scope<'_> {
             _ => unreachable!("is_aggregate_name"),
         }))
     }
+}
+
+/// `x` (the checked form of `e`) when it is a condition.
+fn condition(e: &ast::Expr, x: Expr) -> Result<Expr, ViewError> {
+    if x.ty() != SqlType::Bool {
+        return Err(err(e, format!("`{e}` is not a condition")));
+    }
+    Ok(x)
 }
 
 fn is_aggregate_name(name: &str) -> bool {

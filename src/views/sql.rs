@@ -323,7 +323,7 @@ pub fn upsert_params(view: &ViewDef, partial: &Partial, shard: i32) -> Vec<Param
                 let mut v: Vec<Key> = Vec::new();
                 for (i, s) in states().enumerate() {
                     if let State::Distinct(set) = s {
-                        for k in set {
+                        for k in set.iter() {
                             g.push(i as i64 + 1);
                             v.push(k.clone());
                         }

@@ -1,7 +1,7 @@
 //! Partial aggregates of one loader transaction, per view and group, computed
 //! in Rust; `sql::upsert` merges them into the view's table in one statement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::HashTable;
@@ -90,7 +90,7 @@ pub enum State {
     MaxFloat(Option<f64>),
     AvgInt(i128, i64),
     AvgFloat(f64, i64),
-    Distinct(HashSet<Key>),
+    Distinct(DistinctSet),
     /// Value (as f64 bits) → how many times it was seen.
     Percentile(HashMap<u64, i64>),
 }
@@ -108,7 +108,7 @@ impl State {
             Agg::Max(_) => State::MaxFloat(None),
             Agg::Avg(e) if int(e) => State::AvgInt(0, 0),
             Agg::Avg(_) => State::AvgFloat(0.0, 0),
-            Agg::Distinct(_) => State::Distinct(HashSet::new()),
+            Agg::Distinct(_) => State::Distinct(DistinctSet::default()),
             Agg::Percentile(..) => State::Percentile(HashMap::new()),
         }
     }
@@ -149,11 +149,50 @@ impl State {
                 *s += float.unwrap_or(0.0);
                 *n += 1;
             }
-            State::Distinct(set) => {
-                set.insert(Key::of(v));
-            }
+            State::Distinct(set) => set.insert(v),
             State::Percentile(m) => *m.entry(float.unwrap_or(0.0).to_bits()).or_insert(0) += 1,
         }
+    }
+}
+
+/// The distinct values of a group. Looked up with the borrowed value, so a
+/// value seen before (most are) costs no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct DistinctSet {
+    values: HashTable<Key>,
+}
+
+impl DistinctSet {
+    fn insert(&mut self, v: &Scalar<'_>) {
+        let hasher = foldhash::fast::FixedState::default();
+        let mut h = hasher.build_hasher();
+        hash_scalar(v, &mut h);
+        let hash = h.finish();
+        if self.values.find(hash, |k| k.matches(v)).is_none() {
+            self.values.insert_unique(hash, Key::of(v), |k| {
+                let mut h = hasher.build_hasher();
+                hash_key(k, &mut h);
+                h.finish()
+            });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Key> {
+        self.values.iter()
+    }
+}
+
+impl PartialEq for DistinctSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|k| other.iter().any(|o| o == k))
     }
 }
 
