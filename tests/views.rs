@@ -322,6 +322,17 @@ impl Poster {
     }
 }
 
+/// `t_total`'s count and sum equal the raw table's.
+fn assert_total_count_and_sum(url: &str) {
+    assert_view_equals(
+        url,
+        "t_total",
+        &["'all'"],
+        &[("count", Cmp::Exact), ("sy", Cmp::Exact)],
+        "SELECT 'all', count(*)::text, sum(y)::text FROM events.mouse_moves",
+    );
+}
+
 fn add_views(s: &Stack, sql: &str, extra: &[&str]) -> (bool, String) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), sql).unwrap();
@@ -412,13 +423,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow() {
     assert!(acked > 0, "nothing was posted while views changed");
     sent += events;
     wait_for_events(&s.url, sent, &s.d);
-    assert_view_equals(
-        &s.url,
-        "t_total",
-        &["'all'"],
-        &[("count", Cmp::Exact), ("sy", Cmp::Exact)],
-        "SELECT 'all', count(*)::text, sum(y)::text FROM events.mouse_moves",
-    );
+    assert_total_count_and_sum(&s.url);
     assert_view_equals(
         &s.url,
         "t_clicks",
@@ -449,12 +454,6 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow() {
     let (ok, out) = cli(&s, &["install-pipeline"]);
     assert!(ok, "{out}");
     wait_for_events(&s.url, sent, &s.d);
-    assert_view_equals(
-        &s.url,
-        "t_total",
-        &["'all'"],
-        &[("count", Cmp::Exact), ("sy", Cmp::Exact)],
-        "SELECT 'all', count(*)::text, sum(y)::text FROM events.mouse_moves",
-    );
+    assert_total_count_and_sum(&s.url);
     s.d.terminate();
 }
