@@ -56,6 +56,10 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Records waiting per partition loader before polling waits.
     pub mailbox_capacity: usize,
+    /// Consumer `queued.max.messages.kbytes`: records fetched ahead of the loaders,
+    /// all partitions together. Bounds chronosd's memory while the loaders lag
+    /// (perf/pipeline.md, RSS).
+    pub prefetch_kbytes: u32,
     /// Event times more than this before receipt are clamped to it and flagged.
     pub max_past_secs: u64,
     /// Event times more than this after receipt are clamped to it and flagged.
@@ -92,10 +96,11 @@ impl Default for LoadConfig {
         LoadConfig {
             enabled: true,
             group_id: "chronos-loaders".into(),
-            flush_rows: 50_000,
+            flush_rows: 20_000,
             flush_ms: 1000,
             threads: 0,
             mailbox_capacity: 256,
+            prefetch_kbytes: 16_384,
             max_past_secs: 7 * 86_400,
             max_future_secs: 86_400,
             partitions_past_days: 8,
@@ -250,10 +255,20 @@ pub struct KafkaConfig {
     /// with Apache Kafka. The local broker (tansu 0.6.0) stops serving after an
     /// out-of-order sequence (one lost request), so the local stack turns it off.
     pub idempotence: bool,
-    /// `compression.type`: `zstd`, `lz4`, `gzip` or `none` (never snappy; see docs/kafka-record.md).
+    /// `compression.type`: `lz4` (default), `zstd`, `gzip` or `none` (never snappy; see
+    /// docs/kafka-record.md). The local stack uses `none`: on loopback compression
+    /// costs CPU on both sides and saves no network.
     pub compression: String,
-    /// `linger.ms`.
+    /// `linger.ms`: how long a record may wait for others to share its request. 0 by
+    /// default: with `max_in_flight` small, records batch up while requests are out
+    /// anyway, and a light load pays no wait (perf/curves/producer.md).
     pub linger_ms: u32,
+    /// `max.in.flight.requests.per.connection`: produce requests awaiting the broker per
+    /// connection. librdkafka puts one partition in each produce request, so a
+    /// small cap makes records that arrive while requests are out share the next
+    /// request (larger requests under load, no wait at low load). At most 5 with
+    /// idempotence (librdkafka's and Apache Kafka's limit).
+    pub max_in_flight: u32,
     /// `batch.num.messages`.
     pub batch_num_messages: u32,
     /// `batch.size` in bytes.
@@ -281,8 +296,9 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication: 1,
             idempotence: true,
-            compression: "zstd".into(),
-            linger_ms: 5,
+            compression: "lz4".into(),
+            linger_ms: 0,
+            max_in_flight: 2,
             batch_num_messages: 10_000,
             batch_bytes: 1_000_000,
             queue_max_messages: 100_000,
@@ -397,7 +413,7 @@ impl Config {
             }
         }
         let l = &self.load;
-        for (key, v) in [("load.flush_rows", l.flush_rows as u64), ("load.flush_ms", l.flush_ms), ("load.mailbox_capacity", l.mailbox_capacity as u64)] {
+        for (key, v) in [("load.flush_rows", l.flush_rows as u64), ("load.flush_ms", l.flush_ms), ("load.mailbox_capacity", l.mailbox_capacity as u64), ("load.prefetch_kbytes", l.prefetch_kbytes as u64)] {
             if v == 0 {
                 errors.push(format!("{key}: must be greater than 0"));
             }
@@ -439,6 +455,14 @@ impl Config {
             errors.push(format!(
                 "kafka.compression: `{}` is not supported (use zstd, lz4, gzip or none; snappy records cannot be fetched from every broker)",
                 k.compression
+            ));
+        }
+        if k.max_in_flight == 0 {
+            errors.push("kafka.max_in_flight: must be greater than 0".into());
+        } else if k.idempotence && k.max_in_flight > 5 {
+            errors.push(format!(
+                "kafka.max_in_flight: {} is more than 5, which idempotence (kafka.idempotence = true) does not allow",
+                k.max_in_flight
             ));
         }
         if (k.message_timeout_ms as u64) > h.produce_deadline_ms {
@@ -498,6 +522,9 @@ const MANAGED_KAFKA_KEYS: &[&str] = &[
     "compression.codec",
     "linger.ms",
     "queue.buffering.max.ms",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "queued.max.messages.kbytes",
     "batch.num.messages",
     "batch.size",
     "queue.buffering.max.messages",
@@ -562,6 +589,18 @@ origins = ["example.com", "*.example.org"]
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("kafka.compression: `snappy`"), "{err}");
         assert!(err.contains("http.max_body_bytes: must be greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn in_flight_cap_respects_idempotence() {
+        let with = |kafka: &str| Config::from_toml(&format!("{}\n[kafka]\n{kafka}\n", key_section()));
+        let err = with("max_in_flight = 6").unwrap_err().to_string();
+        assert!(err.contains("kafka.max_in_flight: 6 is more than 5"), "{err}");
+        assert!(with("max_in_flight = 0").unwrap_err().to_string().contains("kafka.max_in_flight: must be greater than 0"));
+        assert_eq!(with("max_in_flight = 5").unwrap().kafka.max_in_flight, 5);
+        assert_eq!(with("idempotence = false\nmax_in_flight = 100").unwrap().kafka.max_in_flight, 100);
+        let err = with("[kafka.extra]\n\"max.in.flight.requests.per.connection\" = \"9\"").unwrap_err().to_string();
+        assert!(err.contains("set by chronosd itself"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub const KAFKA_BROKER_RTT: &str = "chronos_kafka_broker_rtt_avg_microseconds";
 pub const KAFKA_TX_MESSAGES: &str = "chronos_kafka_tx_messages";
 pub const KAFKA_TX_BYTES: &str = "chronos_kafka_tx_bytes";
 pub const KAFKA_TX_ERRORS: &str = "chronos_kafka_tx_errors";
+pub const KAFKA_PRODUCE_REQUESTS: &str = "chronos_kafka_produce_requests";
 pub const LOAD_EVENTS: &str = "chronos_load_events_total";
 pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub kafka_tx_messages: IntGauge,
     pub kafka_tx_bytes: IntGauge,
     pub kafka_tx_errors: IntGauge,
+    pub kafka_produce_requests: IntGauge,
     pub load_events: IntCounter,
     pub load_flush_seconds: Histogram,
     pub load_flush_retries: IntCounter,
@@ -85,6 +87,10 @@ impl Metrics {
             kafka_tx_messages: reg!(IntGauge::new(KAFKA_TX_MESSAGES, "Messages sent to brokers (librdkafka txmsgs).")),
             kafka_tx_bytes: reg!(IntGauge::new(KAFKA_TX_BYTES, "Message bytes sent to brokers (librdkafka txmsg_bytes).")),
             kafka_tx_errors: reg!(IntGauge::new(KAFKA_TX_ERRORS, "Transmission errors (librdkafka tx errors summed over brokers).")),
+            kafka_produce_requests: reg!(IntGauge::new(
+                KAFKA_PRODUCE_REQUESTS,
+                "Produce requests sent, summed over brokers (librdkafka req.Produce); tx_messages / this = records per request."
+            )),
             load_events: reg!(IntCounter::new(LOAD_EVENTS, "Events committed to PostgreSQL by the loaders.")),
             load_flush_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(LOAD_FLUSH_SECONDS, "Duration of one loader transaction (COPY + offsets + commit).")

@@ -26,6 +26,7 @@ pub fn plain_producer(k: &KafkaConfig) -> anyhow::Result<FutureProducer> {
         .set("enable.idempotence", k.idempotence.to_string())
         .set("compression.type", &k.compression)
         .set("linger.ms", k.linger_ms.to_string())
+        .set("max.in.flight.requests.per.connection", k.max_in_flight.to_string())
         .set("batch.num.messages", k.batch_num_messages.to_string())
         .set("batch.size", k.batch_bytes.to_string())
         .set("queue.buffering.max.messages", k.queue_max_messages.to_string())

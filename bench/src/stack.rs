@@ -51,6 +51,7 @@ brokers = "{brokers}"
 topic = "events.{run}"
 dead_letter_topic = "dead.{run}"
 idempotence = false
+compression = "none"
 [postgres]
 url = "{pg}"
 [load]

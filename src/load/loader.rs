@@ -22,6 +22,9 @@ use crate::catalog::EventCatalog;
 use crate::store::schema::{ident, table, BASE_COLUMNS};
 use crate::telemetry::Metrics;
 
+/// COPY data is sent in pieces of about this size.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
+
 /// What every loader reads.
 pub struct LoaderShared {
     pub catalog: EventCatalog,
@@ -253,16 +256,22 @@ async fn commit(
         if parts.is_empty() {
             continue;
         }
-        let mut data = BytesMut::with_capacity(HEADER.len() + TRAILER.len() + parts.iter().map(|p| p.len()).sum::<usize>());
-        data.extend_from_slice(HEADER);
-        for p in parts {
-            data.extend_from_slice(p);
-        }
-        data.extend_from_slice(TRAILER);
         let statement = prepared(statements, &tx, statement).await?;
         let sink = tx.copy_in::<_, Bytes>(&statement).await?;
         futures_util::pin_mut!(sink);
-        sink.send(data.freeze()).await?;
+        // Streamed in chunks: the buffer already holds every tuple, and a second
+        // copy of a whole table's rows per partition is what set chronosd's peak
+        // memory while the loaders lagged (perf/pipeline.md, RSS).
+        let mut chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES * 2);
+        chunk.extend_from_slice(HEADER);
+        for p in parts {
+            chunk.extend_from_slice(p);
+            if chunk.len() >= COPY_CHUNK_BYTES {
+                sink.feed(chunk.split().freeze()).await?;
+            }
+        }
+        chunk.extend_from_slice(TRAILER);
+        sink.feed(chunk.freeze()).await?;
         loaded += sink.finish().await?;
     }
     if !views.views.is_empty() && !kept.is_empty() {

@@ -215,6 +215,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("max.poll.interval.ms", config.load.max_poll_interval_ms.to_string())
         .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
         .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", config.load.prefetch_kbytes.to_string())
         .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
     let consumer: BaseConsumer<LoadContext> = cc.create_with_context(context).context("creating the loader consumer")?;
     let topics = [config.kafka.topic.clone(), config.kafka.dead_letter_topic.clone()];

@@ -81,6 +81,7 @@ impl ClientContext for StatsContext {
         m.kafka_tx_bytes.set(s.txmsg_bytes);
         let mut up = false;
         let mut errors = 0u64;
+        let mut produce_requests = 0i64;
         for (name, b) in &s.brokers {
             // Skip the internal pseudo-broker librdkafka lists.
             if b.nodeid == -1 && b.source == "internal" {
@@ -89,12 +90,14 @@ impl ClientContext for StatsContext {
             let is_up = b.state == "UP";
             up |= is_up;
             errors += b.txerrs;
+            produce_requests += b.req.get("Produce").copied().unwrap_or(0);
             m.kafka_broker_up.with_label_values(&[name]).set(is_up as i64);
             if let Some(rtt) = &b.rtt {
                 m.kafka_broker_rtt.with_label_values(&[name]).set(rtt.avg);
             }
         }
         m.kafka_tx_errors.set(errors as i64);
+        m.kafka_produce_requests.set(produce_requests);
         self.health.broker_up.store(up, Ordering::Relaxed);
         self.health.stats_at_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -152,6 +155,7 @@ pub fn producer_config(c: &KafkaConfig, max_record: usize) -> ClientConfig {
         .set("enable.idempotence", c.idempotence.to_string())
         .set("compression.type", &c.compression)
         .set("linger.ms", c.linger_ms.to_string())
+        .set("max.in.flight.requests.per.connection", c.max_in_flight.to_string())
         .set("batch.num.messages", c.batch_num_messages.to_string())
         .set("batch.size", c.batch_bytes.to_string())
         .set("queue.buffering.max.messages", c.queue_max_messages.to_string())
@@ -249,7 +253,9 @@ mod tests {
         assert_eq!(cc.get("message.max.bytes"), Some("2000000"));
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
-        assert_eq!(cc.get("compression.type"), Some("zstd"));
+        assert_eq!(cc.get("compression.type"), Some("lz4"));
         assert_eq!(cc.get("queue.buffering.max.messages"), Some("100000"));
+        assert_eq!(cc.get("max.in.flight.requests.per.connection"), Some("2"));
+        assert_eq!(cc.get("linger.ms"), Some("0"));
     }
 }

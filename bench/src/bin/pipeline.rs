@@ -61,6 +61,9 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// Tries of each ceiling (a) and (b); the fastest counts.
+const CEILING_TRIES: usize = 3;
+
 /// One loadgen run and what the machine did meanwhile.
 struct Step {
     report: Report,
@@ -68,6 +71,9 @@ struct Step {
     rss_mib: f64,
     /// CPU used during the step, in cores (CPU seconds / wall seconds).
     cpu: Cpu,
+    /// Records per produce request chronosd sent during the step (from its
+    /// librdkafka statistics at /metrics); `None` without a broker.
+    records_per_request: Option<f64>,
     /// All 2xx and accepted ≥ 97 % of the offered rate.
     kept_up: bool,
     pass: bool,
@@ -100,9 +106,13 @@ fn main() -> anyhow::Result<()> {
         let recs = records::records(&config, records::bodies(args.records, args.batch_size))?;
         let events = (args.records * args.batch_size as usize) as f64;
         let bytes: usize = recs.iter().map(|r| r.value.len()).sum();
-        let produce = ceiling::broker_produce(&config.kafka, &config.kafka.topic, &recs, true)?;
-        let consume = ceiling::broker_consume(&config.kafka.brokers, &config.kafka.topic, config.kafka.partitions, recs.len())?;
-        let copy = ceiling::copy_ceiling(&config, &recs)?;
+        // Ceilings are the best of three tries: other users of the machine only ever lower them.
+        let (mut produce, mut consume, mut copy) = (f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..CEILING_TRIES {
+            produce = produce.min(ceiling::broker_produce(&config.kafka, &config.kafka.topic, &recs, true)?);
+            consume = consume.min(ceiling::broker_consume(&config.kafka.brokers, &config.kafka.topic, config.kafka.partitions, recs.len())?);
+            copy = copy.min(ceiling::copy_ceiling(&config, &recs)?);
+        }
         let floor = ceiling::broker_ack_latency(&config.kafka, &config.kafka.topic, &recs, 100.0, 5.0)?;
         // What the four record headers cost the broker: the same records without them.
         let (bare, _) = stack.config(stack::port(), false, &args.sets)?;
@@ -348,6 +358,7 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
     };
     let broker_needle = format!("tcp://127.0.0.1:{}", stack.broker.spec.port);
     let postmaster = stack.pg.spec.postmaster_pid().unwrap_or(-1);
+    let produce0 = produce_counters(&target.url);
     let cpu0 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
     let t = Instant::now();
     let mut cmd = Command::new(bin_dir.join("loadgen"));
@@ -360,6 +371,10 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
     let output = cmd.output().context("running loadgen")?;
     let wall = t.elapsed().as_secs_f64();
     let cpu1 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
+    let records_per_request = match (produce0, produce_counters(&target.url)) {
+        (Some((m0, r0)), Some((m1, r1))) if r1 > r0 => Some((m1 - m0) / (r1 - r0)),
+        _ => None,
+    };
     stop.store(true, Ordering::Relaxed);
     let rss_mib = sampler.join().unwrap_or(0) as f64 / 1024.0;
     let report: Report = serde_json::from_slice(&output.stdout)
@@ -378,12 +393,27 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
     let kept_up = all_ok && report.accepted_rate >= 0.97 * rate;
     let pass = kept_up && report.latency_ms.p99 <= args.max_p99_ms;
     eprintln!(
-        "  offered {rate:>9.0} → accepted {:>9.0} events/s · p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms · non-2xx {} · RSS {rss_mib:.0} MiB · CPU chronosd {:.2} loadgen {:.2} broker {:.2} pg {:.2} other {:.2} · {}",
+        "  offered {rate:>9.0} → accepted {:>9.0} events/s · p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.1} ms · non-2xx {} · RSS {rss_mib:.0} MiB · CPU chronosd {:.2} loadgen {:.2} broker {:.2} pg {:.2} other {:.2} · records/request {} · {}",
         report.accepted_rate, report.latency_ms.p50, report.latency_ms.p99, report.latency_ms.p999, report.latency_ms.max,
         report.requests - st.ok, cpu.chronosd, cpu.loadgen, cpu.broker, cpu.postgres, cpu.other,
+        records_per_request.map_or("–".into(), |v| format!("{v:.1}")),
         if pass { "pass" } else if kept_up { "kept up, p99 over" } else { "FELL BEHIND" }
     );
-    Ok(Step { report, rss_mib, cpu, kept_up, pass })
+    Ok(Step { report, rss_mib, cpu, records_per_request, kept_up, pass })
+}
+
+/// chronosd's records sent and produce requests so far (librdkafka statistics, refreshed
+/// every `kafka.statistics_interval_ms`), from its /metrics.
+fn produce_counters(url: &str) -> Option<(f64, f64)> {
+    let addr = url.strip_prefix("http://")?.parse().ok()?;
+    let (status, body) = chronos::stack::process::http_get(addr, "/metrics", Duration::from_secs(2)).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let value = |name: &str| {
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    Some((value(chronos::telemetry::KAFKA_TX_MESSAGES)?, value(chronos::telemetry::KAFKA_PRODUCE_REQUESTS)?))
 }
 
 /// Busy CPU seconds of the whole machine (all but idle and iowait).
@@ -399,18 +429,19 @@ fn busy_secs() -> f64 {
 
 fn table(steps: &[Step], e2e: bool) -> String {
     let mut t = String::from(
-        "| offered ev/s | accepted ev/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | RSS MiB | CPU chronosd | loadgen | broker | postgres | other |",
+        "| offered ev/s | accepted ev/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | RSS MiB | CPU chronosd | loadgen | broker | postgres | other | records / produce request |",
     );
     t.push_str(if e2e { " end-to-end ev/s | missing | duplicated |\n" } else { " pass |\n" });
-    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     t.push_str(if e2e { "---:|---:|---:|\n" } else { ":-:|\n" });
     for s in steps {
         let r = &s.report;
         let l = &r.latency_ms;
         t.push_str(&format!(
-            "| {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             r.rate, r.accepted_rate, l.p50, l.p90, l.p99, l.p999, l.max, r.requests - r.statuses.ok, s.rss_mib,
-            s.cpu.chronosd, s.cpu.loadgen, s.cpu.broker, s.cpu.postgres, s.cpu.other
+            s.cpu.chronosd, s.cpu.loadgen, s.cpu.broker, s.cpu.postgres, s.cpu.other,
+            s.records_per_request.map_or("–".into(), |v| format!("{v:.1}"))
         ));
         match (&r.verify, e2e) {
             (Some(v), true) => t.push_str(&format!(
