@@ -406,6 +406,11 @@ impl Config {
             ("kafka.replication", self.kafka.replication.max(0) as u64),
             ("kafka.queue_max_messages", self.kafka.queue_max_messages as u64),
             ("kafka.message_timeout_ms", self.kafka.message_timeout_ms as u64),
+            ("kafka.max_in_flight", self.kafka.max_in_flight as u64),
+            ("load.flush_rows", self.load.flush_rows as u64),
+            ("load.flush_ms", self.load.flush_ms),
+            ("load.mailbox_capacity", self.load.mailbox_capacity as u64),
+            ("load.prefetch_kbytes", self.load.prefetch_kbytes as u64),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -413,11 +418,6 @@ impl Config {
             }
         }
         let l = &self.load;
-        for (key, v) in [("load.flush_rows", l.flush_rows as u64), ("load.flush_ms", l.flush_ms), ("load.mailbox_capacity", l.mailbox_capacity as u64), ("load.prefetch_kbytes", l.prefetch_kbytes as u64)] {
-            if v == 0 {
-                errors.push(format!("{key}: must be greater than 0"));
-            }
-        }
         if l.max_poll_interval_ms < l.session_timeout_ms {
             errors.push("load.max_poll_interval_ms: must be at least load.session_timeout_ms".into());
         }
@@ -457,9 +457,7 @@ impl Config {
                 k.compression
             ));
         }
-        if k.max_in_flight == 0 {
-            errors.push("kafka.max_in_flight: must be greater than 0".into());
-        } else if k.idempotence && k.max_in_flight > 5 {
+        if k.idempotence && k.max_in_flight > 5 {
             errors.push(format!(
                 "kafka.max_in_flight: {} is more than 5, which idempotence (kafka.idempotence = true) does not allow",
                 k.max_in_flight

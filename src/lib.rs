@@ -148,6 +148,7 @@ pub async fn serve(
     if config.http.keys_from_postgres {
         // Stored keys count from the first request on, or chronosd does not start.
         let client = store::connect(&config.postgres.url).await.context("http.keys_from_postgres")?;
+        http::stored_keys::install(&client).await?;
         let n = http::stored_keys::reload(&client, &state.keys).await.context("reading the stored write keys (http.keys_from_postgres)")?;
         tracing::info!(keys = n, "Loaded the write keys stored in PostgreSQL.");
         let every = Duration::from_secs(config.http.keys_refresh_secs);

@@ -6,20 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
-
-fn cli(config: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(config).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn keys_toml(kafka: &Kafka, port: u16, pg_url: &str) -> String {
     config_toml(kafka, port, &format!("[postgres]\nurl = \"{pg_url}\"\n"))
@@ -61,8 +53,8 @@ fn rotation_without_restart() {
 
     // A first stored key, then a second one: both work next to the config's key.
     let create = |id: &str| {
-        let out = cli(&config, &["keys", "create", id, "--origin", "shop.example.com", "--origin", "*.blog.example.com"]);
-        assert!(out.status.success(), "{}", text(&out));
+        let out = chronos_cli(&config, &["keys", "create", id, "--origin", "shop.example.com", "--origin", "*.blog.example.com"]);
+        assert!(out.status.success(), "{}", output_text(&out));
         let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(key.starts_with("wk_") && key.len() >= 16, "{key}");
         key
@@ -75,14 +67,14 @@ fn rotation_without_restart() {
     assert_eq!(send_with(&c, &d, KEY), 200, "the config's key is unaffected");
 
     // Revoke the old one: refused, the new one still works, no restart.
-    let out = cli(&config, &["keys", "revoke", "site-2025"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = chronos_cli(&config, &["keys", "revoke", "site-2025"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_for_status(&c, &d, &old, 401);
     assert_eq!(send_with(&c, &d, &new), 200);
     assert_eq!(d.pid(), pid, "same chronosd process");
     assert!(chronos::stack::process::alive(pid));
 
-    let list = text(&cli(&config, &["keys", "list"]));
+    let list = output_text(&chronos_cli(&config, &["keys", "list"]));
     let line = |id: &str| list.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} not listed:\n{list}")).to_string();
     assert!(line("shop").contains("config") && line("shop").contains("active"), "{list}");
     assert!(line("site-2025").contains("stored") && line("site-2025").contains("revoked"), "{list}");
@@ -91,9 +83,9 @@ fn rotation_without_restart() {
 
     // Mistakes are refused with what to do.
     let refused = |args: &[&str], says: &str| {
-        let out = cli(&config, args);
+        let out = chronos_cli(&config, args);
         assert!(!out.status.success(), "`chronos {}` succeeded", args.join(" "));
-        assert!(text(&out).contains(says), "`chronos {}`: {}", args.join(" "), text(&out));
+        assert!(output_text(&out).contains(says), "`chronos {}`: {}", args.join(" "), output_text(&out));
     };
     refused(&["keys", "create", "site-2026", "--origin", "shop.example.com"], "already exists");
     refused(&["keys", "create", "shop", "--origin", "shop.example.com"], "config file");

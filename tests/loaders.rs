@@ -342,7 +342,7 @@ attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", 
     let dir = temp_dir();
     let config = dir.path().join("chronos.toml");
     std::fs::write(&config, config_toml_with_pg(&kafka, free_port(), &url, "", &events.replace(r#"name = "seats", type = "int""#, r#"name = "seats", type = "text""#))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).arg("install-pipeline").output().unwrap();
+    let out = chronos_cli(&config, &["install-pipeline"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("events.signups.seats is bigint in PostgreSQL but text in the catalog"), "{err}");
@@ -471,7 +471,7 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
     let config = dir.path().join("chronos.toml");
     std::fs::write(&config, &toml).unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).args(args).output().unwrap();
+        let out = chronos_cli(&config, args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -504,8 +504,8 @@ fn tables_are_native_partitions_without_timescaledb_and_always_refuses_clearly()
     let install = |mode: &str| {
         let file = dir.path().join(format!("{mode}.toml"));
         std::fs::write(&file, config_toml_with_pg(&kafka, free_port(), &url, &format!("timescaledb = \"{mode}\""), "")).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&file).arg("install-pipeline").output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        let out = chronos_cli(&file, &["install-pipeline"]);
+        (out.status.success(), output_text(&out))
     };
     // This server has no timescaledb extension (Debian's PostgreSQL 15 without it).
     assert_eq!(count(&url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"), 0);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use chronos::stack::process::free_port;
@@ -15,7 +15,7 @@ struct StackGuard {
 
 impl StackGuard {
     fn chronos(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&self.config).args(args).output().unwrap()
+        chronos_cli(&self.config, args)
     }
 }
 

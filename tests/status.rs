@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chronos::stack::postgres::PostgresServer;
@@ -15,8 +14,7 @@ use common::*;
 /// `chronos --config FILE status`: stdout + stderr (it exits 3 here: the local
 /// stack's own services are not running, only their data-flow lines matter).
 fn status(config: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(config).arg("status").output().unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    output_text(&chronos_cli(config, &["status"]))
 }
 
 fn line<'a>(text: &'a str, start: &str, containing: &str) -> &'a str {
@@ -53,7 +51,7 @@ fn status_shows_consumer_lag_and_last_minute_events() {
     let config = dir.path().join("chronos.toml");
     let toml = config_toml_with_pg(&kafka, free_port(), &pg.url(), "", &stack);
     std::fs::write(&config, &toml).unwrap();
-    let install = Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).arg("install-pipeline").output().unwrap();
+    let install = chronos_cli(&config, &["install-pipeline"]);
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
 
     let before = status(&config);

@@ -134,13 +134,7 @@ flush_interval_ms = 600000
     let dir = temp_dir();
     let bundle = dir.path().join("chronos.js");
     std::fs::write(dir.path().join("chronos.toml"), &toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chronos"))
-        .arg("--config")
-        .arg(dir.path().join("chronos.toml"))
-        .args(["tracker", "build", "--out"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
+    let out = chronos_cli(&dir.path().join("chronos.toml"), &["tracker", "build", "--out", bundle.to_str().unwrap()]);
     assert!(out.status.success(), "chronos tracker build: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&bundle).unwrap(), chronos::tracker::build(&config).unwrap());
     let options = chronos::tracker::init_options(&config).unwrap();

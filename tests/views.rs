@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,14 +56,8 @@ fn count(url: &str, sql: &str) -> i64 {
 
 /// Runs the `chronos` CLI with the stack's config; (exit ok, stdout + stderr).
 fn cli(s: &Stack, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chronos"))
-        .arg("--config")
-        .arg(s.config_file.path())
-        .args(args)
-        .output()
-        .expect("run chronos");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let out = chronos_cli(s.config_file.path(), args);
+    (out.status.success(), output_text(&out))
 }
 
 /// A small deterministic generator (xorshift).

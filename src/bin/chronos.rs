@@ -252,6 +252,7 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
     let config_ids: Vec<&str> = c.keys.iter().map(|k| k.id.as_str()).collect();
     chronos::stack::postgres::block_on(async {
         let client = chronos::store::connect(&c.postgres.url).await?;
+        stored_keys::install(&client).await?;
         match action {
             KeysCmd::Create { id, origins, allow_no_origin, key } => {
                 let key = key.unwrap_or_else(stored_keys::generate);
@@ -263,16 +264,18 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
                 }
             }
             KeysCmd::List => {
+                // Where a key may be used from, as `chronos keys list` shows it.
+                let access = |origins: &[String], allow_no_origin: bool| {
+                    let origins = if origins.is_empty() { "(none)".to_string() } else { origins.join(",") };
+                    format!("origins {origins}{}", if allow_no_origin { " +no-origin" } else { "" })
+                };
                 for k in &c.keys {
-                    let origins = if k.origins.is_empty() { "(none)".to_string() } else { k.origins.join(",") };
-                    println!("{:<20} config   {:<10} origins {origins}{}", k.id, "active", if k.allow_no_origin { " +no-origin" } else { "" });
+                    println!("{:<20} config   {:<10} {}", k.id, "active", access(&k.origins, k.allow_no_origin));
                 }
                 for k in stored_keys::list(&client).await? {
                     let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                    let origins = if k.origins.is_empty() { "(none)".to_string() } else { k.origins.join(",") };
-                    let no_origin = if k.allow_no_origin { " +no-origin" } else { "" };
                     let revoked = k.revoked_at.map(|r| format!(", revoked {r}")).unwrap_or_default();
-                    println!("{:<20} stored   {state:<10} origins {origins}{no_origin} (created {}{revoked})", k.id, k.created_at);
+                    println!("{:<20} stored   {state:<10} {} (created {}{revoked})", k.id, access(&k.origins, k.allow_no_origin), k.created_at);
                 }
             }
             KeysCmd::Revoke { id } => {

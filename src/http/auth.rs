@@ -117,11 +117,16 @@ pub struct WriteKey {
 }
 
 impl WriteKey {
-    /// A key from `chronos.write_keys` (origins already checked when stored;
-    /// one that no longer parses is skipped, as in the config).
-    pub fn stored(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+    /// A key with its origin patterns (config and stored keys were checked
+    /// before; a pattern that no longer parses is skipped).
+    fn new(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
         let origins = origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect();
-        WriteKey { id, secret, origins, allow_no_origin, slot: STORED_SLOTS + slot }
+        WriteKey { id, secret, origins, allow_no_origin, slot }
+    }
+
+    /// A key from `chronos.write_keys`, by its row's slot.
+    pub fn stored(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+        WriteKey::new(id, secret, origins, allow_no_origin, STORED_SLOTS + slot)
     }
 }
 
@@ -165,15 +170,7 @@ impl KeyRing {
         let config = keys
             .iter()
             .enumerate()
-            .map(|(slot, k)| {
-                Arc::new(WriteKey {
-                    id: k.id.clone(),
-                    secret: k.key.clone(),
-                    origins: k.origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect(),
-                    allow_no_origin: k.allow_no_origin,
-                    slot,
-                })
-            })
+            .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), k.key.clone(), &k.origins, k.allow_no_origin, slot)))
             .collect();
         KeyRing { config, stored: Arc::default() }
     }
@@ -183,13 +180,13 @@ impl KeyRing {
         self.stored.store(Arc::new(keys.into_iter().map(Arc::new).collect()));
     }
 
-    /// The key whose secret is `secret`, with its rate-limit slot.
-    pub fn find(&self, secret: &str) -> Option<(usize, Arc<WriteKey>)> {
+    /// The key whose secret is `secret`.
+    pub fn find(&self, secret: &str) -> Option<Arc<WriteKey>> {
         let matches = |k: &&Arc<WriteKey>| constant_time_eq(k.secret.as_bytes(), secret.as_bytes());
-        if let Some(k) = self.config.iter().find(matches) {
-            return Some((k.slot, k.clone()));
+        match self.config.iter().find(matches) {
+            Some(k) => Some(k.clone()),
+            None => self.stored.load().iter().find(matches).cloned(),
         }
-        self.stored.load().iter().find(matches).map(|k| (k.slot, k.clone()))
     }
 
     /// Whether some key allows this origin (CORS preflight comes before the key is known).
@@ -273,12 +270,12 @@ mod tests {
             }])
         };
         let strict = mk(false);
-        let (_, k) = strict.find("0123456789abcdef").unwrap();
+        let k = strict.find("0123456789abcdef").unwrap();
         assert_eq!(k.check_origin(None), Err(OriginRefusal::Missing));
         assert_eq!(k.check_origin(Some("null")), Err(OriginRefusal::NotAllowed));
         assert_eq!(k.check_origin(Some("https://example.com")), Ok(()));
         let lax = mk(true);
-        assert_eq!(lax.find("0123456789abcdef").unwrap().1.check_origin(None), Ok(()));
+        assert_eq!(lax.find("0123456789abcdef").unwrap().check_origin(None), Ok(()));
         assert!(lax.find("0123456789abcdeF").is_none());
     }
 }

@@ -82,7 +82,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
     let mut body = decode(msg.body, msg.encoding, shared.max_decompressed_bytes)?;
     let root = payload::parse(&mut body)?;
     let env = Envelope::from_value(&root, &shared.payload_limits)?;
-    let (index, key) = shared.keys.find(env.key).ok_or(IngestError::UnknownKey)?;
+    let key = shared.keys.find(env.key).ok_or(IngestError::UnknownKey)?;
     key.check_origin(msg.origin.as_deref()).map_err(|refusal| match refusal {
         OriginRefusal::Missing => IngestError::MissingOrigin { key_id: key.id.clone() },
         OriginRefusal::NotAllowed => IngestError::OriginNotAllowed {
@@ -90,7 +90,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             key_id: key.id.clone(),
         },
     })?;
-    shared.limits.check_key(index)?;
+    shared.limits.check_key(key.slot)?;
     let validated = payload::validate_events(env.events, &shared.catalog);
     let facts = ServerFacts {
         received_at: msg.received_at,

@@ -57,13 +57,14 @@ pub fn check(id: &str, key: &str, origins: &[String], allow_no_origin: bool) -> 
     Ok(())
 }
 
+/// Creates the table if missing: once per `chronos keys` command and at chronosd
+/// start, not on every reload.
 pub async fn install(client: &Client) -> Result<()> {
     client.batch_execute(DDL).await.context("creating chronos.write_keys")
 }
 
 /// Every stored key, revoked ones included, oldest first.
 pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
-    install(client).await?;
     let rows = client
         .query(
             "SELECT id, key, origins, allow_no_origin, created_at::text, revoked_at::text, slot
@@ -91,7 +92,6 @@ pub async fn create(client: &Client, id: &str, key: &str, origins: &[String], al
     if config_ids.contains(&id) {
         anyhow::bail!("id `{id}` is a key of the config file; choose another id");
     }
-    install(client).await?;
     let inserted = client
         .execute(
             "INSERT INTO chronos.write_keys (id, key, origins, allow_no_origin) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -109,7 +109,6 @@ pub async fn revoke(client: &Client, id: &str, config_ids: &[&str]) -> Result<()
     if config_ids.contains(&id) {
         anyhow::bail!("`{id}` is a key of the config file: remove its [[keys]] entry and restart chronosd");
     }
-    install(client).await?;
     let n = client
         .execute("UPDATE chronos.write_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", &[&id])
         .await?;
@@ -188,9 +187,9 @@ mod tests {
         let secret = generate();
         assert!(ring.find(&secret).is_none());
         ring.set_stored(vec![WriteKey::stored("new".into(), secret.clone(), &["example.com".into()], false, 1)]);
-        let (slot, key) = clone.find(&secret).expect("a clone sees the stored keys");
+        let key = clone.find(&secret).expect("a clone sees the stored keys");
         assert_eq!(key.id, "new");
-        assert!(slot > 1000, "stored slots never collide with config positions");
+        assert!(key.slot > 1000, "stored slots never collide with config positions");
         assert!(clone.any_allows("https://example.com"));
         ring.set_stored(vec![]);
         assert!(clone.find(&secret).is_none(), "revoked");

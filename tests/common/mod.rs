@@ -8,7 +8,7 @@ pub mod proxy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use chronos::stack::broker::{self, BrokerServer};
@@ -20,6 +20,16 @@ use serde_json::{json, Value};
 
 pub const KEY: &str = "wk_test_0123456789abcdef";
 pub const ORIGIN: &str = "https://shop.example.com";
+
+/// Runs the `chronos` CLI with `--config config`.
+pub fn chronos_cli(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(config).args(args).output().expect("run chronos")
+}
+
+/// A command's stdout then stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
 
 /// A temp dir other accounts can traverse (PostgreSQL runs as `postgres` under root).
 pub fn temp_dir() -> tempfile::TempDir {
