@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, EventTypeConfig};
 
 /// Environment variables with the `CHRONOS_` prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "tansu", "broker_log"];
+const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "broker_log"];
 
 /// Everything chronosd and the chronos CLI read from the config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,13 +251,15 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor when chronos creates the topics.
     pub replication: i32,
-    /// `enable.idempotence`: no duplicates or reordering from producer retries. Keep it on
-    /// with Apache Kafka. The local broker (tansu 0.6.0) stops serving after an
-    /// out-of-order sequence (one lost request), so the local stack turns it off.
+    /// `min.insync.replicas` of the topics chronos creates: with acks=all a record is
+    /// acknowledged once this many replicas hold it. Default: replication − 1, at
+    /// least 1 (2 of 3), so one broker may fail without refusing writes.
+    pub min_insync_replicas: Option<i32>,
+    /// `enable.idempotence`: no duplicates or reordering from producer retries
+    /// (also across a broker failover). Keep it on.
     pub idempotence: bool,
     /// `compression.type`: `lz4` (default), `zstd`, `gzip` or `none` (never snappy; see
-    /// docs/kafka-record.md). The local stack uses `none`: on loopback compression
-    /// costs CPU on both sides and saves no network.
+    /// docs/kafka-record.md).
     pub compression: String,
     /// `linger.ms`: how long a record may wait for others to share its request. 0 by
     /// default: with `max_in_flight` small, records batch up while requests are out
@@ -295,6 +297,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "chronos.dead_letters".into(),
             partitions: 6,
             replication: 1,
+            min_insync_replicas: None,
             idempotence: true,
             compression: "lz4".into(),
             linger_ms: 0,
@@ -333,15 +336,43 @@ pub struct StackConfig {
     pub dir: PathBuf,
     /// Port of the local PostgreSQL.
     pub postgres_port: u16,
-    /// Port of the local Kafka-protocol broker.
+    /// `local`: `chronos start` runs one Apache Kafka node (broker and controller,
+    /// KRaft) in `dir`. `external`: `kafka.brokers` is a cluster you run; `chronos
+    /// start` starts no broker and only creates the topics there.
+    pub broker: BrokerMode,
+    /// Client port of the local Kafka node (`kafka.brokers` must name it).
     pub broker_port: u16,
-    /// Broker binary; empty = `tansu` from `~/.cargo/bin` or `PATH`.
-    pub broker_bin: String,
+    /// Controller (KRaft quorum) port of the local Kafka node.
+    pub controller_port: u16,
+    /// Java heap of the local Kafka node, MiB.
+    pub broker_heap_mb: u32,
+}
+
+/// Who runs the stack's Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    Local,
+    External,
 }
 
 impl Default for StackConfig {
     fn default() -> Self {
-        StackConfig { dir: ".chronos".into(), postgres_port: 5433, broker_port: 9092, broker_bin: String::new() }
+        StackConfig {
+            dir: ".chronos".into(),
+            postgres_port: 5433,
+            broker: BrokerMode::Local,
+            broker_port: 9092,
+            controller_port: 9093,
+            broker_heap_mb: 512,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// `min.insync.replicas` for the topics chronos creates.
+    pub fn topic_min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas.unwrap_or(self.replication - 1).max(1)
     }
 }
 
@@ -456,6 +487,18 @@ impl Config {
                 "kafka.compression: `{}` is not supported (use zstd, lz4, gzip or none; snappy records cannot be fetched from every broker)",
                 k.compression
             ));
+        }
+        if let Some(m) = k.min_insync_replicas {
+            if m < 1 || m > k.replication {
+                errors.push(format!("kafka.min_insync_replicas: {m} must be between 1 and kafka.replication ({})", k.replication));
+            }
+        }
+        let st = &self.stack;
+        if st.broker_port == st.controller_port {
+            errors.push(format!("stack.controller_port: {} is also stack.broker_port", st.controller_port));
+        }
+        if st.broker_heap_mb < 128 {
+            errors.push(format!("stack.broker_heap_mb: {} is too small for a Kafka broker (at least 128)", st.broker_heap_mb));
         }
         if k.idempotence && k.max_in_flight > 5 {
             errors.push(format!(

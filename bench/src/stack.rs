@@ -1,5 +1,6 @@
-//! PostgreSQL and the broker started with the test helpers, chronosd as a
-//! process with a run's config, and the CPU and memory readings of each.
+//! PostgreSQL and Apache Kafka (one node, or a cluster of three) started with
+//! the test helpers, chronosd as a process with a run's config, and the CPU
+//! and memory readings of each.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -7,21 +8,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chronos::config::Config;
-use chronos::stack::broker::{create_topics, BrokerServer};
+use chronos::stack::broker::{create_topics, BrokerServer, KafkaCluster};
 use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::{free_port, http_get};
 
 use crate::records::KEY;
 
-/// PostgreSQL and the broker in one temp dir, removed on drop.
+/// The Kafka of a run: one node, or a cluster (topics replicated on 3, min ISR 2).
+pub enum Brokers {
+    Single(BrokerServer),
+    Cluster(KafkaCluster),
+}
+
+/// PostgreSQL and Kafka in one temp dir, removed on drop.
 pub struct PerfStack {
     pub pg: PostgresServer,
-    pub broker: BrokerServer,
+    pub brokers: Brokers,
     pub dir: tempfile::TempDir,
 }
 
 impl PerfStack {
+    /// One Kafka node.
     pub fn start() -> anyhow::Result<PerfStack> {
+        Self::start_with(1)
+    }
+
+    /// `nodes` Kafka nodes (1, or 3 for a cluster).
+    pub fn start_with(nodes: usize) -> anyhow::Result<PerfStack> {
         let dir = tempfile::Builder::new().prefix("chronos-perf-").tempdir()?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -29,8 +42,35 @@ impl PerfStack {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         }
         let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
-        let broker = BrokerServer::start_in(&dir.path().join("kafka"))?;
-        Ok(PerfStack { pg, broker, dir })
+        let brokers = if nodes <= 1 {
+            Brokers::Single(BrokerServer::start_in(&dir.path().join("kafka"))?)
+        } else {
+            Brokers::Cluster(KafkaCluster::start_in(&dir.path().join("kafka"), nodes, &[])?)
+        };
+        Ok(PerfStack { pg, brokers, dir })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match &self.brokers {
+            Brokers::Single(b) => b.bootstrap(),
+            Brokers::Cluster(c) => c.bootstrap(),
+        }
+    }
+
+    /// The broker JVMs' pids (for their CPU).
+    pub fn broker_pids(&self) -> Vec<i32> {
+        match &self.brokers {
+            Brokers::Single(b) => b.pid().into_iter().collect(),
+            Brokers::Cluster(c) => (0..c.nodes.len()).filter_map(|i| c.pid(i)).collect(),
+        }
+    }
+
+    /// Topic replication of a run: every node.
+    fn replication(&self) -> usize {
+        match &self.brokers {
+            Brokers::Single(_) => 1,
+            Brokers::Cluster(c) => c.nodes.len(),
+        }
     }
 
     /// A chronosd config for this stack, on fresh topics (created here), loaders
@@ -50,15 +90,15 @@ origins = ["shop.example.com"]
 brokers = "{brokers}"
 topic = "events.{run}"
 dead_letter_topic = "dead.{run}"
-idempotence = false
-compression = "none"
+replication = {replication}
 [postgres]
 url = "{pg}"
 [load]
 enabled = {loaders}
 group_id = "loaders-{run}"
 "#,
-            brokers = self.broker.bootstrap(),
+            brokers = self.bootstrap(),
+            replication = self.replication(),
             pg = self.pg.url(),
         ))?;
         for o in overrides {
@@ -166,13 +206,6 @@ pub fn cpu_secs(pid: i32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU seconds of every process whose command line contains `needle`
-/// (the broker: its port; PostgreSQL: its data dir is in the postmaster only,
-/// so its backends are found by parent pid instead, see `children_cpu_secs`).
-pub fn cpu_secs_matching(needle: &str) -> f64 {
-    pids().filter(|p| cmdline(*p).contains(needle)).map(cpu_secs).sum()
-}
-
 /// CPU seconds of `parent` and its direct children (PostgreSQL: postmaster and backends).
 pub fn children_cpu_secs(parent: i32) -> f64 {
     cpu_secs(parent) + pids().filter(|p| ppid(*p) == Some(parent)).map(cpu_secs).sum::<f64>()
@@ -180,10 +213,6 @@ pub fn children_cpu_secs(parent: i32) -> f64 {
 
 fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
-}
-
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
 }
 
 fn ppid(pid: i32) -> Option<i32> {

@@ -16,9 +16,12 @@ fn admin(c: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
 /// Creates the events and dead-letter topics when missing. Returns the names created.
 pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<String>, String> {
     let admin = admin(c)?;
+    let min_isr = c.topic_min_insync_replicas().to_string();
     let topics: Vec<NewTopic<'_>> = [c.topic.as_str(), c.dead_letter_topic.as_str()]
         .into_iter()
-        .map(|name| NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)))
+        .map(|name| {
+            NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)).set("min.insync.replicas", &min_isr)
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = admin

@@ -1,6 +1,7 @@
 //! The local stack behind `chronos start|stop|status|log`: PostgreSQL (from the
-//! machine's installation), the Kafka-protocol broker and chronosd, with all
-//! state (data, logs, pid files, generated config) in one directory.
+//! machine's installation), one Apache Kafka node (or an external cluster) and
+//! chronosd, with all state (data, logs, pid files, generated config) in one
+//! directory.
 //! The integration tests start the same services with the same helpers.
 //! [`pipeline`] is the data-flow half of `chronos status` (consumer lag,
 //! events stored in the last minute), for any deployment.
@@ -17,10 +18,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use self::broker::BrokerSpec;
+use self::broker::{KafkaInstall, KafkaNode};
 use self::postgres::PostgresSpec;
 use self::process::{Lifetime, RunAs};
-use crate::config::Config;
+use crate::config::{BrokerMode, Config};
 
 /// A service of the local stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,13 +102,55 @@ impl Stack {
         }
     }
 
-    fn broker(&self) -> Result<BrokerSpec> {
-        Ok(BrokerSpec {
-            binary: broker::find_binary(&self.config.stack.broker_bin)?,
-            data_dir: self.dir.join("broker"),
-            port: self.config.stack.broker_port,
-            advertised_port: self.config.stack.broker_port,
-            log: self.log_file(Service::Broker),
+    fn broker(&self) -> KafkaNode {
+        let st = &self.config.stack;
+        let mut node = KafkaNode::single(self.dir.join("kafka"), st.broker_port, st.controller_port, self.log_file(Service::Broker));
+        node.heap_mb = st.broker_heap_mb;
+        node
+    }
+
+    fn external_broker(&self) -> bool {
+        self.config.stack.broker == BrokerMode::External
+    }
+
+    fn version_file(&self) -> PathBuf {
+        self.dir.join("run").join("broker.version")
+    }
+
+    /// Starts the local Kafka node (formatted on first start; its data is kept
+    /// across restarts), or none with an external cluster; then the topics.
+    fn start_broker(&self) -> Result<()> {
+        if self.external_broker() {
+            println!("{:<9} external: {}", "broker", self.config.kafka.brokers);
+        } else {
+            let node = self.broker();
+            let wanted = node.bootstrap();
+            if !self.config.kafka.brokers.split(',').any(|b| b.trim() == wanted || b.trim() == format!("localhost:{}", node.port)) {
+                bail!(
+                    "kafka.brokers = {:?} does not name the local Kafka node ({wanted}); set it, or set stack.broker = \"external\" to use that cluster",
+                    self.config.kafka.brokers
+                );
+            }
+            let install = KafkaInstall::find()?;
+            if !node.formatted() {
+                println!("{:<9} formatting a new KRaft data directory in {}", "", node.dir.display());
+            }
+            let child = node.start(&install, Lifetime::Detached)?;
+            process::write_pid(&self.pid_file(Service::Broker), child.id())?;
+            std::fs::write(self.version_file(), &install.version)?;
+        }
+        broker::create_topics(&self.config.kafka, Duration::from_secs(60))
+    }
+
+    /// `Apache Kafka 4.1.1, 1 broker` (local) or `external cluster, 3 brokers`.
+    fn broker_probe(&self) -> Result<String, String> {
+        let ids = broker::broker_ids(&self.config.kafka.brokers, Duration::from_secs(3)).map_err(|e| format!("{e:#}"))?;
+        let count = format!("{} broker{}", ids.len(), if ids.len() == 1 { "" } else { "s" });
+        Ok(if self.external_broker() {
+            format!("external cluster, {count} (ids {ids:?})")
+        } else {
+            let version = std::fs::read_to_string(self.version_file()).unwrap_or_else(|_| "?".into());
+            format!("Apache Kafka {} (KRaft), {count}", version.trim())
         })
     }
 
@@ -142,12 +185,7 @@ impl Stack {
                     process::write_pid(&self.pid_file(s), child.id())?;
                     pg.create_database()?;
                 }
-                Service::Broker => {
-                    let spec = self.broker()?;
-                    let child = spec.start(Lifetime::Detached)?;
-                    process::write_pid(&self.pid_file(s), child.id())?;
-                    broker::create_topics(&self.config.kafka, Duration::from_secs(60))?;
-                }
+                Service::Broker => self.start_broker()?,
                 Service::Chronosd => {
                     let bin = process::bin_dir().join("chronosd");
                     if !bin.exists() {
@@ -171,6 +209,10 @@ impl Stack {
         let mut order = which.map(|s| vec![s]).unwrap_or_else(|| Service::ALL.to_vec());
         order.reverse();
         for s in order {
+            if s == Service::Broker && self.external_broker() {
+                println!("{:<9} external (not stopped)", s.name());
+                continue;
+            }
             match self.running_pid(s) {
                 None => println!("{:<9} not running", s.name()),
                 Some(pid) => {
@@ -196,9 +238,15 @@ impl Stack {
                         let a = SocketAddr::from(([127, 0, 0, 1], self.config.stack.postgres_port));
                         (format!("postgres://127.0.0.1:{}", a.port()), port_probe(a))
                     }
+                    Service::Broker if self.external_broker() => {
+                        let probe = self.broker_probe();
+                        let up = probe.is_ok();
+                        let detail = probe.unwrap_or_else(|e| e);
+                        return ServiceStatus { service: s, pid: None, address: format!("kafka://{}", self.config.kafka.brokers), up, detail };
+                    }
                     Service::Broker => {
                         let a = SocketAddr::from(([127, 0, 0, 1], self.config.stack.broker_port));
-                        (format!("kafka://{a}"), port_probe(a))
+                        (format!("kafka://{a}"), self.broker_probe())
                     }
                     Service::Chronosd => {
                         let a = self.config.http.listen;
@@ -264,15 +312,10 @@ origins = ["localhost", "127.0.0.1"]
 allow_no_origin = true
 
 [kafka]
+# The local Apache Kafka node (stack.broker = "local"). For a cluster of your
+# own, list its brokers here and set stack.broker = "external".
 brokers = "127.0.0.1:9092"
-# The local broker (tansu 0.6.0) stops serving after an out-of-order producer
-# sequence, which one lost request causes; batch ids make retries safe anyway.
-# Keep the default (true) with Apache Kafka.
-idempotence = false
-# Broker on loopback: compression would cost CPU on both sides of the same
-# machine and save no network (perf/curves/producer.md). Use lz4 (the default)
-# or zstd with a remote cluster.
-compression = "none"
+# Production defaults: acks=all, idempotence on, lz4 (see chronos.example.toml).
 
 [postgres]
 url = "postgres://chronos@127.0.0.1:5433/chronos"
@@ -280,7 +323,9 @@ url = "postgres://chronos@127.0.0.1:5433/chronos"
 [stack]
 dir = "{}"
 postgres_port = 5433
+broker = "local"
 broker_port = 9092
+controller_port = 9093
 "#,
         dir.display()
     )

@@ -1,6 +1,8 @@
-//! Test harness: real PostgreSQL and the real broker on free loopback ports in
-//! temp dirs (the same helpers `chronos start` uses), chronosd as a process,
-//! and a plain rdkafka consumer to read back what landed.
+//! Test harness: real PostgreSQL and real Apache Kafka (KRaft) on free loopback
+//! ports in temp dirs (the same helpers `chronos start` uses), chronosd as a
+//! process, and a plain rdkafka consumer to read back what landed. The tests of
+//! one test binary share one Kafka node, each with its own topics and consumer
+//! group; a test that stops, kills or stalls Kafka starts its own.
 #![allow(dead_code)]
 
 pub mod proxy;
@@ -11,7 +13,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
-use chronos::stack::broker::{self, BrokerServer};
+use std::sync::OnceLock;
+
+use chronos::stack::broker::{self, BrokerServer, KafkaCluster};
 use chronos::stack::process::{http_get, wait_for_port};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -44,54 +48,183 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A broker with the events and dead-letter topics of one test.
+/// The Kafka a test talks to: the node every test of this test binary shares,
+/// one the test owns (it may stop, kill or stall it), or a cluster.
+pub enum Broker {
+    Shared,
+    Own(BrokerServer),
+    Cluster(KafkaCluster),
+}
+
+/// The shared node: started on first use from a thread that lives as long as
+/// the test binary, so the node (PR_SET_PDEATHSIG) dies with the binary.
+struct SharedBroker {
+    bootstrap: String,
+    log: PathBuf,
+}
+
+fn shared_broker() -> &'static SharedBroker {
+    static SHARED: OnceLock<SharedBroker> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shared-kafka".into())
+            .spawn(move || {
+                let dir = shared_broker_dir();
+                match BrokerServer::start_in(&dir) {
+                    Ok(server) => {
+                        tx.send(Ok((server.bootstrap(), server.log().to_path_buf()))).unwrap();
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => tx.send(Err(format!("{e:#}"))).unwrap(),
+                }
+            })
+            .unwrap();
+        let (bootstrap, log) = rx.recv().unwrap().unwrap_or_else(|e| panic!("starting the shared Kafka node: {e}"));
+        SharedBroker { bootstrap, log }
+    })
+}
+
+/// `$TMPDIR/chronos-test-kafka-<pid>`, after removing those of test binaries that are gone.
+fn shared_broker_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("chronos-test-kafka-").and_then(|p| p.parse::<i32>().ok()) {
+            if !chronos::stack::process::alive(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!("chronos-test-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Kafka with the events and dead-letter topics and the loaders' consumer group
+/// of one test; on the shared node they are deleted when the test ends.
 pub struct Kafka {
-    pub server: BrokerServer,
+    pub broker: Broker,
+    pub bootstrap: String,
     pub topic: String,
     pub dead_letter_topic: String,
+    /// The loaders' consumer group (`load.group_id`) of this test.
+    pub group: String,
     pub partitions: i32,
+    pub replication: i32,
     /// Present when every client reaches the broker through a `FaultProxy`.
     pub proxy: Option<proxy::FaultProxy>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Kafka {
+    /// Fresh topics on the node this test binary shares.
     pub fn start(partitions: i32) -> Kafka {
-        let dir = temp_dir();
-        let server = BrokerServer::start_in(dir.path()).expect("start the broker");
-        Self::with_topics(server, None, partitions, dir)
+        let bootstrap = shared_broker().bootstrap.clone();
+        Self::with_topics(Broker::Shared, bootstrap, None, partitions, 1, None)
     }
 
-    /// A broker that clients reach only through a proxy that can freeze traffic.
+    /// A node of this test's own (for tests that stop, kill or stall it).
+    pub fn start_own(partitions: i32) -> Kafka {
+        let dir = temp_dir();
+        let server = BrokerServer::start_in(dir.path()).expect("start Kafka");
+        let bootstrap = server.bootstrap();
+        Self::with_topics(Broker::Own(server), bootstrap, None, partitions, 1, Some(dir))
+    }
+
+    /// A node of this test's own that clients reach only through a proxy that can freeze traffic.
     pub fn start_behind_proxy(partitions: i32) -> Kafka {
         let dir = temp_dir();
         let port = chronos::stack::process::free_port();
         let proxy = proxy::FaultProxy::start(port);
-        let server = BrokerServer::start_advertising(dir.path(), port, proxy.port).expect("start the broker");
-        Self::with_topics(server, Some(proxy), partitions, dir)
+        let server = BrokerServer::start_advertising(dir.path(), port, proxy.port).expect("start Kafka");
+        let bootstrap = server.bootstrap();
+        Self::with_topics(Broker::Own(server), bootstrap, Some(proxy), partitions, 1, Some(dir))
     }
 
-    fn with_topics(server: BrokerServer, proxy: Option<proxy::FaultProxy>, partitions: i32, dir: tempfile::TempDir) -> Kafka {
-        let k = Kafka { server, topic: unique("events"), dead_letter_topic: unique("dead"), partitions, proxy, _dir: dir };
+    /// Three KRaft nodes; topics with replication 3 and `min.insync.replicas` 2.
+    pub fn start_cluster(partitions: i32) -> Kafka {
+        let dir = temp_dir();
+        let cluster = KafkaCluster::start_in(dir.path(), 3, &[]).expect("start a 3-node Kafka cluster");
+        let bootstrap = cluster.bootstrap();
+        Self::with_topics(Broker::Cluster(cluster), bootstrap, None, partitions, 3, Some(dir))
+    }
+
+    fn with_topics(
+        broker: Broker,
+        bootstrap: String,
+        proxy: Option<proxy::FaultProxy>,
+        partitions: i32,
+        replication: i32,
+        dir: Option<tempfile::TempDir>,
+    ) -> Kafka {
+        let k = Kafka {
+            broker,
+            bootstrap,
+            topic: unique("events"),
+            dead_letter_topic: unique("dead"),
+            group: unique("loaders"),
+            partitions,
+            replication,
+            proxy,
+            _dir: dir,
+        };
         broker::create_topics(&k.kafka_config(), Duration::from_secs(60)).expect("create topics");
         k
     }
 
+    /// The log file of the node (node 1 of a cluster).
+    pub fn log_path(&self) -> PathBuf {
+        match &self.broker {
+            Broker::Shared => shared_broker().log.clone(),
+            Broker::Own(s) => s.log().to_path_buf(),
+            Broker::Cluster(c) => c.log(0).to_path_buf(),
+        }
+    }
+
     /// The broker's warnings and errors, and its last lines (for failure messages).
     pub fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.server.spec.log).unwrap_or_default();
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let problems = lines.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).take(40);
         let tail = lines[lines.len().saturating_sub(10)..].iter();
         problems.chain(std::iter::once(&"…")).chain(tail).copied().collect::<Vec<_>>().join("\n")
     }
 
+    fn own(&mut self) -> &mut BrokerServer {
+        match &mut self.broker {
+            Broker::Own(s) => s,
+            _ => panic!("only a test's own node may be stopped: use Kafka::start_own"),
+        }
+    }
+
+    /// SIGKILL of the test's own node.
+    pub fn kill_broker(&mut self) {
+        self.own().kill();
+    }
+
+    /// Starts the test's own node again (same ports and data).
+    pub fn restart_broker(&mut self) {
+        self.own().restart().expect("restart Kafka");
+    }
+
+    /// The cluster of a `start_cluster` test.
+    pub fn cluster(&mut self) -> &mut KafkaCluster {
+        match &mut self.broker {
+            Broker::Cluster(c) => c,
+            _ => panic!("not a cluster: use Kafka::start_cluster"),
+        }
+    }
+
     pub fn kafka_config(&self) -> chronos::config::KafkaConfig {
         chronos::config::KafkaConfig {
-            brokers: self.server.bootstrap(),
+            brokers: self.bootstrap.clone(),
             topic: self.topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
             partitions: self.partitions,
+            replication: self.replication,
             ..Default::default()
         }
     }
@@ -99,7 +232,7 @@ impl Kafka {
     /// Every record of `topic`, waiting until `at_least` arrived (or the timeout).
     pub fn read_all(&self, topic: &str, at_least: usize, timeout: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.server.bootstrap())
+            .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()
@@ -148,7 +281,7 @@ impl Kafka {
     /// Records in `topic` per the broker's high watermarks.
     pub fn count(&self, topic: &str) -> i64 {
         let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", self.server.bootstrap()).create().unwrap();
+            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().unwrap();
         (0..self.partitions)
             .map(|p| {
                 let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
@@ -156,6 +289,25 @@ impl Kafka {
             })
             .sum()
     }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if matches!(self.broker, Broker::Shared) {
+            let (bootstrap, topics, group) = (self.bootstrap.clone(), [self.topic.clone(), self.dead_letter_topic.clone()], self.group.clone());
+            chronos::stack::postgres::block_on(delete_topics_and_group(bootstrap, topics, group));
+        }
+    }
+}
+
+/// Deletes a finished test's topics and consumer group from the shared node (best effort).
+async fn delete_topics_and_group(bootstrap: String, topics: [String; 2], group: String) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let Ok(admin) = ClientConfig::new().set("bootstrap.servers", &bootstrap).create::<AdminClient<_>>() else { return };
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&names, &opts).await;
+    let _ = admin.delete_groups(&[group.as_str()], &opts).await;
 }
 
 #[derive(Debug, Clone)]
@@ -175,8 +327,9 @@ pub fn config_toml(kafka: &Kafka, port: u16, extra: &str) -> String {
 /// chronosd config with the loaders on, writing to `pg_url`; `load` is extra `[load]` keys.
 pub fn config_toml_with_pg(kafka: &Kafka, port: u16, pg_url: &str, load: &str, extra: &str) -> String {
     format!(
-        "{}\n[postgres]\nurl = \"{pg_url}\"\n[load]\nflush_ms = 200\nsession_timeout_ms = 6000\nmax_poll_interval_ms = 10000\n{load}\n",
-        base_toml(kafka, port, extra)
+        "{}\n[postgres]\nurl = \"{pg_url}\"\n[load]\ngroup_id = \"{}\"\nflush_ms = 200\nsession_timeout_ms = 6000\nmax_poll_interval_ms = 10000\n{load}\n",
+        base_toml(kafka, port, extra),
+        kafka.group
     )
 }
 
@@ -208,6 +361,7 @@ brokers = "{brokers}"
 topic = "{topic}"
 dead_letter_topic = "{dead}"
 partitions = {partitions}
+replication = {replication}
 message_timeout_ms = 3000
 request_timeout_ms = 2000
 linger_ms = 2
@@ -215,10 +369,11 @@ statistics_interval_ms = 500
 extra = {{ "reconnect.backoff.max.ms" = "500"{trace} }}
 {extra}
 "#,
-        brokers = kafka.server.bootstrap(),
+        brokers = kafka.bootstrap,
         topic = kafka.topic,
         dead = kafka.dead_letter_topic,
         partitions = kafka.partitions,
+        replication = kafka.replication,
         trace = if std::env::var_os("TRACE_GROUPS").is_some() { r#", "debug" = "cgrp""# } else { "" },
     )
 }

@@ -59,6 +59,10 @@ struct Args {
     /// Write the report (Markdown) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Apache Kafka nodes: 1 (one combined node) or 3 (a cluster; topics with
+    /// replication 3 and min.insync.replicas 2).
+    #[arg(long, default_value_t = 1)]
+    brokers: usize,
 }
 
 /// Tries of each ceiling (a) and (b); the fastest counts.
@@ -93,10 +97,10 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?.parent().context("binary dir")?.to_path_buf();
     anyhow::ensure!(bin_dir.join("chronosd").is_file() && bin_dir.join("loadgen").is_file(),
         "chronosd and loadgen must be built beside this binary (perf/pipeline builds them)");
-    let machine = machine();
+    let machine = machine(args.brokers);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("{machine}\nload average before: {load_before}");
-    let stack = PerfStack::start()?;
+    let stack = PerfStack::start_with(args.brokers)?;
     let mut out = String::new();
 
     // (a) and (b): the same records chronosd would produce, and their rows.
@@ -356,10 +360,11 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
             max
         })
     };
-    let broker_needle = format!("tcp://127.0.0.1:{}", stack.broker.spec.port);
+    let broker_pids = stack.broker_pids();
+    let broker_cpu = || broker_pids.iter().map(|p| stack::cpu_secs(*p)).sum::<f64>();
     let postmaster = stack.pg.spec.postmaster_pid().unwrap_or(-1);
     let produce0 = produce_counters(&target.url);
-    let cpu0 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
+    let cpu0 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), broker_cpu(), stack::children_cpu_secs(postmaster), busy_secs());
     let t = Instant::now();
     let mut cmd = Command::new(bin_dir.join("loadgen"));
     cmd.args(["--rate", &format!("{rate:.0}"), "--duration", &secs.to_string(), "--batch-size", &args.batch_size.to_string()])
@@ -370,7 +375,7 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
     }
     let output = cmd.output().context("running loadgen")?;
     let wall = t.elapsed().as_secs_f64();
-    let cpu1 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), stack::cpu_secs_matching(&broker_needle), stack::children_cpu_secs(postmaster), busy_secs());
+    let cpu1 = (stack::cpu_secs(pid), stack::waited_children_cpu_secs(), broker_cpu(), stack::children_cpu_secs(postmaster), busy_secs());
     let records_per_request = match (produce0, produce_counters(&target.url)) {
         (Some((m0, r0)), Some((m1, r1))) if r1 > r0 => Some((m1 - m0) / (r1 - r0)),
         _ => None,
@@ -456,7 +461,7 @@ fn table(steps: &[Step], e2e: bool) -> String {
     t
 }
 
-fn machine() -> String {
+fn machine(brokers: usize) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -467,11 +472,19 @@ fn machine() -> String {
         .unwrap_or(0.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
-        "Machine: {} CPUs ({model}), {:.1} GiB memory, Linux {}; chronosd, loadgen, the broker (tansu, SQLite) and PostgreSQL on the same CPUs.",
+        "Machine: {} CPUs ({model}), {:.1} GiB memory, Linux {}; chronosd, loadgen, Apache Kafka {} ({brokers} node{}, KRaft, Java {}) and PostgreSQL on the same CPUs.",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         mem / 1024.0 / 1024.0,
-        kernel.trim()
+        kernel.trim(),
+        chronos::stack::broker::KAFKA_VERSION,
+        if brokers == 1 { "" } else { "s" },
+        java_version()
     )
+}
+
+fn java_version() -> String {
+    let out = Command::new("java").arg("-version").output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+    out.split('"').nth(1).unwrap_or("?").to_string()
 }
 
 fn date() -> String {
