@@ -214,6 +214,10 @@ async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>) -> Connect
         service.saturating_record(us(service_time));
         counters.window_max_us.fetch_max(us(from_due), Relaxed);
         let mut accepted = 0;
+        let status = match &answer {
+            Ok(Ok((status, _))) => *status,
+            _ => 0,
+        };
         match answer {
             Ok(Ok((status, body))) => match status {
                 200..=299 => {
@@ -230,7 +234,8 @@ async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>) -> Connect
                 counters.failed.fetch_add(1, Relaxed);
             }
         }
-        batches.push(SentBatch { id, accepted });
+        let done_ms = done.duration_since(plan.schedule.start).as_millis() as u32;
+        batches.push(SentBatch { id, accepted, status, done_ms });
     }
     ConnectionResult { latency, service, batches, last_done }
 }

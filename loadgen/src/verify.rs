@@ -8,11 +8,14 @@ use tokio_postgres::NoTls;
 use crate::report::Verification;
 
 /// A batch the run sent: its id and how many of its events the server accepted
-/// (0 when it got no 2xx: its rows, if any, are not expected).
+/// (0 when it got no 2xx: its rows, if any, are not expected), with its HTTP
+/// status (0: no answer) and when the answer came, ms after the run started.
 #[derive(Debug, Clone, Copy)]
 pub struct SentBatch {
     pub id: uuid::Uuid,
     pub accepted: u32,
+    pub status: u16,
+    pub done_ms: u32,
 }
 
 /// Checks `events.<type>` for each of `types` against `batches`: waits (at most
