@@ -1,5 +1,7 @@
 //! `chronos start|status|log|stop` brings up the real local stack (PostgreSQL
-//! from the machine, the broker, chronosd) in one directory, and takes it down.
+//! from the machine, one Apache Kafka node, chronosd) in one directory, and
+//! takes it down; a restart keeps Kafka's data; with `stack.broker =
+//! "external"` it starts no broker and uses the cluster it is given.
 
 mod common;
 
@@ -32,7 +34,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn chronos_start_status_log_stop() {
     let dir = temp_dir();
-    let (http, pg, broker) = (free_port(), free_port(), free_port());
+    let (http, pg, broker, controller) = (free_port(), free_port(), free_port(), free_port());
     let config = dir.path().join("chronos.toml");
     std::fs::write(
         &config,
@@ -53,6 +55,7 @@ url = "postgres://chronos@127.0.0.1:{pg}/chronos"
 dir = "{}"
 postgres_port = {pg}
 broker_port = {broker}
+controller_port = {controller}
 "#,
             dir.path().join("state").display()
         ),
@@ -71,6 +74,8 @@ broker_port = {broker}
     for svc in ["postgres", "broker", "chronosd"] {
         assert!(status.lines().any(|l| l.starts_with(svc) && l.contains(" up ")), "{svc} not up:\n{status}");
     }
+    let version = chronos::stack::broker::KafkaInstall::find().unwrap().version;
+    assert!(status.contains(&format!("Apache Kafka {version} (KRaft), 1 broker")), "{status}");
 
     // The stack ingests: a batch is acknowledged (so it is in the broker's topic).
     let d = std::net::SocketAddr::from(([127, 0, 0, 1], http));
@@ -105,10 +110,75 @@ broker_port = {broker}
     // Starting again is harmless.
     let out = stack.chronos(&["start", "broker"]);
     assert!(text(&out).contains("already running"), "{}", text(&out));
+    let out = stack.chronos(&["log", "broker", "-n", "2000"]);
+    assert!(text(&out).contains("Kafka Server started"), "{}", text(&out));
+
+    // The broker stops cleanly (SIGTERM) within the deadline, and a restart keeps its data.
+    let bootstrap = format!("127.0.0.1:{broker}");
+    let before = records_in(&bootstrap, "chronos.events");
+    assert!(before >= 1, "the acknowledged batch is in the topic");
+    let t0 = std::time::Instant::now();
+    let out = stack.chronos(&["stop", "broker"]);
+    assert!(out.status.success() && text(&out).contains("broker    stopped") && !text(&out).contains("killed"), "{}", text(&out));
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let out = stack.chronos(&["start", "broker"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("formatting"), "formatted once only: {}", text(&out));
+    assert_eq!(records_in(&bootstrap, "chronos.events"), before, "the restarted broker kept its records");
 
     let out = stack.chronos(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = stack.chronos(&["status"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).lines().all(|l| !l.contains(" up ")), "{}", text(&out));
+}
+
+/// Records in every partition of `topic` (high minus low watermarks).
+fn records_in(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let m = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    m.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (lo, hi) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+            hi - lo
+        })
+        .sum()
+}
+
+#[test]
+fn an_external_cluster_is_used_as_is_and_never_started_or_stopped() {
+    let kafka = Kafka::start(1);
+    let dir = temp_dir();
+    let config = dir.path().join("chronos.toml");
+    let topic = unique("external");
+    std::fs::write(
+        &config,
+        format!(
+            "[[keys]]\nid = \"k\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n[kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\n\
+             dead_letter_topic = \"{topic}.dead\"\npartitions = 2\n[stack]\ndir = \"{}\"\nbroker = \"external\"\n",
+            kafka.bootstrap,
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let stack = StackGuard { config };
+    let out = stack.chronos(&["start", "broker"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("external: {}", kafka.bootstrap)), "{}", text(&out));
+    assert!(!dir.path().join("state/kafka").exists(), "no local Kafka data directory");
+    assert_eq!(records_in(&kafka.bootstrap, &topic), 0, "the topic was created on the external cluster");
+    let out = stack.chronos(&["status"]);
+    let status = text(&out);
+    assert!(status.lines().any(|l| l.starts_with("broker") && l.contains(" up ") && l.contains("external cluster, 1 broker")), "{status}");
+    let out = stack.chronos(&["stop", "broker"]);
+    assert!(text(&out).contains("external (not stopped)"), "{}", text(&out));
+    assert!(chronos::stack::broker::broker_ids(&kafka.bootstrap, Duration::from_secs(10)).is_ok(), "the cluster still answers");
+    // The local mode refuses a kafka.brokers that is not its node.
+    let local = std::fs::read_to_string(&stack.config).unwrap().replace("broker = \"external\"", "broker = \"local\"");
+    std::fs::write(&stack.config, local).unwrap();
+    let out = stack.chronos(&["start", "broker"]);
+    assert!(!out.status.success() && text(&out).contains("does not name the local Kafka node"), "{}", text(&out));
 }
