@@ -210,7 +210,8 @@ fn kafka_brokers_form_one_kraft_quorum_with_replication_3_min_isr_2() {
     let mut external = BTreeSet::new();
     for (k, env) in KAFKA.iter().zip(&envs) {
         let get = |key: &str| env.get(key).unwrap_or_else(|| panic!("{k}: {key} not set")).as_str();
-        assert!(s(&svcs[*k]["image"], "image").starts_with("apache/kafka:"), "{k}: Apache Kafka image");
+        let image = s(&svcs[*k]["image"], "image");
+        assert_eq!(image, format!("apache/kafka:{}", chronos::stack::broker::KAFKA_VERSION), "{k}: the Apache Kafka release the tests run");
         let roles: BTreeSet<&str> = get("KAFKA_PROCESS_ROLES").split(',').collect();
         assert_eq!(roles, ["broker", "controller"].into_iter().collect(), "{k}: KRaft combined mode");
         assert!(!env.keys().any(|key| key.contains("ZOOKEEPER")), "{k}: no ZooKeeper in KRaft mode");
@@ -285,6 +286,8 @@ fn chronosd_config_in_the_stack_is_valid_and_matches_the_services() {
     assert_eq!(brokers, want.iter().map(String::as_str).collect());
     assert_eq!(config.kafka.replication, 3, "topics replicated to the three brokers");
     assert!(config.kafka.idempotence, "idempotent producer with Apache Kafka");
+    assert_eq!(config.kafka.topic_min_insync_replicas(), 2, "topics created with min.insync.replicas 2");
+    assert_eq!(config.kafka.compression, chronos::config::KafkaConfig::default().compression, "the tested default compression");
 
     // PostgreSQL: the timescaledb service, its user and database, the password from .env.
     let url = url::Url::parse(&config.postgres.url).unwrap();

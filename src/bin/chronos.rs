@@ -43,7 +43,8 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
-    /// Create the events and dead-letter topics (idempotent; any Kafka-protocol cluster).
+    /// Create the events and dead-letter topics with kafka.partitions, kafka.replication
+    /// and kafka.min_insync_replicas (idempotent; any Kafka-protocol cluster).
     InstallKafka,
     /// List or replay dead letters (events that could not be stored, with why).
     DeadLetters {
@@ -343,8 +344,9 @@ SYNOPSIS
     chronos help [COMMAND [SUBCOMMAND]]
 
 DESCRIPTION
-    chronos starts and stops the local stack (PostgreSQL, the Kafka-protocol
-    broker, chronosd), shows its status and logs, creates the Kafka topics and
+    chronos starts and stops the local stack (PostgreSQL, one Apache Kafka
+    node in KRaft mode or an external cluster, chronosd), shows its status and
+    logs, creates the Kafka topics and
     the PostgreSQL schema, manages continuous views and dead letters, and
     builds the browser tracker. Every command reads the same config file as
     chronosd. Production deployments (systemd, docker) are described in
@@ -357,8 +359,10 @@ FILES
         The config file when --config is not given. Without it, the first
         command writes .chronos/chronos.toml with a fresh write key.
     .chronos/
-        The local stack: PostgreSQL data, broker data, logs, pid files
+        The local stack: PostgreSQL data, Kafka data (kafka/), logs, pid files
         ([stack] dir).
+    ~/.cache/chronos/kafka-<version>/
+        Apache Kafka's broker jars, fetched once by .ci/setup.
     chronos.example.toml
         Every key with its default and meaning.
 
@@ -369,6 +373,11 @@ ENVIRONMENT
         Overrides one config key, e.g. CHRONOS_KAFKA__BROKERS=k1:9092,k2:9092.
     CHRONOS_LOG
         chronosd's log filter (e.g. info, or warn,chronos=debug).
+    KAFKA_HOME
+        An unpacked Apache Kafka release for the local stack's broker
+        (instead of the jars in ~/.cache/chronos).
+    JAVA_HOME
+        The Java (17 or later) that runs the local broker; else `java`.
 
 EXIT STATUS
     0   success.
