@@ -22,6 +22,7 @@ use crate::records::BatchRecord;
 pub fn plain_producer(k: &KafkaConfig) -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &k.brokers)
+        .set("socket.nagle.disable", "true")
         .set("acks", "all")
         .set("enable.idempotence", k.idempotence.to_string())
         .set("compression.type", &k.compression)
