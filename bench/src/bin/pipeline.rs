@@ -59,6 +59,9 @@ struct Args {
     /// Write the report (Markdown) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Seconds of traffic at --start-rate before (c), not recorded (broker JIT warm-up).
+    #[arg(long, default_value_t = 30.0)]
+    warmup_secs: f64,
     /// Apache Kafka nodes: 1 (one combined node) or 3 (a cluster; topics with
     /// replication 3 and min.insync.replicas 2).
     #[arg(long, default_value_t = 1)]
@@ -177,6 +180,12 @@ fn main() -> anyhow::Result<()> {
         let (config, text) = stack.config(stack::port(), false, &args.sets)?;
         let d = Chronosd::start(&bin_dir, stack.dir.path(), &config, &text)?;
         let target = Target { pid: d.pid(), url: d.url() };
+        if args.warmup_secs > 0.0 {
+            // The broker JVMs compile their produce and replication paths during the
+            // first minute of traffic: a step then measures the JIT, not the broker.
+            eprintln!("  warm-up: {} s at {:.0} events/s (not recorded)", args.warmup_secs, args.start_rate);
+            step(&args, &bin_dir, &stack, &target, args.start_rate, args.warmup_secs, None)?;
+        }
         let (steps, kept_up, pass) = ladder(&args, &bin_dir, &stack, &target, args.start_rate)?;
         best_kept_up = kept_up;
         best_http = pass;
