@@ -45,8 +45,13 @@ impl KafkaInstall {
 
     /// `KAFKA_HOME` when set, else the cache; an error says how to get Kafka.
     pub fn find() -> Result<KafkaInstall> {
-        if let Some(home) = std::env::var_os("KAFKA_HOME").filter(|h| !h.is_empty()) {
-            let home = PathBuf::from(home);
+        let home = std::env::var_os("KAFKA_HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        Self::find_in(home, &Self::cache_dir())
+    }
+
+    /// [`KafkaInstall::find`] with the environment passed in.
+    fn find_in(kafka_home: Option<PathBuf>, cache_dir: &Path) -> Result<KafkaInstall> {
+        if let Some(home) = kafka_home {
             if !home.join("bin/kafka-server-start.sh").is_file() {
                 bail!("KAFKA_HOME={} has no bin/kafka-server-start.sh: point it at an unpacked Apache Kafka release, or unset it to use the cached classpath", home.display());
             }
@@ -55,7 +60,7 @@ impl KafkaInstall {
                 .with_context(|| format!("KAFKA_HOME={}: no kafka_2.13-<version>.jar in {}", home.display(), libs.display()))?;
             return Ok(KafkaInstall { libs, version });
         }
-        let libs = Self::cache_dir().join("lib");
+        let libs = cache_dir.join("lib");
         match version_in(&libs) {
             Some(version) => Ok(KafkaInstall { libs, version }),
             None => bail!(
@@ -551,6 +556,27 @@ mod tests {
     fn the_pinned_version_is_the_one_the_setup_fetches() {
         let pom = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/kafka/pom.xml")).unwrap();
         assert!(pom.contains(&format!("<kafka.version>{KAFKA_VERSION}</kafka.version>")), "{pom}");
+    }
+
+    #[test]
+    fn kafka_home_wins_over_the_cache_and_each_refusal_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (home, cache) = (dir.path().join("kafka_2.13-4.0.0"), dir.path().join("cache"));
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::create_dir_all(home.join("libs")).unwrap();
+        std::fs::create_dir_all(cache.join("lib")).unwrap();
+        std::fs::write(cache.join("lib/kafka_2.13-4.1.1.jar"), "").unwrap();
+        assert_eq!(KafkaInstall::find_in(None, &cache).unwrap().version, "4.1.1");
+        let e = KafkaInstall::find_in(Some(home.clone()), &cache).unwrap_err().to_string();
+        assert!(e.contains("has no bin/kafka-server-start.sh"), "{e}");
+        std::fs::write(home.join("bin/kafka-server-start.sh"), "").unwrap();
+        let e = KafkaInstall::find_in(Some(home.clone()), &cache).unwrap_err().to_string();
+        assert!(e.contains("no kafka_2.13-<version>.jar"), "{e}");
+        std::fs::write(home.join("libs/kafka_2.13-4.0.0.jar"), "").unwrap();
+        let found = KafkaInstall::find_in(Some(home.clone()), &cache).unwrap();
+        assert_eq!((found.version.as_str(), found.libs), ("4.0.0", home.join("libs")));
+        let e = KafkaInstall::find_in(None, &dir.path().join("empty")).unwrap_err().to_string();
+        assert!(e.contains("run .ci/setup") && e.contains("KAFKA_HOME"), "{e}");
     }
 
     #[test]
