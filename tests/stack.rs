@@ -74,6 +74,7 @@ controller_port = {controller}
     for svc in ["postgres", "broker", "chronosd"] {
         assert!(status.lines().any(|l| l.starts_with(svc) && l.contains(" up ")), "{svc} not up:\n{status}");
     }
+    assert!(status.lines().any(|l| l.starts_with("chronosd") && l.ends_with(" ready")), "chronos start returns once chronosd is ready:\n{status}");
     let version = chronos::stack::broker::KafkaInstall::find().unwrap().version;
     assert!(status.contains(&format!("Apache Kafka {version} (KRaft), 1 broker")), "{status}");
 

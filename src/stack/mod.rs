@@ -198,6 +198,7 @@ impl Stack {
                     let addr = self.config.http.listen;
                     process::wait_for_port(addr, Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)))
                         .with_context(|| format!("chronosd did not start; see {}", self.log_file(s).display()))?;
+                    wait_ready(addr, Duration::from_secs(30), &self.log_file(s))?;
                 }
             }
         }
@@ -272,6 +273,23 @@ impl Stack {
     /// The first write key (for the quick-start message).
     pub fn first_key(&self) -> Option<&crate::config::WriteKeyConfig> {
         self.config.keys.first()
+    }
+}
+
+/// Waits until chronosd's `/readyz` says ready (HTTP up and the broker reached),
+/// so that "receiving events" is true when `chronos start` says it.
+fn wait_ready(addr: SocketAddr, timeout: Duration, log: &Path) -> Result<()> {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let last = match process::http_get(addr, "/readyz", Duration::from_secs(2)) {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, body)) => format!("{code}: {}", body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() > until {
+            bail!("chronosd is up but not ready after {timeout:?} (/readyz {last}); see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
