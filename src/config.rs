@@ -314,6 +314,13 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// `min.insync.replicas` for the topics chronos creates.
+    pub fn topic_min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas.unwrap_or(self.replication - 1).max(1)
+    }
+}
+
 /// PostgreSQL connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -366,13 +373,6 @@ impl Default for StackConfig {
             controller_port: 9093,
             broker_heap_mb: 512,
         }
-    }
-}
-
-impl KafkaConfig {
-    /// `min.insync.replicas` for the topics chronos creates.
-    pub fn topic_min_insync_replicas(&self) -> i32 {
-        self.min_insync_replicas.unwrap_or(self.replication - 1).max(1)
     }
 }
 

@@ -20,15 +20,11 @@ use std::time::{Duration, Instant};
 
 use chronos::stack::postgres::{block_on, PostgresServer};
 use chronos::stack::process::free_port;
-use clap::Parser;
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
 
 /// One cluster test at a time.
 static TURN: Mutex<()> = Mutex::new(());
-
-const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n";
 
 /// Steady load: 2 000 events/s in 20-event batches (100 requests/s).
 const RATE: &str = "2000";
@@ -37,12 +33,10 @@ const BATCH: &str = "20";
 /// loadgen against `target` for `secs`, in a thread of its own.
 fn loadgen(target: String, secs: u32) -> JoinHandle<loadgen::run::Outcome> {
     std::thread::spawn(move || {
-        let args = loadgen::Args::parse_from([
-            "loadgen", "--rate", RATE, "--duration", &secs.to_string(), "--batch-size", BATCH, "--connections", "16",
+        run_loadgen(&[
+            "--rate", RATE, "--duration", &secs.to_string(), "--batch-size", BATCH, "--connections", "16",
             "--target", &target, "--key", KEY, "--origin", ORIGIN, "--timeout", "15", "--quiet",
-        ]);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(loadgen::execute(&args)).expect("loadgen runs")
+        ])
     })
 }
 
@@ -100,7 +94,7 @@ fn assert_up(d: &Chronosd) {
 
 /// Partition leaders of `topic`, by partition.
 fn leaders(kafka: &Kafka) -> Vec<i32> {
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).create().unwrap();
+    let client = chronos::stack::broker::metadata_client(&kafka.bootstrap).unwrap();
     let m = client.fetch_metadata(Some(&kafka.topic), Duration::from_secs(5)).unwrap();
     let mut ps: Vec<(i32, i32)> = m.topics()[0].partitions().iter().map(|p| (p.id(), p.leader())).collect();
     ps.sort_unstable();
@@ -200,7 +194,7 @@ fn two_chronosd_in_one_group_one_killed_9_the_survivor_takes_over_exact() {
     }
     // Both members hold partitions: each has stored offsets since it joined.
     std::thread::sleep(Duration::from_secs(3));
-    let at_kill: String = query_one(&url, "SELECT clock_timestamp()::text");
+    let at_kill: String = query(&url, "SELECT clock_timestamp()::text")[0].get(0);
     let killed = Instant::now();
     b.kill9();
     // The survivor stores offsets for every partition after the kill.
@@ -242,13 +236,4 @@ fn postgres_restarted_mid_load_on_the_cluster_is_exact() {
     assert_eq!(ans.ok, out.batches.len(), "PostgreSQL is behind Kafka: the front door never noticed ({})", ans.describe());
     let v = verify_exact(&url, &[&out], &d);
     eprintln!("PostgreSQL restarted mid-load on the cluster: {} events, {} missing, {} duplicated", v.expected, v.missing, v.duplicated);
-}
-
-fn query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(url: &str, sql: &str) -> T {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    block_on(async move { chronos::store::connect(&url).await.unwrap().query_one(sql.as_str(), &[]).await.unwrap().get(0) })
-}
-
-fn count(url: &str, sql: &str) -> i64 {
-    query_one(url, sql)
 }

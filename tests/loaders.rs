@@ -24,18 +24,6 @@ fn postgres() -> Pg {
     Pg { server, _dir: dir }
 }
 
-fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    block_on(async move {
-        let client = chronos::store::connect(&url).await.unwrap();
-        client.query(sql.as_str(), &[]).await.unwrap()
-    })
-}
-
-fn count(url: &str, sql: &str) -> i64 {
-    query(url, sql)[0].get(0)
-}
-
 /// PostgreSQL, a broker with `partitions`, and chronosd (loaders on) ready on a free port.
 fn loading(partitions: i32, load: &str, extra: &str) -> (Pg, Kafka, String, u16, Chronosd) {
     let pg = postgres();
@@ -375,7 +363,6 @@ fn events_in_kafka(kafka: &Kafka) -> i64 {
     by_batch.values().sum()
 }
 
-const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n";
 
 #[test]
 fn postgres_restarted_mid_load_gives_exact_counts() {

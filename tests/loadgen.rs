@@ -9,15 +9,8 @@ use std::time::Duration;
 
 use chronos::stack::postgres::{block_on, PostgresServer};
 use chronos::stack::process::free_port;
-use clap::Parser;
 use common::*;
 use serde_json::Value;
-
-fn run_loadgen(args: &[&str]) -> loadgen::run::Outcome {
-    let args = loadgen::Args::parse_from(std::iter::once("loadgen").chain(args.iter().copied()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(loadgen::execute(&args)).expect("loadgen runs")
-}
 
 fn execute(url: &str, sql: &str) -> u64 {
     let (url, sql) = (url.to_string(), sql.to_string());

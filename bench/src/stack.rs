@@ -4,26 +4,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chronos::config::Config;
-use chronos::stack::broker::{create_topics, BrokerServer, KafkaCluster};
+use chronos::stack::broker::{create_topics, KafkaCluster};
 use chronos::stack::postgres::PostgresServer;
-use chronos::stack::process::{free_port, http_get};
+use chronos::stack::process::free_port;
 
 use crate::records::KEY;
 
-/// The Kafka of a run: one node, or a cluster (topics replicated on 3, min ISR 2).
-pub enum Brokers {
-    Single(BrokerServer),
-    Cluster(KafkaCluster),
-}
-
-/// PostgreSQL and Kafka in one temp dir, removed on drop.
+/// PostgreSQL and Kafka (topics replicated on every node) in one temp dir, removed on drop.
 pub struct PerfStack {
     pub pg: PostgresServer,
-    pub brokers: Brokers,
+    pub brokers: KafkaCluster,
     pub dir: tempfile::TempDir,
 }
 
@@ -42,35 +36,14 @@ impl PerfStack {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         }
         let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
-        let brokers = if nodes <= 1 {
-            Brokers::Single(BrokerServer::start_in(&dir.path().join("kafka"))?)
-        } else {
-            Brokers::Cluster(KafkaCluster::start_in(&dir.path().join("kafka"), nodes, &[])?)
-        };
+        let kafka = dir.path().join("kafka");
+        let brokers = if nodes <= 1 { KafkaCluster::single_in(&kafka)? } else { KafkaCluster::start_in(&kafka, nodes, &[])? };
         Ok(PerfStack { pg, brokers, dir })
-    }
-
-    pub fn bootstrap(&self) -> String {
-        match &self.brokers {
-            Brokers::Single(b) => b.bootstrap(),
-            Brokers::Cluster(c) => c.bootstrap(),
-        }
     }
 
     /// The broker JVMs' pids (for their CPU).
     pub fn broker_pids(&self) -> Vec<i32> {
-        match &self.brokers {
-            Brokers::Single(b) => b.pid().into_iter().collect(),
-            Brokers::Cluster(c) => (0..c.nodes.len()).filter_map(|i| c.pid(i)).collect(),
-        }
-    }
-
-    /// Topic replication of a run: every node.
-    fn replication(&self) -> usize {
-        match &self.brokers {
-            Brokers::Single(_) => 1,
-            Brokers::Cluster(c) => c.nodes.len(),
-        }
+        (0..self.brokers.nodes.len()).filter_map(|i| self.brokers.pid(i)).collect()
     }
 
     /// A chronosd config for this stack, on fresh topics (created here), loaders
@@ -97,8 +70,8 @@ url = "{pg}"
 enabled = {loaders}
 group_id = "loaders-{run}"
 "#,
-            brokers = self.bootstrap(),
-            replication = self.replication(),
+            brokers = self.brokers.bootstrap(),
+            replication = self.brokers.nodes.len(),
             pg = self.pg.url(),
         ))?;
         for o in overrides {
@@ -155,10 +128,8 @@ impl Chronosd {
             .spawn()
             .with_context(|| format!("starting {}", bin_dir.join("chronosd").display()))?;
         let d = Chronosd { child, addr: config.http.listen, log };
-        let until = Instant::now() + Duration::from_secs(60);
-        while !matches!(http_get(d.addr, "/readyz", Duration::from_secs(2)), Ok((200, _))) {
-            anyhow::ensure!(Instant::now() < until, "chronosd not ready in 60 s:\n{}", std::fs::read_to_string(&d.log)?);
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(e) = chronos::stack::process::wait_ready(d.addr, Duration::from_secs(60)) {
+            anyhow::bail!("{e}:\n{}", std::fs::read_to_string(&d.log)?);
         }
         Ok(d)
     }

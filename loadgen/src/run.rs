@@ -214,21 +214,21 @@ async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>) -> Connect
         service.saturating_record(us(service_time));
         counters.window_max_us.fetch_max(us(from_due), Relaxed);
         let mut accepted = 0;
-        let status = match &answer {
-            Ok(Ok((status, _))) => *status,
-            _ => 0,
-        };
+        let mut status = 0;
         match answer {
-            Ok(Ok((status, body))) => match status {
-                200..=299 => {
-                    accepted = accepted_events(&body);
-                    counters.ok.fetch_add(1, Relaxed);
-                    counters.events_accepted.fetch_add(accepted as u64, Relaxed);
+            Ok(Ok((code, body))) => {
+                status = code;
+                match code {
+                    200..=299 => {
+                        accepted = accepted_events(&body);
+                        counters.ok.fetch_add(1, Relaxed);
+                        counters.events_accepted.fetch_add(accepted as u64, Relaxed);
+                    }
+                    503 => _ = counters.unavailable.fetch_add(1, Relaxed),
+                    400..=499 => _ = counters.client_error.fetch_add(1, Relaxed),
+                    _ => _ = counters.server_error.fetch_add(1, Relaxed),
                 }
-                503 => _ = counters.unavailable.fetch_add(1, Relaxed),
-                400..=499 => _ = counters.client_error.fetch_add(1, Relaxed),
-                _ => _ = counters.server_error.fetch_add(1, Relaxed),
-            },
+            }
             Ok(Err(_)) | Err(_) => {
                 sender = None;
                 counters.failed.fetch_add(1, Relaxed);

@@ -1,7 +1,7 @@
 //! Apache Kafka in KRaft mode for the local stack, the tests and the benchmarks:
 //! where its classpath is ([`KafkaInstall`]), one combined broker + controller
-//! node ([`KafkaNode`], [`BrokerServer`]) and a cluster of several nodes on
-//! loopback ([`KafkaCluster`]). chronosd itself only needs bootstrap servers;
+//! node ([`KafkaNode`]), and the nodes a test or benchmark owns on loopback
+//! ([`KafkaCluster`]: one node, or a quorum of several). chronosd itself only needs bootstrap servers;
 //! nothing here is used on its run path.
 
 use std::path::{Path, PathBuf};
@@ -223,13 +223,12 @@ impl KafkaNode {
         Ok(())
     }
 
-    /// Starts the node (formatted first) and returns at once; see [`KafkaNode::wait_ready`].
+    /// Starts the node, formatted beforehand ([`KafkaNode::format`] writes its
+    /// files), and returns at once; see [`KafkaNode::wait_ready`].
     pub fn spawn(&self, install: &KafkaInstall, lifetime: Lifetime) -> Result<Child> {
-        self.write_files()?;
-        let heap = format!("{}m", self.heap_mb);
         let jvm = [
             format!("-Xms{}m", self.heap_mb.min(256)),
-            format!("-Xmx{heap}"),
+            format!("-Xmx{}m", self.heap_mb),
             "-XX:+UseG1GC".into(),
             "-XX:MaxGCPauseMillis=20".into(),
             "-Djava.awt.headless=true".into(),
@@ -243,12 +242,7 @@ impl KafkaNode {
     /// Waits until this node answers metadata and lists itself among the brokers.
     pub fn wait_ready(&self, child: &mut Child, timeout: Duration) -> Result<()> {
         let until = Instant::now() + timeout;
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
-            .set("socket.connection.setup.timeout.ms", "1000")
-            .set("log_level", "0")
-            .create()
-            .context("creating a Kafka client")?;
+        let client = metadata_client(&format!("127.0.0.1:{}", self.port))?;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 bail!("the Kafka node {} exited ({status}) before it answered; see {}", self.node_id, self.log.display());
@@ -303,9 +297,19 @@ logger.cluster.name = kafka.cluster
 logger.cluster.level = WARN
 ";
 
+/// A quiet client for metadata requests (readiness, broker ids, ISR).
+pub fn metadata_client(brokers: &str) -> Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("socket.connection.setup.timeout.ms", "1000")
+        .set("log_level", "0")
+        .create()
+        .context("creating a Kafka client")
+}
+
 /// What the cluster at `brokers` says of itself: broker ids.
 pub fn broker_ids(brokers: &str, timeout: Duration) -> Result<Vec<i32>> {
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("log_level", "0").create()?;
+    let client = metadata_client(brokers)?;
     let m = client.fetch_metadata(None, timeout).with_context(|| format!("the Kafka cluster at {brokers} did not answer"))?;
     let mut ids: Vec<i32> = m.brokers().iter().map(|b| b.id()).collect();
     ids.sort_unstable();
@@ -325,75 +329,9 @@ pub fn create_topics(kafka: &KafkaConfig, within: Duration) -> Result<()> {
     }
 }
 
-/// Stops a node: SIGTERM (controlled shutdown), SIGKILL after `grace`.
-/// Returns whether it stopped within the grace period.
-pub fn stop_child(child: &mut Child, grace: Duration) -> bool {
-    let clean = process::stop_pid(child.id() as i32, libc::SIGTERM, grace);
-    let _ = child.wait();
-    clean
-}
-
-/// A running single-node Kafka owned by the caller: killed when dropped (tests).
-pub struct BrokerServer {
-    pub node: KafkaNode,
-    install: KafkaInstall,
-    child: Option<Child>,
-}
-
-impl BrokerServer {
-    /// Starts a node on free ports with its data in `dir`.
-    pub fn start_in(dir: &Path) -> Result<Self> {
-        let port = process::free_port();
-        Self::start_advertising(dir, port, port)
-    }
-
-    /// Starts a node on `port` that tells clients to connect to `advertised_port`
-    /// (a proxy in front of it, for fault-injection tests).
-    pub fn start_advertising(dir: &Path, port: u16, advertised_port: u16) -> Result<Self> {
-        let mut node = KafkaNode::single(dir.join("kafka"), port, process::free_port(), dir.join("kafka.log"));
-        node.advertised_port = advertised_port;
-        node.heap_mb = 384;
-        let install = KafkaInstall::find()?;
-        let child = node.start(&install, Lifetime::Owned)?;
-        Ok(BrokerServer { node, install, child: Some(child) })
-    }
-
-    pub fn bootstrap(&self) -> String {
-        self.node.bootstrap()
-    }
-
-    pub fn log(&self) -> &Path {
-        &self.node.log
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
-    }
-
-    /// Stops the node abruptly (SIGKILL), as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the node again on the same ports and data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.child = Some(self.node.start(&self.install, Lifetime::Owned)?);
-        Ok(())
-    }
-}
-
-impl Drop for BrokerServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Several KRaft nodes on loopback, each broker and controller, one quorum:
-/// the fault tests and the cluster benchmark. Killed when dropped.
+/// Kafka nodes on loopback owned by a test or benchmark, each broker and
+/// controller, one quorum: a single node, or several for the fault tests and
+/// the cluster benchmark. Killed when dropped.
 pub struct KafkaCluster {
     pub nodes: Vec<KafkaNode>,
     install: KafkaInstall,
@@ -401,10 +339,23 @@ pub struct KafkaCluster {
 }
 
 impl KafkaCluster {
-    /// Starts `n` nodes in `dir` (formatted with one cluster id, started together:
-    /// a quorum needs a majority) and waits until every one answers.
+    /// One node on free ports with its data in `dir`.
+    pub fn single_in(dir: &Path) -> Result<KafkaCluster> {
+        let port = process::free_port();
+        Self::single_advertising(dir, port, port)
+    }
+
+    /// One node on `port` that tells clients to connect to `advertised_port`
+    /// (a proxy in front of it, for fault-injection tests).
+    pub fn single_advertising(dir: &Path, port: u16, advertised_port: u16) -> Result<KafkaCluster> {
+        let mut node = KafkaNode::single(dir.join("kafka"), port, process::free_port(), dir.join("kafka.log"));
+        node.advertised_port = advertised_port;
+        node.heap_mb = 384;
+        Self::start_nodes(vec![node])
+    }
+
+    /// Starts `n` nodes in `dir` and waits until every one answers.
     pub fn start_in(dir: &Path, n: usize, overrides: &[(&str, &str)]) -> Result<KafkaCluster> {
-        let install = KafkaInstall::find()?;
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (process::free_port(), process::free_port())).collect();
         let voters = ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes: Vec<KafkaNode> = ports
@@ -423,6 +374,13 @@ impl KafkaCluster {
                 overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             })
             .collect();
+        Self::start_nodes(nodes)
+    }
+
+    /// Formats `nodes` with one cluster id and starts them together (a quorum
+    /// needs a majority), then waits until every one answers.
+    fn start_nodes(nodes: Vec<KafkaNode>) -> Result<KafkaCluster> {
+        let install = KafkaInstall::find()?;
         let id = new_cluster_id();
         for node in &nodes {
             node.format(&install, &id)?;
@@ -432,9 +390,8 @@ impl KafkaCluster {
             let child = node.spawn(&cluster.install, Lifetime::Owned)?;
             cluster.children.push(Some(child));
         }
-        for i in 0..n {
-            let child = cluster.children[i].as_mut().expect("just started");
-            cluster.nodes[i].wait_ready(child, START_TIMEOUT)?;
+        for (node, child) in cluster.nodes.iter().zip(&mut cluster.children) {
+            node.wait_ready(child.as_mut().expect("just started"), START_TIMEOUT)?;
         }
         Ok(cluster)
     }
@@ -463,7 +420,11 @@ impl KafkaCluster {
     /// SIGTERM of node `i` (controlled shutdown: leadership moves first), SIGKILL after `grace`.
     pub fn stop(&mut self, i: usize, grace: Duration) -> bool {
         match self.children[i].take() {
-            Some(mut c) => stop_child(&mut c, grace),
+            Some(mut c) => {
+                let clean = process::stop_pid(c.id() as i32, libc::SIGTERM, grace);
+                let _ = c.wait();
+                clean
+            }
             None => true,
         }
     }
@@ -480,7 +441,7 @@ impl KafkaCluster {
     /// Waits until every partition of `topic` has all `replicas` in sync.
     pub fn wait_in_sync(&self, topic: &str, replicas: usize, timeout: Duration) -> Result<()> {
         let until = Instant::now() + timeout;
-        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.bootstrap()).set("log_level", "0").create()?;
+        let client = metadata_client(&self.bootstrap())?;
         loop {
             let short = match client.fetch_metadata(Some(topic), Duration::from_secs(2)) {
                 Ok(m) => m

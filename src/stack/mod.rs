@@ -124,8 +124,8 @@ impl Stack {
             println!("{:<9} external: {}", "broker", self.config.kafka.brokers);
         } else {
             let node = self.broker();
-            let wanted = node.bootstrap();
-            if !self.config.kafka.brokers.split(',').any(|b| b.trim() == wanted || b.trim() == format!("localhost:{}", node.port)) {
+            let (wanted, by_name) = (node.bootstrap(), format!("localhost:{}", node.port));
+            if !self.config.kafka.brokers.split(',').map(str::trim).any(|b| b == wanted || b == by_name) {
                 bail!(
                     "kafka.brokers = {:?} does not name the local Kafka node ({wanted}); set it, or set stack.broker = \"external\" to use that cluster",
                     self.config.kafka.brokers
@@ -198,7 +198,8 @@ impl Stack {
                     let addr = self.config.http.listen;
                     process::wait_for_port(addr, Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)))
                         .with_context(|| format!("chronosd did not start; see {}", self.log_file(s).display()))?;
-                    wait_ready(addr, Duration::from_secs(30), &self.log_file(s))?;
+                    process::wait_ready(addr, Duration::from_secs(30))
+                        .with_context(|| format!("chronosd is up but not ready; see {}", self.log_file(s).display()))?;
                 }
             }
         }
@@ -239,12 +240,7 @@ impl Stack {
                         let a = SocketAddr::from(([127, 0, 0, 1], self.config.stack.postgres_port));
                         (format!("postgres://127.0.0.1:{}", a.port()), port_probe(a))
                     }
-                    Service::Broker if self.external_broker() => {
-                        let probe = self.broker_probe();
-                        let up = probe.is_ok();
-                        let detail = probe.unwrap_or_else(|e| e);
-                        return ServiceStatus { service: s, pid: None, address: format!("kafka://{}", self.config.kafka.brokers), up, detail };
-                    }
+                    Service::Broker if self.external_broker() => (format!("kafka://{}", self.config.kafka.brokers), self.broker_probe()),
                     Service::Broker => {
                         let a = SocketAddr::from(([127, 0, 0, 1], self.config.stack.broker_port));
                         (format!("kafka://{a}"), self.broker_probe())
@@ -259,7 +255,11 @@ impl Stack {
                         (format!("http://{a}"), probe)
                     }
                 };
+                // An external broker is nobody's process here: it is up when it answers.
+                let ours = !(s == Service::Broker && self.external_broker());
                 let (up, detail) = match (pid, probe) {
+                    (None, Ok(d)) if !ours => (true, d),
+                    (None, Err(e)) if !ours => (false, e),
                     (Some(_), Ok(d)) => (true, d),
                     (Some(_), Err(e)) => (false, format!("process running but not answering: {e}")),
                     (None, Ok(_)) => (false, "something else answers on this address".into()),
@@ -273,23 +273,6 @@ impl Stack {
     /// The first write key (for the quick-start message).
     pub fn first_key(&self) -> Option<&crate::config::WriteKeyConfig> {
         self.config.keys.first()
-    }
-}
-
-/// Waits until chronosd's `/readyz` says ready (HTTP up and the broker reached),
-/// so that "receiving events" is true when `chronos start` says it.
-fn wait_ready(addr: SocketAddr, timeout: Duration, log: &Path) -> Result<()> {
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        let last = match process::http_get(addr, "/readyz", Duration::from_secs(2)) {
-            Ok((200, _)) => return Ok(()),
-            Ok((code, body)) => format!("{code}: {}", body.trim()),
-            Err(e) => e.to_string(),
-        };
-        if std::time::Instant::now() > until {
-            bail!("chronosd is up but not ready after {timeout:?} (/readyz {last}); see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

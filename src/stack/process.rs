@@ -166,6 +166,23 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16,
     Ok((status, body))
 }
 
+/// Waits until chronosd's `/readyz` at `addr` says ready (HTTP up and the broker
+/// reached); the error carries the last answer.
+pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        let last = match http_get(addr, "/readyz", Duration::from_secs(2)) {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, body)) => format!("{code}: {}", body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > until {
+            bail!("chronosd is not ready after {timeout:?} (/readyz {last})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The directory of the running executable (where `chronosd` sits beside `chronos`).
 pub fn bin_dir() -> PathBuf {
     std::env::var_os("CHRONOS_BIN_DIR")

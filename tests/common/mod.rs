@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::OnceLock;
 
-use chronos::stack::broker::{self, BrokerServer, KafkaCluster};
-use chronos::stack::process::{http_get, wait_for_port};
+use chronos::stack::broker::{self, KafkaCluster};
+use chronos::stack::process::wait_for_port;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -48,14 +48,6 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The Kafka a test talks to: the node every test of this test binary shares,
-/// one the test owns (it may stop, kill or stall it), or a cluster.
-pub enum Broker {
-    Shared,
-    Own(BrokerServer),
-    Cluster(KafkaCluster),
-}
-
 /// The shared node: started on first use from a thread that lives as long as
 /// the test binary, so the node (PR_SET_PDEATHSIG) dies with the binary.
 struct SharedBroker {
@@ -71,9 +63,9 @@ fn shared_broker() -> &'static SharedBroker {
             .name("shared-kafka".into())
             .spawn(move || {
                 let dir = shared_broker_dir();
-                match BrokerServer::start_in(&dir) {
+                match KafkaCluster::single_in(&dir) {
                     Ok(server) => {
-                        tx.send(Ok((server.bootstrap(), server.log().to_path_buf()))).unwrap();
+                        tx.send(Ok((server.bootstrap(), server.log(0).to_path_buf()))).unwrap();
                         loop {
                             std::thread::park();
                         }
@@ -106,7 +98,9 @@ fn shared_broker_dir() -> PathBuf {
 /// Kafka with the events and dead-letter topics and the loaders' consumer group
 /// of one test; on the shared node they are deleted when the test ends.
 pub struct Kafka {
-    pub broker: Broker,
+    /// The nodes this test owns (it may stop, kill or stall them); `None` on the
+    /// node every test of this test binary shares.
+    pub own: Option<KafkaCluster>,
     pub bootstrap: String,
     pub topic: String,
     pub dead_letter_topic: String,
@@ -123,15 +117,14 @@ impl Kafka {
     /// Fresh topics on the node this test binary shares.
     pub fn start(partitions: i32) -> Kafka {
         let bootstrap = shared_broker().bootstrap.clone();
-        Self::with_topics(Broker::Shared, bootstrap, None, partitions, 1, None)
+        Self::with_topics(None, bootstrap, None, partitions, None)
     }
 
     /// A node of this test's own (for tests that stop, kill or stall it).
     pub fn start_own(partitions: i32) -> Kafka {
         let dir = temp_dir();
-        let server = BrokerServer::start_in(dir.path()).expect("start Kafka");
-        let bootstrap = server.bootstrap();
-        Self::with_topics(Broker::Own(server), bootstrap, None, partitions, 1, Some(dir))
+        let server = KafkaCluster::single_in(dir.path()).expect("start Kafka");
+        Self::with_topics(Some(server), String::new(), None, partitions, Some(dir))
     }
 
     /// A node of this test's own that clients reach only through a proxy that can freeze traffic.
@@ -139,29 +132,31 @@ impl Kafka {
         let dir = temp_dir();
         let port = chronos::stack::process::free_port();
         let proxy = proxy::FaultProxy::start(port);
-        let server = BrokerServer::start_advertising(dir.path(), port, proxy.port).expect("start Kafka");
-        let bootstrap = server.bootstrap();
-        Self::with_topics(Broker::Own(server), bootstrap, Some(proxy), partitions, 1, Some(dir))
+        let server = KafkaCluster::single_advertising(dir.path(), port, proxy.port).expect("start Kafka");
+        Self::with_topics(Some(server), String::new(), Some(proxy), partitions, Some(dir))
     }
 
     /// Three KRaft nodes; topics with replication 3 and `min.insync.replicas` 2.
     pub fn start_cluster(partitions: i32) -> Kafka {
         let dir = temp_dir();
         let cluster = KafkaCluster::start_in(dir.path(), 3, &[]).expect("start a 3-node Kafka cluster");
-        let bootstrap = cluster.bootstrap();
-        Self::with_topics(Broker::Cluster(cluster), bootstrap, None, partitions, 3, Some(dir))
+        Self::with_topics(Some(cluster), String::new(), None, partitions, Some(dir))
     }
 
+    /// Topics (replicated on every owned node) on `own`, or on the shared node at `shared_bootstrap`.
     fn with_topics(
-        broker: Broker,
-        bootstrap: String,
+        own: Option<KafkaCluster>,
+        shared_bootstrap: String,
         proxy: Option<proxy::FaultProxy>,
         partitions: i32,
-        replication: i32,
         dir: Option<tempfile::TempDir>,
     ) -> Kafka {
+        let (bootstrap, replication) = match &own {
+            Some(c) => (c.bootstrap(), c.nodes.len() as i32),
+            None => (shared_bootstrap, 1),
+        };
         let k = Kafka {
-            broker,
+            own,
             bootstrap,
             topic: unique("events"),
             dead_letter_topic: unique("dead"),
@@ -175,12 +170,11 @@ impl Kafka {
         k
     }
 
-    /// The log file of the node (node 1 of a cluster).
+    /// The log file of the node (the first of a cluster).
     pub fn log_path(&self) -> PathBuf {
-        match &self.broker {
-            Broker::Shared => shared_broker().log.clone(),
-            Broker::Own(s) => s.log().to_path_buf(),
-            Broker::Cluster(c) => c.log(0).to_path_buf(),
+        match &self.own {
+            None => shared_broker().log.clone(),
+            Some(c) => c.log(0).to_path_buf(),
         }
     }
 
@@ -193,29 +187,19 @@ impl Kafka {
         problems.chain(std::iter::once(&"…")).chain(tail).copied().collect::<Vec<_>>().join("\n")
     }
 
-    fn own(&mut self) -> &mut BrokerServer {
-        match &mut self.broker {
-            Broker::Own(s) => s,
-            _ => panic!("only a test's own node may be stopped: use Kafka::start_own"),
-        }
+    /// The nodes of a test that started its own (`start_own`, `start_behind_proxy`, `start_cluster`).
+    pub fn cluster(&mut self) -> &mut KafkaCluster {
+        self.own.as_mut().expect("only a test's own Kafka may be stopped: use Kafka::start_own or start_cluster")
     }
 
     /// SIGKILL of the test's own node.
     pub fn kill_broker(&mut self) {
-        self.own().kill();
+        self.cluster().kill(0);
     }
 
     /// Starts the test's own node again (same ports and data).
     pub fn restart_broker(&mut self) {
-        self.own().restart().expect("restart Kafka");
-    }
-
-    /// The cluster of a `start_cluster` test.
-    pub fn cluster(&mut self) -> &mut KafkaCluster {
-        match &mut self.broker {
-            Broker::Cluster(c) => c,
-            _ => panic!("not a cluster: use Kafka::start_cluster"),
-        }
+        self.cluster().start(0).expect("restart Kafka");
     }
 
     pub fn kafka_config(&self) -> chronos::config::KafkaConfig {
@@ -293,7 +277,7 @@ impl Kafka {
 
 impl Drop for Kafka {
     fn drop(&mut self) {
-        if matches!(self.broker, Broker::Shared) {
+        if self.own.is_none() {
             let (bootstrap, topics, group) = (self.bootstrap.clone(), [self.topic.clone(), self.dead_letter_topic.clone()], self.group.clone());
             chronos::stack::postgres::block_on(delete_topics_and_group(bootstrap, topics, group));
         }
@@ -426,14 +410,7 @@ impl Chronosd {
 
     /// Waits until /readyz says ready.
     pub fn wait_ready(&self, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Ok((200, _)) = http_get(self.addr, "/readyz", Duration::from_secs(2)) {
-                return;
-            }
-            assert!(Instant::now() < until, "chronosd not ready within {timeout:?}\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        chronos::stack::process::wait_ready(self.addr, timeout).unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()));
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -469,6 +446,31 @@ impl Drop for Chronosd {
             let _ = c.wait();
         }
     }
+}
+
+/// Per-IP limits high enough for load from one client address.
+pub const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n";
+
+/// The rows of `sql` on the database at `url`.
+pub fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    chronos::stack::postgres::block_on(async move {
+        let client = chronos::store::connect(&url).await.unwrap();
+        client.query(sql.as_str(), &[]).await.unwrap()
+    })
+}
+
+/// The first column of the first row of `sql` (a count).
+pub fn count(url: &str, sql: &str) -> i64 {
+    query(url, sql)[0].get(0)
+}
+
+/// loadgen's whole command (`loadgen::execute`) with these arguments, on a runtime of its own.
+pub fn run_loadgen(args: &[&str]) -> loadgen::run::Outcome {
+    use clap::Parser;
+    let args = loadgen::Args::parse_from(std::iter::once("loadgen").chain(args.iter().copied()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(loadgen::execute(&args)).expect("loadgen runs")
 }
 
 pub fn now_ms() -> i64 {

@@ -485,7 +485,7 @@ fn machine(brokers: usize) -> String {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         mem / 1024.0 / 1024.0,
         kernel.trim(),
-        chronos::stack::broker::KAFKA_VERSION,
+        chronos::stack::broker::KafkaInstall::find().map(|i| i.version).unwrap_or_else(|_| "?".into()),
         if brokers == 1 { "" } else { "s" },
         java_version()
     )
