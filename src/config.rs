@@ -54,8 +54,11 @@ pub struct LoadConfig {
     pub flush_ms: u64,
     /// Threads the partition loaders run on; 0 = one per core.
     pub threads: usize,
-    /// Records waiting per partition loader before polling waits.
-    pub mailbox_capacity: usize,
+    /// No longer used (each loader reads its partition's own queue, bounded by
+    /// `prefetch_kbytes`); accepted so that older config files still start,
+    /// with a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailbox_capacity: Option<usize>,
     /// Consumer `queued.max.messages.kbytes`: records fetched ahead of the loaders,
     /// all partitions together. Bounds chronosd's memory while the loaders lag
     /// (perf/pipeline.md, RSS).
@@ -80,6 +83,10 @@ pub struct LoadConfig {
     /// Consumer `max.poll.interval.ms`: also how long a rebalance waits for a
     /// member that crashed, on brokers that only expire members then.
     pub max_poll_interval_ms: u32,
+    /// At shutdown, how long the loaders (all in parallel) may take to commit
+    /// what they hold. Keep it below the service manager's stop timeout
+    /// (the systemd unit's `TimeoutStopSec=50`).
+    pub shutdown_timeout_secs: u64,
 }
 
 /// Whether event tables become TimescaleDB hypertables.
@@ -99,7 +106,7 @@ impl Default for LoadConfig {
             flush_rows: 20_000,
             flush_ms: 1000,
             threads: 0,
-            mailbox_capacity: 256,
+            mailbox_capacity: None,
             prefetch_kbytes: 16_384,
             max_past_secs: 7 * 86_400,
             max_future_secs: 86_400,
@@ -110,6 +117,7 @@ impl Default for LoadConfig {
             retry_max_ms: 10_000,
             session_timeout_ms: 6_000,
             max_poll_interval_ms: 60_000,
+            shutdown_timeout_secs: 20,
         }
     }
 }
@@ -440,7 +448,7 @@ impl Config {
             ("kafka.max_in_flight", self.kafka.max_in_flight as u64),
             ("load.flush_rows", self.load.flush_rows as u64),
             ("load.flush_ms", self.load.flush_ms),
-            ("load.mailbox_capacity", self.load.mailbox_capacity as u64),
+            ("load.shutdown_timeout_secs", self.load.shutdown_timeout_secs),
             ("load.prefetch_kbytes", self.load.prefetch_kbytes as u64),
         ];
         for (key, v) in positive {

@@ -22,7 +22,8 @@ pub const LOAD_EVENTS: &str = "chronos_load_events_total";
 pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
-pub const LOAD_PAUSES: &str = "chronos_load_partition_pauses_total";
+pub const LOAD_RESTARTS: &str = "chronos_load_restarts_total";
+pub const LOAD_REWINDS: &str = "chronos_load_rewinds_total";
 pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
 pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
 
@@ -51,7 +52,8 @@ pub struct Metrics {
     pub load_flush_seconds: Histogram,
     pub load_flush_retries: IntCounter,
     pub load_consumer_lag: IntGaugeVec,
-    pub load_pauses: IntCounter,
+    pub load_restarts: IntCounterVec,
+    pub load_rewinds: IntCounterVec,
     pub view_groups: IntCounter,
     pub view_seconds: Histogram,
 }
@@ -97,7 +99,17 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec())
             )),
             load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
-            load_pauses: reg!(IntCounter::new(LOAD_PAUSES, "Partitions paused because their loader was behind (backpressure).")),
+            load_restarts: reg!(IntCounterVec::new(
+                Opts::new(LOAD_RESTARTS, "Partition loaders restarted (from the stored offset) after they failed."),
+                &["topic", "partition"]
+            )),
+            load_rewinds: reg!(IntCounterVec::new(
+                Opts::new(
+                    LOAD_REWINDS,
+                    "Flushes dropped before commit and read again from the stored offset: fenced, views (generation moved), duplicates (a batch loaded before), gap, panic."
+                ),
+                &["reason"]
+            )),
             load_consumer_lag: reg!(IntGaugeVec::new(
                 Opts::new(LOAD_CONSUMER_LAG, "Records of an assigned partition not yet committed to PostgreSQL (librdkafka consumer_lag)."),
                 &["topic", "partition"]

@@ -8,7 +8,6 @@ use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
 use chronos::load::copy::{HEADER, TRAILER};
 use chronos::load::decode::{decode_batch, TimePolicy};
-use chronos::load::loader::LoaderShared;
 use chronos::stack::postgres::block_on;
 use futures_util::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -91,7 +90,7 @@ pub fn broker_consume(brokers: &str, topic: &str, partitions: i32, n: usize) -> 
 /// of the event tables in one transaction. Installs the schema when missing.
 pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<f64> {
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
-    let statements = LoaderShared::copy_statements(&catalog);
+    let statements: Vec<String> = catalog.types().iter().map(chronos::store::internals::copy_statement).collect();
     let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
     let mut per_table: Vec<BytesMut> = statements.iter().map(|_| BytesMut::new()).collect();
     for r in records {

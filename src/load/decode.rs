@@ -10,9 +10,10 @@ use simd_json::BorrowedValue as Value;
 use uuid::Uuid;
 
 use super::copy::TupleWriter;
-use crate::catalog::{AttrType, EventCatalog};
-use crate::views::expr::Row;
+use crate::catalog::{AttrType, EventCatalog, EventType};
 use crate::store::schema::BASE_COLUMNS;
+pub use crate::store::internals::DeadLetter;
+use crate::views::expr::Row;
 
 /// How event times are corrected and clamped.
 #[derive(Debug, Clone, Copy)]
@@ -36,31 +37,6 @@ impl TimePolicy {
     }
 }
 
-/// Rows of one table decoded from one record.
-#[derive(Debug)]
-pub struct TableRows {
-    /// Index of the event type in `EventCatalog::types()`.
-    pub table: usize,
-    pub rows: u32,
-    pub tuples: BytesMut,
-}
-
-/// An event or record that cannot be loaded, with why.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub stage: &'static str,
-    pub reason: String,
-    pub batch_id: Option<Uuid>,
-    pub position: Option<i32>,
-    /// The event as JSON text.
-    pub event: Option<String>,
-    /// The whole record, when it could not be decoded.
-    pub raw: Option<Vec<u8>>,
-    /// The batch's facts as JSON (session_id, key_id, sent_at, received_at,
-    /// client_ip, user_agent, page): what a replay needs to rebuild a record.
-    pub context: Option<String>,
-}
-
 /// The batch facts of a record, as the JSON `context` of its dead letters.
 fn context_of(root: &Value<'_>) -> Option<String> {
     let mut ctx = serde_json::Map::new();
@@ -72,7 +48,75 @@ fn context_of(root: &Value<'_>) -> Option<String> {
     serde_json::to_string(&ctx).ok()
 }
 
-/// One decoded batch record.
+/// What a walk over one record reports, event by event.
+pub trait Visit {
+    /// Whether to load the batch `batch_id` at all (`false` skips all its
+    /// events: a batch this loader knows is a duplicate). Called once, first.
+    fn batch(&mut self, _batch_id: Uuid) -> bool {
+        true
+    }
+    /// A loadable event of catalog type `table`; `metadata` is the record's
+    /// page as JSON text (made once per record).
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str);
+    /// An event that cannot be loaded.
+    fn reject(&mut self, letter: DeadLetter);
+}
+
+/// How a walk over a record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walked {
+    /// Its events were visited.
+    Loaded(Uuid),
+    /// `Visit::batch` declined it.
+    Skipped(Uuid),
+}
+
+/// Appends the binary COPY tuple of one event to `buf`, in the column order
+/// of `store::internals::copy_statement`.
+pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_id: &Uuid, metadata: &str) {
+    let mut t = TupleWriter::begin(buf, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
+    t.timestamp_ms(row.time);
+    t.timestamp_ms(row.client_time);
+    t.timestamp_ms(row.received_at);
+    t.bool(row.time_flagged);
+    t.text(row.session_id);
+    t.uuid(batch_id);
+    t.i32(row.position);
+    t.text(row.key_id);
+    match row.client_ip {
+        Some(ip) => t.text(ip),
+        None => t.null(),
+    }
+    t.jsonb(metadata);
+    // `walk` checked every value against its attribute's type.
+    for (a, v) in ty.attributes.iter().zip(row.attrs) {
+        match v {
+            None => t.null(),
+            Some(v) => match a.ty {
+                AttrType::Text => t.text(v.as_str().unwrap_or_default()),
+                AttrType::Int => t.i64(v.as_i64().unwrap_or_default()),
+                AttrType::Float => t.f64(v.cast_f64().unwrap_or_default()),
+                AttrType::Bool => t.bool(v.as_bool().unwrap_or_default()),
+                AttrType::TextList => {
+                    let items: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+                    t.text_array(items.into_iter())
+                }
+            },
+        }
+    }
+}
+
+/// Rows of one table decoded from one record.
+#[derive(Debug)]
+pub struct TableRows {
+    /// Index of the event type in `EventCatalog::types()`.
+    pub table: usize,
+    pub rows: u32,
+    pub tuples: BytesMut,
+}
+
+/// One decoded batch record, on its own (tests and benchmarks; the loaders
+/// visit records straight into their flush buffer instead).
 #[derive(Debug)]
 pub struct DecodedBatch {
     pub batch_id: Uuid,
@@ -83,73 +127,40 @@ pub struct DecodedBatch {
 
 /// Decodes a batch record into COPY tuples (the buffer is parsed in place).
 pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) -> Result<DecodedBatch, String> {
-    let types = catalog.types();
-    let mut tables: Vec<TableRows> = Vec::new();
-    let mut dead = Vec::new();
-    let mut loaded = 0;
-    let mut metadata: Option<String> = None;
-    let batch_id = walk(
-        buf,
-        catalog,
-        policy,
-        |table, row, batch_id| {
-            let ty = &types[table];
-            let rows = match tables.iter_mut().position(|t| t.table == table) {
-                Some(i) => &mut tables[i],
-                None => {
-                    tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
-                    tables.last_mut().unwrap()
-                }
-            };
-            let metadata = metadata.get_or_insert_with(|| serde_json::to_string(row.page).unwrap_or_else(|_| "{}".into()));
-            let mut t = TupleWriter::begin(&mut rows.tuples, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
-            t.timestamp_ms(row.time);
-            t.timestamp_ms(row.client_time);
-            t.timestamp_ms(row.received_at);
-            t.bool(row.time_flagged);
-            t.text(row.session_id);
-            t.uuid(&batch_id);
-            t.i32(row.position);
-            t.text(row.key_id);
-            match row.client_ip {
-                Some(ip) => t.text(ip),
-                None => t.null(),
-            }
-            t.jsonb(metadata);
-            for (a, v) in ty.attributes.iter().zip(row.attrs) {
-                match v {
-                    None => t.null(),
-                    Some(v) => match a.ty {
-                        AttrType::Text => t.text(v.as_str().unwrap()),
-                        AttrType::Int => t.i64(v.as_i64().unwrap()),
-                        AttrType::Float => t.f64(v.cast_f64().unwrap()),
-                        AttrType::Bool => t.bool(v.as_bool().unwrap()),
-                        AttrType::TextList => {
-                            let items: Vec<&str> = v.as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
-                            t.text_array(items.into_iter())
-                        }
-                    },
-                }
-            }
+    struct Collect<'c> {
+        types: &'c [EventType],
+        tables: Vec<TableRows>,
+        dead: Vec<DeadLetter>,
+        events: usize,
+    }
+    impl Visit for Collect<'_> {
+        fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
+            let found = self.tables.iter().position(|t| t.table == table);
+            let i = found.unwrap_or_else(|| {
+                self.tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
+                self.tables.len() - 1
+            });
+            let rows = &mut self.tables[i];
+            encode_row(&mut rows.tuples, &self.types[table], row, &batch_id, metadata);
             rows.rows += 1;
-            loaded += 1;
-        },
-        |letter| dead.push(letter),
-    )?;
-    Ok(DecodedBatch { batch_id, tables, dead, events: loaded })
+            self.events += 1;
+        }
+        fn reject(&mut self, letter: DeadLetter) {
+            self.dead.push(letter);
+        }
+    }
+    let mut c = Collect { types: catalog.types(), tables: Vec::new(), dead: Vec::new(), events: 0 };
+    let batch_id = match walk(buf, catalog, policy, &mut c)? {
+        Walked::Loaded(id) | Walked::Skipped(id) => id,
+    };
+    Ok(DecodedBatch { batch_id, tables: c.tables, dead: c.dead, events: c.events })
 }
 
-/// Parses a batch record (in place) and calls `on_event` with each loadable
-/// event (its table index, the row, the batch id) and `on_reject` with each
-/// event that cannot be loaded. The one place that decides which events load:
-/// the raw rows and the continuous views both read through it.
-pub fn walk(
-    buf: &mut [u8],
-    catalog: &EventCatalog,
-    policy: TimePolicy,
-    mut on_event: impl FnMut(usize, &Row<'_, '_>, Uuid),
-    mut on_reject: impl FnMut(DeadLetter),
-) -> Result<Uuid, String> {
+/// Parses a batch record (in place) and reports to `visit` each loadable
+/// event (its table index, the row, the batch id) and each event that cannot
+/// be loaded. The one place that decides which events load: the raw rows and
+/// the continuous views both read through it, in the same walk.
+pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &mut impl Visit) -> Result<Walked, String> {
     let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
     let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
     if field("v")?.as_u64() != Some(1) {
@@ -167,6 +178,10 @@ pub fn walk(
     }
     let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
     let events = field("events")?.as_array().ok_or("`events` is not an array")?;
+    if !visit.batch(batch_id) {
+        return Ok(Walked::Skipped(batch_id));
+    }
+    let metadata = serde_json::to_string(page).unwrap_or_else(|_| "{}".into());
 
     let context = context_of(&root);
     let types = catalog.types();
@@ -182,16 +197,16 @@ pub fn walk(
             context: context.clone(),
         };
         let Some(items) = event.as_array() else {
-            on_reject(reject(": not an array".into()));
+            visit.reject(reject(": not an array".into()));
             continue;
         };
         let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
         let Some(table) = types.iter().position(|t| &*t.name == name) else {
-            on_reject(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
+            visit.reject(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
             continue;
         };
         let Some(client_time) = items.get(1).and_then(|v| v.as_i64()) else {
-            on_reject(reject("[1]: client time is not an integer".into()));
+            visit.reject(reject("[1]: client time is not an integer".into()));
             continue;
         };
         let names = schema.get(name).and_then(|n| n.as_array());
@@ -214,7 +229,7 @@ pub fn walk(
             values.push(v);
         }
         if let Some(reason) = bad {
-            on_reject(reject(reason));
+            visit.reject(reject(reason));
             continue;
         }
         let (time, time_flagged) = policy.event_time(client_time, sent_at, received_at);
@@ -231,9 +246,9 @@ pub fn walk(
             page,
             attrs: &values,
         };
-        on_event(table, &row, batch_id);
+        visit.event(table, &row, batch_id, &metadata);
     }
-    Ok(batch_id)
+    Ok(Walked::Loaded(batch_id))
 }
 
 fn fits(v: &Value<'_>, ty: AttrType) -> bool {

@@ -1,35 +1,48 @@
-//! `PartitionLoader`: one actor per assigned partition. It decodes records into
-//! binary COPY tuples as they arrive, and flushes (N events or T ms) in one
-//! PostgreSQL transaction: skip batch ids seen before, COPY into each event
-//! table, write dead letters, move the partition's stored offset — fenced on
-//! the offset it started from, so a loader that lost its partition can never
-//! commit — then COMMIT. Only then is the offset committed to Kafka (for lag tools).
+//! `PartitionLoader`: one per assigned partition, supervised (`supervise`).
+//!
+//! It reads its partition's own queue and decodes each record once, in one
+//! walk, into binary COPY tuples and into the continuous views' partial
+//! aggregates (of the view generation current when it decoded). When the
+//! buffer is due (N events or T ms) it commits it in one transaction — see
+//! `commit` — and only then tells Kafka the offset (for lag tools).
+//!
+//! Anything the transaction finds that the buffer did not account for —
+//! another loader moved the stored offset (fenced), the view generation moved,
+//! a batch id was loaded before (a tracker retry) — rolls the transaction
+//! back and *rewinds*: the buffer is dropped and the partition read again
+//! from the stored offset, this time knowing it. Every such case is rare; none
+//! needs a second copy of the records.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
-use futures_util::SinkExt;
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+use rdkafka::message::Message as _;
+use tokio::sync::watch;
 use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
-use super::copy::{HEADER, TRAILER};
-use super::decode::{decode_batch, decode_dead_letter, DeadLetter, DecodedBatch, TimePolicy};
-use crate::catalog::EventCatalog;
-use crate::store::schema::{ident, table, BASE_COLUMNS};
+use super::decode::{decode_dead_letter, encode_row, walk, DeadLetter, TimePolicy, Visit};
+use super::partition::Partition;
+use crate::catalog::{EventCatalog, EventType};
+use crate::store::internals::{stored_offset, Internals};
 use crate::telemetry::Metrics;
+use crate::views::expr::Row;
+use crate::views::{Accumulator, Registry};
 
-/// COPY data is sent in pieces of about this size.
-const COPY_CHUNK_BYTES: usize = 256 * 1024;
+/// Wait before a failed loader is started again.
+const RESTART_DELAY: Duration = if cfg!(test) { Duration::from_millis(10) } else { Duration::from_secs(1) };
+/// A gap in offsets asks for a seek at most this often (records fetched
+/// before a seek may still arrive just after it).
+const RESEEK_AFTER: Duration = Duration::from_secs(2);
 
 /// What every loader reads.
 pub struct LoaderShared {
     pub catalog: EventCatalog,
-    /// `COPY events."t" (…) FROM STDIN (FORMAT binary)` per catalog type.
-    pub copy_statements: Vec<String>,
     pub policy: TimePolicy,
     pub group: String,
     pub dead_letter_topic: String,
@@ -37,87 +50,249 @@ pub struct LoaderShared {
     pub flush_ms: u64,
     pub retry_max_ms: u64,
     pub pg_url: String,
-    /// Offsets to commit to Kafka once stored in PostgreSQL: (topic, partition, next offset).
-    pub kafka_commits: crossbeam_channel::Sender<(String, i32, i64)>,
-    /// Where a fenced loader must read again from: (topic, partition, stored offset).
-    pub seeks: crossbeam_channel::Sender<(String, i32, i64)>,
     pub metrics: Arc<Metrics>,
     /// The continuous views maintained in each flush's transaction.
-    pub views: crate::views::Registry,
+    pub views: Registry,
 }
 
-impl LoaderShared {
-    pub fn copy_statements(catalog: &EventCatalog) -> Vec<String> {
-        catalog
-            .types()
-            .iter()
-            .map(|ty| {
-                let cols: Vec<String> = BASE_COLUMNS
-                    .iter()
-                    .map(|(n, _)| ident(n))
-                    .chain(ty.attributes.iter().map(|a| ident(&a.name)))
-                    .collect();
-                format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table(ty), cols.join(", "))
-            })
-            .collect()
+/// What a loader is asked to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep loading.
+    No,
+    /// The partition went to another member: stop now; what is not committed
+    /// is read again by the next owner.
+    Revoked,
+    /// chronosd stops: commit what is buffered if that is done by the deadline.
+    Shutdown(Instant),
+}
+
+/// Which offset a loader takes next: exactly one, in order.
+#[derive(Debug)]
+pub struct Cursor {
+    next: i64,
+    /// The offset a seek was asked for, and when.
+    sought: Option<(i64, Instant)>,
+}
+
+/// What to do with a record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Take,
+    /// Already loaded, or delivered again after a seek.
+    Skip,
+    /// Records were not delivered before this one: read again from here.
+    Seek(i64),
+}
+
+impl Cursor {
+    /// At `next`, just sought there.
+    pub fn at(next: i64, now: Instant) -> Self {
+        Cursor { next, sought: Some((next, now)) }
+    }
+
+    pub fn next(&self) -> i64 {
+        self.next
+    }
+
+    pub fn step(&mut self, offset: i64, now: Instant) -> Step {
+        if offset < self.next {
+            return Step::Skip;
+        }
+        if offset == self.next {
+            self.next += 1;
+            self.sought = None;
+            return Step::Take;
+        }
+        match self.sought {
+            Some((at, when)) if at == self.next && now.duration_since(when) < RESEEK_AFTER => Step::Skip,
+            _ => {
+                self.sought = Some((self.next, now));
+                Step::Seek(self.next)
+            }
+        }
     }
 }
 
-/// A dead letter with where it came from.
-struct PlacedDeadLetter {
-    letter: DeadLetter,
-    offset: i64,
+/// Why a flush was dropped and the partition read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    Fenced,
+    Views,
+    Duplicates,
+    Gap,
+    Panic,
 }
 
-#[derive(Default)]
+impl Rewind {
+    fn label(self) -> &'static str {
+        match self {
+            Rewind::Fenced => "fenced",
+            Rewind::Views => "views",
+            Rewind::Duplicates => "duplicates",
+            Rewind::Gap => "gap",
+            Rewind::Panic => "panic",
+        }
+    }
+}
+
+/// What a loader holds between commits, built as records are decoded.
 struct Buffer {
-    batches: Vec<DecodedBatch>,
-    /// Each batch's record as received (the views parse it again at commit,
-    /// with the view set of the transaction).
-    records: Vec<Vec<u8>>,
-    dead: Vec<PlacedDeadLetter>,
+    /// COPY tuples (no header or trailer) per catalog type, in catalog order.
+    tuples: Vec<BytesMut>,
+    batch_ids: HashSet<Uuid>,
+    views: Accumulator,
+    /// Dead letters with the offset of their record.
+    dead: Vec<(i64, DeadLetter)>,
     events: usize,
-    next_offset: Option<i64>,
+    records: usize,
     first_at: Option<Instant>,
 }
 
-/// Why a flush did not commit.
-#[derive(Debug)]
-enum FlushError {
-    /// Another loader moved this partition's offset past ours (the stored offset).
-    Fenced(Option<i64>),
-    Db(tokio_postgres::Error),
-}
+impl Buffer {
+    fn new(types: usize, views: Accumulator) -> Self {
+        Buffer {
+            tuples: (0..types).map(|_| BytesMut::new()).collect(),
+            batch_ids: HashSet::new(),
+            views,
+            dead: Vec::new(),
+            events: 0,
+            records: 0,
+            first_at: None,
+        }
+    }
 
-impl From<tokio_postgres::Error> for FlushError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        FlushError::Db(e)
+    fn is_empty(&self) -> bool {
+        self.records == 0
     }
 }
 
-/// The loader of one topic partition.
+/// A record's walk into the buffer.
+struct IntoBuffer<'a> {
+    buffer: &'a mut Buffer,
+    types: &'a [EventType],
+    offset: i64,
+    /// Batch ids a rolled-back commit found loaded before.
+    duplicates: &'a HashSet<Uuid>,
+}
+
+impl Visit for IntoBuffer<'_> {
+    fn batch(&mut self, batch_id: Uuid) -> bool {
+        // A retry of a batch loaded before, or twice in this buffer: skipped whole.
+        !self.duplicates.contains(&batch_id) && self.buffer.batch_ids.insert(batch_id)
+    }
+
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
+        encode_row(&mut self.buffer.tuples[table], &self.types[table], row, &batch_id, metadata);
+        self.buffer.views.add(table, row);
+        self.buffer.events += 1;
+    }
+
+    fn reject(&mut self, letter: DeadLetter) {
+        self.buffer.dead.push((self.offset, letter));
+    }
+}
+
+/// A loader's connection and the statements prepared on it.
+struct Db {
+    client: Client,
+    internals: Internals,
+    /// View upserts, by SQL (views come and go with their generation).
+    upserts: HashMap<String, Statement>,
+}
+
+impl Db {
+    async fn connect(url: &str, catalog: &EventCatalog) -> anyhow::Result<Db> {
+        let client = crate::store::connect(url).await?;
+        let internals = Internals::prepare(&client, catalog).await?;
+        Ok(Db { client, internals, upserts: Default::default() })
+    }
+
+}
+
+/// The upserts of `views`, prepared once per connection (in `tx`: a
+/// statement's preparation outlives its transaction).
+async fn prepared_upserts(
+    cache: &mut HashMap<String, Statement>,
+    tx: &Transaction<'_>,
+    views: &crate::views::ViewSet,
+) -> Result<Vec<Statement>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(views.views.len());
+    for v in &views.views {
+        if !cache.contains_key(&v.upsert) {
+            let s = tx.prepare(&v.upsert).await?;
+            cache.insert(v.upsert.clone(), s);
+        }
+        out.push(cache[&v.upsert].clone());
+    }
+    Ok(out)
+}
+
+/// How a commit attempt ended (errors aside).
+enum Committed {
+    Rows(u64),
+    /// Rolled back; read again from the stored offset.
+    Rewind(Rewind, Option<i64>),
+}
+
+/// A PostgreSQL error as PostgreSQL said it (tokio-postgres prints only "db error").
+fn db_error(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()) {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => format!("{e:#}"),
+    }
+}
+
+/// The loader of one partition.
 pub struct PartitionLoader {
     shared: Arc<LoaderShared>,
-    topic: String,
-    partition: i32,
-    /// The partition's next offset as stored in PostgreSQL when this loader
-    /// last committed (or was assigned); the fence for the next commit.
-    expected: Option<i64>,
+    partition: Arc<Partition>,
+    stop: watch::Receiver<Stop>,
     db: Option<Db>,
+    cursor: Cursor,
+    /// The next offset stored in PostgreSQL when this loader last committed
+    /// or read it: the fence of its next commit.
+    expected: Option<i64>,
     buffer: Buffer,
-    mailbox_capacity: usize,
-    /// After a fence: the stored offset the consumer was sent back to. Records
-    /// queued before the seek are skipped until this exact offset comes again.
-    resync_at: Option<i64>,
+    duplicates: HashSet<Uuid>,
+    /// Offsets whose decoding panicked: dead-lettered whole when read again.
+    poisoned: HashSet<i64>,
+    /// A rewind asked for while taking records.
+    rewind: Option<Rewind>,
+    /// A seek asked for while taking records (an offset gap).
+    reseek: Option<i64>,
+    /// The record being decoded (simd-json parses in place).
+    scratch: Vec<u8>,
 }
 
 impl PartitionLoader {
-    pub fn new(shared: Arc<LoaderShared>, topic: String, partition: i32, expected: Option<i64>, mailbox_capacity: usize) -> Self {
-        PartitionLoader { shared, topic, partition, expected, db: None, buffer: Buffer::default(), mailbox_capacity, resync_at: None }
+    pub fn new(shared: Arc<LoaderShared>, partition: Arc<Partition>, stop: watch::Receiver<Stop>) -> Self {
+        let buffer = Buffer::new(shared.catalog.types().len(), Accumulator::new(shared.views.current()));
+        PartitionLoader {
+            shared,
+            partition,
+            stop,
+            db: None,
+            cursor: Cursor::at(0, Instant::now()),
+            expected: None,
+            buffer,
+            duplicates: HashSet::new(),
+            poisoned: HashSet::new(),
+            rewind: None,
+            reseek: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn stop_request(&self) -> Stop {
+        if self.stop.has_changed().is_err() {
+            return Stop::Revoked; // the consumer is gone
+        }
+        *self.stop.borrow()
     }
 
     fn is_dead_letter_topic(&self) -> bool {
-        self.topic == self.shared.dead_letter_topic
+        self.partition.topic == self.shared.dead_letter_topic
     }
 
     fn due(&self) -> bool {
@@ -125,331 +300,368 @@ impl PartitionLoader {
             || self.buffer.first_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.shared.flush_ms))
     }
 
-    /// Flushes the buffer, retrying with backoff until it commits or the loader is fenced.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.buffer.next_offset.is_none() {
-            return;
+    /// Loads until stopped. An error ends this loader (its supervisor starts
+    /// a new one, from the stored offset).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        if !self.start().await? {
+            return Ok(());
         }
-        let buffer = std::mem::take(&mut self.buffer);
-        let db = self.db.take();
-        let shared = self.shared.clone();
-        let (topic, partition, expected) = (self.topic.clone(), self.partition, self.expected);
-        let fut = async move {
-            let mut client = db;
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                if client.as_ref().is_none_or(|d| d.client.is_closed()) {
-                    client = crate::store::connect(&shared.pg_url).await.ok().map(Db::new);
-                }
-                if let Some(c) = client.as_mut() {
-                    let started = Instant::now();
-                    match commit(c, &shared, &topic, partition, expected, &buffer).await {
-                        Ok(loaded) => {
-                            shared.metrics.load_flush_seconds.observe(started.elapsed().as_secs_f64());
-                            shared.metrics.load_events.inc_by(loaded);
-                            return (client, Ok(buffer.next_offset.unwrap()));
-                        }
-                        Err(FlushError::Fenced(stored)) => return (client, Err(stored)),
-                        Err(FlushError::Db(e)) => {
-                            // tokio-postgres prints only "db error": say what PostgreSQL said.
-                            let error = match e.as_db_error() {
-                                Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                                None => e.to_string(),
-                            };
-                            tracing::warn!(topic, partition, error, retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
-                        }
+        loop {
+            let more = self.drain();
+            if let Some(why) = self.rewind.take() {
+                self.rewind_to(why, self.expected).await?;
+                continue;
+            }
+            if let Some(next) = self.reseek.take() {
+                // The buffer holds every record before `next`: keep it.
+                self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
+                self.partition.seek(next).await?;
+                continue;
+            }
+            match self.stop_request() {
+                Stop::No => {}
+                Stop::Revoked => return Ok(()),
+                Stop::Shutdown(deadline) => {
+                    if !self.buffer.is_empty() {
+                        let _ = tokio::time::timeout_at(deadline.into(), self.flush()).await;
                     }
-                } else {
-                    tracing::warn!(topic, partition, retry_in_ms = backoff.as_millis() as u64, "PostgreSQL unreachable; retrying.");
+                    return Ok(());
                 }
-                shared.metrics.load_flush_retries.inc();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(shared.retry_max_ms));
+            }
+            if self.due() {
+                self.flush().await?;
+                continue;
+            }
+            if more {
+                continue;
+            }
+            let flush_at = self.buffer.first_at.map(|t| t + Duration::from_millis(self.shared.flush_ms));
+            tokio::select! {
+                _ = self.stop.changed() => {}
+                _ = self.partition.ready() => {}
+                _ = sleep_until(flush_at) => {}
+            }
+        }
+    }
+
+    /// Reads the stored offset and the current views (retrying while
+    /// PostgreSQL is unreachable), then seeks there. `false`: stopped meanwhile.
+    async fn start(&mut self) -> anyhow::Result<bool> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.open().await {
+                Ok(()) => break,
+                Err(e) => {
+                    let (topic, partition) = (&self.partition.topic, self.partition.partition);
+                    tracing::warn!(topic, partition, error = db_error(&e), "Cannot read the stored offset; retrying.");
+                    if !self.pause(backoff).await {
+                        return Ok(false);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
+                }
+            }
+        }
+        let from = self.seek_to(self.expected).await?;
+        tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, stored = ?self.expected, from, "Loading from the stored offset.");
+        Ok(true)
+    }
+
+    async fn open(&mut self) -> anyhow::Result<()> {
+        let db = match self.db.take() {
+            Some(db) if !db.client.is_closed() => db,
+            _ => Db::connect(&self.shared.pg_url, &self.shared.catalog).await?,
+        };
+        let (topic, partition) = (&self.partition.topic, self.partition.partition);
+        self.expected = stored_offset(&db.client, &self.shared.group, topic, partition).await?;
+        let views = self.shared.views.refresh(&db.client, &self.shared.catalog).await?;
+        self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(views));
+        self.db = Some(db);
+        Ok(())
+    }
+
+    /// Seeks to `offset` (`None`: the earliest kept) and returns where reading starts.
+    async fn seek_to(&mut self, offset: Option<i64>) -> anyhow::Result<i64> {
+        let from = match offset {
+            Some(o) => o,
+            None => self.partition.earliest().await?,
+        };
+        self.partition.seek(from).await?;
+        self.cursor = Cursor::at(from, Instant::now());
+        Ok(from)
+    }
+
+    /// Sleeps `d`; `false` when asked to stop meanwhile.
+    async fn pause(&mut self, d: Duration) -> bool {
+        let _ = tokio::time::timeout(d, self.stop.changed()).await;
+        self.stop_request() == Stop::No
+    }
+
+    /// Takes the records waiting in the queue until it is empty (`false`) or
+    /// the buffer is due (`true`: more may be waiting).
+    fn drain(&mut self) -> bool {
+        loop {
+            if self.due() || self.rewind.is_some() || self.reseek.is_some() {
+                return true;
+            }
+            let partition = self.partition.clone();
+            let message = match partition.poll() {
+                None => return false,
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.partition, error = %e, "Consume error.");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let offset = message.offset();
+            match self.cursor.step(offset, Instant::now()) {
+                Step::Take => self.take(offset, message.payload().unwrap_or_default()),
+                Step::Skip => {}
+                Step::Seek(next) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.partition, next, got = offset, "Offset gap; fetching again from the next offset.");
+                    self.reseek = Some(next);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Decodes one record into the buffer.
+    fn take(&mut self, offset: i64, payload: &[u8]) {
+        let failed = if self.poisoned.contains(&offset) {
+            Some("the decoder panicked on this record".to_string())
+        } else {
+            let dead_letters = self.is_dead_letter_topic();
+            self.scratch.clear();
+            self.scratch.extend_from_slice(payload);
+            let (shared, scratch) = (&self.shared, &mut self.scratch);
+            let mut into = IntoBuffer { buffer: &mut self.buffer, types: shared.catalog.types(), offset, duplicates: &self.duplicates };
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                if dead_letters {
+                    decode_dead_letter(scratch).map(|letters| into.buffer.dead.extend(letters.into_iter().map(|l| (offset, l))))
+                } else {
+                    walk(scratch, &shared.catalog, shared.policy, &mut into).map(|_| ())
+                }
+            }));
+            match decoded {
+                Ok(Ok(())) => None,
+                // Nothing of the record was taken: `walk` fails before its first event.
+                Ok(Err(reason)) => Some(reason),
+                Err(_) => {
+                    // Some of its rows may be in the buffer: drop the buffer and
+                    // read again, dead-lettering this record whole.
+                    self.shared.metrics.actor_panics.with_label_values(&["loader"]).inc();
+                    tracing::error!(topic = %self.partition.topic, partition = self.partition.partition, offset, "The decoder panicked on a record; it becomes a dead letter.");
+                    self.poisoned.insert(offset);
+                    self.rewind = Some(Rewind::Panic);
+                    return;
+                }
             }
         };
-        // `wait`: no other message is handled until the flush ends, so the
-        // mailbox fills and the poller waits (backpressure).
-        ctx.wait(fut.into_actor(self).map(|(client, result), act, _ctx| {
-            act.db = client;
-            match result {
-                Ok(next) => {
-                    act.expected = Some(next);
-                    let _ = act.shared.kafka_commits.try_send((act.topic.clone(), act.partition, next));
+        if let Some(reason) = failed {
+            let letter = DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(payload.to_vec()), context: None };
+            self.buffer.dead.push((offset, letter));
+        }
+        self.buffer.records += 1;
+        self.buffer.first_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Commits the buffer, retrying with backoff while PostgreSQL fails; a
+    /// commit that must not happen rewinds instead.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.commit().await {
+                Ok(Committed::Rows(rows)) => {
+                    let m = &self.shared.metrics;
+                    m.load_flush_seconds.observe(started.elapsed().as_secs_f64());
+                    m.load_events.inc_by(rows);
+                    let next = self.cursor.next();
+                    self.expected = Some(next);
+                    self.partition.commit(next);
+                    self.duplicates.clear();
+                    self.poisoned.clear();
+                    self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()));
+                    return Ok(());
                 }
-                Err(stored) => {
-                    // Another loader committed this range first (a rebalance race):
-                    // drop ours and read again from what is stored.
-                    tracing::warn!(topic = %act.topic, partition = act.partition, ?stored, "Offset moved by another loader; re-reading from the stored offset.");
-                    act.expected = stored;
-                    act.buffer = Buffer::default();
-                    if let Some(o) = stored {
-                        act.resync_at = Some(o);
-                        let _ = act.shared.seeks.try_send((act.topic.clone(), act.partition, o));
+                Ok(Committed::Rewind(why, to)) => return self.rewind_to(why, to).await,
+                Err(e) => {
+                    let (topic, partition) = (&self.partition.topic, self.partition.partition);
+                    tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
+                    self.shared.metrics.load_flush_retries.inc();
+                    if !self.pause(backoff).await && matches!(self.stop_request(), Stop::Revoked) {
+                        return Ok(());
                     }
+                    backoff = (backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
                 }
             }
-        }));
+        }
     }
-}
 
-/// A connection of a loader and the statements prepared on it.
-struct Db {
-    client: Client,
-    prepared: HashMap<String, Statement>,
-}
+    /// Drops the buffer and reads again from `to`, the stored offset.
+    async fn rewind_to(&mut self, why: Rewind, to: Option<i64>) -> anyhow::Result<()> {
+        self.shared.metrics.load_rewinds.with_label_values(&[why.label()]).inc();
+        let (topic, partition) = (&self.partition.topic, self.partition.partition);
+        match why {
+            Rewind::Fenced => tracing::warn!(topic, partition, stored = ?to, "Offset moved by another loader; reading again from the stored offset."),
+            _ => tracing::info!(topic, partition, reason = why.label(), stored = ?to, "Flush dropped before commit; reading again from the stored offset."),
+        }
+        self.expected = to;
+        self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()));
+        self.seek_to(to).await?;
+        Ok(())
+    }
 
-impl Db {
-    fn new(client: Client) -> Self {
-        Db { client, prepared: HashMap::new() }
-    }
-}
-
-/// `sql` prepared once per connection (saves a round trip and the planning per flush).
-async fn prepared(
-    prepared: &mut HashMap<String, Statement>,
-    tx: &Transaction<'_>,
-    sql: &str,
-) -> Result<Statement, tokio_postgres::Error> {
-    if let Some(s) = prepared.get(sql) {
-        return Ok(s.clone());
-    }
-    let s = tx.prepare(sql).await?;
-    prepared.insert(sql.to_string(), s.clone());
-    Ok(s)
-}
-
-async fn commit(
-    db: &mut Db,
-    shared: &LoaderShared,
-    topic: &str,
-    partition: i32,
-    expected: Option<i64>,
-    buffer: &Buffer,
-) -> Result<u64, FlushError> {
-    let Db { client, prepared: statements } = db;
-    let tx = client.transaction().await?;
-    // Batch ids seen before (tracker retries) are skipped whole.
-    let mut ids: Vec<Uuid> = buffer.batches.iter().map(|b| b.batch_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    // Pipelined: the views lock and generation, and the batch ids.
-    let (views, fresh) = futures_util::future::try_join(shared.views.lock_current(&tx, &shared.catalog), async {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
+    /// One transaction: the offset fence, the batch ids and the views lock
+    /// (pipelined), then COPY per table, the views' upserts, the dead letters, COMMIT.
+    async fn commit(&mut self) -> anyhow::Result<Committed> {
+        if self.db.as_ref().is_none_or(|d| d.client.is_closed()) {
+            self.db = Some(Db::connect(&self.shared.pg_url, &self.shared.catalog).await?);
         }
-        let rows = tx
-            .query(
-                "INSERT INTO chronos.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id",
-                &[&ids],
-            )
-            .await?;
-        Ok::<HashSet<Uuid>, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
-    })
-    .await?;
-    let mut taken: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let kept: Vec<usize> =
-        (0..buffer.batches.len()).filter(|i| fresh.contains(&buffer.batches[*i].batch_id) && taken.insert(buffer.batches[*i].batch_id)).collect();
-    let keep: Vec<&DecodedBatch> = kept.iter().map(|i| &buffer.batches[*i]).collect();
-    let mut loaded = 0u64;
-    for (table, statement) in shared.copy_statements.iter().enumerate() {
-        let parts: Vec<&BytesMut> = keep.iter().flat_map(|b| b.tables.iter()).filter(|t| t.table == table).map(|t| &t.tuples).collect();
-        if parts.is_empty() {
-            continue;
-        }
-        let statement = prepared(statements, &tx, statement).await?;
-        let sink = tx.copy_in::<_, Bytes>(&statement).await?;
-        futures_util::pin_mut!(sink);
-        // Streamed in chunks: the buffer already holds every tuple, and a second
-        // copy of a whole table's rows per partition is what set chronosd's peak
-        // memory while the loaders lagged (perf/pipeline.md, RSS).
-        let mut chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES * 2);
-        chunk.extend_from_slice(HEADER);
-        for p in parts {
-            chunk.extend_from_slice(p);
-            if chunk.len() >= COPY_CHUNK_BYTES {
-                sink.feed(chunk.split().freeze()).await?;
-            }
-        }
-        chunk.extend_from_slice(TRAILER);
-        sink.feed(chunk.freeze()).await?;
-        loaded += sink.finish().await?;
-    }
-    if !views.views.is_empty() && !kept.is_empty() {
-        let started = Instant::now();
-        let mut acc = crate::views::Accumulator::new(&views);
-        for i in &kept {
-            let mut record = buffer.records[*i].clone();
-            let walked = crate::load::decode::walk(&mut record, &shared.catalog, shared.policy, |t, row, _| acc.add(t, row), |_| {});
-            debug_assert!(walked.is_ok(), "a decoded record decodes again");
-        }
-        let mut upserts = Vec::with_capacity(views.views.len());
-        for v in &views.views {
-            upserts.push(prepared(statements, &tx, &v.upsert).await?);
-        }
-        let groups = acc.apply(&tx, &upserts, partition).await?;
-        shared.metrics.view_groups.inc_by(groups);
-        shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
-    }
-    let dead: Vec<&PlacedDeadLetter> = buffer.dead.iter().collect();
-    if !dead.is_empty() {
-        let stages: Vec<&str> = dead.iter().map(|d| d.letter.stage).collect();
-        let reasons: Vec<&str> = dead.iter().map(|d| d.letter.reason.as_str()).collect();
-        let offsets: Vec<i64> = dead.iter().map(|d| d.offset).collect();
-        let batch_ids: Vec<Option<Uuid>> = dead.iter().map(|d| d.letter.batch_id).collect();
-        let positions: Vec<Option<i32>> = dead.iter().map(|d| d.letter.position).collect();
-        let events: Vec<Option<&str>> = dead.iter().map(|d| d.letter.event.as_deref()).collect();
-        let raws: Vec<Option<&[u8]>> = dead.iter().map(|d| d.letter.raw.as_deref()).collect();
-        let contexts: Vec<Option<&str>> = dead.iter().map(|d| d.letter.context.as_deref()).collect();
-        tx.execute(
-            "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
-             SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
-             FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
-                  AS u(s, r, o, b, p, e, w, c)
-             ON CONFLICT DO NOTHING",
-            &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts],
+        let Db { client, internals, upserts } = self.db.as_mut().expect("connected above");
+        let (shared, buffer) = (&self.shared, &self.buffer);
+        let (topic, partition, next) = (&self.partition.topic, self.partition.partition, self.cursor.next());
+        let tx = client.transaction().await?;
+        let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
+        let (advanced, fresh, views) = futures_util::future::try_join3(
+            internals.advance_offset(&tx, &shared.group, topic, partition, self.expected, next),
+            internals.claim_batches(&tx, &ids),
+            shared.views.lock_current(&tx, &shared.catalog),
         )
         .await?;
-    }
-    let next = buffer.next_offset.expect("flush only with records");
-    let moved = tx
-        .execute(
-            "INSERT INTO chronos.offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-             SET next_offset = EXCLUDED.next_offset, updated_at = now()
-             WHERE chronos.offsets.next_offset IS NOT DISTINCT FROM $5",
-            &[&shared.group, &topic, &partition, &next, &expected],
-        )
-        .await?;
-    if moved != 1 {
-        tx.rollback().await?;
-        let stored = client
-            .query_opt(
-                "SELECT next_offset FROM chronos.offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-                &[&shared.group, &topic, &partition],
-            )
-            .await?
-            .map(|r| r.get::<_, i64>(0));
-        return Err(FlushError::Fenced(stored));
-    }
-    tx.commit().await?;
-    tracing::debug!(topic, partition, rows = loaded, next_offset = next, "Loaded batch.");
-    Ok(loaded)
-}
-
-impl Actor for PartitionLoader {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
-        let every = Duration::from_millis((self.shared.flush_ms / 4).max(10));
-        ctx.run_interval(every, |act, ctx| {
-            if act.due() {
-                act.flush(ctx);
-            }
-        });
-    }
-}
-
-/// Message: one Kafka record of this loader's partition.
-pub struct Record {
-    pub offset: i64,
-    pub payload: Vec<u8>,
-}
-
-impl Message for Record {
-    type Result = ();
-}
-
-impl Handler<Record> for PartitionLoader {
-    type Result = ();
-
-    fn handle(&mut self, mut rec: Record, ctx: &mut Context<Self>) {
-        // After a fence, wait for the seek: skip everything until the stored
-        // offset itself is delivered again (these topics have no offset gaps).
-        if let Some(at) = self.resync_at {
-            if rec.offset != at {
-                return;
-            }
-            self.resync_at = None;
+        if !advanced {
+            tx.rollback().await?;
+            let stored = stored_offset(&*client, &shared.group, topic, partition).await?;
+            return Ok(Committed::Rewind(Rewind::Fenced, stored));
         }
-        // Records below the next offset are already loaded (ours or another
-        // loader's) or were delivered again after a seek: skip them. A record
-        // past it means some were not handed over: read again from `next`.
-        if let Some(next) = self.buffer.next_offset.or(self.expected) {
-            if rec.offset < next {
-                return;
-            }
-            if rec.offset > next {
-                tracing::warn!(topic = %self.topic, partition = self.partition, next, got = rec.offset, "Offset gap; re-reading from the next offset.");
-                self.resync_at = Some(next);
-                let _ = self.shared.seeks.try_send((self.topic.clone(), self.partition, next));
-                return;
-            }
+        if buffer.events > 0 && views.generation != buffer.views.generation() {
+            return Ok(Committed::Rewind(Rewind::Views, self.expected));
         }
-        let raw_copy = rec.payload.clone();
-        let dead_letters = self.is_dead_letter_topic();
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
-            if dead_letters {
-                decode_dead_letter(&mut rec.payload).map(Err)
-            } else {
-                decode_batch(&mut rec.payload, &self.shared.catalog, self.shared.policy).map(Ok)
-            }
-        }))
-        .unwrap_or_else(|_| {
-            self.shared.metrics.actor_panics.with_label_values(&["loader"]).inc();
-            Err("the decoder panicked on this record".into())
-        });
-        let b = &mut self.buffer;
-        match decoded {
-            Ok(Ok(mut batch)) => {
-                b.records.push(raw_copy);
-                b.events += batch.events;
-                for letter in batch.dead.drain(..) {
-                    b.dead.push(PlacedDeadLetter { letter, offset: rec.offset });
+        if fresh.len() != ids.len() {
+            self.duplicates.extend(ids.iter().filter(|id| !fresh.contains(id)));
+            return Ok(Committed::Rewind(Rewind::Duplicates, self.expected));
+        }
+        let mut rows = 0;
+        for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            rows += internals.copy_rows(&tx, table, &[tuples]).await?;
+        }
+        if !buffer.views.is_empty() {
+            let started = Instant::now();
+            let upserts = prepared_upserts(upserts, &tx, &views).await?;
+            let groups = buffer.views.apply(&tx, &upserts, partition).await?;
+            shared.metrics.view_groups.inc_by(groups);
+            shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
+        tx.commit().await?;
+        tracing::debug!(topic, partition, rows, next_offset = next, "Loaded.");
+        Ok(Committed::Rows(rows))
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the loader that `make` builds until it stops on its own, and starts a
+/// new one — which reads from the stored offset — each time one fails or
+/// panics, counting it (`chronos_load_restarts_total`) and logging it at ERROR.
+pub async fn supervise<F, Fut>(topic: String, partition: i32, metrics: Arc<Metrics>, mut stop: watch::Receiver<Stop>, mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        let error = match AssertUnwindSafe(make()).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => match panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()) {
+                Some(msg) => format!("panicked: {msg}"),
+                None => "panicked".to_string(),
+            },
+        };
+        if stop.has_changed().is_err() || *stop.borrow() != Stop::No {
+            return;
+        }
+        metrics.load_restarts.with_label_values(&[&topic, &partition.to_string()]).inc();
+        tracing::error!(topic, partition, error, "Loader failed; starting it again from the stored offset.");
+        let _ = tokio::time::timeout(RESTART_DELAY, stop.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_cursor_takes_each_offset_once_in_order() {
+        let t0 = Instant::now();
+        let mut c = Cursor::at(10, t0);
+        assert_eq!(c.step(9, t0), Step::Skip, "below the stored offset: loaded before");
+        assert_eq!(c.step(10, t0), Step::Take);
+        assert_eq!(c.step(11, t0), Step::Take);
+        assert_eq!(c.step(11, t0), Step::Skip, "delivered twice");
+        assert_eq!(c.next(), 12);
+    }
+
+    #[test]
+    fn a_gap_seeks_once_then_waits_for_the_seek() {
+        let t0 = Instant::now();
+        let mut c = Cursor::at(5, t0);
+        assert_eq!(c.step(5, t0), Step::Take);
+        assert_eq!(c.step(8, t0), Step::Seek(6), "6 and 7 were not delivered");
+        assert_eq!(c.step(9, t0), Step::Skip, "fetched before the seek took effect");
+        assert_eq!(c.step(6, t0), Step::Take);
+        assert_eq!(c.step(9, t0 + Duration::from_millis(10)), Step::Seek(7), "a new gap after progress");
+        assert_eq!(c.step(9, t0 + RESEEK_AFTER * 2), Step::Seek(7), "no answer to a seek: ask again");
+    }
+
+    #[test]
+    fn just_after_a_seek_records_past_it_are_skipped() {
+        let t0 = Instant::now();
+        let mut c = Cursor::at(100, t0);
+        assert_eq!(c.step(140, t0), Step::Skip, "fetched from where the assignment started, before the seek");
+        assert_eq!(c.step(100, t0), Step::Take);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_or_panicking_loader_is_started_again_and_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let (_tx, rx) = watch::channel(Stop::No);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        supervise("t".into(), 3, metrics.clone(), rx, move || {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => anyhow::bail!("PostgreSQL said no"),
+                    1 => panic!("a bug"),
+                    _ => Ok(()),
                 }
-                b.batches.push(batch);
             }
-            Ok(Err(letters)) => b.dead.extend(letters.into_iter().map(|letter| PlacedDeadLetter { letter, offset: rec.offset })),
-            Err(reason) => b.dead.push(PlacedDeadLetter {
-                letter: DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(raw_copy), context: None },
-                offset: rec.offset,
-            }),
-        }
-        b.next_offset = Some(rec.offset + 1);
-        b.first_at.get_or_insert_with(Instant::now);
-        if self.due() {
-            self.flush(ctx);
-        }
+        })
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "started again after each failure, then stopped on its own");
+        assert_eq!(metrics.load_restarts.with_label_values(&["t", "3"]).get(), 2);
     }
-}
 
-/// Message: the partition was revoked; stop without committing what is buffered.
-pub struct Revoked;
-
-impl Message for Revoked {
-    type Result = ();
-}
-
-impl Handler<Revoked> for PartitionLoader {
-    type Result = ();
-
-    fn handle(&mut self, _: Revoked, ctx: &mut Context<Self>) {
-        self.buffer = Buffer::default();
-        ctx.stop();
-    }
-}
-
-/// Message: flush what is buffered now (shutdown).
-pub struct FlushNow;
-
-impl Message for FlushNow {
-    type Result = ();
-}
-
-impl Handler<FlushNow> for PartitionLoader {
-    type Result = ();
-
-    fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) {
-        self.flush(ctx);
+    #[actix_rt::test]
+    async fn a_loader_failing_while_asked_to_stop_is_not_restarted() {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = watch::channel(Stop::No);
+        tx.send(Stop::Revoked).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        supervise("t".into(), 0, metrics.clone(), rx, move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { anyhow::bail!("connection closed") }
+        })
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(metrics.load_restarts.with_label_values(&["t", "0"]).get(), 0);
     }
 }

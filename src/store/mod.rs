@@ -1,6 +1,7 @@
 //! PostgreSQL storage: schema from the catalog (install, evolution, daily
 //! partitions) and the internals the loaders use.
 
+pub mod internals;
 pub mod schema;
 
 use std::time::Duration;

@@ -18,7 +18,7 @@ pub mod state;
 
 use std::sync::{Arc, Mutex};
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::catalog::EventCatalog;
 use crate::store::schema::ident;
@@ -65,15 +65,26 @@ impl Registry {
         // Pipelined, and in this order: the generation is read after the lock is held.
         let (_, generation) = futures_util::future::try_join(
             tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]),
-            tx.query_opt("SELECT generation FROM chronos.view_generation", &[]),
+            tx.query_opt(GENERATION, &[]),
         )
         .await?;
-        let generation: i64 = generation.map(|r| r.get(0)).unwrap_or(0);
+        self.at(tx, generation.map(|r| r.get(0)).unwrap_or(0), catalog).await
+    }
+
+    /// The view set stored now, read without the lock: for a loader about to
+    /// decode, whose commit then checks the generation under the lock.
+    pub async fn refresh(&self, client: &impl GenericClient, catalog: &EventCatalog) -> Result<Arc<ViewSet>, tokio_postgres::Error> {
+        let generation = client.query_opt(GENERATION, &[]).await?.map(|r| r.get(0)).unwrap_or(0);
+        self.at(client, generation, catalog).await
+    }
+
+    /// The view set of `generation`, loaded from `chronos.views` when it is not the current one.
+    async fn at(&self, client: &impl GenericClient, generation: i64, catalog: &EventCatalog) -> Result<Arc<ViewSet>, tokio_postgres::Error> {
         let current = self.current();
         if current.generation == generation {
             return Ok(current);
         }
-        let rows = tx.query("SELECT name, definition FROM chronos.views ORDER BY name", &[]).await?;
+        let rows = client.query("SELECT name, definition FROM chronos.views ORDER BY name", &[]).await?;
         let mut views = Vec::new();
         for r in rows {
             let (name, definition): (String, String) = (r.get(0), r.get(1));
@@ -92,6 +103,8 @@ impl Registry {
         Ok(set)
     }
 }
+
+const GENERATION: &str = "SELECT generation FROM chronos.view_generation";
 
 /// Summary of a stored view, for `chronos views list`.
 pub struct ViewInfo {
@@ -246,21 +259,33 @@ async fn rebuild_outdated(tx: &Transaction<'_>, catalog: &EventCatalog) -> Resul
     Ok(rebuilt)
 }
 
-/// Partial aggregates of every view of a set over one transaction's events.
-pub struct Accumulator<'s> {
-    pub set: &'s ViewSet,
+/// Partial aggregates of every view of one generation over the events of one
+/// flush, fed while the loader decodes them.
+pub struct Accumulator {
+    pub set: Arc<ViewSet>,
     pub partials: Vec<state::Partial>,
 }
 
-impl<'s> Accumulator<'s> {
-    pub fn new(set: &'s ViewSet) -> Self {
-        Accumulator { set, partials: set.views.iter().map(|_| state::Partial::default()).collect() }
+impl Accumulator {
+    pub fn new(set: Arc<ViewSet>) -> Self {
+        let partials = set.views.iter().map(|_| state::Partial::default()).collect();
+        Accumulator { set, partials }
+    }
+
+    /// The view generation the partials were computed for.
+    pub fn generation(&self) -> i64 {
+        self.set.generation
     }
 
     pub fn add(&mut self, type_index: usize, row: &expr::Row<'_, '_>) {
         for (v, p) in self.set.views.iter().zip(self.partials.iter_mut()) {
             p.add(&v.def, type_index, row);
         }
+    }
+
+    /// No group in any view.
+    pub fn is_empty(&self) -> bool {
+        self.partials.iter().all(state::Partial::is_empty)
     }
 
     /// Runs one upsert per view with groups, pipelined on the connection;

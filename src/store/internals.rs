@@ -1,0 +1,152 @@
+//! What one loader transaction writes, statement by statement: the batch ids
+//! it claims (`chronos.seen_batches`), the COPY into each event table, its
+//! dead letters, and the partition's next offset, fenced on the offset the
+//! loader started from. The tables are created by `schema::INTERNALS`; the
+//! loader (`load::loader`) calls these in turn inside one transaction.
+//!
+//! The statements are prepared once per connection (`Internals::prepare`):
+//! a flush then costs no parse or plan round trip.
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::{Client, Error, GenericClient, Statement, Transaction};
+use uuid::Uuid;
+
+use super::schema::{ident, table, BASE_COLUMNS};
+use crate::catalog::{EventCatalog, EventType};
+use crate::load::copy::{HEADER, TRAILER};
+
+/// COPY data is sent in pieces of about this size.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
+
+const CLAIM_BATCHES: &str =
+    "INSERT INTO chronos.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id";
+
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
+     SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
+     FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
+          AS u(s, r, o, b, p, e, w, c)
+     ON CONFLICT DO NOTHING";
+
+const ADVANCE_OFFSET: &str = "INSERT INTO chronos.offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+     SET next_offset = EXCLUDED.next_offset, updated_at = now()
+     WHERE chronos.offsets.next_offset IS NOT DISTINCT FROM $5";
+
+const STORED_OFFSET: &str = "SELECT next_offset FROM chronos.offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3";
+
+/// An event or record that cannot be loaded, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub stage: &'static str,
+    pub reason: String,
+    pub batch_id: Option<Uuid>,
+    pub position: Option<i32>,
+    /// The event as JSON text.
+    pub event: Option<String>,
+    /// The whole record, when it could not be decoded.
+    pub raw: Option<Vec<u8>>,
+    /// The batch's facts as JSON (session_id, key_id, sent_at, received_at,
+    /// client_ip, user_agent, page): what a replay needs to rebuild a record.
+    pub context: Option<String>,
+}
+
+/// `COPY events."<type>" (base columns, attributes) FROM STDIN (FORMAT binary)`:
+/// the column order `load::decode` writes tuples in.
+pub fn copy_statement(ty: &EventType) -> String {
+    let cols: Vec<String> = BASE_COLUMNS.iter().map(|(n, _)| ident(n)).chain(ty.attributes.iter().map(|a| ident(&a.name))).collect();
+    format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table(ty), cols.join(", "))
+}
+
+/// The loader's statements, prepared on one connection.
+pub struct Internals {
+    claim_batches: Statement,
+    dead_letters: Statement,
+    advance_offset: Statement,
+    /// One per catalog type, in catalog order.
+    copy: Vec<Statement>,
+}
+
+impl Internals {
+    /// Prepares every statement on `client` (pipelined: one round trip).
+    pub async fn prepare(client: &Client, catalog: &EventCatalog) -> Result<Self, Error> {
+        let copies: Vec<String> = catalog.types().iter().map(copy_statement).collect();
+        let (fixed, copy) = futures_util::future::try_join(
+            futures_util::future::try_join3(client.prepare(CLAIM_BATCHES), client.prepare(INSERT_DEAD_LETTERS), client.prepare(ADVANCE_OFFSET)),
+            futures_util::future::try_join_all(copies.iter().map(|sql| client.prepare(sql))),
+        )
+        .await?;
+        let (claim_batches, dead_letters, advance_offset) = fixed;
+        Ok(Internals { claim_batches, dead_letters, advance_offset, copy })
+    }
+
+    /// Records `ids` as seen; returns those that were not seen before (a
+    /// batch id seen before is a tracker retry of a batch already loaded).
+    /// Blocks while another open transaction holds one of them.
+    pub async fn claim_batches(&self, tx: &Transaction<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = tx.query(&self.claim_batches, &[&ids]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Streams binary COPY tuples (`parts`, without header or trailer) into
+    /// the table of catalog type `table`. Returns the rows copied.
+    pub async fn copy_rows(&self, tx: &Transaction<'_>, table: usize, parts: &[&[u8]]) -> Result<u64, Error> {
+        let sink = tx.copy_in::<_, Bytes>(&self.copy[table]).await?;
+        futures_util::pin_mut!(sink);
+        // In pieces: a second whole copy of a table's rows is what set
+        // chronosd's peak memory while the loaders lagged.
+        let mut chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES * 2);
+        chunk.extend_from_slice(HEADER);
+        for p in parts {
+            chunk.extend_from_slice(p);
+            if chunk.len() >= COPY_CHUNK_BYTES {
+                sink.feed(chunk.split().freeze()).await?;
+            }
+        }
+        chunk.extend_from_slice(TRAILER);
+        sink.feed(chunk.freeze()).await?;
+        sink.finish().await
+    }
+
+    /// Inserts dead letters of `topic`/`partition`, each with the offset of its
+    /// record; one a retried batch already wrote is skipped.
+    pub async fn insert_dead_letters(&self, tx: &Transaction<'_>, topic: &str, partition: i32, letters: &[(i64, DeadLetter)]) -> Result<u64, Error> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let stages: Vec<&str> = letters.iter().map(|(_, d)| d.stage).collect();
+        let reasons: Vec<&str> = letters.iter().map(|(_, d)| d.reason.as_str()).collect();
+        let offsets: Vec<i64> = letters.iter().map(|(o, _)| *o).collect();
+        let batch_ids: Vec<Option<Uuid>> = letters.iter().map(|(_, d)| d.batch_id).collect();
+        let positions: Vec<Option<i32>> = letters.iter().map(|(_, d)| d.position).collect();
+        let events: Vec<Option<&str>> = letters.iter().map(|(_, d)| d.event.as_deref()).collect();
+        let raws: Vec<Option<&[u8]>> = letters.iter().map(|(_, d)| d.raw.as_deref()).collect();
+        let contexts: Vec<Option<&str>> = letters.iter().map(|(_, d)| d.context.as_deref()).collect();
+        tx.execute(&self.dead_letters, &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts]).await
+    }
+
+    /// Moves the stored next offset of a partition to `next` if it still is
+    /// `expected` (`None`: no row yet). `false` means another loader moved it
+    /// (it owned the partition after us): this transaction must not commit.
+    pub async fn advance_offset(
+        &self,
+        tx: &Transaction<'_>,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        expected: Option<i64>,
+        next: i64,
+    ) -> Result<bool, Error> {
+        Ok(tx.execute(&self.advance_offset, &[&group, &topic, &partition, &next, &expected]).await? == 1)
+    }
+}
+
+/// The stored next offset of a partition for a group (`None`: never loaded).
+pub async fn stored_offset(client: &impl GenericClient, group: &str, topic: &str, partition: i32) -> Result<Option<i64>, Error> {
+    Ok(client.query_opt(STORED_OFFSET, &[&group, &topic, &partition]).await?.map(|r| r.get(0)))
+}
