@@ -85,19 +85,10 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let mut client = store::connect(&config.postgres.url).await?;
     store::install(&mut client, &catalog, &config.load).await?;
-    let (ahead, retention) = (config.load.partitions_ahead_days, Duration::from_secs(config.load.seen_batches_retention_hours * 3600));
-    actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
-            if let Err(e) = store::ensure_partitions(&client, &catalog, ahead).await {
-                tracing::warn!(error = %e, "Partition maintenance failed.");
-            }
-            if let Err(e) = store::prune_seen_batches(&client, retention).await {
-                tracing::warn!(error = %e, "Pruning seen batch ids failed.");
-            }
-        }
-    });
+    let retention = Duration::from_secs(config.load.seen_batches_retention_hours * 3600);
+    let maintenance = store::Maintenance::new(&config.postgres.url, catalog, config.load.partitions_ahead_days, retention);
+    drop(client);
+    actix_rt::spawn(maintenance.run(Duration::from_secs(3600)));
     load::start(config, metrics)
 }
 

@@ -151,6 +151,57 @@ pub async fn ensure_partitions(client: &Client, catalog: &EventCatalog, ahead_da
     Ok(())
 }
 
+/// Partition upkeep and batch-id pruning, on a connection of its own that is
+/// opened again whenever PostgreSQL went away (a restart, a failover).
+pub struct Maintenance {
+    url: String,
+    catalog: EventCatalog,
+    ahead_days: i64,
+    retention: Duration,
+    client: Option<Client>,
+}
+
+impl Maintenance {
+    pub fn new(url: &str, catalog: EventCatalog, ahead_days: i64, retention: Duration) -> Self {
+        Maintenance { url: url.to_string(), catalog, ahead_days, retention, client: None }
+    }
+
+    /// Runs both tasks once, connecting first when needed; a connection that
+    /// failed is replaced and the tasks tried once more. Returns the batch ids pruned.
+    pub async fn run_once(&mut self) -> Result<u64> {
+        match self.try_once().await {
+            Err(_) if self.client.as_ref().is_none_or(Client::is_closed) => {
+                self.client = None;
+                self.try_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_once(&mut self) -> Result<u64> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(connect(&self.url).await?);
+        }
+        let client = self.client.as_ref().expect("connected above");
+        ensure_partitions(client, &self.catalog, self.ahead_days).await.context("partition upkeep")?;
+        prune_seen_batches(client, self.retention).await.context("pruning seen batch ids")
+    }
+
+    /// Runs the tasks every `every`, and a minute after a failure.
+    pub async fn run(mut self, every: Duration) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(_) => every,
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "Maintenance failed; trying again in a minute.");
+                    every.min(Duration::from_secs(60))
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// Forgets batch ids older than `retention` (retries come within minutes).
 pub async fn prune_seen_batches(client: &Client, retention: Duration) -> Result<u64> {
     let secs = retention.as_secs_f64();

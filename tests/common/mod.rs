@@ -409,6 +409,13 @@ impl Chronosd {
     }
 
     /// Waits until /readyz says ready.
+    /// The value of one metric line of `/metrics` (`name` with its labels, as
+    /// printed: `chronos_load_rewinds_total{reason="views"}`); `None` when absent.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = client().get(self.url("/metrics")).send().ok()?.text().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     pub fn wait_ready(&self, timeout: Duration) {
         chronos::stack::process::wait_ready(self.addr, timeout).unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()));
     }
