@@ -505,3 +505,31 @@ fn tables_are_native_partitions_without_timescaledb_and_always_refuses_clearly()
     let (ok, out) = install("always");
     assert!(!ok && out.contains("never converted"), "{out}");
 }
+
+#[test]
+fn records_waiting_in_kafka_are_loaded_with_no_further_traffic() {
+    // Each loader seeks to its stored offset after librdkafka has started the
+    // assignment on its own; a seek lost to that must not leave a quiet
+    // partition unread. Three rounds: stored offsets absent, then present.
+    let pg = postgres();
+    let kafka = Kafka::start(3);
+    let url = pg.server.url();
+    let c = client();
+    let mut expected = 0;
+    for round in 0..3 {
+        // Receipt only: the records wait in Kafka.
+        let mut receipt = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "enabled = false", FAST_IPS));
+        receipt.wait_ready(Duration::from_secs(30));
+        for i in 0..30 {
+            let (status, body, _) = post(&c, &receipt, &batch(&format!("quiet-{round}-{i}"), 10), "203.0.113.7");
+            assert_eq!(status, 200, "{body}");
+            expected += 10;
+        }
+        assert_eq!(receipt.terminate().code(), Some(0));
+        let mut d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+        d.wait_ready(Duration::from_secs(30));
+        wait_for_events(&url, expected, Duration::from_secs(60), &d);
+        assert_eq!(count(&url, &distinct_sql()), expected);
+        assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+    }
+}

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
 use chronos::load::copy::{HEADER, TRAILER};
-use chronos::load::decode::{decode_batch, TimePolicy};
+use chronos::load::decode::{encode_row, walk, DeadLetter, TimePolicy, Visit};
+use chronos::views::expr::Row;
 use chronos::stack::postgres::block_on;
 use futures_util::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -89,15 +90,72 @@ pub fn broker_consume(brokers: &str, topic: &str, partitions: i32, n: usize) -> 
 /// Seconds to COPY (binary) the rows of `records`, encoded beforehand, into copies
 /// of the event tables in one transaction. Installs the schema when missing.
 pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<f64> {
+    Ok(copy_run(config, records, CopyRun::default(), -1)?.secs)
+}
+
+/// A variant of the COPY ceiling, to price one part of a loaded row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyRun {
+    /// Page metadata stored as this JSON instead of the record's page.
+    pub metadata: Option<&'static str>,
+    /// Claim each record's batch id in `chronos.seen_batches` too, as the loaders do.
+    pub claim_batches: bool,
+    /// One transaction per this many events (each with its own COPY per
+    /// table), as the loaders' flushes; `None`: one transaction for all.
+    pub flush_events: Option<usize>,
+}
+
+/// What a COPY run took: wall seconds, and PostgreSQL's CPU seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyCost {
+    pub secs: f64,
+    pub pg_cpu_secs: f64,
+}
+
+/// Rows of a set of records as one flush would hold them.
+struct Flush {
+    per_table: Vec<BytesMut>,
+    batch_ids: Vec<uuid::Uuid>,
+    events: usize,
+}
+
+struct Encode<'c> {
+    catalog: &'c chronos::catalog::EventCatalog,
+    metadata: Option<&'static str>,
+    flush: Flush,
+}
+
+impl Visit for Encode<'_> {
+    fn batch(&mut self, batch_id: uuid::Uuid) -> bool {
+        self.flush.batch_ids.push(batch_id);
+        true
+    }
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
+        let metadata = self.metadata.unwrap_or(metadata);
+        encode_row(&mut self.flush.per_table[table], &self.catalog.types()[table], row, &batch_id, metadata);
+        self.flush.events += 1;
+    }
+    fn reject(&mut self, _: DeadLetter) {}
+}
+
+/// COPY of `records`' rows, encoded beforehand, as `run` says, into copies of
+/// the event tables (and of `chronos.seen_batches`); PostgreSQL's CPU read
+/// from `postmaster`'s processes (-1: not read). Installs the schema when missing.
+pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmaster: i32) -> anyhow::Result<CopyCost> {
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let statements: Vec<String> = catalog.types().iter().map(chronos::store::internals::copy_statement).collect();
     let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
-    let mut per_table: Vec<BytesMut> = statements.iter().map(|_| BytesMut::new()).collect();
+    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), events: 0 };
+    let mut flushes = vec![];
+    let mut e = Encode { catalog: &catalog, metadata: run.metadata, flush: new_flush() };
     for r in records {
-        let d = decode_batch(&mut r.value.clone(), &catalog, policy).map_err(|e| anyhow::anyhow!(e))?;
-        for t in d.tables {
-            per_table[t.table].extend_from_slice(&t.tuples);
+        walk(&mut r.value.clone(), &catalog, policy, &mut e).map_err(|e| anyhow::anyhow!(e))?;
+        if run.flush_events.is_some_and(|n| e.flush.events >= n) {
+            flushes.push(std::mem::replace(&mut e.flush, new_flush()));
         }
+    }
+    if e.flush.events > 0 {
+        flushes.push(e.flush);
     }
     let schema = format!("ceiling_{}", uuid::Uuid::new_v4().simple());
     block_on(async {
@@ -109,21 +167,33 @@ pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<
                 .batch_execute(&format!("CREATE TABLE {schema}.{0} (LIKE events.{0} INCLUDING DEFAULTS)", ty.name))
                 .await?;
         }
+        client.batch_execute(&format!("CREATE TABLE {schema}.seen_batches (LIKE chronos.seen_batches INCLUDING ALL)")).await?;
+        let claim = format!("INSERT INTO {schema}.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id");
+        let cpu0 = crate::stack::children_cpu_secs(postmaster);
         let t = Instant::now();
-        let tx = client.transaction().await?;
-        for (i, stmt) in statements.iter().enumerate() {
-            let mut data = BytesMut::from(HEADER);
-            data.extend_from_slice(&per_table[i]);
-            data.extend_from_slice(TRAILER);
-            let sink = tx.copy_in::<_, Bytes>(stmt.replace("COPY events.", &format!("COPY {schema}.")).as_str()).await?;
-            futures_util::pin_mut!(sink);
-            sink.send(data.freeze()).await?;
-            sink.finish().await?;
+        for f in &flushes {
+            let tx = client.transaction().await?;
+            if run.claim_batches {
+                tx.query(&claim, &[&f.batch_ids]).await?;
+            }
+            for (i, stmt) in statements.iter().enumerate() {
+                if f.per_table[i].is_empty() {
+                    continue;
+                }
+                let mut data = BytesMut::from(HEADER);
+                data.extend_from_slice(&f.per_table[i]);
+                data.extend_from_slice(TRAILER);
+                let sink = tx.copy_in::<_, Bytes>(stmt.replace("COPY events.", &format!("COPY {schema}.")).as_str()).await?;
+                futures_util::pin_mut!(sink);
+                sink.send(data.freeze()).await?;
+                sink.finish().await?;
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         let secs = t.elapsed().as_secs_f64();
+        let pg_cpu_secs = crate::stack::children_cpu_secs(postmaster) - cpu0;
         client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
-        anyhow::Ok(secs)
+        anyhow::Ok(CopyCost { secs, pg_cpu_secs })
     })
 }
 

@@ -40,6 +40,12 @@ const RESTART_DELAY: Duration = if cfg!(test) { Duration::from_millis(10) } else
 /// before a seek may still arrive just after it).
 const RESEEK_AFTER: Duration = Duration::from_secs(2);
 
+/// A loader that got no record for this long while its partition has records
+/// past its next offset seeks again. librdkafka applies the assignment's own
+/// fetch start asynchronously; when that lands after the loader's seek, the
+/// partition would otherwise fetch from the wrong place until records arrive.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
+
 /// What every loader reads.
 pub struct LoaderShared {
     pub catalog: EventCatalog,
@@ -261,6 +267,8 @@ pub struct PartitionLoader {
     rewind: Option<Rewind>,
     /// A seek asked for while taking records (an offset gap).
     reseek: Option<i64>,
+    /// When the partition's queue last gave a record (or the loader sought).
+    last_record_at: Instant,
     /// The record being decoded (simd-json parses in place).
     scratch: Vec<u8>,
 }
@@ -280,6 +288,7 @@ impl PartitionLoader {
             poisoned: HashSet::new(),
             rewind: None,
             reseek: None,
+            last_record_at: Instant::now(),
             scratch: Vec::new(),
         }
     }
@@ -340,6 +349,7 @@ impl PartitionLoader {
                 _ = self.stop.changed() => {}
                 _ = self.partition.ready() => {}
                 _ = sleep_until(flush_at) => {}
+                _ = tokio::time::sleep_until((self.last_record_at + IDLE_CHECK).into()) => self.check_idle().await?,
             }
         }
     }
@@ -383,11 +393,26 @@ impl PartitionLoader {
     async fn seek_to(&mut self, offset: Option<i64>) -> anyhow::Result<i64> {
         let from = match offset {
             Some(o) => o,
-            None => self.partition.earliest().await?,
+            None => self.partition.watermarks().await?.0,
         };
         self.partition.seek(from).await?;
         self.cursor = Cursor::at(from, Instant::now());
         Ok(from)
+    }
+
+    /// No record for `IDLE_CHECK`: seeks again if the partition has records
+    /// this loader should have been given.
+    async fn check_idle(&mut self) -> anyhow::Result<()> {
+        self.last_record_at = Instant::now();
+        let (_, high) = self.partition.watermarks().await?;
+        let next = self.cursor.next();
+        if high > next {
+            tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, next, high, "No records delivered though the partition has some; seeking again.");
+            self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
+            self.partition.seek(next).await?;
+            self.cursor = Cursor::at(next, Instant::now());
+        }
+        Ok(())
     }
 
     /// Sleeps `d`; `false` when asked to stop meanwhile.
@@ -413,6 +438,7 @@ impl PartitionLoader {
                 Some(Ok(m)) => m,
             };
             let offset = message.offset();
+            self.last_record_at = Instant::now();
             match self.cursor.step(offset, Instant::now()) {
                 Step::Take => self.take(offset, message.payload().unwrap_or_default()),
                 Step::Skip => {}

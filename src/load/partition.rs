@@ -54,10 +54,11 @@ impl Partition {
         self.ready.notified().await
     }
 
-    /// The earliest offset the broker still holds for this partition.
-    pub async fn earliest(&self) -> KafkaResult<i64> {
+    /// The earliest offset the broker still holds for this partition, and
+    /// the offset its next record will get.
+    pub async fn watermarks(&self) -> KafkaResult<(i64, i64)> {
         let (consumer, topic, partition) = (self.consumer.clone(), self.topic.clone(), self.partition);
-        blocking(move || consumer.fetch_watermarks(&topic, partition, KAFKA_CALL_TIMEOUT).map(|(low, _)| low)).await
+        blocking(move || consumer.fetch_watermarks(&topic, partition, KAFKA_CALL_TIMEOUT)).await
     }
 
     /// Moves the fetch position to `offset` and resumes fetching (partitions

@@ -1,24 +1,33 @@
-//! Loader throughput next to the raw COPY ceiling for the same rows, in one run.
+//! Loader throughput next to its ceilings, and what each part of a loaded
+//! row costs PostgreSQL, all in one run.
 //!
 //! Starts PostgreSQL and the broker with the same helpers as the tests, puts
 //! N batch records (50 events each, loadgen's batches made into records by the
-//! real receipt code) in a topic, then measures:
-//!   (a) raw COPY ceiling: the same rows, pre-encoded, COPYed in one transaction;
-//!   (b) the loaders (chronos::load) consuming the topic into an empty schema,
-//!       from start until every row is committed;
-//!   (c) the broker's own consume ceiling: a plain rdkafka consumer reading them.
+//! real receipt code) in a 2-partition topic, then measures, each with
+//! PostgreSQL's CPU per event:
+//!   (c)  the broker's own consume ceiling: a plain rdkafka consumer;
+//!   (a)  the raw COPY ceiling: the same rows, pre-encoded, in one transaction;
+//!   (a1) … with page metadata `{}` (what the jsonb per row costs);
+//!   (a2) … plus each batch id claimed in a seen-batches table (its index);
+//!   (a3) … plus one transaction per `load.flush_rows` events (commits);
+//!   (b0) the loaders (chronos::load) without continuous views, into a fresh
+//!        database, from start until every row is committed;
+//!   (b)  the loaders with the default views.
 //! Usage: cargo run --release -p chronos-bench --bin loader_perf -- [batches]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chronos::stack::postgres::block_on;
 use chronos::telemetry::Metrics;
+use chronos_bench::ceiling::{self, CopyRun};
 use chronos_bench::stack::{self, PerfStack};
-use chronos_bench::{ceiling, records};
+use chronos_bench::records;
 
 fn main() -> anyhow::Result<()> {
     let batches: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let stack = PerfStack::start()?;
+    let postmaster = stack.pg.spec.postmaster_pid().unwrap_or(-1);
     let (config, _) = stack.config(stack::port(), true, &["kafka.partitions=2".into()])?;
     let recs = records::records(&config, records::bodies(batches, 50))?;
     let rows = (batches * 50) as f64;
@@ -28,41 +37,78 @@ fn main() -> anyhow::Result<()> {
     let produce_secs = ceiling::broker_produce(&config.kafka, &config.kafka.topic, &recs, true)?;
     println!("produce (setup): {:.0} records/s", batches as f64 / produce_secs);
 
-    // (c) The broker's own consume ceiling for these records: plain rdkafka, no Chronos code.
     let consume_secs = ceiling::broker_consume(&config.kafka.brokers, &config.kafka.topic, config.kafka.partitions, batches)?;
-    println!("(c) broker consume ceiling: {:>9.0} events/s ({consume_secs:.3} s, {:.0} records/s)", rows / consume_secs, batches as f64 / consume_secs);
+    println!("(c)  broker consume ceiling: {:>9.0} events/s", rows / consume_secs);
 
-    // (a) The COPY ceiling: same rows, pre-encoded, one transaction, into a copy of the schema.
-    let copy_secs = ceiling::copy_ceiling(&config, &recs)?;
-    println!("(a) raw COPY ceiling:   {:>9.0} events/s ({copy_secs:.3} s)", rows / copy_secs);
+    let us = |cpu: f64| cpu * 1e6 / rows;
+    let flush = Some(config.load.flush_rows);
+    let variants = [
+        ("(a)  raw COPY ceiling, one transaction", CopyRun::default()),
+        ("(a1) … page metadata {} instead of the page", CopyRun { metadata: Some("{}"), ..CopyRun::default() }),
+        ("(a2) … (a) + batch ids claimed", CopyRun { claim_batches: true, ..CopyRun::default() }),
+        ("(a3) … (a2) + a commit per flush_rows", CopyRun { claim_batches: true, flush_events: flush, ..CopyRun::default() }),
+    ];
+    let mut copy_secs = f64::MAX;
+    for (name, run) in variants {
+        let c = ceiling::copy_run(&config, &recs, run, postmaster)?;
+        if run.metadata.is_none() && !run.claim_batches {
+            copy_secs = c.secs;
+        }
+        println!("{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event", rows / c.secs, us(c.pg_cpu_secs));
+    }
 
-    // (b) The loaders, end to end from the topic.
+    let mut loaded = Vec::new();
+    for with_views in [false, true] {
+        let (secs, pg_cpu, own_cpu) = load(&stack, &recs, rows, with_views, postmaster)?;
+        let name = if with_views { "(b)  loaders, default views" } else { "(b0) loaders, no views" };
+        println!(
+            "{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event, loaders {:.2} µs CPU/event",
+            rows / secs,
+            us(pg_cpu),
+            us(own_cpu)
+        );
+        loaded.push(secs);
+    }
+    let ceiling = copy_secs.max(consume_secs);
+    println!("(b0)/min(a, c) = {:.2}   (b)/min(a, c) = {:.2}   (b)/(b0) = {:.2}", ceiling / loaded[0], ceiling / loaded[1], loaded[0] / loaded[1]);
+    Ok(())
+}
+
+/// The loaders consuming the topic into a fresh database: (wall seconds to
+/// the last commit, PostgreSQL CPU seconds, this process's CPU seconds).
+fn load(stack: &PerfStack, recs: &[records::BatchRecord], rows: f64, with_views: bool, postmaster: i32) -> anyhow::Result<(f64, f64, f64)> {
+    let db = format!("loaders_{}", if with_views { "views" } else { "plain" });
+    let admin = stack.pg.url();
+    let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
+    let (config, _) = stack.config(stack::port(), true, &["kafka.partitions=2".into(), format!("postgres.url=\"{url}\"")])?;
+    ceiling::broker_produce(&config.kafka, &config.kafka.topic, recs, true)?;
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
-    let url = config.postgres.url.clone();
-    let (load_secs, steady, to_first) = actix_rt::System::new().block_on(async {
+    block_on(async {
+        chronos::store::connect(&admin).await?.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+        let mut c = chronos::store::connect(&url).await?;
+        c.batch_execute("SET client_min_messages = warning").await?;
+        chronos::store::install(&mut c, &catalog, &config.load).await?;
+        if !with_views {
+            for v in chronos::views::list(&c).await? {
+                chronos::views::drop(&mut c, &v.name).await?;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    actix_rt::System::new().block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        let me = std::process::id() as i32;
+        let (pg0, own0) = (stack::children_cpu_secs(postmaster), stack::cpu_secs(me));
         let t = Instant::now();
-        let handle = chronos::load::start(&config, Arc::new(Metrics::new()))?;
-        let client = chronos::store::connect(&url).await?;
-        let total = catalog.types().iter().map(|t| format!("(SELECT count(*) FROM events.{})", t.name)).collect::<Vec<_>>().join(" + ");
-        let mut first: Option<(Instant, i64)> = None;
-        loop {
-            let n: i64 = client.query_one(&format!("SELECT {total}"), &[]).await?.get(0);
-            if n > 0 && first.is_none() {
-                first = Some((Instant::now(), n));
-            }
-            if n as f64 >= rows {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let handle = chronos::load::start(&config, metrics.clone())?;
+        // Read from the loaders' own counter: counting rows in PostgreSQL would cost PostgreSQL.
+        while (metrics.load_events.get() as f64) < rows {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "only {} of {rows} events loaded in 600 s", metrics.load_events.get());
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let secs = t.elapsed().as_secs_f64();
-        let (first_at, first_n) = first.unwrap();
-        let steady = (rows - first_n as f64) / first_at.elapsed().as_secs_f64();
+        let (pg1, own1) = (stack::children_cpu_secs(postmaster), stack::cpu_secs(me));
         handle.shutdown();
-        anyhow::Ok((secs, steady, (first_at - t).as_secs_f64()))
-    })?;
-    println!("(b) loaders end to end: {:>9.0} events/s ({load_secs:.3} s, of which {to_first:.2} s group join + first flush)", rows / load_secs);
-    println!("    loaders after the first commit: {steady:.0} events/s");
-    println!("(b)/(a) = {:.2}   (b)/min(a, c) = {:.2}", copy_secs / load_secs, copy_secs.max(consume_secs) / load_secs);
-    Ok(())
+        anyhow::Ok((secs, pg1 - pg0, own1 - own0))
+    })
 }
