@@ -12,9 +12,9 @@
 //!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
 //! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
-//! - [`load`]: loaders — the consumer, one `PartitionLoader` actor per partition,
+//! - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition (its own queue),
 //!   COPY BINARY encoding, dead-letter replay.
-//! - [`store`]: PostgreSQL — schema from the catalog, partitions, internals.
+//! - [`store`]: PostgreSQL — schema from the catalog, partitions, the statements a loader transaction runs (`internals`), maintenance.
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
 //! - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
