@@ -71,7 +71,7 @@ ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "buttons" bigint;
 ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "x" bigint;
 ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "y" bigint;
 ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "selector" text;
-CREATE INDEX IF NOT EXISTS "clicks_time" ON events."clicks" (time);
+CREATE INDEX IF NOT EXISTS "clicks_time" ON events."clicks" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."form_submissions" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS events."form_submissions_default" PARTITION OF events
 ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "form_id" text;
 ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "action" text;
 ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "fields" text[];
-CREATE INDEX IF NOT EXISTS "form_submissions_time" ON events."form_submissions" (time);
+CREATE INDEX IF NOT EXISTS "form_submissions_time" ON events."form_submissions" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."key_presses" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS events."key_presses" (
 CREATE TABLE IF NOT EXISTS events."key_presses_default" PARTITION OF events."key_presses" DEFAULT;
 ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "key" text;
 ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "element" text;
-CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" (time);
+CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."link_clicks" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS events."link_clicks" (
 CREATE TABLE IF NOT EXISTS events."link_clicks_default" PARTITION OF events."link_clicks" DEFAULT;
 ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "link_text" text;
 ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "target_url" text;
-CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" (time);
+CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."mouse_moves" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
@@ -145,7 +145,7 @@ CREATE TABLE IF NOT EXISTS events."mouse_moves" (
 CREATE TABLE IF NOT EXISTS events."mouse_moves_default" PARTITION OF events."mouse_moves" DEFAULT;
 ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "x" bigint;
 ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "y" bigint;
-CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" (time);
+CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."pageviews" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
@@ -163,4 +163,4 @@ CREATE TABLE IF NOT EXISTS events."pageviews" (
 CREATE TABLE IF NOT EXISTS events."pageviews_default" PARTITION OF events."pageviews" DEFAULT;
 ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "navigation" text;
 ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "referrer" text;
-CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" (time);
+CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" USING brin (time);

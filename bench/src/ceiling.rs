@@ -98,6 +98,8 @@ pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<
 pub struct CopyRun {
     /// Page metadata stored as this JSON instead of the record's page.
     pub metadata: Option<&'static str>,
+    /// The tables with the event tables' indexes (the index on `time`).
+    pub indexes: bool,
     /// Claim each record's batch id in `chronos.seen_batches` too, as the loaders do.
     pub claim_batches: bool,
     /// One transaction per this many events (each with its own COPY per
@@ -164,7 +166,11 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
         client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
         for ty in catalog.types() {
             client
-                .batch_execute(&format!("CREATE TABLE {schema}.{0} (LIKE events.{0} INCLUDING DEFAULTS)", ty.name))
+                .batch_execute(&format!(
+                    "CREATE TABLE {schema}.{0} (LIKE events.{0} INCLUDING DEFAULTS{1})",
+                    ty.name,
+                    if run.indexes { " INCLUDING INDEXES" } else { "" }
+                ))
                 .await?;
         }
         client.batch_execute(&format!("CREATE TABLE {schema}.seen_batches (LIKE chronos.seen_batches INCLUDING ALL)")).await?;

@@ -8,8 +8,9 @@
 //!   (c)  the broker's own consume ceiling: a plain rdkafka consumer;
 //!   (a)  the raw COPY ceiling: the same rows, pre-encoded, in one transaction;
 //!   (a1) … with page metadata `{}` (what the jsonb per row costs);
-//!   (a2) … plus each batch id claimed in a seen-batches table (its index);
-//!   (a3) … plus one transaction per `load.flush_rows` events (commits);
+//!   (a2) … into tables with the event tables' index on `time`;
+//!   (a3) … plus each batch id claimed in a seen-batches table (its index);
+//!   (a4) … plus one transaction per `load.flush_rows` events (commits);
 //!   (b0) the loaders (chronos::load) without continuous views, into a fresh
 //!        database, from start until every row is committed;
 //!   (b)  the loaders with the default views.
@@ -45,13 +46,14 @@ fn main() -> anyhow::Result<()> {
     let variants = [
         ("(a)  raw COPY ceiling, one transaction", CopyRun::default()),
         ("(a1) … page metadata {} instead of the page", CopyRun { metadata: Some("{}"), ..CopyRun::default() }),
-        ("(a2) … (a) + batch ids claimed", CopyRun { claim_batches: true, ..CopyRun::default() }),
-        ("(a3) … (a2) + a commit per flush_rows", CopyRun { claim_batches: true, flush_events: flush, ..CopyRun::default() }),
+        ("(a2) … (a) + the index on time", CopyRun { indexes: true, ..CopyRun::default() }),
+        ("(a3) … (a2) + batch ids claimed", CopyRun { indexes: true, claim_batches: true, ..CopyRun::default() }),
+        ("(a4) … (a3) + a commit per flush_rows", CopyRun { indexes: true, claim_batches: true, flush_events: flush, ..CopyRun::default() }),
     ];
     let mut copy_secs = f64::MAX;
     for (name, run) in variants {
         let c = ceiling::copy_run(&config, &recs, run, postmaster)?;
-        if run.metadata.is_none() && !run.claim_batches {
+        if run.metadata.is_none() && !run.indexes {
             copy_secs = c.secs;
         }
         println!("{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event", rows / c.secs, us(c.pg_cpu_secs));
