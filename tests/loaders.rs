@@ -533,3 +533,37 @@ fn records_waiting_in_kafka_are_loaded_with_no_further_traffic() {
         assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
     }
 }
+
+#[test]
+fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing() {
+    let (mut pg, kafka, url, _port, mut d) = loading(3, "shutdown_timeout_secs = 3\nretry_max_ms = 500", FAST_IPS);
+    let c = client();
+    let mut expected = 0;
+    for i in 0..10 {
+        let (status, body, _) = post(&c, &d, &batch(&format!("away-{i}"), 20), "203.0.113.8");
+        assert_eq!(status, 200, "{body}");
+        expected += 20;
+    }
+    wait_for_events(&url, expected, Duration::from_secs(30), &d);
+    // PostgreSQL goes away; more batches are accepted (into Kafka) and the
+    // loaders retry their flushes. SIGTERM must not wait for PostgreSQL.
+    pg.server.stop();
+    for i in 0..10 {
+        let (status, body, _) = post(&c, &d, &batch(&format!("away-late-{i}"), 20), "203.0.113.8");
+        assert_eq!(status, 200, "{body}");
+        expected += 20;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(9), "stopped after {took:?}, not by the 3 s loader deadline\n{}", d.log_text());
+    assert!(d.log_text().contains("Flush failed; retrying."), "the loaders were retrying:\n{}", d.log_text());
+    // Nothing acknowledged is lost: the next start loads what was not committed.
+    pg.server.restart().expect("restart PostgreSQL");
+    let d2 = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+    d2.wait_ready(Duration::from_secs(30));
+    wait_for_events(&url, expected, Duration::from_secs(60), &d2);
+    assert_eq!(count(&url, &distinct_sql()), expected);
+    eprintln!("SIGTERM with PostgreSQL away took {took:?}; {expected} events loaded once after the restart");
+}
