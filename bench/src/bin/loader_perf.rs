@@ -14,7 +14,9 @@
 //!   (b0) the loaders (chronos::load) without continuous views, into a fresh
 //!        database, from start until every row is committed;
 //!   (b)  the loaders with the default views.
-//! Usage: cargo run --release -p chronos-bench --bin loader_perf -- [batches]
+//! It also samples what the loaders' PostgreSQL backends are doing (average
+//! number of backends per state or wait event).
+//! Usage: cargo run --release -p chronos-bench --bin loader_perf -- [batches] [partitions]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +29,10 @@ use chronos_bench::records;
 
 fn main() -> anyhow::Result<()> {
     let batches: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(2000);
+    let partitions: i32 = std::env::args().nth(2).map(|a| a.parse()).transpose()?.unwrap_or(2);
     let stack = PerfStack::start()?;
     let postmaster = stack.pg.spec.postmaster_pid().unwrap_or(-1);
-    let (config, _) = stack.config(stack::port(), true, &["kafka.partitions=2".into()])?;
+    let (config, _) = stack.config(stack::port(), true, &[format!("kafka.partitions={partitions}")])?;
     let recs = records::records(&config, records::bodies(batches, 50))?;
     let rows = (batches * 50) as f64;
     let bytes: usize = recs.iter().map(|r| r.value.len()).sum();
@@ -61,7 +64,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut loaded = Vec::new();
     for with_views in [false, true] {
-        let (secs, pg_cpu, own_cpu) = load(&stack, &recs, rows, with_views, postmaster)?;
+        let (secs, pg_cpu, own_cpu, waits) = load(&stack, &recs, rows, with_views, postmaster, partitions)?;
         let name = if with_views { "(b)  loaders, default views" } else { "(b0) loaders, no views" };
         println!(
             "{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event, loaders {:.2} µs CPU/event",
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             us(pg_cpu),
             us(own_cpu)
         );
+        println!("     loader backends sampled every 10 ms: {waits}");
         loaded.push(secs);
     }
     let ceiling = copy_secs.max(consume_secs);
@@ -78,11 +82,18 @@ fn main() -> anyhow::Result<()> {
 
 /// The loaders consuming the topic into a fresh database: (wall seconds to
 /// the last commit, PostgreSQL CPU seconds, this process's CPU seconds).
-fn load(stack: &PerfStack, recs: &[records::BatchRecord], rows: f64, with_views: bool, postmaster: i32) -> anyhow::Result<(f64, f64, f64)> {
+fn load(
+    stack: &PerfStack,
+    recs: &[records::BatchRecord],
+    rows: f64,
+    with_views: bool,
+    postmaster: i32,
+    partitions: i32,
+) -> anyhow::Result<(f64, f64, f64, String)> {
     let db = format!("loaders_{}", if with_views { "views" } else { "plain" });
     let admin = stack.pg.url();
     let url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
-    let (config, _) = stack.config(stack::port(), true, &["kafka.partitions=2".into(), format!("postgres.url=\"{url}\"")])?;
+    let (config, _) = stack.config(stack::port(), true, &[format!("kafka.partitions={partitions}"), format!("postgres.url=\"{url}\"")])?;
     ceiling::broker_produce(&config.kafka, &config.kafka.topic, recs, true)?;
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     block_on(async {
@@ -103,14 +114,42 @@ fn load(stack: &PerfStack, recs: &[records::BatchRecord], rows: f64, with_views:
         let (pg0, own0) = (stack::children_cpu_secs(postmaster), stack::cpu_secs(me));
         let t = Instant::now();
         let handle = chronos::load::start(&config, metrics.clone())?;
-        // Read from the loaders' own counter: counting rows in PostgreSQL would cost PostgreSQL.
+        // What the loaders' backends are doing, sampled (pg_stat_activity is
+        // cheap; counting rows in PostgreSQL would cost PostgreSQL).
+        let sampler = chronos::store::connect(&url).await?;
+        let mut waits: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut samples = 0u64;
+        let mut first: Option<(f64, u64)> = None;
+        // Read from the loaders' own counter.
         while (metrics.load_events.get() as f64) < rows {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "only {} of {rows} events loaded in 600 s", metrics.load_events.get());
+            let rows = sampler
+                .query(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'on CPU'), state FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                    &[],
+                )
+                .await?;
+            for r in rows {
+                let (wait, state): (String, String) = (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default());
+                let what = if state == "idle" || state == "idle in transaction" { format!("{state} (waiting for the loader)") } else { wait };
+                *waits.entry(what).or_default() += 1;
+            }
+            samples += 1;
+            if first.is_none() && metrics.load_events.get() > 0 {
+                first = Some((t.elapsed().as_secs_f64(), metrics.load_events.get()));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let secs = t.elapsed().as_secs_f64();
         let (pg1, own1) = (stack::children_cpu_secs(postmaster), stack::cpu_secs(me));
         handle.shutdown();
-        anyhow::Ok((secs, pg1 - pg0, own1 - own0))
+        let mut waits: Vec<(String, u64)> = waits.into_iter().collect();
+        waits.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut waits = waits.iter().take(6).map(|(w, n)| format!("{w} {:.2}", *n as f64 / samples as f64)).collect::<Vec<_>>().join(", ");
+        if let Some((at, n)) = first {
+            waits.push_str(&format!("\n     first commit after {at:.2} s; {:.0} events/s after it", (rows - n as f64) / (secs - at)));
+        }
+        anyhow::Ok((secs, pg1 - pg0, own1 - own0, waits))
     })
 }
