@@ -241,6 +241,39 @@ enum Committed {
     Rewind(Rewind, Option<i64>),
 }
 
+/// What the first statements of a flush's transaction found.
+struct Found<'a> {
+    /// The offset fence held.
+    advanced: bool,
+    /// The view generation under the views lock.
+    generation: i64,
+    /// The buffer's batch ids not seen before.
+    fresh: &'a HashSet<Uuid>,
+}
+
+/// Whether a flush may go on to COPY and COMMIT.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Commit,
+    Rewind(Rewind),
+}
+
+impl Found<'_> {
+    fn verdict(&self, buffer: &Buffer, ids: &[Uuid]) -> Verdict {
+        if !self.advanced {
+            // Another loader owns what comes next: nothing else matters.
+            Verdict::Rewind(Rewind::Fenced)
+        } else if buffer.events > 0 && self.generation != buffer.views.generation() {
+            // Aggregated for another set of views.
+            Verdict::Rewind(Rewind::Views)
+        } else if self.fresh.len() != ids.len() {
+            Verdict::Rewind(Rewind::Duplicates)
+        } else {
+            Verdict::Commit
+        }
+    }
+}
+
 /// A PostgreSQL error as PostgreSQL said it (tokio-postgres prints only "db error").
 fn db_error(e: &anyhow::Error) -> String {
     match e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()) {
@@ -555,17 +588,19 @@ impl PartitionLoader {
             shared.views.lock_current(&tx, &shared.catalog),
         )
         .await?;
-        if !advanced {
-            tx.rollback().await?;
-            let stored = stored_offset(&*client, &shared.group, topic, partition).await?;
-            return Ok(Committed::Rewind(Rewind::Fenced, stored));
-        }
-        if buffer.events > 0 && views.generation != buffer.views.generation() {
-            return Ok(Committed::Rewind(Rewind::Views, self.expected));
-        }
-        if fresh.len() != ids.len() {
-            self.duplicates.extend(ids.iter().filter(|id| !fresh.contains(id)));
-            return Ok(Committed::Rewind(Rewind::Duplicates, self.expected));
+        let found = Found { advanced, generation: views.generation, fresh: &fresh };
+        match found.verdict(buffer, &ids) {
+            Verdict::Commit => {}
+            Verdict::Rewind(Rewind::Fenced) => {
+                tx.rollback().await?;
+                let stored = stored_offset(&*client, &shared.group, topic, partition).await?;
+                return Ok(Committed::Rewind(Rewind::Fenced, stored));
+            }
+            Verdict::Rewind(why) => {
+                // Dropping `tx` rolls it back.
+                self.duplicates.extend(ids.iter().filter(|id| !fresh.contains(id)));
+                return Ok(Committed::Rewind(why, self.expected));
+            }
         }
         let mut rows = 0;
         for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
@@ -652,6 +687,26 @@ mod tests {
         let mut c = Cursor::at(100, t0);
         assert_eq!(c.step(140, t0), Step::Skip, "fetched from where the assignment started, before the seek");
         assert_eq!(c.step(100, t0), Step::Take);
+    }
+
+    fn buffer(generation: i64, events: usize) -> Buffer {
+        let set = Arc::new(crate::views::ViewSet { generation, views: Vec::new() });
+        Buffer { events, ..Buffer::new(1, Accumulator::new(set)) }
+    }
+
+    #[test]
+    fn a_flush_commits_only_what_its_transaction_agrees_with() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let both: HashSet<Uuid> = [a, b].into();
+        let only_b: HashSet<Uuid> = [b].into();
+        let found = |advanced, generation, fresh| Found { advanced, generation, fresh };
+        let buf = buffer(4, 100);
+        assert_eq!(found(true, 4, &both).verdict(&buf, &[a, b]), Verdict::Commit);
+        assert_eq!(found(false, 5, &only_b).verdict(&buf, &[a, b]), Verdict::Rewind(Rewind::Fenced), "the fence first");
+        assert_eq!(found(true, 5, &both).verdict(&buf, &[a, b]), Verdict::Rewind(Rewind::Views), "a view added or dropped mid-flush");
+        assert_eq!(found(true, 4, &only_b).verdict(&buf, &[a, b]), Verdict::Rewind(Rewind::Duplicates), "`a` was loaded before");
+        let dead_letters_only = buffer(4, 0);
+        assert_eq!(found(true, 5, &HashSet::new()).verdict(&dead_letters_only, &[]), Verdict::Commit, "no events: the views do not matter");
     }
 
     #[actix_rt::test]
