@@ -46,6 +46,9 @@ const RESEEK_AFTER: Duration = Duration::from_secs(2);
 /// partition would otherwise fetch from the wrong place until records arrive.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
 
+/// First wait before a failed commit is tried again (it doubles up to `load.retry_max_ms`).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 /// What every loader reads.
 pub struct LoaderShared {
     pub catalog: EventCatalog,
@@ -153,6 +156,8 @@ struct Buffer {
     events: usize,
     records: usize,
     first_at: Option<Instant>,
+    /// The offset after its last record (set when it is handed to a commit).
+    next: i64,
 }
 
 impl Buffer {
@@ -165,6 +170,7 @@ impl Buffer {
             events: 0,
             records: 0,
             first_at: None,
+            next: 0,
         }
     }
 
@@ -237,9 +243,20 @@ async fn prepared_upserts(
 /// How a commit attempt ended (errors aside).
 enum Committed {
     Rows(u64),
-    /// Rolled back; read again from the stored offset.
-    Rewind(Rewind, Option<i64>),
+    /// Rolled back; read again from the stored offset (`Option<i64>`), skipping
+    /// these batch ids (found loaded before).
+    Rewind(Rewind, Option<i64>, Vec<Uuid>),
 }
+
+/// A commit in flight: it owns the connection and the buffer, and gives them back.
+struct Flushing {
+    db: Option<Db>,
+    buffer: Buffer,
+    started: Instant,
+    result: anyhow::Result<Committed>,
+}
+
+type InFlight = futures_util::future::BoxFuture<'static, Flushing>;
 
 /// What the first statements of a flush's transaction found.
 struct Found<'a> {
@@ -292,7 +309,13 @@ pub struct PartitionLoader {
     /// The next offset stored in PostgreSQL when this loader last committed
     /// or read it: the fence of its next commit.
     expected: Option<i64>,
+    /// The records being decoded.
     buffer: Buffer,
+    /// The commit of the buffer before, while this one fills.
+    inflight: Option<InFlight>,
+    /// A buffer whose commit failed, and when to try again.
+    retry: Option<(Buffer, Instant)>,
+    backoff: Duration,
     duplicates: HashSet<Uuid>,
     /// Offsets whose decoding panicked: dead-lettered whole when read again.
     poisoned: HashSet<i64>,
@@ -317,6 +340,9 @@ impl PartitionLoader {
             cursor: Cursor::at(0, Instant::now()),
             expected: None,
             buffer,
+            inflight: None,
+            retry: None,
+            backoff: FIRST_BACKOFF,
             duplicates: HashSet::new(),
             poisoned: HashSet::new(),
             rewind: None,
@@ -343,7 +369,8 @@ impl PartitionLoader {
     }
 
     /// Loads until stopped. An error ends this loader (its supervisor starts
-    /// a new one, from the stored offset).
+    /// a new one, from the stored offset). While a buffer commits, the next
+    /// one fills: decoding and PostgreSQL's work on the partition overlap.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if !self.start().await? {
             return Ok(());
@@ -351,6 +378,10 @@ impl PartitionLoader {
         loop {
             let more = self.drain();
             if let Some(why) = self.rewind.take() {
+                // Settle the commit in flight first: it may move the stored offset.
+                if let Some(f) = self.inflight.take() {
+                    self.settle(f.await).await?;
+                }
                 self.rewind_to(why, self.expected).await?;
                 continue;
             }
@@ -364,25 +395,111 @@ impl PartitionLoader {
                 Stop::No => {}
                 Stop::Revoked => return Ok(()),
                 Stop::Shutdown(deadline) => {
-                    if !self.buffer.is_empty() {
-                        let _ = tokio::time::timeout_at(deadline.into(), self.flush()).await;
-                    }
+                    let _ = tokio::time::timeout_at(deadline.into(), self.finish()).await;
                     return Ok(());
                 }
             }
-            if self.due() {
-                self.flush().await?;
+            let due = self.due();
+            if due && self.inflight.is_none() && self.retry.is_none() {
+                self.hand_over();
                 continue;
             }
-            if more {
+            if more && !due {
                 continue;
             }
             let flush_at = self.buffer.first_at.map(|t| t + Duration::from_millis(self.shared.flush_ms));
+            let retry_at = self.retry.as_ref().map(|(_, at)| *at);
+            let idle_at = self.last_record_at + IDLE_CHECK;
             tokio::select! {
+                done = async { self.inflight.as_mut().expect("checked").await }, if self.inflight.is_some() => {
+                    self.inflight = None;
+                    self.settle(done).await?;
+                }
+                _ = sleep_until(retry_at), if self.inflight.is_none() => {
+                    let (buffer, _) = self.retry.take().expect("retry_at is set");
+                    self.commit(buffer);
+                }
                 _ = self.stop.changed() => {}
-                _ = self.partition.ready() => {}
-                _ = sleep_until(flush_at) => {}
-                _ = tokio::time::sleep_until((self.last_record_at + IDLE_CHECK).into()) => self.check_idle().await?,
+                _ = self.partition.ready(), if !due => {}
+                _ = sleep_until(flush_at), if !due => {}
+                _ = tokio::time::sleep_until(idle_at.into()), if !due => self.check_idle().await?,
+            }
+        }
+    }
+
+    /// Hands the buffer to a commit and starts a new one.
+    fn hand_over(&mut self) {
+        let fresh = self.new_buffer();
+        let mut buffer = std::mem::replace(&mut self.buffer, fresh);
+        buffer.next = self.cursor.next();
+        self.commit(buffer);
+    }
+
+    fn new_buffer(&self) -> Buffer {
+        Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()))
+    }
+
+    /// Starts committing `buffer` (one at a time: its fence is the offset the
+    /// commit before it stored).
+    fn commit(&mut self, buffer: Buffer) {
+        assert!(self.inflight.is_none(), "one commit at a time");
+        let (shared, db, expected) = (self.shared.clone(), self.db.take(), self.expected);
+        let (topic, partition) = (self.partition.topic.clone(), self.partition.partition);
+        self.inflight = Some(Box::pin(async move {
+            let started = Instant::now();
+            let mut db = db;
+            let result = commit(&shared, &mut db, &topic, partition, expected, &buffer).await;
+            Flushing { db, buffer, started, result }
+        }));
+    }
+
+    /// Takes in what a commit ended with.
+    async fn settle(&mut self, done: Flushing) -> anyhow::Result<()> {
+        self.db = done.db;
+        match done.result {
+            Ok(Committed::Rows(rows)) => {
+                let m = &self.shared.metrics;
+                m.load_flush_seconds.observe(done.started.elapsed().as_secs_f64());
+                m.load_events.inc_by(rows);
+                let next = done.buffer.next;
+                self.expected = Some(next);
+                self.partition.commit(next);
+                self.duplicates.clear();
+                self.poisoned.retain(|o| *o >= next);
+                self.backoff = FIRST_BACKOFF;
+                Ok(())
+            }
+            Ok(Committed::Rewind(why, to, duplicates)) => {
+                self.duplicates.extend(duplicates);
+                self.rewind_to(why, to).await
+            }
+            Err(e) => {
+                let (topic, partition) = (&self.partition.topic, self.partition.partition);
+                tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = self.backoff.as_millis() as u64, "Flush failed; retrying.");
+                self.shared.metrics.load_flush_retries.inc();
+                self.retry = Some((done.buffer, Instant::now() + self.backoff));
+                self.backoff = (self.backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
+                Ok(())
+            }
+        }
+    }
+
+    /// At shutdown: commits everything held (the commit in flight, one to
+    /// retry, the buffer), retrying with backoff; the caller bounds it.
+    async fn finish(&mut self) {
+        loop {
+            if let Some(f) = self.inflight.take() {
+                let done = f.await;
+                if self.settle(done).await.is_err() {
+                    return;
+                }
+            } else if let Some((buffer, at)) = self.retry.take() {
+                tokio::time::sleep_until(at.into()).await;
+                self.commit(buffer);
+            } else if !self.buffer.is_empty() {
+                self.hand_over();
+            } else {
+                return;
             }
         }
     }
@@ -524,39 +641,6 @@ impl PartitionLoader {
         self.buffer.first_at.get_or_insert_with(Instant::now);
     }
 
-    /// Commits the buffer, retrying with backoff while PostgreSQL fails; a
-    /// commit that must not happen rewinds instead.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = Instant::now();
-            match self.commit().await {
-                Ok(Committed::Rows(rows)) => {
-                    let m = &self.shared.metrics;
-                    m.load_flush_seconds.observe(started.elapsed().as_secs_f64());
-                    m.load_events.inc_by(rows);
-                    let next = self.cursor.next();
-                    self.expected = Some(next);
-                    self.partition.commit(next);
-                    self.duplicates.clear();
-                    self.poisoned.clear();
-                    self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()));
-                    return Ok(());
-                }
-                Ok(Committed::Rewind(why, to)) => return self.rewind_to(why, to).await,
-                Err(e) => {
-                    let (topic, partition) = (&self.partition.topic, self.partition.partition);
-                    tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = backoff.as_millis() as u64, "Flush failed; retrying.");
-                    self.shared.metrics.load_flush_retries.inc();
-                    if !self.pause(backoff).await && matches!(self.stop_request(), Stop::Revoked) {
-                        return Ok(());
-                    }
-                    backoff = (backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
-                }
-            }
-        }
-    }
-
     /// Drops the buffer and reads again from `to`, the stored offset.
     async fn rewind_to(&mut self, why: Rewind, to: Option<i64>) -> anyhow::Result<()> {
         self.shared.metrics.load_rewinds.with_label_values(&[why.label()]).inc();
@@ -566,58 +650,66 @@ impl PartitionLoader {
             _ => tracing::info!(topic, partition, reason = why.label(), stored = ?to, "Flush dropped before commit; reading again from the stored offset."),
         }
         self.expected = to;
-        self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()));
+        self.retry = None;
+        self.backoff = FIRST_BACKOFF;
+        self.buffer = self.new_buffer();
         self.seek_to(to).await?;
         Ok(())
     }
+}
 
-    /// One transaction: the offset fence, the batch ids and the views lock
-    /// (pipelined), then COPY per table, the views' upserts, the dead letters, COMMIT.
-    async fn commit(&mut self) -> anyhow::Result<Committed> {
-        if self.db.as_ref().is_none_or(|d| d.client.is_closed()) {
-            self.db = Some(Db::connect(&self.shared.pg_url, &self.shared.catalog).await?);
-        }
-        let Db { client, internals, upserts } = self.db.as_mut().expect("connected above");
-        let (shared, buffer) = (&self.shared, &self.buffer);
-        let (topic, partition, next) = (&self.partition.topic, self.partition.partition, self.cursor.next());
-        let tx = client.transaction().await?;
-        let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
-        let (advanced, fresh, views) = futures_util::future::try_join3(
-            internals.advance_offset(&tx, &shared.group, topic, partition, self.expected, next),
-            internals.claim_batches(&tx, &ids),
-            shared.views.lock_current(&tx, &shared.catalog),
-        )
-        .await?;
-        let found = Found { advanced, generation: views.generation, fresh: &fresh };
-        match found.verdict(buffer, &ids) {
-            Verdict::Commit => {}
-            Verdict::Rewind(Rewind::Fenced) => {
-                tx.rollback().await?;
-                let stored = stored_offset(&*client, &shared.group, topic, partition).await?;
-                return Ok(Committed::Rewind(Rewind::Fenced, stored));
-            }
-            Verdict::Rewind(why) => {
-                // Dropping `tx` rolls it back.
-                self.duplicates.extend(ids.iter().filter(|id| !fresh.contains(id)));
-                return Ok(Committed::Rewind(why, self.expected));
-            }
-        }
-        let mut rows = 0;
-        for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-            rows += internals.copy_rows(&tx, table, &[tuples]).await?;
-        }
-        if !buffer.views.is_empty() {
-            let started = Instant::now();
-            let upserts = prepared_upserts(upserts, &tx, &views).await?;
-            let groups = buffer.views.apply(&tx, &upserts, partition).await?;
-            shared.metrics.view_groups.inc_by(groups);
-            shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
-        tx.commit().await?;
-        tracing::debug!(topic, partition, rows, next_offset = next, "Loaded.");
-        Ok(Committed::Rows(rows))
+/// One transaction: the offset fence, the batch ids and the views lock
+/// (pipelined), then COPY per table, the views' upserts, the dead letters, COMMIT.
+async fn commit(
+    shared: &LoaderShared,
+    db: &mut Option<Db>,
+    topic: &str,
+    partition: i32,
+    expected: Option<i64>,
+    buffer: &Buffer,
+) -> anyhow::Result<Committed> {
+    if db.as_ref().is_none_or(|d| d.client.is_closed()) {
+        *db = Some(Db::connect(&shared.pg_url, &shared.catalog).await?);
     }
+    let Db { client, internals, upserts } = db.as_mut().expect("connected above");
+    let next = buffer.next;
+    let tx = client.transaction().await?;
+    let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
+    let (advanced, fresh, views) = futures_util::future::try_join3(
+        internals.advance_offset(&tx, &shared.group, topic, partition, expected, next),
+        internals.claim_batches(&tx, &ids),
+        shared.views.lock_current(&tx, &shared.catalog),
+    )
+    .await?;
+    let found = Found { advanced, generation: views.generation, fresh: &fresh };
+    match found.verdict(buffer, &ids) {
+        Verdict::Commit => {}
+        Verdict::Rewind(Rewind::Fenced) => {
+            tx.rollback().await?;
+            let stored = stored_offset(&*client, &shared.group, topic, partition).await?;
+            return Ok(Committed::Rewind(Rewind::Fenced, stored, Vec::new()));
+        }
+        Verdict::Rewind(why) => {
+            // Dropping `tx` rolls it back.
+            let seen = ids.iter().filter(|id| !fresh.contains(id)).copied().collect();
+            return Ok(Committed::Rewind(why, expected, seen));
+        }
+    }
+    let mut rows = 0;
+    for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+        rows += internals.copy_rows(&tx, table, &[tuples]).await?;
+    }
+    if !buffer.views.is_empty() {
+        let started = Instant::now();
+        let upserts = prepared_upserts(upserts, &tx, &views).await?;
+        let groups = buffer.views.apply(&tx, &upserts, partition).await?;
+        shared.metrics.view_groups.inc_by(groups);
+        shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
+    tx.commit().await?;
+    tracing::debug!(topic, partition, rows, next_offset = next, "Loaded.");
+    Ok(Committed::Rows(rows))
 }
 
 async fn sleep_until(at: Option<Instant>) {
