@@ -59,9 +59,10 @@ pub struct LoadConfig {
     /// with a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mailbox_capacity: Option<usize>,
-    /// Consumer `queued.max.messages.kbytes`: records fetched ahead of the loaders,
-    /// all partitions together. Bounds chronosd's memory while the loaders lag
-    /// (perf/pipeline.md, RSS).
+    /// Records fetched ahead of the loaders, all partitions together (each
+    /// partition's queue gets `queued.max.messages.kbytes` = this divided by
+    /// the partitions of both topics, at least 1024). Bounds chronosd's memory
+    /// while the loaders lag (perf/pipeline.md, RSS).
     pub prefetch_kbytes: u32,
     /// Event times more than this before receipt are clamped to it and flagged.
     pub max_past_secs: u64,

@@ -71,6 +71,13 @@ impl LoaderHandle {
     }
 }
 
+/// librdkafka bounds each split partition queue on its own: the configured
+/// total, shared by the partitions of both topics this member may be given.
+fn prefetch_per_partition_kbytes(config: &Config) -> u32 {
+    let partitions = 2 * config.kafka.partitions.max(1) as u32;
+    (config.load.prefetch_kbytes / partitions).max(1024)
+}
+
 /// Starts the loaders of `config` (call inside an actix System).
 pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
     if config.load.mailbox_capacity.is_some() {
@@ -101,7 +108,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("max.poll.interval.ms", config.load.max_poll_interval_ms.to_string())
         .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
         .set("enable.partition.eof", "false")
-        .set("queued.max.messages.kbytes", config.load.prefetch_kbytes.to_string())
+        .set("queued.max.messages.kbytes", prefetch_per_partition_kbytes(config).to_string())
         .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
     let consumer: Arc<Consumer> =
         Arc::new(cc.create_with_context(LoadContext::new(metrics.clone())).context("creating the loader consumer")?);
@@ -133,4 +140,19 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         arbiters,
         shutdown_timeout: Duration::from_secs(config.load.shutdown_timeout_secs),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefetch_is_shared_by_both_topics_partitions() {
+        let mut c = Config::default();
+        c.load.prefetch_kbytes = 16_384;
+        c.kafka.partitions = 4;
+        assert_eq!(prefetch_per_partition_kbytes(&c), 2048);
+        c.kafka.partitions = 64;
+        assert_eq!(prefetch_per_partition_kbytes(&c), 1024, "at least one fetch's worth per partition");
+    }
 }
