@@ -45,6 +45,8 @@ const RESEEK_AFTER: Duration = Duration::from_secs(2);
 /// fetch start asynchronously; when that lands after the loader's seek, the
 /// partition would otherwise fetch from the wrong place until records arrive.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// … and this long after a seek.
+const FIRST_IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// First wait before a failed commit is tried again (it doubles up to `load.retry_max_ms`).
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -547,6 +549,9 @@ impl PartitionLoader {
         };
         self.partition.seek(from).await?;
         self.cursor = Cursor::at(from, Instant::now());
+        // The first idle check comes soon after a seek: a seek that lost to
+        // the assignment's own fetch start shows as no records at all.
+        self.last_record_at = Instant::now().checked_sub(IDLE_CHECK - FIRST_IDLE_CHECK).unwrap_or_else(Instant::now);
         Ok(from)
     }
 

@@ -73,6 +73,8 @@ impl LoaderHandle {
 
 /// librdkafka bounds each split partition queue on its own: the configured
 /// total, shared by the partitions of both topics this member may be given.
+/// A fetch may bring as much per partition (`max.partition.fetch.bytes`; the
+/// 1 MiB default held the loaders back in perf/loader.md).
 fn prefetch_per_partition_kbytes(config: &Config) -> u32 {
     let partitions = 2 * config.kafka.partitions.max(1) as u32;
     (config.load.prefetch_kbytes / partitions).max(1024)
@@ -108,6 +110,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("max.poll.interval.ms", config.load.max_poll_interval_ms.to_string())
         .set("heartbeat.interval.ms", (config.load.session_timeout_ms / 3).max(100).to_string())
         .set("enable.partition.eof", "false")
+        .set("max.partition.fetch.bytes", (prefetch_per_partition_kbytes(config) * 1024).to_string())
         .set("queued.max.messages.kbytes", prefetch_per_partition_kbytes(config).to_string())
         .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
     let consumer: Arc<Consumer> =
