@@ -124,9 +124,17 @@ pub type StartLoader = dyn Fn(Partition, watch::Receiver<Stop>) + Send;
 pub fn poll_loop(consumer: Arc<Consumer>, start_loader: Box<StartLoader>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
-            // Fetched before its queue was split: its loader seeks before it
-            // reads, so this record is delivered again there.
-            Some(Ok(m)) => tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "Record on the main queue ignored."),
+            // Fetched before its queue was split, or forwarded here by an
+            // assignment librdkafka applied after the split: take the partition
+            // off the main queue again. Its loader reads this record again (a
+            // gap, or its idle check, makes it seek back).
+            Some(Ok(m)) => {
+                let key = (m.topic().to_string(), m.partition());
+                if consumer.context().loaders.lock().unwrap().contains_key(&key) {
+                    super::partition::unforward(&consumer, &key.0, key.1);
+                }
+                tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "Record on the main queue; read again by its loader.");
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
             None => {}
         }

@@ -41,9 +41,8 @@ const RESTART_DELAY: Duration = if cfg!(test) { Duration::from_millis(10) } else
 const RESEEK_AFTER: Duration = Duration::from_secs(2);
 
 /// A loader that got no record for this long while its partition has records
-/// past its next offset seeks again. librdkafka applies the assignment's own
-/// fetch start asynchronously; when that lands after the loader's seek, the
-/// partition would otherwise fetch from the wrong place until records arrive.
+/// past its next offset takes its partition off the main queue again and
+/// seeks again (see `partition::unforward`): nothing else may wake it.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
 /// … and this long after a seek.
 const FIRST_IDLE_CHECK: Duration = Duration::from_millis(500);
@@ -547,10 +546,11 @@ impl PartitionLoader {
             Some(o) => o,
             None => self.partition.watermarks().await?.0,
         };
+        self.partition.unforward();
         self.partition.seek(from).await?;
         self.cursor = Cursor::at(from, Instant::now());
-        // The first idle check comes soon after a seek: a seek that lost to
-        // the assignment's own fetch start shows as no records at all.
+        // The first idle check comes soon after a seek: records forwarded to
+        // the main queue show here as no records at all.
         self.last_record_at = Instant::now().checked_sub(IDLE_CHECK - FIRST_IDLE_CHECK).unwrap_or_else(Instant::now);
         Ok(from)
     }
@@ -563,6 +563,7 @@ impl PartitionLoader {
         let next = self.cursor.next();
         if high > next {
             tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, next, high, "No records delivered though the partition has some; seeking again.");
+            self.partition.unforward();
             self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
             self.partition.seek(next).await?;
             self.cursor = Cursor::at(next, Instant::now());

@@ -43,6 +43,12 @@ impl Partition {
         Some(Partition { topic: topic.to_string(), partition, queue, ready, consumer: consumer.clone() })
     }
 
+    /// Takes the partition's records off the consumer's main queue again
+    /// (see `unforward`).
+    pub fn unforward(&self) {
+        unforward(&self.consumer, &self.topic, self.partition);
+    }
+
     /// The next fetched record, if one is waiting.
     pub fn poll(&self) -> Option<KafkaResult<BorrowedMessage<'_>>> {
         self.queue.poll(Duration::ZERO)
@@ -77,6 +83,26 @@ impl Partition {
     pub fn commit(&self, next: i64) {
         if let Err(e) = self.consumer.commit(&one_partition(&self.topic, self.partition, Some(next)), CommitMode::Async) {
             tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, "Kafka offset commit not sent.");
+        }
+    }
+}
+
+/// Stops librdkafka forwarding a partition's queue to the consumer's main
+/// queue. librdkafka applies an assignment on its own thread and forwards the
+/// partition's queue to the main one as it does; when that lands after the
+/// split, the partition's records would reach the main queue, not its loader.
+/// Touches only the forwarding (not the queue's wake-up callback).
+pub fn unforward(consumer: &Consumer, topic: &str, partition: i32) {
+    let Ok(topic) = std::ffi::CString::new(topic) else {
+        return;
+    };
+    // SAFETY: the client outlives this call; the queue handle got here is
+    // released here, and the queue itself lives on in librdkafka.
+    unsafe {
+        let q = rdkafka::bindings::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition);
+        if !q.is_null() {
+            rdkafka::bindings::rd_kafka_queue_forward(q, std::ptr::null_mut());
+            rdkafka::bindings::rd_kafka_queue_destroy(q);
         }
     }
 }
