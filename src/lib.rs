@@ -92,7 +92,8 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     load::start(config, metrics)
 }
 
-fn threads(configured: usize) -> usize {
+/// `configured` threads, or one per core when 0.
+pub(crate) fn threads(configured: usize) -> usize {
     if configured > 0 {
         configured
     } else {

@@ -92,7 +92,7 @@ fn copy_rows_loads_decoded_tuples_into_their_table() {
         let decoded = decode_batch(&mut buf, &catalog, TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 }).unwrap();
         let t = &decoded.tables[0];
         let tx = client.transaction().await.unwrap();
-        assert_eq!(internals.copy_rows(&tx, t.table, &[&t.tuples[..]]).await.unwrap(), 2);
+        assert_eq!(internals.copy_rows(&tx, t.table, &t.tuples).await.unwrap(), 2);
         tx.commit().await.unwrap();
         let rows = client.query("SELECT element, x, selector, metadata->>'url' FROM events.clicks ORDER BY x", &[]).await.unwrap();
         let got: Vec<(String, i64, Option<String>, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();

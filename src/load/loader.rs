@@ -162,6 +162,11 @@ struct Buffer {
 }
 
 impl Buffer {
+    /// An empty buffer for the view set current now.
+    fn current(shared: &LoaderShared) -> Self {
+        Buffer::new(shared.catalog.types().len(), Accumulator::new(shared.views.current()))
+    }
+
     fn new(types: usize, views: Accumulator) -> Self {
         Buffer {
             tuples: (0..types).map(|_| BytesMut::new()).collect(),
@@ -215,12 +220,16 @@ struct Db {
 }
 
 impl Db {
-    async fn connect(url: &str, catalog: &EventCatalog) -> anyhow::Result<Db> {
-        let client = crate::store::connect(url).await?;
-        let internals = Internals::prepare(&client, catalog).await?;
-        Ok(Db { client, internals, upserts: Default::default() })
+    /// The connection in `db`, opened again (statements prepared) when there
+    /// is none or PostgreSQL closed it.
+    async fn connected<'a>(db: &'a mut Option<Db>, shared: &LoaderShared) -> anyhow::Result<&'a mut Db> {
+        if db.as_ref().is_none_or(|d| d.client.is_closed()) {
+            let client = crate::store::connect(&shared.pg_url).await?;
+            let internals = Internals::prepare(&client, &shared.catalog).await?;
+            *db = Some(Db { client, internals, upserts: Default::default() });
+        }
+        Ok(db.as_mut().expect("connected above"))
     }
-
 }
 
 /// The upserts of `views`, prepared once per connection (in `tx`: a
@@ -328,11 +337,14 @@ pub struct PartitionLoader {
     last_record_at: Instant,
     /// The record being decoded (simd-json parses in place).
     scratch: Vec<u8>,
+    /// This partition is of the dead-letter topic.
+    dead_letters: bool,
 }
 
 impl PartitionLoader {
     pub fn new(shared: Arc<LoaderShared>, partition: Arc<Partition>, stop: watch::Receiver<Stop>) -> Self {
-        let buffer = Buffer::new(shared.catalog.types().len(), Accumulator::new(shared.views.current()));
+        let buffer = Buffer::current(&shared);
+        let dead_letters = partition.topic == shared.dead_letter_topic;
         PartitionLoader {
             shared,
             partition,
@@ -350,6 +362,7 @@ impl PartitionLoader {
             reseek: None,
             last_record_at: Instant::now(),
             scratch: Vec::new(),
+            dead_letters,
         }
     }
 
@@ -358,10 +371,6 @@ impl PartitionLoader {
             return Stop::Revoked; // the consumer is gone
         }
         *self.stop.borrow()
-    }
-
-    fn is_dead_letter_topic(&self) -> bool {
-        self.partition.topic == self.shared.dead_letter_topic
     }
 
     fn due(&self) -> bool {
@@ -388,8 +397,7 @@ impl PartitionLoader {
             }
             if let Some(next) = self.reseek.take() {
                 // The buffer holds every record before `next`: keep it.
-                self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
-                self.partition.seek(next).await?;
+                self.seek_again(next).await?;
                 continue;
             }
             match self.stop_request() {
@@ -430,14 +438,9 @@ impl PartitionLoader {
 
     /// Hands the buffer to a commit and starts a new one.
     fn hand_over(&mut self) {
-        let fresh = self.new_buffer();
-        let mut buffer = std::mem::replace(&mut self.buffer, fresh);
+        let mut buffer = std::mem::replace(&mut self.buffer, Buffer::current(&self.shared));
         buffer.next = self.cursor.next();
         self.commit(buffer);
-    }
-
-    fn new_buffer(&self) -> Buffer {
-        Buffer::new(self.shared.catalog.types().len(), Accumulator::new(self.shared.views.current()))
     }
 
     /// Starts committing `buffer` (one at a time: its fence is the offset the
@@ -528,15 +531,11 @@ impl PartitionLoader {
     }
 
     async fn open(&mut self) -> anyhow::Result<()> {
-        let db = match self.db.take() {
-            Some(db) if !db.client.is_closed() => db,
-            _ => Db::connect(&self.shared.pg_url, &self.shared.catalog).await?,
-        };
+        let db = Db::connected(&mut self.db, &self.shared).await?;
         let (topic, partition) = (&self.partition.topic, self.partition.partition);
         self.expected = stored_offset(&db.client, &self.shared.group, topic, partition).await?;
-        let views = self.shared.views.refresh(&db.client, &self.shared.catalog).await?;
-        self.buffer = Buffer::new(self.shared.catalog.types().len(), Accumulator::new(views));
-        self.db = Some(db);
+        self.shared.views.refresh(&db.client, &self.shared.catalog).await?;
+        self.buffer = Buffer::current(&self.shared);
         Ok(())
     }
 
@@ -546,9 +545,7 @@ impl PartitionLoader {
             Some(o) => o,
             None => self.partition.watermarks().await?.0,
         };
-        self.partition.unforward();
-        self.partition.seek(from).await?;
-        self.cursor = Cursor::at(from, Instant::now());
+        self.seek_at(from).await?;
         // The first idle check comes soon after a seek: records forwarded to
         // the main queue show here as no records at all.
         self.last_record_at = Instant::now().checked_sub(IDLE_CHECK - FIRST_IDLE_CHECK).unwrap_or_else(Instant::now);
@@ -563,11 +560,22 @@ impl PartitionLoader {
         let next = self.cursor.next();
         if high > next {
             tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, next, high, "No records delivered though the partition has some; seeking again.");
-            self.partition.unforward();
-            self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
-            self.partition.seek(next).await?;
-            self.cursor = Cursor::at(next, Instant::now());
+            self.seek_again(next).await?;
         }
+        Ok(())
+    }
+
+    /// Fetches again from `next`, keeping the buffer (records before `next`
+    /// are all in it): an offset gap, or records not delivered.
+    async fn seek_again(&mut self, next: i64) -> anyhow::Result<()> {
+        self.shared.metrics.load_rewinds.with_label_values(&[Rewind::Gap.label()]).inc();
+        self.seek_at(next).await
+    }
+
+    /// Seeks the partition to `from`; the next record to take is `from`.
+    async fn seek_at(&mut self, from: i64) -> anyhow::Result<()> {
+        self.partition.seek(from).await?;
+        self.cursor = Cursor::at(from, Instant::now());
         Ok(())
     }
 
@@ -580,11 +588,12 @@ impl PartitionLoader {
     /// Takes the records waiting in the queue until it is empty (`false`) or
     /// the buffer is due (`true`: more may be waiting).
     fn drain(&mut self) -> bool {
+        // Its own handle: a record borrows the queue while `take` borrows `self`.
+        let partition = self.partition.clone();
         loop {
             if self.due() || self.rewind.is_some() || self.reseek.is_some() {
                 return true;
             }
-            let partition = self.partition.clone();
             let message = match partition.poll() {
                 None => return false,
                 Some(Err(e)) => {
@@ -612,7 +621,7 @@ impl PartitionLoader {
         let failed = if self.poisoned.contains(&offset) {
             Some("the decoder panicked on this record".to_string())
         } else {
-            let dead_letters = self.is_dead_letter_topic();
+            let dead_letters = self.dead_letters;
             self.scratch.clear();
             self.scratch.extend_from_slice(payload);
             let (shared, scratch) = (&self.shared, &mut self.scratch);
@@ -658,7 +667,7 @@ impl PartitionLoader {
         self.expected = to;
         self.retry = None;
         self.backoff = FIRST_BACKOFF;
-        self.buffer = self.new_buffer();
+        self.buffer = Buffer::current(&self.shared);
         self.seek_to(to).await?;
         Ok(())
     }
@@ -674,10 +683,7 @@ async fn commit(
     expected: Option<i64>,
     buffer: &Buffer,
 ) -> anyhow::Result<Committed> {
-    if db.as_ref().is_none_or(|d| d.client.is_closed()) {
-        *db = Some(Db::connect(&shared.pg_url, &shared.catalog).await?);
-    }
-    let Db { client, internals, upserts } = db.as_mut().expect("connected above");
+    let Db { client, internals, upserts } = Db::connected(db, shared).await?;
     let next = buffer.next;
     let tx = client.transaction().await?;
     let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
@@ -703,7 +709,7 @@ async fn commit(
     }
     let mut rows = 0;
     for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-        rows += internals.copy_rows(&tx, table, &[tuples]).await?;
+        rows += internals.copy_rows(&tx, table, tuples).await?;
     }
     if !buffer.views.is_empty() {
         let started = Instant::now();

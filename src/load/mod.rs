@@ -98,8 +98,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         metrics: metrics.clone(),
         views: crate::views::Registry::default(),
     });
-    let threads = if config.load.threads > 0 { config.load.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) };
-    let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    let arbiters: Vec<Arbiter> = (0..crate::threads(config.load.threads)).map(|_| Arbiter::new()).collect();
     let mut cc = crate::produce::kafka::base_client_config(&config.kafka);
     cc.set("group.id", &config.load.group_id)
         .set("client.id", "chronosd-loader")

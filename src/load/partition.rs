@@ -43,12 +43,6 @@ impl Partition {
         Some(Partition { topic: topic.to_string(), partition, queue, ready, consumer: consumer.clone() })
     }
 
-    /// Takes the partition's records off the consumer's main queue again
-    /// (see `unforward`).
-    pub fn unforward(&self) {
-        unforward(&self.consumer, &self.topic, self.partition);
-    }
-
     /// The next fetched record, if one is waiting.
     pub fn poll(&self) -> Option<KafkaResult<BorrowedMessage<'_>>> {
         self.queue.poll(Duration::ZERO)
@@ -69,10 +63,12 @@ impl Partition {
 
     /// Moves the fetch position to `offset` and resumes fetching (partitions
     /// are assigned paused: nothing is fetched before the loader says where).
-    /// Records fetched before the seek are not delivered after it.
+    /// Records fetched before the seek are not delivered after it. The
+    /// partition is first taken off the main queue again (see `unforward`).
     pub async fn seek(&self, offset: i64) -> KafkaResult<()> {
         let (consumer, topic, partition) = (self.consumer.clone(), self.topic.clone(), self.partition);
         blocking(move || {
+            unforward(&consumer, &topic, partition);
             consumer.seek(&topic, partition, Offset::Offset(offset), KAFKA_CALL_TIMEOUT)?;
             consumer.resume(&one_partition(&topic, partition, None))
         })

@@ -93,17 +93,17 @@ impl Internals {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Streams binary COPY tuples (`parts`, without header or trailer) into
-    /// the table of catalog type `table`. Returns the rows copied.
-    pub async fn copy_rows(&self, tx: &Transaction<'_>, table: usize, parts: &[&[u8]]) -> Result<u64, Error> {
+    /// Streams binary COPY tuples (without header or trailer) into the table
+    /// of catalog type `table`. Returns the rows copied.
+    pub async fn copy_rows(&self, tx: &Transaction<'_>, table: usize, tuples: &[u8]) -> Result<u64, Error> {
         let sink = tx.copy_in::<_, Bytes>(&self.copy[table]).await?;
         futures_util::pin_mut!(sink);
         // In pieces: a second whole copy of a table's rows is what set
         // chronosd's peak memory while the loaders lagged.
         let mut chunk = BytesMut::with_capacity(COPY_CHUNK_BYTES * 2);
         chunk.extend_from_slice(HEADER);
-        for p in parts {
-            chunk.extend_from_slice(p);
+        for piece in tuples.chunks(COPY_CHUNK_BYTES) {
+            chunk.extend_from_slice(piece);
             if chunk.len() >= COPY_CHUNK_BYTES {
                 sink.feed(chunk.split().freeze()).await?;
             }
