@@ -75,6 +75,10 @@ pub struct LoadConfig {
     /// New event tables as TimescaleDB hypertables: "auto" (when the extension
     /// is available), "always" (refuse to start without it) or "never".
     pub timescaledb: Timescale,
+    /// Chunk width of new hypertables (and of new chunks of existing ones),
+    /// in hours: a divisor of 24 or a whole number of days, so that chunks
+    /// never straddle a UTC day (days are what retention archives and drops).
+    pub chunk_interval_hours: u32,
     /// Batch ids remembered for deduplication of retries, in hours.
     pub seen_batches_retention_hours: u64,
     /// Longest wait between retries when PostgreSQL fails, in ms.
@@ -114,6 +118,7 @@ impl Default for LoadConfig {
             partitions_past_days: 8,
             partitions_ahead_days: 7,
             timescaledb: Timescale::Auto,
+            chunk_interval_hours: 24,
             seen_batches_retention_hours: 72,
             retry_max_ms: 10_000,
             session_timeout_ms: 6_000,
@@ -463,6 +468,12 @@ impl Config {
         }
         if l.group_id.is_empty() {
             errors.push("load.group_id: must not be empty".into());
+        }
+        let chunk = self.load.chunk_interval_hours;
+        if chunk == 0 || (24 % chunk != 0 && chunk % 24 != 0) {
+            errors.push(format!(
+                "load.chunk_interval_hours: {chunk} must divide 24 (1, 2, 3, 4, 6, 8, 12) or be a whole number of days (24, 48, …), so chunks never straddle a UTC day"
+            ));
         }
         if (l.partitions_past_days * 86_400) < l.max_past_secs as i64 {
             errors.push("load.partitions_past_days: must cover load.max_past_secs (clamped times need a partition)".into());

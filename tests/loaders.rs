@@ -18,20 +18,33 @@ struct Pg {
     _dir: tempfile::TempDir,
 }
 
-fn postgres() -> Pg {
+fn postgres(layout: Layout) -> Pg {
     let dir = temp_dir();
-    let server = PostgresServer::start_in(dir.path()).expect("start PostgreSQL");
+    let server = layout.postgres(dir.path());
     Pg { server, _dir: dir }
 }
 
-/// PostgreSQL, a broker with `partitions`, and chronosd (loaders on) ready on a free port.
-fn loading(partitions: i32, load: &str, extra: &str) -> (Pg, Kafka, String, u16, Chronosd) {
-    let pg = postgres();
+/// PostgreSQL, a broker with `partitions`, and chronosd (loaders on) ready on
+/// a free port, its event tables in `layout`.
+fn loading(
+    layout: Layout,
+    partitions: i32,
+    load: &str,
+    extra: &str,
+) -> (Pg, Kafka, String, u16, Chronosd) {
+    let pg = postgres(layout);
     let kafka = Kafka::start(partitions);
     let url = pg.server.url();
     let port = free_port();
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, load, extra));
+    let d = Chronosd::start(&config_toml_with_pg(
+        &kafka,
+        port,
+        &url,
+        &layout.load(load),
+        extra,
+    ));
     d.wait_ready(Duration::from_secs(30));
+    layout.assert_tables(&url);
     (pg, kafka, url, port, d)
 }
 
@@ -70,9 +83,8 @@ fn events_of(b: &Value) -> i64 {
     b["events"].as_array().unwrap().len() as i64
 }
 
-#[test]
-fn events_land_exactly_once_with_every_value_intact() {
-    let (_pg, kafka, url, _port, d) = loading(3, "", "");
+fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
+    let (_pg, kafka, url, _port, d) = loading(layout, 3, "", "");
     let c = client();
 
     let mut expected = 0;
@@ -149,12 +161,17 @@ fn events_land_exactly_once_with_every_value_intact() {
     assert_eq!(stored, 41, "every record of the events topic is accounted for");
 }
 
-#[test]
-fn kill_9_mid_load_then_restart_gives_exact_counts() {
-    let pg = postgres();
+fn kill_9_mid_load_then_restart_gives_exact_counts(layout: Layout) {
+    let pg = postgres(layout);
     let kafka = Kafka::start(3);
     let url = pg.server.url();
-    let toml = config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200", "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n");
+    let toml = config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &url,
+        &layout.load("flush_rows = 200"),
+        "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n",
+    );
     let mut d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -214,9 +231,13 @@ fn kill_9_mid_load_then_restart_gives_exact_counts() {
     );
 }
 
-#[test]
-fn implausible_event_times_are_stored_clamped_and_flagged() {
-    let (_pg, _kafka, url, _port, d) = loading(1, "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1", "");
+fn implausible_event_times_are_stored_clamped_and_flagged(layout: Layout) {
+    let (_pg, _kafka, url, _port, d) = loading(
+        layout,
+        1,
+        "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1",
+        "",
+    );
     let c = client();
     let now = now_ms();
     let mut b = batch("clock", 1);
@@ -254,9 +275,8 @@ fn implausible_event_times_are_stored_clamped_and_flagged() {
     });
 }
 
-#[test]
-fn invalid_events_become_dead_letters_with_their_reason() {
-    let (_pg, _kafka, url, _port, d) = loading(1, "", "");
+fn invalid_events_become_dead_letters_with_their_reason(layout: Layout) {
+    let (_pg, _kafka, url, _port, d) = loading(layout, 1, "", "");
     let c = client();
     let mut b = batch("dl", 3);
     b["events"][1] = json!(["mouse_moves", now_ms(), "left", 4]);
@@ -285,9 +305,8 @@ fn invalid_events_become_dead_letters_with_their_reason() {
     }
 }
 
-#[test]
-fn schema_evolves_online_when_the_catalog_grows() {
-    let (_pg, kafka, url, port, mut d) = loading(1, "", "");
+fn schema_evolves_online_when_the_catalog_grows(layout: Layout) {
+    let (_pg, kafka, url, port, mut d) = loading(layout, 1, "", "");
     let c = client();
     let (s, _, _) = post(&c, &d, &batch("old", 6), "198.51.100.8");
     assert_eq!(s, 200);
@@ -305,7 +324,13 @@ attributes = [
 [events.signups]
 attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", type = "int", nullable = true }]
 "#;
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, "", events));
+    let d = Chronosd::start(&config_toml_with_pg(
+        &kafka,
+        port,
+        &url,
+        &layout.load(""),
+        events,
+    ));
     d.wait_ready(Duration::from_secs(30));
     let mut b = batch("new", 1);
     b["events"] = json!([["mouse_moves", now_ms(), 5, 6, 0.5], ["signups", now_ms(), "pro", 3]]);
@@ -321,13 +346,27 @@ attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", 
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].1, None, "old rows read NULL");
     assert_eq!(got[1], (5, Some(0.5)));
+    layout.assert_tables(&url);
     let r = &query(&url, "SELECT plan, seats FROM events.signups")[0];
     assert_eq!((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)), ("pro".to_string(), Some(3)));
 
     // Changing a type is refused at start with a message naming the column.
     let dir = temp_dir();
     let config = dir.path().join("chronos.toml");
-    std::fs::write(&config, config_toml_with_pg(&kafka, free_port(), &url, "", &events.replace(r#"name = "seats", type = "int""#, r#"name = "seats", type = "text""#))).unwrap();
+    std::fs::write(
+        &config,
+        config_toml_with_pg(
+            &kafka,
+            free_port(),
+            &url,
+            &layout.load(""),
+            &events.replace(
+                r#"name = "seats", type = "int""#,
+                r#"name = "seats", type = "text""#,
+            ),
+        ),
+    )
+    .unwrap();
     let out = chronos_cli(&config, &["install-pipeline"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -363,10 +402,9 @@ fn events_in_kafka(kafka: &Kafka) -> i64 {
     by_batch.values().sum()
 }
 
-
-#[test]
-fn postgres_restarted_mid_load_gives_exact_counts() {
-    let (mut pg, kafka, url, _port, d) = loading(2, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS);
+fn postgres_restarted_mid_load_gives_exact_counts(layout: Layout) {
+    let (mut pg, kafka, url, _port, d) =
+        loading(layout, 2, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
     let until = Instant::now() + Duration::from_secs(30);
@@ -392,13 +430,24 @@ fn postgres_restarted_mid_load_gives_exact_counts() {
     eprintln!("{expected} events loaded exactly once across a PostgreSQL restart ({retries} flush retries)");
 }
 
-#[test]
-fn two_chronosd_in_one_group_one_stopped_gives_exact_counts() {
-    let pg = postgres();
+fn two_chronosd_in_one_group_one_stopped_gives_exact_counts(layout: Layout) {
+    let pg = postgres(layout);
     let kafka = Kafka::start(4);
     let url = pg.server.url();
-    let a = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200", FAST_IPS));
-    let mut b = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "flush_rows = 200", FAST_IPS));
+    let a = Chronosd::start(&config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &url,
+        &layout.load("flush_rows = 200"),
+        FAST_IPS,
+    ));
+    let mut b = Chronosd::start(&config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &url,
+        &layout.load("flush_rows = 200"),
+        FAST_IPS,
+    ));
     a.wait_ready(Duration::from_secs(30));
     b.wait_ready(Duration::from_secs(30));
     let stop = Arc::new(AtomicBool::new(false));
@@ -427,9 +476,8 @@ fn two_chronosd_in_one_group_one_stopped_gives_exact_counts() {
     eprintln!("{expected} events loaded exactly once after one of two loaders left mid-load");
 }
 
-#[test]
-fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
-    let (_pg, kafka, url, port, mut d) = loading(1, "", "");
+fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them(layout: Layout) {
+    let (_pg, kafka, url, port, mut d) = loading(layout, 1, "", "");
     let c = client();
     let mut b = batch("replay", 1);
     b["events"] = json!([["signups", now_ms(), "pro"], ["mouse_moves", now_ms(), 1, 2]]);
@@ -444,8 +492,9 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
     assert_eq!(d.terminate().code(), Some(0));
 
     // The catalog learns the event type; chronosd restarts and creates its table.
-    let events = "[events.signups]\nattributes = [{ name = \"plan\", type = \"text\", max_len = 32 }]\n";
-    let toml = config_toml_with_pg(&kafka, port, &url, "", events);
+    let events =
+        "[events.signups]\nattributes = [{ name = \"plan\", type = \"text\", max_len = 32 }]\n";
+    let toml = config_toml_with_pg(&kafka, port, &url, &layout.load(""), events);
     let d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
     let dir = temp_dir();
@@ -476,29 +525,144 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them() {
     assert_eq!(count(&url, "SELECT count(*) FROM events.signups"), 1);
 }
 
-#[test]
-fn tables_are_native_partitions_without_timescaledb_and_always_refuses_clearly() {
-    let pg = postgres();
-    let kafka = Kafka::start(1);
-    let url = pg.server.url();
+/// `chronos install-pipeline` with `[load]` keys `load` against `url`: (succeeded, stdout + stderr).
+fn install_with(kafka: &Kafka, url: &str, load: &str) -> (bool, String) {
     let dir = temp_dir();
-    let install = |mode: &str| {
-        let file = dir.path().join(format!("{mode}.toml"));
-        std::fs::write(&file, config_toml_with_pg(&kafka, free_port(), &url, &format!("timescaledb = \"{mode}\""), "")).unwrap();
-        let out = chronos_cli(&file, &["install-pipeline"]);
-        (out.status.success(), output_text(&out))
-    };
-    // This server has no timescaledb extension (Debian's PostgreSQL 15 without it).
-    assert_eq!(count(&url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"), 0);
-    let (ok, out) = install("always");
-    assert!(!ok && out.contains("has no timescaledb extension"), "{out}");
-    assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events'"), 0, "a refused install creates nothing");
-    let (ok, out) = install("auto");
+    let file = dir.path().join("chronos.toml");
+    std::fs::write(
+        &file,
+        config_toml_with_pg(kafka, free_port(), url, load, ""),
+    )
+    .unwrap();
+    let out = chronos_cli(&file, &["install-pipeline"]);
+    (out.status.success(), output_text(&out))
+}
+
+/// A new database `name` on the server of `url`, and its URL.
+fn new_database(url: &str, name: &str) -> String {
+    query(url, &format!("CREATE DATABASE {name}"));
+    format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+}
+
+const EVENT_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'";
+
+#[test]
+fn timescaledb_installed_but_not_preloaded_falls_back_on_auto_and_refuses_on_always() {
+    assert!(
+        chronos::stack::postgres::timescaledb_installed(),
+        "this test needs TimescaleDB installed (.ci/setup)"
+    );
+    let dir = temp_dir();
+    let pg = PostgresServer::start_with(dir.path(), false)
+        .expect("start PostgreSQL without the preload");
+    let kafka = Kafka::start(1);
+    let url = pg.url();
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        ),
+        1
+    );
+
+    let fix =
+        "set shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL";
+    let (ok, out) = install_with(&kafka, &url, "timescaledb = \"always\"");
+    assert!(
+        !ok && out.contains("not preloaded") && out.contains(fix),
+        "{out}"
+    );
+    assert_eq!(
+        count(&url, EVENT_RELATIONS),
+        0,
+        "a refused install creates nothing"
+    );
+
+    let (ok, out) = install_with(&kafka, &url, "timescaledb = \"auto\"");
     assert!(ok, "{out}");
-    assert_eq!(count(&url, "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'"), 6);
+    assert_eq!(
+        out.matches(fix).count(),
+        1,
+        "one warning naming the fix:\n{out}"
+    );
+    assert!(out.contains("(native daily partitions)"), "{out}");
+    Layout::Native.assert_tables(&url);
+
+    // chronosd itself starts on such a server (the failure this fixes), warning once.
+    let fresh = new_database(&url, "fresh");
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &fresh, "", ""));
+    d.wait_ready(Duration::from_secs(30));
+    assert_eq!(d.log_text().matches(fix).count(), 1, "{}", d.log_text());
+    Layout::Native.assert_tables(&fresh);
+
     // Existing native tables are never converted.
-    let (ok, out) = install("always");
+    let (ok, out) = install_with(&kafka, &url, "timescaledb = \"always\"");
     assert!(!ok && out.contains("never converted"), "{out}");
+}
+
+#[test]
+fn timescaledb_modes_on_a_preloading_server_give_hypertables_with_the_configured_chunks() {
+    let dir = temp_dir();
+    let mut pg = Layout::Hypertable.postgres(dir.path());
+    let kafka = Kafka::start(1);
+    let url = pg.url();
+
+    // "never" keeps native partitions, even with TimescaleDB at hand.
+    let never_url = new_database(&url, "never_db");
+    let (ok, out) = install_with(&kafka, &never_url, "timescaledb = \"never\"");
+    assert!(ok, "{out}");
+    Layout::Native.assert_tables(&never_url);
+
+    // "auto" makes hypertables, chunked as configured.
+    let (ok, out) = install_with(
+        &kafka,
+        &url,
+        "timescaledb = \"auto\"\nchunk_interval_hours = 6",
+    );
+    assert!(
+        ok && out.contains("(TimescaleDB hypertables, 6-hour chunks)"),
+        "{out}"
+    );
+    Layout::Hypertable.assert_tables(&url);
+    let intervals = count(
+        &url,
+        "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND time_interval = interval '6 hours'",
+    );
+    assert_eq!(intervals, 6, "every hypertable chunked by 6 hours");
+    // A new width applies to new chunks of existing hypertables.
+    let (ok, out) = install_with(&kafka, &url, "chunk_interval_hours = 48");
+    assert!(ok, "{out}");
+    assert_eq!(count(&url, "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND time_interval = interval '48 hours'"), 6);
+
+    // Partition upkeep leaves hypertables alone: no daily partitions appear.
+    let before = count(&url, EVENT_RELATIONS);
+    let catalog = chronos::catalog::EventCatalog::from_config(
+        &chronos::config::Config::default().events,
+        2048,
+    );
+    block_on(async {
+        let client = chronos::store::connect(&url).await.unwrap();
+        chronos::store::ensure_partitions(&client, &catalog, 7)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        count(&url, EVENT_RELATIONS),
+        before,
+        "no relation added to hypertables"
+    );
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events' AND tablename LIKE '%\\_p2%'"), 0);
+
+    // Hypertables on a server that stopped preloading: refused, naming the fix.
+    pg.spec.preload_timescaledb = false;
+    pg.restart()
+        .expect("restart PostgreSQL without the preload");
+    let (ok, out) = install_with(&kafka, &url, "");
+    assert!(
+        !ok && out.contains("the event tables are hypertables, but")
+            && out.contains("shared_preload_libraries = 'timescaledb'"),
+        "{out}"
+    );
 }
 
 /// Posts `n` batches of `events` events (sessions `<prefix>-<i>`), each
@@ -511,24 +675,35 @@ fn post_batches(c: &reqwest::blocking::Client, d: &Chronosd, prefix: &str, n: us
     (n * events) as i64
 }
 
-#[test]
-fn records_waiting_in_kafka_are_loaded_with_no_further_traffic() {
+fn records_waiting_in_kafka_are_loaded_with_no_further_traffic(layout: Layout) {
     // librdkafka applies an assignment on its own thread and may forward a
     // partition's queue back to the main queue after its loader split it off;
     // that must not leave a quiet partition unread. Three rounds: stored
     // offsets absent, then present.
-    let pg = postgres();
+    let pg = postgres(layout);
     let kafka = Kafka::start(3);
     let url = pg.server.url();
     let c = client();
     let mut expected = 0;
     for round in 0..3 {
         // Receipt only: the records wait in Kafka.
-        let mut receipt = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "enabled = false", FAST_IPS));
+        let mut receipt = Chronosd::start(&config_toml_with_pg(
+            &kafka,
+            free_port(),
+            &url,
+            &layout.load("enabled = false"),
+            FAST_IPS,
+        ));
         receipt.wait_ready(Duration::from_secs(30));
         expected += post_batches(&c, &receipt, &format!("quiet-{round}"), 30, 10);
         assert_eq!(receipt.terminate().code(), Some(0));
-        let mut d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+        let mut d = Chronosd::start(&config_toml_with_pg(
+            &kafka,
+            free_port(),
+            &url,
+            &layout.load(""),
+            FAST_IPS,
+        ));
         d.wait_ready(Duration::from_secs(30));
         wait_for_events(&url, expected, Duration::from_secs(60), &d);
         assert_eq!(count(&url, &distinct_sql()), expected);
@@ -536,9 +711,13 @@ fn records_waiting_in_kafka_are_loaded_with_no_further_traffic() {
     }
 }
 
-#[test]
-fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing() {
-    let (mut pg, kafka, url, _port, mut d) = loading(3, "shutdown_timeout_secs = 3\nretry_max_ms = 500", FAST_IPS);
+fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing(layout: Layout) {
+    let (mut pg, kafka, url, _port, mut d) = loading(
+        layout,
+        3,
+        "shutdown_timeout_secs = 3\nretry_max_ms = 500",
+        FAST_IPS,
+    );
     let c = client();
     let mut expected = post_batches(&c, &d, "away", 10, 20);
     wait_for_events(&url, expected, Duration::from_secs(30), &d);
@@ -554,9 +733,28 @@ fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing() 
     assert!(d.log_text().contains("Flush failed; retrying."), "the loaders were retrying:\n{}", d.log_text());
     // Nothing acknowledged is lost: the next start loads what was not committed.
     pg.server.restart().expect("restart PostgreSQL");
-    let d2 = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+    let d2 = Chronosd::start(&config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &url,
+        &layout.load(""),
+        FAST_IPS,
+    ));
     d2.wait_ready(Duration::from_secs(30));
     wait_for_events(&url, expected, Duration::from_secs(60), &d2);
     assert_eq!(count(&url, &distinct_sql()), expected);
     eprintln!("SIGTERM with PostgreSQL away took {took:?}; {expected} events loaded once after the restart");
 }
+
+on_both_layouts!(
+    events_land_exactly_once_with_every_value_intact,
+    kill_9_mid_load_then_restart_gives_exact_counts,
+    implausible_event_times_are_stored_clamped_and_flagged,
+    invalid_events_become_dead_letters_with_their_reason,
+    schema_evolves_online_when_the_catalog_grows,
+    postgres_restarted_mid_load_gives_exact_counts,
+    two_chronosd_in_one_group_one_stopped_gives_exact_counts,
+    dead_letters_are_listed_and_replayed_once_the_catalog_knows_them,
+    records_waiting_in_kafka_are_loaded_with_no_further_traffic,
+    sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing,
+);

@@ -57,7 +57,17 @@ fn status_shows_consumer_lag_and_last_minute_events() {
     let before = status(&config);
     assert_eq!(lag_of(&before, &kafka.topic), batches, "{before}");
     assert_eq!(lag_of(&before, &kafka.dead_letter_topic), 0, "{before}");
-    assert!(line(&before, "ingest", "").contains(" 0 events stored in the last minute"), "{before}");
+    assert!(
+        line(&before, "ingest", "").contains(" 0 events stored in the last minute"),
+        "{before}"
+    );
+    // This server preloads TimescaleDB and load.timescaledb is "auto": hypertables.
+    let tables = line(&before, "tables", "events.*");
+    assert!(
+        tables.contains("TimescaleDB 2.")
+            && tables.contains("hypertables (6 tables, 24-hour chunks"),
+        "{before}"
+    );
 
     // A loader stores them: lag 0, and the events count in the last minute.
     let loader = Chronosd::start(&toml);
@@ -94,4 +104,5 @@ fn status_says_what_to_do_when_postgres_and_the_broker_are_down() {
     let text = status(&config);
     assert!(line(&text, "lag", "").contains("unknown") && text.contains("chronos start postgres"), "{text}");
     assert!(line(&text, "ingest", "").contains("unknown"), "{text}");
+    assert!(line(&text, "tables", "").contains("unknown"), "{text}");
 }

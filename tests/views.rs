@@ -28,17 +28,27 @@ struct Stack {
     d: Chronosd,
 }
 
-fn stack() -> Stack {
+/// PostgreSQL, a broker and chronosd with its event tables in `layout`.
+fn stack(layout: Layout) -> Stack {
     let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let pg = layout.postgres(pg_dir.path());
     let url = pg.url();
     let kafka = Kafka::start(3);
-    let toml = config_toml_with_pg(&kafka, free_port(), &url, "", "");
+    let toml = config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), "");
     let config_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config_file.path(), &toml).unwrap();
     let d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
-    Stack { _pg_dir: pg_dir, _pg: pg, url, kafka, toml, config_file, d }
+    layout.assert_tables(&url);
+    Stack {
+        _pg_dir: pg_dir,
+        _pg: pg,
+        url,
+        kafka,
+        toml,
+        config_file,
+        d,
+    }
 }
 
 fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
@@ -359,9 +369,8 @@ fn add_views(s: &Stack, sql: &str, extra: &[&str]) -> (bool, String) {
     cli(s, &args)
 }
 
-#[test]
-fn views_equal_the_raw_queries_also_after_kill_9() {
-    let mut s = stack();
+fn views_equal_the_raw_queries_also_after_kill_9(layout: Layout) {
+    let mut s = stack(layout);
     // The defaults are there from the first start.
     let (ok, list) = cli(&s, &["views", "list"]);
     assert!(ok && list.contains("events_per_minute") && list.contains("mouse_heat"), "{list}");
@@ -412,9 +421,8 @@ fn docs_recipes_run(s: &Stack) {
     }
 }
 
-#[test]
-fn views_are_added_with_backfill_and_dropped_while_events_flow() {
-    let mut s = stack();
+fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
+    let mut s = stack(layout);
     let mut rng = Rng(7);
     let mut sent = post_varied(&s, &mut rng, 60);
     wait_for_events(&s.url, sent, &s.d);
@@ -479,3 +487,8 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow() {
     assert_total_count_and_sum(&s.url);
     s.d.terminate();
 }
+
+on_both_layouts!(
+    views_equal_the_raw_queries_also_after_kill_9,
+    views_are_added_with_backfill_and_dropped_while_events_flow
+);

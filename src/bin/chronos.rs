@@ -230,12 +230,21 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", chronos::store::schema::static_sql(&catalog));
                 return Ok(());
             }
-            chronos::stack::postgres::block_on(async {
+            let installed = chronos::stack::postgres::block_on(async {
                 let mut client = chronos::store::connect(&c.postgres.url).await?;
                 chronos::store::install(&mut client, &catalog, &c.load).await
             })?;
+            if let Some(w) = &installed.warning {
+                eprintln!("warning: {w}");
+            }
+            let layout = match installed.layout {
+                chronos::store::schema::Layout::Native => "native daily partitions".to_string(),
+                chronos::store::schema::Layout::Hypertable { chunk_hours } => {
+                    format!("TimescaleDB hypertables, {chunk_hours}-hour chunks")
+                }
+            };
             println!(
-                "schema installed at {}: {} event tables in schema events, internals in schema chronos",
+                "schema installed at {}: {} event tables in schema events ({layout}), internals in schema chronos",
                 chronos::store::redact(&c.postgres.url),
                 catalog.types().len()
             );
@@ -458,8 +467,12 @@ fn manual_commands(cmd: &mut clap::Command, path: &str, out: &mut String) {
 /// The data-flow lines of `chronos status`; a part that cannot be read says why.
 fn print_pipeline(c: &chronos::config::Config) {
     use chronos::stack::pipeline;
-    let (lag, recent) = chronos::stack::postgres::block_on(async {
-        (pipeline::consumer_lag(c, Duration::from_secs(5)).await, pipeline::events_last_minute(c).await)
+    let (lag, recent, layout) = chronos::stack::postgres::block_on(async {
+        (
+            pipeline::consumer_lag(c, Duration::from_secs(5)).await,
+            pipeline::events_last_minute(c).await,
+            pipeline::table_layout(c).await,
+        )
     });
     match lag {
         Ok(topics) => {
@@ -472,6 +485,13 @@ fn print_pipeline(c: &chronos::config::Config) {
     match recent {
         Ok(n) => println!("{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s)", "ingest", "", "", n as f64 / 60.0),
         Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "ingest", "", ""),
+    }
+    match layout {
+        Ok(l) => println!("{:<9} {:<5} {:<28} {l}", "tables", "", "events.*"),
+        Err(e) => println!(
+            "{:<9} {:<5} {:<28} unknown: {e:#}",
+            "tables", "", "events.*"
+        ),
     }
 }
 

@@ -99,6 +99,7 @@ impl Stack {
             port: self.config.stack.postgres_port,
             log: self.log_file(Service::Postgres),
             ephemeral: false,
+            preload_timescaledb: postgres::timescaledb_installed(),
         }
     }
 

@@ -116,3 +116,9 @@ mod tests {
         assert_eq!(partition_lag(0, 10, Some(12)), 0, "never negative");
     }
 }
+
+/// The event tables' layout (`store::layout_summary`).
+pub async fn table_layout(config: &Config) -> Result<String> {
+    let client = crate::store::connect(&config.postgres.url).await?;
+    crate::store::layout_summary(&client).await
+}

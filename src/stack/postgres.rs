@@ -23,6 +23,19 @@ pub fn bindir() -> PathBuf {
     PathBuf::from("/usr/lib/postgresql/15/bin")
 }
 
+/// Whether TimescaleDB is installed into this PostgreSQL (`timescaledb.so` in
+/// `pg_config --pkglibdir`): then the servers started here preload it.
+pub fn timescaledb_installed() -> bool {
+    let libdir = Command::new("pg_config")
+        .arg("--pkglibdir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| bindir().with_file_name("lib"));
+    libdir.join("timescaledb.so").exists()
+}
+
 /// One PostgreSQL server: data directory, port, log.
 #[derive(Debug, Clone)]
 pub struct PostgresSpec {
@@ -31,6 +44,9 @@ pub struct PostgresSpec {
     pub log: PathBuf,
     /// Trade durability for speed (fsync off): tests only.
     pub ephemeral: bool,
+    /// `shared_preload_libraries = 'timescaledb'`: TimescaleDB refuses to be
+    /// created in a server that does not preload it.
+    pub preload_timescaledb: bool,
 }
 
 /// The superuser and database the stack creates.
@@ -81,6 +97,14 @@ impl PostgresSpec {
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=256MB"]);
+        if self.preload_timescaledb {
+            cmd.args([
+                "-c",
+                "shared_preload_libraries=timescaledb",
+                "-c",
+                "timescaledb.telemetry_level=off",
+            ]);
+        }
         if self.ephemeral {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
@@ -144,14 +168,21 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    /// initdb (into `dir/data`), start on a free port, create the database.
+    /// initdb (into `dir/data`), start on a free port, create the database;
+    /// TimescaleDB preloaded when it is installed.
     pub fn start_in(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, timescaledb_installed())
+    }
+
+    /// `start_in`, preloading TimescaleDB or not.
+    pub fn start_with(dir: &Path, preload_timescaledb: bool) -> Result<Self> {
         let run_as = RunAs::postgres_if_root()?;
         let spec = PostgresSpec {
             data_dir: dir.join("data"),
             port: process::free_port(),
             log: dir.join("postgres.log"),
             ephemeral: true,
+            preload_timescaledb,
         };
         spec.init(run_as)?;
         let child = spec.start(run_as, Lifetime::Owned)?;

@@ -43,13 +43,29 @@ pub fn today() -> i64 {
     crate::produce::kafka::now_ms() / 86_400_000
 }
 
+/// What `install` did.
+#[derive(Debug)]
+pub struct Installed {
+    pub layout: schema::Layout,
+    /// Why the tables are not hypertables though TimescaleDB is installed
+    /// (logged already; the CLI prints it).
+    pub warning: Option<String>,
+}
+
 /// Applies the whole schema idempotently, under an advisory lock so that two
 /// chronosd starting together do not race on CREATE … IF NOT EXISTS.
-pub async fn install(client: &mut Client, catalog: &EventCatalog, load: &crate::config::LoadConfig) -> Result<()> {
+pub async fn install(
+    client: &mut Client,
+    catalog: &EventCatalog,
+    load: &crate::config::LoadConfig,
+) -> Result<Installed> {
     let tx = client.transaction().await?;
     // "already exists, skipping" notices are expected on every start.
-    tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)").await?;
-    let layout = layout(&tx, load.timescaledb).await?;
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)",
+    )
+    .await?;
+    let (layout, warning) = layout(&tx, load).await?;
     tracing::info!(?layout, "Event tables layout.");
     tx.batch_execute(&schema::install_sql(catalog, today(), load.partitions_past_days, load.partitions_ahead_days, layout))
         .await
@@ -63,13 +79,27 @@ pub async fn install(client: &mut Client, catalog: &EventCatalog, load: &crate::
     if !rebuilt.is_empty() {
         tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
     }
-    Ok(())
+    Ok(Installed { layout, warning })
 }
 
+/// What to do when TimescaleDB is installed but not preloaded (it cannot be
+/// created then, and touching it ends the session).
+pub const PRELOAD_FIX: &str =
+    "TimescaleDB is installed in this PostgreSQL server but not preloaded, so it cannot be used: \
+set shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL";
+
 /// The layout of the event tables: the one they already have (tables are
-/// never converted), else hypertables when TimescaleDB is wanted and available.
-async fn layout(client: &impl tokio_postgres::GenericClient, mode: crate::config::Timescale) -> Result<schema::Layout> {
+/// never converted), else hypertables when TimescaleDB is wanted and can be
+/// created here (installed and preloaded). `auto` falls back to native
+/// partitions with one warning naming the fix; `always` refuses with it.
+async fn layout(
+    client: &impl tokio_postgres::GenericClient,
+    load: &crate::config::LoadConfig,
+) -> Result<(schema::Layout, Option<String>)> {
     use crate::config::Timescale;
+    let hypertable = schema::Layout::Hypertable {
+        chunk_hours: load.chunk_interval_hours,
+    };
     let existing: Option<bool> = client
         .query_opt(
             "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -78,19 +108,85 @@ async fn layout(client: &impl tokio_postgres::GenericClient, mode: crate::config
         )
         .await?
         .map(|r| r.get(0));
-    let available = client.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
-    Ok(match (existing, mode, available) {
-        (Some(true), Timescale::Always, _) => anyhow::bail!(
+    let available = client
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await?
+        .is_some();
+    let preloads: String = client
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await?
+        .get(0);
+    let preloaded = preloads
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "timescaledb");
+    Ok((match (existing, load.timescaledb, available, preloaded) {
+        (Some(true), Timescale::Always, ..) => anyhow::bail!(
             "load.timescaledb = \"always\", but the event tables already exist with native partitions; tables are never converted in place (set \"auto\" or migrate them)"
         ),
-        (Some(true), _, _) => schema::Layout::Native,
-        (Some(false), _, _) => schema::Layout::Hypertable,
-        (None, Timescale::Always, false) => anyhow::bail!(
+        (Some(true), ..) => schema::Layout::Native,
+        (Some(false), _, _, false) => anyhow::bail!("the event tables are hypertables, but {PRELOAD_FIX}"),
+        (Some(false), ..) => hypertable,
+        (None, Timescale::Never, ..) | (None, Timescale::Auto, false, _) => schema::Layout::Native,
+        (None, Timescale::Always, false, _) => anyhow::bail!(
             "load.timescaledb = \"always\", but this PostgreSQL server has no timescaledb extension (pg_available_extensions); install TimescaleDB or set \"auto\""
         ),
-        (None, Timescale::Never, _) | (None, Timescale::Auto, false) => schema::Layout::Native,
-        (None, _, true) => schema::Layout::Hypertable,
-    })
+        (None, Timescale::Always, true, false) => anyhow::bail!("load.timescaledb = \"always\", but {PRELOAD_FIX}"),
+        (None, Timescale::Auto, true, false) => {
+            let warning = format!("event tables get native partitions, not hypertables: {PRELOAD_FIX}");
+            tracing::warn!("{warning}.");
+            return Ok((schema::Layout::Native, Some(warning)));
+        }
+        (None, _, true, true) => hypertable,
+    }, None))
+}
+
+/// The event tables' layout in words, for `chronos status`: hypertables
+/// (TimescaleDB's version, chunk width, chunk count) or native daily partitions.
+pub async fn layout_summary(client: &Client) -> Result<String> {
+    let kinds = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE c.relkind = 'p'), count(*) FILTER (WHERE c.relkind = 'r')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+            &[],
+        )
+        .await?;
+    let (native, plain): (i64, i64) = (kinds.get(0), kinds.get(1));
+    if native + plain == 0 {
+        return Ok("no event tables yet (chronosd creates them)".into());
+    }
+    if plain == 0 {
+        let parts: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'",
+                &[],
+            )
+            .await?
+            .get(0);
+        return Ok(format!(
+            "native daily partitions ({native} tables, {parts} partitions)"
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
+                    (SELECT min(extract(epoch FROM time_interval))::bigint FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events'),
+                    (SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'events')",
+            &[],
+        )
+        .await
+        .context("reading TimescaleDB's catalog")?;
+    let (version, secs, chunks): (Option<String>, Option<i64>, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    Ok(format!(
+        "TimescaleDB {} hypertables ({plain} tables, {}-hour chunks, {chunks} chunks)",
+        version.unwrap_or_default(),
+        secs.unwrap_or(0) / 3600
+    ))
 }
 
 /// Refuses to start when a catalog attribute's type differs from its column's:

@@ -101,8 +101,9 @@ INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHI
 pub enum Layout {
     /// Native range partitions per day (created ahead) plus a default partition.
     Native,
-    /// TimescaleDB hypertables with 1-day chunks (TimescaleDB creates them).
-    Hypertable,
+    /// TimescaleDB hypertables; TimescaleDB creates their chunks, of this
+    /// many hours (applied to new chunks of existing hypertables too).
+    Hypertable { chunk_hours: u32 },
 }
 
 /// DDL for one event table: create if missing, then add any missing attribute column.
@@ -126,13 +127,17 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
             sql.push_str("\n) PARTITION BY RANGE (time);\n");
             let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
         }
-        Layout::Hypertable => {
+        Layout::Hypertable { chunk_hours } => {
             sql.push_str("\n);\n");
             // Chunks are made by TimescaleDB for any time: no row is refused for its time.
+            let regclass = t.replace('\'', "''");
             let _ = writeln!(
                 sql,
-                "SELECT create_hypertable('{}', 'time', chunk_time_interval => interval '1 day', if_not_exists => true, create_default_indexes => false);",
-                t.replace('\'', "''")
+                "SELECT create_hypertable('{regclass}', 'time', chunk_time_interval => interval '{chunk_hours} hours', if_not_exists => true, create_default_indexes => false);"
+            );
+            let _ = writeln!(
+                sql,
+                "SELECT set_chunk_time_interval('{regclass}', interval '{chunk_hours} hours');"
             );
         }
     }
@@ -176,12 +181,13 @@ pub fn static_sql(catalog: &EventCatalog) -> String {
 /// (native layout) or as hypertables.
 pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64, layout: Layout) -> String {
     let mut sql = String::from(INTERNALS);
-    if layout == Layout::Hypertable {
+    let native = layout == Layout::Native;
+    if !native {
         sql.push_str("CREATE EXTENSION IF NOT EXISTS timescaledb;\n");
     }
     for ty in catalog.types() {
         sql.push_str(&event_table_ddl_as(ty, layout));
-        if layout == Layout::Hypertable {
+        if !native {
             continue;
         }
         for day in today - past_days..=today + ahead_days {
@@ -222,13 +228,19 @@ mod tests {
     }
 
     #[test]
-    fn hypertable_layout_makes_plain_tables_with_1_day_chunks_and_no_partitions() {
+    fn hypertable_layout_makes_plain_tables_with_the_configured_chunks_and_no_partitions() {
         let catalog = EventCatalog::from_config(&built_in_events(), 2048);
-        let sql = install_sql(&catalog, 20_418, 8, 7, Layout::Hypertable);
+        let sql = install_sql(
+            &catalog,
+            20_418,
+            8,
+            7,
+            Layout::Hypertable { chunk_hours: 6 },
+        );
         assert!(sql.contains("CREATE EXTENSION IF NOT EXISTS timescaledb;"));
         assert!(!sql.contains("PARTITION"), "{sql}");
         assert!(sql.contains(
-            "\"selector\" text\n);\nSELECT create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '1 day', if_not_exists => true, create_default_indexes => false);"
+            "\"selector\" text\n);\nSELECT create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', if_not_exists => true, create_default_indexes => false);\nSELECT set_chunk_time_interval('events.\"clicks\"', interval '6 hours');"
         ));
         assert_eq!(sql.matches("create_hypertable(").count(), catalog.types().len());
         let native = install_sql(&catalog, 20_418, 8, 7, Layout::Native);

@@ -532,3 +532,75 @@ pub fn post_raw(c: &reqwest::blocking::Client, d: &Chronosd, body: Vec<u8>, head
     let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text}"));
     (status, value, headers)
 }
+
+/// The two layouts of the event tables. The loaders and views suites run each
+/// of their tests on both, against a PostgreSQL that preloads TimescaleDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Native,
+    Hypertable,
+}
+
+impl Layout {
+    /// `[load]` keys that choose this layout, followed by `more`.
+    pub fn load(self, more: &str) -> String {
+        let mode = match self {
+            Layout::Native => "never",
+            Layout::Hypertable => "always",
+        };
+        format!("timescaledb = \"{mode}\"\n{more}")
+    }
+
+    /// A PostgreSQL that can give this layout: one that preloads TimescaleDB
+    /// (both layouts run on the same kind of server).
+    pub fn postgres(self, dir: &std::path::Path) -> chronos::stack::postgres::PostgresServer {
+        assert!(
+            chronos::stack::postgres::timescaledb_installed(),
+            "TimescaleDB is not installed in this PostgreSQL (no timescaledb.so in `pg_config --pkglibdir`): \
+             the hypertable tests need it; .ci/setup installs it (see docs/operations.md)"
+        );
+        chronos::stack::postgres::PostgresServer::start_with(dir, true).expect("start PostgreSQL")
+    }
+
+    /// Asserts that the event tables at `url` have this layout.
+    pub fn assert_tables(self, url: &str) {
+        let native = count(
+            url,
+            "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'",
+        );
+        let hyper = count(
+            url,
+            "SELECT CASE WHEN to_regclass('timescaledb_information.hypertables') IS NULL THEN 0
+             ELSE (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = 'events' AND c.relkind = 'r' AND NOT c.relispartition) END",
+        );
+        match self {
+            Layout::Native => assert!(
+                native > 0 && hyper == 0,
+                "native layout wanted: {native} partitioned, {hyper} plain tables"
+            ),
+            Layout::Hypertable => {
+                let listed = count(url, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events'");
+                assert!(
+                    native == 0 && hyper > 0 && listed == hyper,
+                    "hypertables wanted: {native} partitioned, {hyper} plain, {listed} hypertables"
+                )
+            }
+        }
+    }
+}
+
+/// Runs each `fn name(layout: Layout)` as two tests, `native::name` and
+/// `hypertable::name`.
+#[macro_export]
+macro_rules! on_both_layouts {
+    ($($name:ident),* $(,)?) => {
+        mod native {
+            $( #[test] fn $name() { super::$name($crate::common::Layout::Native) } )*
+        }
+        mod hypertable {
+            $( #[test] fn $name() { super::$name($crate::common::Layout::Hypertable) } )*
+        }
+    };
+}
