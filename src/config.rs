@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, EventTypeConfig};
 
 /// Environment variables with the `CHRONOS_` prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "broker_log"];
+const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "broker_log", "failpoint"];
 
 /// Everything chronosd and the chronos CLI read from the config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +34,8 @@ pub struct Config {
     pub events: BTreeMap<String, EventTypeConfig>,
     /// Loaders: Kafka → PostgreSQL.
     pub load: LoadConfig,
+    /// How long raw events stay in PostgreSQL, and where older days go.
+    pub retention: RetentionConfig,
     /// The local stack started by `chronos start`.
     pub stack: StackConfig,
     /// What `chronos tracker build` puts into the browser tracker.
@@ -138,6 +140,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             load: LoadConfig::default(),
             events: catalog::built_in_events(),
+            retention: RetentionConfig::default(),
             stack: StackConfig::default(),
             tracker: crate::tracker::TrackerConfig::default(),
         }
@@ -349,6 +352,64 @@ impl Default for PostgresConfig {
     }
 }
 
+/// Retention of raw events, and their archive (docs/lifecycle.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days of raw events kept in PostgreSQL (UTC days before today); older
+    /// days are archived, verified, then dropped. 0 keeps everything.
+    pub raw_days: u32,
+    /// Where archived days go: a directory, a `file://` URL, or an object
+    /// store URL (`s3://bucket/prefix`, credentials from the usual `AWS_*`
+    /// environment). Empty: `<stack.dir>/archive`. `"off"` drops old days
+    /// without archiving them.
+    pub archive: String,
+    /// How often chronosd looks for days to archive, in seconds.
+    pub every_secs: u64,
+    /// How long `chronos archive restore` keeps restored days before the
+    /// schedule drops them again (the archive keeps them), in days.
+    pub restore_keep_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { raw_days: 30, archive: String::new(), every_secs: 3600, restore_keep_days: 7 }
+    }
+}
+
+/// Where `retention.archive` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveTarget {
+    /// Drop old days without archiving them.
+    Off,
+    /// An `object_store` URL (`file:///…` for a local directory).
+    Url(url::Url),
+}
+
+impl Config {
+    /// `retention.archive` resolved: a plain path (relative to the working
+    /// directory) becomes a `file://` URL; empty means `<stack.dir>/archive`.
+    pub fn archive_target(&self) -> Result<ArchiveTarget, String> {
+        let a = self.retention.archive.trim();
+        if a == "off" {
+            return Ok(ArchiveTarget::Off);
+        }
+        let dir_url = |p: &Path| {
+            let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map_err(|e| e.to_string())?.join(p) };
+            url::Url::from_directory_path(&abs).map_err(|_| format!("retention.archive: {} is not a usable directory path", abs.display()))
+        };
+        let url = match a {
+            "" => dir_url(&self.stack.dir.join("archive"))?,
+            a if a.contains("://") => url::Url::parse(a).map_err(|e| format!("retention.archive: `{a}` is not a URL: {e}"))?,
+            a => dir_url(Path::new(a))?,
+        };
+        match url.scheme() {
+            "file" | "s3" | "memory" => Ok(ArchiveTarget::Url(url)),
+            other => Err(format!("retention.archive: scheme `{other}` is not supported (a directory, file://, s3:// or \"off\")")),
+        }
+    }
+}
+
 /// The local stack (`chronos start`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -468,6 +529,19 @@ impl Config {
         }
         if l.group_id.is_empty() {
             errors.push("load.group_id: must not be empty".into());
+        }
+        let r = &self.retention;
+        if r.raw_days > 0 && u64::from(r.raw_days) * 86_400 <= self.load.max_past_secs + 86_400 {
+            errors.push(format!(
+                "retention.raw_days: {} must be more than a day longer than load.max_past_secs ({} s), or late events could land in a day already archived",
+                r.raw_days, self.load.max_past_secs
+            ));
+        }
+        if r.every_secs == 0 {
+            errors.push("retention.every_secs: must be greater than 0".into());
+        }
+        if let Err(e) = self.archive_target() {
+            errors.push(e);
         }
         let chunk = self.load.chunk_interval_hours;
         if chunk == 0 || (24 % chunk != 0 && chunk % 24 != 0) {

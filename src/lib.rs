@@ -14,6 +14,7 @@
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
 //! - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition (its own queue),
 //!   COPY BINARY encoding, dead-letter replay.
+//! - [`archive`]: retention — old days to Parquet (verified), then dropped; list, verify, restore.
 //! - [`store`]: PostgreSQL — schema from the catalog, partitions, the statements a loader transaction runs (`internals`), maintenance.
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
@@ -24,6 +25,7 @@
 //!
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
+pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod http;
@@ -80,15 +82,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 }
 
 /// Applies the schema (idempotent: new catalog columns and tables appear),
-/// keeps daily partitions ahead and old batch ids pruned, starts the loaders.
+/// keeps daily partitions ahead and old batch ids pruned, archives and drops
+/// days past retention, starts the loaders.
 async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<load::LoaderHandle> {
     let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let mut client = store::connect(&config.postgres.url).await?;
     store::install(&mut client, &catalog, &config.load).await?;
     let retention = Duration::from_secs(config.load.seen_batches_retention_hours * 3600);
-    let maintenance = store::Maintenance::new(&config.postgres.url, catalog, config.load.partitions_ahead_days, retention);
+    let maintenance = store::Maintenance::new(&config.postgres.url, catalog.clone(), config.load.partitions_ahead_days, retention);
     drop(client);
     actix_rt::spawn(maintenance.run(Duration::from_secs(3600)));
+    if config.retention.raw_days > 0 {
+        actix_rt::spawn(archive::schedule(config.clone(), catalog));
+    }
     load::start(config, metrics)
 }
 

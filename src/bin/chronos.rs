@@ -58,6 +58,12 @@ enum Cmd {
         #[arg(long)]
         print_sql: bool,
     },
+    /// Retention and cold storage: archive days past retention.raw_days to
+    /// Parquet and drop them, list and verify the archive, restore days.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveCmd,
+    },
     /// Continuous views: list, add from a SQL file, drop (no restart needed).
     Views {
         #[command(subcommand)]
@@ -111,6 +117,31 @@ enum TrackerCmd {
         /// Output file; default stdout.
         #[arg(short, long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Archive every day older than retention.raw_days (write, verify, record),
+    /// then drop it from PostgreSQL; what chronosd does on its schedule.
+    Run,
+    /// Show each archived day: table, day, rows, bytes, state, file.
+    List,
+    /// Re-read every archived file against its manifest and record
+    /// (checksum, size, rows decoded); fails when one differs.
+    Verify,
+    /// Load archived days of one table back into PostgreSQL, each row once;
+    /// they stay for retention.restore_keep_days.
+    Restore {
+        /// The event table (e.g. clicks).
+        #[arg(long)]
+        table: String,
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (UTC); default: --from.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -249,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
                 catalog.types().len()
             );
         }
+        Cmd::Archive { action } => archive(&stack.config, action)?,
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
         Cmd::Keys { action } => keys(&stack.config, action)?,
@@ -538,4 +570,89 @@ fn print_log(path: &std::path::Path, follow: bool, lines: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
+    use chronos::archive::{self, Archiver};
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let archiver = Archiver::new(c)?;
+    chronos::stack::postgres::block_on(async {
+        let mut client = chronos::store::connect(&c.postgres.url).await?;
+        match action {
+            ArchiveCmd::Run => {
+                println!("archive: {}; keeping {} days of raw events", archiver.location(), c.retention.raw_days);
+                let Some(report) = archiver.run(&mut client, &catalog, chronos::store::today()).await? else {
+                    anyhow::bail!("another archive run holds the lock (chronosd's schedule?); try again when it ends");
+                };
+                for l in &report.lines {
+                    println!("{l}");
+                }
+                println!("{} days archived, {} dropped", report.archived, report.dropped);
+                if !report.errors.is_empty() {
+                    anyhow::bail!("{}", report.errors.join("\n"));
+                }
+            }
+            ArchiveCmd::List => {
+                let records = archive::list(&client).await?;
+                if records.is_empty() {
+                    println!("no day archived yet ({})", archiver.location());
+                }
+                for r in records {
+                    let m = &r.manifest;
+                    let state = match (&r.restored_until, r.dropped) {
+                        (Some(until), _) => format!("restored until {until}"),
+                        (None, true) => "dropped".into(),
+                        (None, false) => "archived, not dropped yet".into(),
+                    };
+                    let file = if m.location.is_empty() { "(no rows)" } else { &m.location };
+                    println!("{:<18} {} {:>10} rows {:>12} bytes  {:<26} {file}", m.table, m.day, m.rows, m.bytes, state);
+                }
+            }
+            ArchiveCmd::Verify => {
+                let records = archive::list(&client).await?;
+                let mut failed = 0;
+                let files = records.iter().filter(|r| !r.manifest.location.is_empty() && r.manifest.location != "off").count();
+                for (i, r) in records.iter().enumerate() {
+                    let m = &r.manifest;
+                    if m.location.is_empty() || m.location == "off" {
+                        continue;
+                    }
+                    match archiver.verify_one(m).await {
+                        Ok(()) => println!("ok      {} {} ({} rows)", m.table, m.day, m.rows),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAILED  {} {}: {e:#}", m.table, m.day);
+                        }
+                    }
+                    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                        eprint!("\r{} of {files} files", i + 1);
+                    }
+                }
+                if failed > 0 {
+                    anyhow::bail!("{failed} of {files} archived files do not match their manifest");
+                }
+                println!("{files} archived files verified");
+            }
+            ArchiveCmd::Restore { table, from, to } => {
+                let day = |flag: &str, v: &str| {
+                    archive::parse_day(v).ok_or_else(|| anyhow::anyhow!("--{flag} {v}: not a day (YYYY-MM-DD)"))
+                };
+                let from_day = day("from", &from)?;
+                let to_day = match &to {
+                    Some(t) => day("to", t)?,
+                    None => from_day,
+                };
+                if to_day < from_day {
+                    anyhow::bail!("--to {} is before --from {from}", to.unwrap_or_default());
+                }
+                if !catalog.types().iter().any(|t| *t.name == table) {
+                    anyhow::bail!("--table {table}: not an event type of the catalog");
+                }
+                for l in archiver.restore(&mut client, &table, from_day, to_day).await? {
+                    println!("{l}");
+                }
+            }
+        }
+        Ok(())
+    })
 }

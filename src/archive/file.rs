@@ -1,0 +1,268 @@
+//! Parquet files of raw events: written from a PostgreSQL row stream in
+//! bounded row groups, read back batch by batch (verify, restore, erase).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use futures_util::TryStreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::format::KeyValue;
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::columns::{self, Column, Kind};
+
+/// Version of the file layout (columns as `columns` maps them).
+pub const SCHEMA_VERSION: i32 = 1;
+/// Rows per record batch (and the memory a writer holds at most).
+const BATCH_ROWS: usize = 65_536;
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 262_144;
+
+/// What a written (or re-read) file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub rows: i64,
+    /// Microseconds since the epoch; None without rows.
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One column's builder.
+enum Builder {
+    Timestamp(TimestampMicrosecondBuilder),
+    Bool(BooleanBuilder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Text(StringBuilder),
+    TextList(ListBuilder<StringBuilder>),
+}
+
+impl Builder {
+    fn new(kind: Kind) -> Builder {
+        match kind {
+            Kind::Timestamp => Builder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            Kind::Bool => Builder::Bool(BooleanBuilder::new()),
+            Kind::Int32 => Builder::Int32(Int32Builder::new()),
+            Kind::Int64 => Builder::Int64(Int64Builder::new()),
+            Kind::Float64 => Builder::Float64(Float64Builder::new()),
+            Kind::Text => Builder::Text(StringBuilder::new()),
+            Kind::TextList => Builder::TextList(ListBuilder::new(StringBuilder::new())),
+        }
+    }
+
+    /// Appends column `i` of `row` (selected with `Column::select_expr`).
+    fn push(&mut self, row: &Row, i: usize) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Builder::Timestamp(b) => b.append_option(row.try_get::<_, Option<i64>>(i)?),
+            Builder::Bool(b) => b.append_option(row.try_get::<_, Option<bool>>(i)?),
+            Builder::Int32(b) => b.append_option(row.try_get::<_, Option<i32>>(i)?),
+            Builder::Int64(b) => b.append_option(row.try_get::<_, Option<i64>>(i)?),
+            Builder::Float64(b) => b.append_option(row.try_get::<_, Option<f64>>(i)?),
+            Builder::Text(b) => b.append_option(row.try_get::<_, Option<&str>>(i)?),
+            Builder::TextList(b) => match row.try_get::<_, Option<Vec<Option<&str>>>>(i)? {
+                Some(items) => {
+                    for item in items {
+                        b.values().append_option(item);
+                    }
+                    b.append(true);
+                }
+                None => b.append_null(),
+            },
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Timestamp(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Int32(b) => Arc::new(b.finish()),
+            Builder::Int64(b) => Arc::new(b.finish()),
+            Builder::Float64(b) => Arc::new(b.finish()),
+            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::TextList(b) => Arc::new(b.finish()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Builder::Timestamp(b) => b.len(),
+            Builder::Bool(b) => b.len(),
+            Builder::Int32(b) => b.len(),
+            Builder::Int64(b) => b.len(),
+            Builder::Float64(b) => b.len(),
+            Builder::Text(b) => b.len(),
+            Builder::TextList(b) => b.len(),
+        }
+    }
+}
+
+/// Writes the rows of `rows` (a stream of `SELECT <select_expr…>`) as a
+/// zstd Parquet file at `path`, fsyncs it, and reads it back: the summary's
+/// row count is the one decoded from the file, its checksum that of the
+/// bytes on disk.
+pub async fn write(
+    path: &Path,
+    columns: &[Column],
+    metadata: Vec<(String, String)>,
+    rows: impl futures_util::Stream<Item = Result<Row, tokio_postgres::Error>>,
+) -> Result<Summary> {
+    let schema = Arc::new(columns::arrow_schema(columns));
+    let time = columns.iter().position(|c| c.name == "time");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_key_value_metadata(Some(metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect()))
+        .build();
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.kind)).collect();
+    let (mut written, mut min_time, mut max_time) = (0i64, None::<i64>, None::<i64>);
+    futures_util::pin_mut!(rows);
+    loop {
+        let row = rows.try_next().await?;
+        if let Some(row) = &row {
+            for (i, b) in builders.iter_mut().enumerate() {
+                b.push(row, i)?;
+            }
+            if let Some(t) = time.and_then(|i| row.get::<_, Option<i64>>(i)) {
+                min_time = Some(min_time.map_or(t, |m| m.min(t)));
+                max_time = Some(max_time.map_or(t, |m| m.max(t)));
+            }
+            written += 1;
+        }
+        let pending = builders.first().map_or(0, Builder::len);
+        if pending >= BATCH_ROWS || (row.is_none() && pending > 0) {
+            let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
+            writer.write(&RecordBatch::try_new(schema.clone(), arrays)?)?;
+        }
+        if row.is_none() {
+            break;
+        }
+    }
+    let file = writer.into_inner()?;
+    file.sync_all()?;
+    drop(file);
+    let back = summarize(path)?;
+    if back.rows != written {
+        anyhow::bail!("{}: {} rows written but {} read back", path.display(), written, back.rows);
+    }
+    Ok(Summary { min_time, max_time, ..back })
+}
+
+/// Reads a file through: its checksum and size, and its rows decoded (every
+/// row group, every column: a damaged page fails here). No time range.
+pub fn summarize(path: &Path) -> Result<Summary> {
+    let (sha256, bytes) = sha256_of(path)?;
+    let mut rows = 0i64;
+    for batch in reader(path)?.1 {
+        rows += batch?.num_rows() as i64;
+    }
+    Ok(Summary { rows, min_time: None, max_time: None, bytes, sha256 })
+}
+
+/// The checksum (hex) and size of a file.
+pub fn sha256_of(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut hasher, mut buf, mut bytes) = (Sha256::new(), vec![0u8; 1 << 16], 0u64);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The columns of a file and its batches.
+pub fn reader(path: &Path) -> Result<(Vec<Column>, parquet::arrow::arrow_reader::ParquetRecordBatchReader)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("{} is not a Parquet file", path.display()))?;
+    let columns = columns::from_arrow(builder.schema()).with_context(|| path.display().to_string())?;
+    Ok((columns, builder.with_batch_size(8192).build()?))
+}
+
+/// One value of a decoded row, as `restore`'s staging table takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null(Kind),
+    Bool(bool),
+    Int32(i32),
+    Int64(i64),
+    Float64(f64),
+    Text(String),
+    TextList(Vec<Option<String>>),
+}
+
+impl Value {
+    pub fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Value::Null(Kind::Bool) => &None::<bool>,
+            Value::Null(Kind::Int32) => &None::<i32>,
+            Value::Null(Kind::Timestamp | Kind::Int64) => &None::<i64>,
+            Value::Null(Kind::Float64) => &None::<f64>,
+            Value::Null(Kind::Text) => &None::<String>,
+            Value::Null(Kind::TextList) => &None::<Vec<String>>,
+            Value::Bool(v) => v,
+            Value::Int32(v) => v,
+            Value::Int64(v) => v,
+            Value::Float64(v) => v,
+            Value::Text(v) => v,
+            Value::TextList(v) => v,
+        }
+    }
+}
+
+/// The rows of a batch as values (column order of the file).
+pub fn rows_of(batch: &RecordBatch, columns: &[Column]) -> Vec<Vec<Value>> {
+    (0..batch.num_rows())
+        .map(|r| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let a = batch.column(i);
+                    if a.is_null(r) {
+                        return Value::Null(c.kind);
+                    }
+                    match c.kind {
+                        Kind::Timestamp => Value::Int64(a.as_primitive::<TimestampMicrosecondType>().value(r)),
+                        Kind::Bool => Value::Bool(a.as_boolean().value(r)),
+                        Kind::Int32 => Value::Int32(a.as_primitive::<Int32Type>().value(r)),
+                        Kind::Int64 => Value::Int64(a.as_primitive::<Int64Type>().value(r)),
+                        Kind::Float64 => Value::Float64(a.as_primitive::<Float64Type>().value(r)),
+                        Kind::Text => Value::Text(a.as_string::<i32>().value(r).to_string()),
+                        Kind::TextList => {
+                            let items = a.as_list::<i32>().value(r);
+                            let s = items.as_string::<i32>();
+                            Value::TextList((0..s.len()).map(|j| (!s.is_null(j)).then(|| s.value(j).to_string())).collect())
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,588 @@
+//! Retention and cold storage: raw days older than `retention.raw_days` are
+//! written to Parquet (one file per event table and UTC day, with a JSON
+//! manifest), verified, recorded in `chronos.archives`, and only then dropped
+//! from PostgreSQL. `restore` loads archived days back exactly once.
+//!
+//! Every step can be cut short (`kill -9`, a lost host) and the next run
+//! finishes the day: a day without a record is archived again from
+//! PostgreSQL (its rows are still there, and the file is overwritten); a
+//! recorded day not yet dropped is checked against its record, then dropped.
+//! The drop counts the day's rows in the same transaction and refuses when
+//! they differ from the archive's.
+
+pub mod columns;
+pub mod file;
+pub mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::catalog::EventCatalog;
+use crate::config::{ArchiveTarget, Config};
+use crate::store::schema::{civil_from_days, ident};
+
+use self::target::Target;
+
+/// 0001-01-01, before any day an event table can hold.
+const FIRST_DAY: i64 = -719_162;
+
+/// Advisory lock held by the one archive run at a time.
+const RUN_LOCK: i64 = 7_243_002;
+
+/// `YYYY-MM-DD` of a day number since the epoch.
+pub fn day_str(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` into a day number since the epoch.
+pub fn parse_day(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let (y, m, d): (i64, u32, u32) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp as i64 + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let day = era * 146_097 + doe - 719_468;
+    (day_str(day) == s).then_some(day)
+}
+
+/// `timestamptz '<day> 00:00:00+00'`.
+fn ts(day: i64) -> String {
+    format!("timestamptz '{} 00:00:00+00'", day_str(day))
+}
+
+fn day_range(day: i64) -> String {
+    format!("time >= {} AND time < {}", ts(day), ts(day + 1))
+}
+
+/// Aborts the process at step `name` when `CHRONOS_FAILPOINT` names it: how
+/// the tests cut an archive run at each step boundary, as `kill -9` would.
+fn failpoint(name: &str) {
+    if std::env::var("CHRONOS_FAILPOINT").is_ok_and(|f| f == name) {
+        eprintln!("CHRONOS_FAILPOINT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// A day's archive, as `chronos.archives` and its manifest hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub table: String,
+    pub day: String,
+    /// Object path under the archive's root; "" for a day without rows,
+    /// "off" for a day dropped with archiving off.
+    pub location: String,
+    pub rows: i64,
+    /// Microseconds since the epoch.
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub bytes: i64,
+    pub sha256: String,
+    pub schema_version: i32,
+}
+
+impl Manifest {
+    fn has_file(&self) -> bool {
+        !self.location.is_empty() && self.location != "off"
+    }
+
+    fn manifest_name(&self) -> String {
+        format!("{}.manifest.json", self.location.trim_end_matches(".parquet"))
+    }
+}
+
+/// A row of `chronos.archives`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub manifest: Manifest,
+    pub dropped: bool,
+    /// Restored and kept in PostgreSQL until this time (RFC 3339).
+    pub restored_until: Option<String>,
+}
+
+const RECORD_COLUMNS: &str = "table_name, to_char(day, 'YYYY-MM-DD'), location, rows,
+    (extract(epoch FROM min_time) * 1000000)::bigint, (extract(epoch FROM max_time) * 1000000)::bigint,
+    bytes, sha256, schema_version, dropped_at IS NOT NULL,
+    CASE WHEN restored_until > now() THEN to_char(restored_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END";
+
+fn record_of(r: &tokio_postgres::Row) -> Record {
+    Record {
+        manifest: Manifest {
+            table: r.get(0),
+            day: r.get(1),
+            location: r.get(2),
+            rows: r.get(3),
+            min_time: r.get(4),
+            max_time: r.get(5),
+            bytes: r.get(6),
+            sha256: r.get(7),
+            schema_version: r.get(8),
+        },
+        dropped: r.get(9),
+        restored_until: r.get(10),
+    }
+}
+
+/// Every record, by table and day.
+pub async fn list(client: &impl GenericClient) -> Result<Vec<Record>> {
+    let rows = client.query(&format!("SELECT {RECORD_COLUMNS} FROM chronos.archives ORDER BY table_name, day"), &[]).await?;
+    Ok(rows.iter().map(record_of).collect())
+}
+
+/// Archived days of one table whose day is in `[from, to]`.
+async fn records(client: &impl GenericClient, table: &str, from: i64, to: i64) -> Result<Vec<Record>> {
+    let rows = client
+        .query(
+            &format!("SELECT {RECORD_COLUMNS} FROM chronos.archives WHERE table_name = $1 AND day BETWEEN ($2::text)::date AND ($3::text)::date ORDER BY day"),
+            &[&table, &day_str(from), &day_str(to)],
+        )
+        .await?;
+    Ok(rows.iter().map(record_of).collect())
+}
+
+/// What one run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One line per day handled.
+    pub lines: Vec<String>,
+    pub archived: usize,
+    pub dropped: usize,
+    /// Tables that stopped at a day, with why.
+    pub errors: Vec<String>,
+}
+
+/// Archives and drops old days; lists, verifies and restores them.
+pub struct Archiver {
+    target: Option<Target>,
+    raw_days: u32,
+    keep_days: u32,
+    spool: PathBuf,
+}
+
+impl Archiver {
+    pub fn new(config: &Config) -> Result<Archiver> {
+        let target = match config.archive_target().map_err(anyhow::Error::msg)? {
+            ArchiveTarget::Off => None,
+            ArchiveTarget::Url(url) => Some(Target::open(&url)?),
+        };
+        Ok(Archiver {
+            target,
+            raw_days: config.retention.raw_days,
+            keep_days: config.retention.restore_keep_days,
+            spool: std::env::temp_dir(),
+        })
+    }
+
+    fn target(&self) -> Result<&Target> {
+        self.target.as_ref().ok_or_else(|| anyhow::anyhow!("retention.archive is \"off\": there is no archive"))
+    }
+
+    /// Where the archive is, for messages.
+    pub fn location(&self) -> String {
+        self.target.as_ref().map_or("off (old days are dropped without archiving)".into(), |t| t.url.to_string())
+    }
+
+    /// One pass: every event table's days before `today - raw_days`, oldest
+    /// first; a table stops at its first day that fails (the others go on).
+    /// Returns None when another run holds the lock.
+    pub async fn run(&self, client: &mut Client, catalog: &EventCatalog, today: i64) -> Result<Option<Report>> {
+        let mut report = Report::default();
+        if self.raw_days == 0 {
+            report.lines.push("retention.raw_days = 0: raw events are kept forever".into());
+            return Ok(Some(report));
+        }
+        let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK]).await?.get(0);
+        if !locked {
+            return Ok(None);
+        }
+        let cutoff = today - i64::from(self.raw_days);
+        for ty in catalog.types() {
+            if let Err(e) = self.run_table(client, &ty.name, cutoff, &mut report).await {
+                report.errors.push(format!("events.{}: {e:#}", ty.name));
+            }
+        }
+        client.execute("SELECT pg_advisory_unlock($1)", &[&RUN_LOCK]).await?;
+        Ok(Some(report))
+    }
+
+    async fn run_table(&self, client: &mut Client, table: &str, cutoff: i64, report: &mut Report) -> Result<()> {
+        let mut done = std::collections::HashMap::new();
+        for r in records(client, table, FIRST_DAY, cutoff - 1).await? {
+            done.insert(parse_day(&r.manifest.day).expect("a date from PostgreSQL"), r);
+        }
+        for day in candidate_days(client, table, cutoff).await? {
+            match done.get(&day) {
+                None => {
+                    let m = self.archive_day(client, table, day).await.with_context(|| format!("archiving {}", day_str(day)))?;
+                    report.archived += 1;
+                    let rows = m.rows;
+                    drop_day(client, table, day, rows).await.with_context(|| format!("dropping {}", day_str(day)))?;
+                    report.dropped += 1;
+                    report.lines.push(match self.target.as_ref() {
+                        Some(t) if m.has_file() => format!("events.{table} {}: {rows} rows archived to {}, dropped", m.day, t.display(&m.location)),
+                        Some(_) => format!("events.{table} {}: no rows, dropped", m.day),
+                        None => format!("events.{table} {}: {rows} rows dropped (archiving off)", m.day),
+                    });
+                }
+                Some(r) if r.restored_until.is_some() => {
+                    report.lines.push(format!("events.{table} {}: restored, kept until {}", r.manifest.day, r.restored_until.as_deref().unwrap_or("")));
+                }
+                Some(r) => {
+                    // Cut short after the record (resumed), or restored and expired.
+                    let m = &r.manifest;
+                    if !r.dropped && m.has_file() {
+                        self.check_object(m).await?;
+                    }
+                    let n = rows_of_day(client, table, day).await?;
+                    if n == m.rows {
+                        drop_day(client, table, day, n).await.with_context(|| format!("dropping {}", m.day))?;
+                        report.lines.push(format!("events.{table} {}: {n} rows dropped (archived before)", m.day));
+                    } else {
+                        // Rows arrived after the day was archived (a late
+                        // event, a raised load.max_past_secs): the day is
+                        // archived again whole, the archived rows put back first.
+                        if r.dropped && m.has_file() {
+                            let target = self.target()?;
+                            let local = target.download(&m.location, &self.spool).await?;
+                            let table_columns = columns::of_table(client, table).await?;
+                            restore_file(client, table, &table_columns, day, local.path()).await?;
+                        }
+                        let again = self.archive_day(client, table, day).await.with_context(|| format!("archiving {} again", m.day))?;
+                        drop_day(client, table, day, again.rows).await.with_context(|| format!("dropping {}", m.day))?;
+                        report.archived += 1;
+                        report.lines.push(format!(
+                            "events.{table} {}: {} rows arrived after it was archived; archived again ({} rows), dropped",
+                            m.day,
+                            again.rows - m.rows,
+                            again.rows
+                        ));
+                    }
+                    report.dropped += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a day to the archive and records it; returns its manifest.
+    async fn archive_day(&self, client: &Client, table: &str, day: i64) -> Result<Manifest> {
+        let mut m = Manifest {
+            table: table.to_string(),
+            day: day_str(day),
+            location: String::new(),
+            rows: 0,
+            min_time: None,
+            max_time: None,
+            bytes: 0,
+            sha256: String::new(),
+            schema_version: file::SCHEMA_VERSION,
+        };
+        let t = format!("events.{}", ident(table));
+        match &self.target {
+            None => {
+                m.location = "off".into();
+                m.rows = rows_of_day(client, table, day).await?;
+            }
+            Some(target) => {
+                let columns = columns::of_table(client, table).await?;
+                let select: Vec<String> = columns.iter().map(columns::Column::select_expr).collect();
+                let sql = format!("SELECT {} FROM {t} WHERE {} ORDER BY time, batch_id, position", select.join(", "), day_range(day));
+                let rows = client.query_raw(sql.as_str(), std::iter::empty::<&(dyn ToSql + Sync)>()).await?;
+                let spool = tempfile::Builder::new().prefix("chronos-archive-").suffix(".parquet").tempfile_in(&self.spool)?;
+                let meta = vec![
+                    ("chronos.table".to_string(), table.to_string()),
+                    ("chronos.day".to_string(), m.day.clone()),
+                    ("chronos.schema_version".to_string(), file::SCHEMA_VERSION.to_string()),
+                ];
+                let s = file::write(spool.path(), &columns, meta, rows).await?;
+                failpoint("archive:written");
+                m.rows = s.rows;
+                if s.rows > 0 {
+                    m.location = format!("{table}/{}.parquet", m.day);
+                    m.min_time = s.min_time;
+                    m.max_time = s.max_time;
+                    m.bytes = s.bytes as i64;
+                    m.sha256 = s.sha256.clone();
+                    target
+                        .put_verified(spool.path(), &m.location, &s.sha256, s.bytes, |step| failpoint(&format!("archive:{step}")))
+                        .await?;
+                    target.put_small(&m.manifest_name(), serde_json::to_vec_pretty(&m)?).await?;
+                    failpoint("archive:manifest");
+                }
+            }
+        }
+        client
+            .execute(
+                "INSERT INTO chronos.archives (table_name, day, location, rows, min_time, max_time, bytes, sha256, schema_version)
+                 VALUES ($1, ($2::text)::date, $3, $4, timestamptz 'epoch' + $5::bigint * interval '1 microsecond',
+                         timestamptz 'epoch' + $6::bigint * interval '1 microsecond', $7, $8, $9)
+                 ON CONFLICT (table_name, day) DO UPDATE SET location = excluded.location, rows = excluded.rows,
+                   min_time = excluded.min_time, max_time = excluded.max_time, bytes = excluded.bytes, sha256 = excluded.sha256,
+                   schema_version = excluded.schema_version, archived_at = now(), dropped_at = NULL, restored_until = NULL",
+                &[&m.table, &m.day, &m.location, &m.rows, &m.min_time, &m.max_time, &m.bytes, &m.sha256, &m.schema_version],
+            )
+            .await?;
+        failpoint("archive:recorded");
+        Ok(m)
+    }
+
+    /// The archived object still matches its record (size and checksum).
+    async fn check_object(&self, m: &Manifest) -> Result<()> {
+        let target = self.target()?;
+        let local = target.download(&m.location, &self.spool).await?;
+        let (sha, bytes) = file::sha256_of(local.path())?;
+        if sha != m.sha256 || bytes as i64 != m.bytes {
+            anyhow::bail!("{} is {bytes} bytes with sha256 {sha}; its record says {} bytes, {}", target.display(&m.location), m.bytes, m.sha256);
+        }
+        Ok(())
+    }
+
+    /// Re-reads one archived day: the file against its record and its
+    /// manifest (checksum, size, rows decoded).
+    pub async fn verify_one(&self, m: &Manifest) -> Result<()> {
+        if !m.has_file() {
+            return Ok(());
+        }
+        let target = self.target()?;
+        let manifest: Manifest = serde_json::from_slice(&target.get_small(&m.manifest_name()).await?)
+            .with_context(|| format!("{} is not a manifest", target.display(&m.manifest_name())))?;
+        if &manifest != m {
+            anyhow::bail!("{} differs from chronos.archives: {manifest:?} vs {m:?}", target.display(&m.manifest_name()));
+        }
+        let local = target.download(&m.location, &self.spool).await?;
+        let path = local.path().to_path_buf();
+        let s = tokio::task::spawn_blocking(move || file::summarize(&path)).await??;
+        if s.sha256 != m.sha256 || s.bytes as i64 != m.bytes || s.rows != m.rows {
+            anyhow::bail!(
+                "{}: {} rows, {} bytes, sha256 {}; its manifest says {} rows, {} bytes, sha256 {}",
+                target.display(&m.location),
+                s.rows,
+                s.bytes,
+                s.sha256,
+                m.rows,
+                m.bytes,
+                m.sha256
+            );
+        }
+        Ok(())
+    }
+
+    /// Loads the archived days of `table` in `[from, to]` back into its raw
+    /// table, each row once (by batch id and position: a second restore adds
+    /// nothing), and keeps them there for `retention.restore_keep_days`.
+    /// Returns one line per day.
+    pub async fn restore(&self, client: &mut Client, table: &str, from: i64, to: i64) -> Result<Vec<String>> {
+        let target = self.target()?;
+        let found = records(client, table, from, to).await?;
+        let mut lines = Vec::new();
+        let mut day = from;
+        let table_columns = columns::of_table(client, table).await?;
+        for r in &found {
+            let d = parse_day(&r.manifest.day).expect("a date from PostgreSQL");
+            if d > day {
+                lines.push(format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(day), day_str(d - 1)));
+            }
+            day = d + 1;
+            let m = &r.manifest;
+            if !m.has_file() {
+                lines.push(format!("events.{table} {}: {}", m.day, if m.location == "off" { "dropped with archiving off: nothing to restore" } else { "had no rows" }));
+                continue;
+            }
+            let local = target.download(&m.location, &self.spool).await?;
+            let (sha, _) = file::sha256_of(local.path())?;
+            if sha != m.sha256 {
+                anyhow::bail!("{}: sha256 {sha}, its record says {}; not restored (run `chronos archive verify`)", target.display(&m.location), m.sha256);
+            }
+            let added = restore_file(client, table, &table_columns, d, local.path()).await.with_context(|| format!("restoring {}", target.display(&m.location)))?;
+            client
+                .execute(
+                    "UPDATE chronos.archives SET restored_until = now() + make_interval(days => $3) WHERE table_name = $1 AND day = ($2::text)::date",
+                    &[&table, &m.day, &(self.keep_days as i32)],
+                )
+                .await?;
+            lines.push(format!("events.{table} {}: {added} of {} rows restored (the rest were there), kept {} days", m.day, m.rows, self.keep_days));
+        }
+        if day <= to {
+            lines.push(format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(day), day_str(to)));
+        }
+        Ok(lines)
+    }
+}
+
+/// Days before `cutoff` that `table` has: native day partitions (empty ones
+/// too) and days with rows (the default partition, hypertable chunks).
+async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -> Result<Vec<i64>> {
+    let t = format!("events.{}", ident(table));
+    let prefix = format!("{table}_p");
+    let mut days: std::collections::BTreeSet<i64> = client
+        .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)", &[&t])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let ymd = name.strip_prefix(&prefix)?;
+            (ymd.len() == 8).then(|| parse_day(&format!("{}-{}-{}", &ymd[..4], &ymd[4..6], &ymd[6..]))).flatten()
+        })
+        .filter(|d| *d < cutoff)
+        .collect();
+    let with_rows = client
+        .query(&format!("SELECT DISTINCT floor(extract(epoch FROM time) / 86400)::bigint FROM {t} WHERE time < {}", ts(cutoff)), &[])
+        .await?;
+    days.extend(with_rows.iter().map(|r| r.get::<_, i64>(0)));
+    Ok(days.into_iter().collect())
+}
+
+async fn rows_of_day(client: &impl GenericClient, table: &str, day: i64) -> Result<i64> {
+    Ok(client.query_one(&format!("SELECT count(*) FROM events.{} WHERE {}", ident(table), day_range(day)), &[]).await?.get(0))
+}
+
+/// Drops a day from PostgreSQL when it holds exactly `expected` rows: its
+/// native partition detached and dropped, its hypertable chunks dropped,
+/// any other rows of the day deleted; all in one transaction that also marks
+/// the record dropped.
+async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> Result<()> {
+    let t = format!("events.{}", ident(table));
+    let tx = client.transaction().await?;
+    let n = rows_of_day(&tx, table, day).await?;
+    if n != expected {
+        anyhow::bail!("{t} holds {n} rows on {} but its archive {expected}: not dropped (check with `chronos archive verify`)", day_str(day));
+    }
+    let native = tx.query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&t]).await?.is_some();
+    if native {
+        let (y, m, d) = civil_from_days(day);
+        let part = format!("events.{}", ident(&format!("{table}_p{y:04}{m:02}{d:02}")));
+        if tx.query_opt("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&part]).await?.is_some() {
+            tx.batch_execute(&format!("ALTER TABLE {t} DETACH PARTITION {part}; DROP TABLE {part};")).await?;
+        }
+    } else {
+        // Chunks ending by the day's end hold only days handled already,
+        // unless one of them is kept restored: then rows are deleted instead.
+        let kept: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM chronos.archives WHERE table_name = $1 AND day < ($2::text)::date AND restored_until > now())",
+                &[&table, &day_str(day)],
+            )
+            .await?
+            .get(0);
+        if !kept {
+            tx.execute(&format!("SELECT drop_chunks('{}', older_than => {})", t.replace('\'', "''"), ts(day + 1)), &[]).await?;
+        }
+    }
+    tx.execute(&format!("DELETE FROM {t} WHERE {}", day_range(day)), &[]).await?;
+    tx.execute(
+        "UPDATE chronos.archives SET dropped_at = now(), restored_until = NULL WHERE table_name = $1 AND day = ($2::text)::date",
+        &[&table, &day_str(day)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Loads one archive file into `table` through a staging table; returns the
+/// rows added (those not there already, by batch id and position).
+async fn restore_file(client: &mut Client, table: &str, table_columns: &[columns::Column], day: i64, path: &std::path::Path) -> Result<u64> {
+    let (file_columns, batches) = file::reader(path)?;
+    for c in &file_columns {
+        if !table_columns.iter().any(|t| t.name == c.name) {
+            anyhow::bail!("the file has column {} ({}), which events.{table} no longer has", c.name, c.pg_type);
+        }
+    }
+    let tx = client.transaction().await?;
+    let staging_cols: Vec<String> = file_columns
+        .iter()
+        .map(|c| format!("{} {}", ident(&c.name), match c.staging_type().name() { "_text" => "text[]", n => n }))
+        .collect();
+    tx.batch_execute(&format!("CREATE TEMP TABLE chronos_restore ({}) ON COMMIT DROP", staging_cols.join(", "))).await?;
+    let names: Vec<String> = file_columns.iter().map(|c| ident(&c.name)).collect();
+    let sink = tx.copy_in(&format!("COPY chronos_restore ({}) FROM STDIN (FORMAT binary)", names.join(", "))).await?;
+    let types: Vec<_> = file_columns.iter().map(columns::Column::staging_type).collect();
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures_util::pin_mut!(writer);
+    for batch in batches {
+        for row in file::rows_of(&batch?, &file_columns) {
+            let values: Vec<&(dyn ToSql + Sync)> = row.iter().map(file::Value::as_sql).collect();
+            writer.as_mut().write(&values).await?;
+        }
+    }
+    writer.finish().await?;
+    let t = format!("events.{}", ident(table));
+    let exprs: Vec<String> = file_columns.iter().map(|c| c.restore_expr("s")).collect();
+    let added = tx
+        .execute(
+            &format!(
+                "INSERT INTO {t} ({}) SELECT {} FROM chronos_restore s WHERE NOT EXISTS
+                 (SELECT 1 FROM {t} e WHERE e.{} AND e.batch_id = s.batch_id::uuid AND e.position = s.position)",
+                names.join(", "),
+                exprs.join(", "),
+                day_range(day)
+            ),
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(added)
+}
+
+/// chronosd's schedule: a run every `retention.every_secs` (the first a
+/// minute after start at most), on a connection opened again when lost.
+pub async fn schedule(config: Config, catalog: EventCatalog) {
+    let archiver = match Archiver::new(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "The archive cannot be opened; old days are not archived or dropped.");
+            return;
+        }
+    };
+    let every = Duration::from_secs(config.retention.every_secs);
+    let mut wait = every.min(Duration::from_secs(60));
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = crate::store::connect(&config.postgres.url).await.map_err(|e| tracing::warn!(error = format!("{e:#}"), "Archive run skipped.")).ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match archiver.run(c, &catalog, crate::store::today()).await {
+            Ok(Some(report)) => {
+                for l in &report.lines {
+                    tracing::info!("Archive: {l}.");
+                }
+                for e in &report.errors {
+                    tracing::error!("Archive: {e}.");
+                }
+            }
+            Ok(None) => tracing::info!("Archive run skipped: another one holds the lock."),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "Archive run failed; trying again at the next."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_parse_and_print() {
+        for day in [-1, 0, 19_000, 20_424, 2_932_896] {
+            assert_eq!(parse_day(&day_str(day)), Some(day), "{}", day_str(day));
+        }
+        assert_eq!(day_str(20_424), "2025-12-02");
+        for bad in ["2025-02-30", "2025-13-01", "2025-1-1x", "20251201", ""] {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+    }
+}

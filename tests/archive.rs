@@ -1,0 +1,304 @@
+//! Retention and cold storage against real PostgreSQL (both table layouts):
+//! old days go to Parquet, verified, then leave PostgreSQL; `chronos archive`
+//! lists, verifies and restores them exactly once; a run cut at any step
+//! (as `kill -9` would) is finished by the next.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chronos::stack::process::free_port;
+use common::*;
+
+struct Setup {
+    _pg: chronos::stack::postgres::PostgresServer,
+    _dir: tempfile::TempDir,
+    url: String,
+    config: PathBuf,
+    archive: PathBuf,
+    today: i64,
+}
+
+const RAW_DAYS: i64 = 3;
+
+/// PostgreSQL in `layout` with the schema installed, and a config keeping
+/// `RAW_DAYS` days, archiving into a temp dir.
+fn setup(layout: Layout) -> Setup {
+    let dir = temp_dir();
+    let pg = layout.postgres(&dir.path().join("pg"));
+    let url = pg.url();
+    let archive = dir.path().join("archive");
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(&config, config_text(layout, &url, &archive, "")).unwrap();
+    let out = chronos_cli(&config, &["install-pipeline"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    layout.assert_tables(&url);
+    let today = chronos::store::today();
+    Setup { _pg: pg, _dir: dir, url, config, archive, today }
+}
+
+fn config_text(layout: Layout, url: &str, archive: &Path, extra: &str) -> String {
+    format!(
+        "[[keys]]\nid = \"k\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n[kafka]\nbrokers = \"127.0.0.1:{}\"\n\
+         [postgres]\nurl = \"{url}\"\n[load]\n{}\n[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\n{extra}",
+        free_port(),
+        layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
+        archive.display()
+    )
+}
+
+/// Inserts `n` clicks and `n` form submissions on day `today - ago`, with
+/// values that must survive the trip (NULLs, quotes, non-ASCII, JSON, arrays).
+fn insert_day(url: &str, today: i64, ago: i64, n: i64) {
+    let day = chronos::archive::day_str(today - ago);
+    query(
+        url,
+        &format!(
+            "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip, metadata,
+                                        element, buttons, x, y, selector)
+             SELECT t, t - interval '1 ms', t + interval '20 ms', i % 7 = 0, 's-' || (i % 13), md5('{day}' || (i / 10))::uuid, (i % 10)::int, 'k',
+                    CASE WHEN i % 3 = 0 THEN NULL ELSE '198.51.100.' || (i % 250) END,
+                    jsonb_build_object('url', 'https://shop.example.com/p/' || i, 'title', 'Café \"{day}\"', 'n', i),
+                    'BUTTON', i % 5, i * 3, -i, CASE WHEN i % 2 = 0 THEN NULL ELSE 'main > button[data-x=''' || i || ''']' END
+             FROM generate_series(0, {n} - 1) i, LATERAL (SELECT timestamptz '{day} 00:00:00+00' + i * interval '1.234567 second') s(t)"
+        ),
+    );
+    query(
+        url,
+        &format!(
+            "INSERT INTO events.form_submissions (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip, metadata,
+                                                  form_id, action, fields)
+             SELECT t, t, t, false, 's', md5('f{day}' || i)::uuid, 0, 'k', NULL, '{{}}'::jsonb, NULL, '/signup',
+                    ARRAY['email', NULL, 'näme \"x\"', ''] || ARRAY[i::text]
+             FROM generate_series(0, {n} - 1) i, LATERAL (SELECT timestamptz '{day} 12:00:00+00' + i * interval '1 ms') s(t)"
+        ),
+    );
+}
+
+/// Every row of `table` on day `today - ago`, as JSON text, in a fixed order.
+fn snapshot(url: &str, table: &str, today: i64, ago: i64) -> Vec<String> {
+    let d = chronos::archive::day_str(today - ago);
+    query(
+        url,
+        &format!(
+            "SELECT row_to_json(t)::text FROM events.{table} t WHERE time >= timestamptz '{d} 00:00:00+00' AND time < timestamptz '{d} 00:00:00+00' + interval '1 day'
+             ORDER BY batch_id, position"
+        ),
+    )
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn rows_on(url: &str, table: &str, today: i64, ago: i64) -> i64 {
+    snapshot(url, table, today, ago).len() as i64
+}
+
+fn cli(s: &Setup, args: &[&str]) -> (bool, String) {
+    let out = chronos_cli(&s.config, args);
+    (out.status.success(), output_text(&out))
+}
+
+fn archive_file(s: &Setup, table: &str, ago: i64) -> PathBuf {
+    s.archive.join(table).join(format!("{}.parquet", chronos::archive::day_str(s.today - ago)))
+}
+
+fn old_day_relations(s: &Setup, layout: Layout, ago: i64) -> i64 {
+    let d = chronos::archive::day_str(s.today - ago);
+    match layout {
+        Layout::Native => count(&s.url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events' AND tablename = 'clicks_p{}'", d.replace('-', ""))),
+        Layout::Hypertable => count(
+            &s.url,
+            &format!("SELECT count(*) FROM show_chunks('events.clicks', older_than => timestamptz '{d} 00:00:00+00' + interval '1 day', newer_than => timestamptz '{d} 00:00:00+00')"),
+        ),
+    }
+}
+
+fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
+    let s = setup(layout);
+    // 4 and 5 days ago: daily partitions (native); 15: the default partition; 1: kept.
+    for ago in [4, 5, 15, 1] {
+        insert_day(&s.url, s.today, ago, 500);
+    }
+    let before: Vec<Vec<String>> = [4, 5, 15].iter().map(|&ago| snapshot(&s.url, "clicks", s.today, ago)).collect();
+    let forms_before = snapshot(&s.url, "form_submissions", s.today, 4);
+    assert_eq!(before[0].len(), 500);
+    assert_eq!(old_day_relations(&s, layout, 4), 1, "the day has its partition or chunk before");
+
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("events.clicks {}: 500 rows archived to", chronos::archive::day_str(s.today - 4))), "{out}");
+    for ago in [4, 5, 15] {
+        assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "{ago} days ago left PostgreSQL");
+        assert!(archive_file(&s, "clicks", ago).exists(), "{out}");
+    }
+    assert_eq!(old_day_relations(&s, layout, 4), 0, "its partition or chunk dropped");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 1), 500, "a day inside retention is kept");
+    // Native: empty past partitions are dropped too, recorded without a file.
+    let empty = count(&s.url, "SELECT count(*) FROM chronos.archives WHERE rows = 0 AND location = ''");
+    assert_eq!(empty > 0, layout == Layout::Native, "{empty} empty days");
+
+    // The file: typed columns, zstd, metadata as JSON text, its manifest beside it.
+    let f = archive_file(&s, "clicks", 4);
+    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f).unwrap()).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(&reader);
+    assert_eq!(meta.file_metadata().num_rows(), 500);
+    let col = meta.row_group(0).column(0);
+    assert!(matches!(col.compression(), parquet::basic::Compression::ZSTD(_)), "{:?}", col.compression());
+    let schema = parquet::arrow::parquet_to_arrow_schema(meta.file_metadata().schema_descr(), meta.file_metadata().key_value_metadata()).unwrap();
+    assert_eq!(schema.field_with_name("time").unwrap().data_type().to_string(), "Timestamp(Microsecond, Some(\"UTC\"))");
+    assert_eq!(schema.field_with_name("x").unwrap().data_type().to_string(), "Int64");
+    assert_eq!(schema.field_with_name("metadata").unwrap().data_type().to_string(), "Utf8");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(f.with_extension("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 500);
+    assert_eq!(manifest["bytes"].as_u64(), Some(std::fs::metadata(&f).unwrap().len()));
+    assert_eq!(manifest["schema_version"], 1);
+
+    // A second run has nothing to do.
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok && out.contains("0 days archived, 0 dropped"), "{out}");
+
+    let (ok, out) = cli(&s, &["archive", "list"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("clicks") && l.contains("500 rows") && l.contains("dropped")), "{out}");
+
+    // verify re-reads every file; a damaged one is named.
+    let (ok, out) = cli(&s, &["archive", "verify"]);
+    assert!(ok && out.contains("archived files verified"), "{out}");
+    let good = std::fs::read(&f).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0xff;
+    std::fs::write(&f, &bad).unwrap();
+    let (ok, out) = cli(&s, &["archive", "verify"]);
+    assert!(!ok && out.contains(&format!("FAILED  clicks {}", chronos::archive::day_str(s.today - 4))) && out.contains("1 of"), "{out}");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::archive::day_str(s.today - 4)]);
+    assert!(!ok && out.contains("not restored"), "a damaged file is not restored: {out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
+    std::fs::write(&f, &good).unwrap();
+
+    // restore: every value back, once, however often it runs.
+    let (from, to) = (chronos::archive::day_str(s.today - 5), chronos::archive::day_str(s.today - 4));
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &from, "--to", &to]);
+    assert!(ok && out.contains("500 of 500 rows restored"), "{out}");
+    assert_eq!(snapshot(&s.url, "clicks", s.today, 4), before[0], "every value as it was");
+    assert_eq!(snapshot(&s.url, "clicks", s.today, 5), before[1]);
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &from, "--to", &to]);
+    assert!(ok && out.contains("0 of 500 rows restored"), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 500, "no duplicate");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "form_submissions", "--from", &to]);
+    assert!(ok, "{out}");
+    assert_eq!(snapshot(&s.url, "form_submissions", s.today, 4), forms_before, "text arrays with NULLs and quotes");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::archive::day_str(s.today - 15)]);
+    assert!(ok, "{out}");
+    assert_eq!(snapshot(&s.url, "clicks", s.today, 15), before[2]);
+
+    // Restored days are kept by the schedule until restore_keep_days passes.
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok && out.contains(&format!("events.clicks {to}: restored, kept until")), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 500);
+    query(&s.url, "UPDATE chronos.archives SET restored_until = now() - interval '1 second' WHERE restored_until IS NOT NULL");
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok && out.contains(&format!("events.clicks {to}: 500 rows dropped (archived before)")), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
+    assert_eq!(rows_on(&s.url, "form_submissions", s.today, 4), 0);
+
+    // Bad input is named and changes nothing.
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", "2025-02-30"]);
+    assert!(!ok && out.contains("--from 2025-02-30: not a day (YYYY-MM-DD)"), "{out}");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "nope", "--from", &from]);
+    assert!(!ok && out.contains("--table nope: not an event type"), "{out}");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &to, "--to", &from]);
+    assert!(!ok && out.contains("is before --from"), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
+
+    // Rows arriving for a day already archived: the day is archived again with them.
+    query(
+        &s.url,
+        &format!(
+            "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, metadata, element, buttons, x, y)
+             SELECT timestamptz '{to} 23:00:00+00', now(), now(), true, 'late', gen_random_uuid(), i, 'k', '{{}}', 'A', 0, i, i FROM generate_series(1, 7) i"
+        ),
+    );
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok && out.contains(&format!("events.clicks {to}: 7 rows arrived after it was archived; archived again (507 rows), dropped")), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
+    let (ok, out) = cli(&s, &["archive", "verify"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &to]);
+    assert!(ok && out.contains("507 of 507 rows restored"), "{out}");
+    let back = snapshot(&s.url, "clicks", s.today, 4);
+    assert!(before[0].iter().all(|r| back.contains(r)) && back.len() == 507, "the archived rows and the late ones");
+}
+
+/// The steps of archiving one day, in order; the run aborts right after one.
+const STEPS: [&str; 7] = ["written", "upload", "fsync", "verify", "rename", "manifest", "recorded"];
+
+fn a_run_cut_after_any_step_is_finished_exactly_by_the_next(layout: Layout) {
+    let s = setup(layout);
+    // Everything older than retention is done first (native: the empty past
+    // partitions), so each step's day, older still, is the only one left.
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok, "{out}");
+    for (i, step) in STEPS.iter().enumerate() {
+        let ago = 30 + i as i64;
+        insert_day(&s.url, s.today, ago, 300);
+        let want = snapshot(&s.url, "clicks", s.today, ago);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronos"))
+            .arg("--config")
+            .arg(&s.config)
+            .args(["archive", "run"])
+            .env("CHRONOS_FAILPOINT", format!("archive:{step}"))
+            .output()
+            .unwrap();
+        let text = output_text(&out);
+        assert!(!out.status.success() && text.contains(&format!("CHRONOS_FAILPOINT=archive:{step}: aborting")), "{step}: {text}");
+        assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 300, "cut after {step}: nothing dropped yet");
+
+        let (ok, out) = cli(&s, &["archive", "run"]);
+        assert!(ok, "after {step}: {out}");
+        assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "after {step}: {out}");
+        let day = chronos::archive::day_str(s.today - ago);
+        assert_eq!(count(&s.url, &format!("SELECT count(*) FROM chronos.archives WHERE table_name = 'clicks' AND day = '{day}' AND rows = 300 AND dropped_at IS NOT NULL")), 1);
+        assert!(!archive_file(&s, "clicks", ago).with_extension("parquet.tmp").exists(), "after {step}: no temporary file left");
+        let (ok, out) = cli(&s, &["archive", "verify"]);
+        assert!(ok, "after {step}: {out}");
+        // And the rows are the ones that were there.
+        let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &day]);
+        assert!(ok && out.contains("300 of 300 rows restored"), "after {step}: {out}");
+        assert_eq!(snapshot(&s.url, "clicks", s.today, ago), want, "after {step}");
+        query(&s.url, &format!("UPDATE chronos.archives SET restored_until = now() - interval '1 second' WHERE day = '{day}'"));
+        let (ok, out) = cli(&s, &["archive", "run"]);
+        assert!(ok && rows_on(&s.url, "clicks", s.today, ago) == 0, "{out}");
+    }
+}
+
+fn chronosd_archives_on_its_schedule(layout: Layout) {
+    let s = setup(layout);
+    insert_day(&s.url, s.today, 6, 200);
+    let kafka = Kafka::start(1);
+    let toml = config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &s.url,
+        &layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
+        &format!("[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\nevery_secs = 1\n", s.archive.display()),
+    );
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    let until = Instant::now() + Duration::from_secs(60);
+    while rows_on(&s.url, "clicks", s.today, 6) > 0 {
+        assert!(Instant::now() < until, "chronosd never archived the day\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(archive_file(&s, "clicks", 6).exists());
+    while !d.log_text().contains(&format!("Archive: events.clicks {}: 200 rows archived to", chronos::archive::day_str(s.today - 6))) {
+        assert!(Instant::now() < until, "the run is not logged\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+on_both_layouts!(
+    archived_then_verified_listed_and_restored_exactly_once,
+    a_run_cut_after_any_step_is_finished_exactly_by_the_next,
+    chronosd_archives_on_its_schedule,
+);
