@@ -48,6 +48,25 @@ CREATE TABLE IF NOT EXISTS chronos.view_generation (
     generation bigint NOT NULL
 );
 INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHING;
+-- Raw days archived (src/archive): one row per event table and UTC day, written
+-- once the archive file is verified; dropped_at once the day left PostgreSQL.
+-- location is the object path under retention.archive ('' for a day without
+-- rows, 'off' for a day dropped with archiving off).
+CREATE TABLE IF NOT EXISTS chronos.archives (
+    table_name text NOT NULL,
+    day date NOT NULL,
+    location text NOT NULL,
+    rows bigint NOT NULL,
+    min_time timestamptz,
+    max_time timestamptz,
+    bytes bigint NOT NULL,
+    sha256 text NOT NULL,
+    schema_version integer NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    dropped_at timestamptz,
+    restored_until timestamptz,
+    PRIMARY KEY (table_name, day)
+);
 CREATE TABLE IF NOT EXISTS events."clicks" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,
