@@ -126,8 +126,18 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     assert_eq!(before[0].len(), 500);
     assert_eq!(old_day_relations(&s, layout, 4), 1, "the day has its partition or chunk before");
 
+    // A view filled before the archive run keeps its aggregates after it.
+    let kept_view = s.config.with_file_name("kept.sql");
+    std::fs::write(&kept_view, "CREATE VIEW clicks_before AS SELECT date_trunc('day', time) AS day, count(*) AS n FROM clicks GROUP BY 1;").unwrap();
+    let (ok, out) = cli(&s, &["views", "add", kept_view.to_str().unwrap(), "--backfill"]);
+    assert!(ok && !out.contains("note:"), "{out}");
+    let view_rows = "SELECT string_agg(day::text || '=' || n, ',' ORDER BY day) FROM views.clicks_before";
+    let view_before: String = query(&s.url, view_rows)[0].get(0);
+    assert_eq!(count(&s.url, "SELECT sum(n)::bigint FROM views.clicks_before"), 2000);
+
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok, "{out}");
+    assert_eq!(query(&s.url, view_rows)[0].get::<_, String>(0), view_before, "views keep their aggregates");
     assert!(out.contains(&format!("events.clicks {}: 500 rows archived to", chronos::archive::day_str(s.today - 4))), "{out}");
     for ago in [4, 5, 15] {
         assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "{ago} days ago left PostgreSQL");
@@ -154,6 +164,17 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     assert_eq!(manifest["rows"], 500);
     assert_eq!(manifest["bytes"].as_u64(), Some(std::fs::metadata(&f).unwrap().len()));
     assert_eq!(manifest["schema_version"], 1);
+
+    // A view backfilled now says which days it could not count.
+    let views = s.config.with_file_name("views.sql");
+    std::fs::write(&views, "CREATE VIEW clicks_by_day AS SELECT date_trunc('day', time) AS day, count(*) AS n FROM clicks GROUP BY 1;").unwrap();
+    let (ok, out) = cli(&s, &["views", "add", views.to_str().unwrap(), "--backfill"]);
+    let (first, last) = (chronos::archive::day_str(s.today - 15), chronos::archive::day_str(s.today - 4));
+    assert!(
+        ok && out.contains(&format!("note: not counted in clicks_by_day: events.clicks has 3 archived days from {first} to {last} (1500 rows) that are not in PostgreSQL")),
+        "{out}"
+    );
+    assert_eq!(count(&s.url, "SELECT sum(n)::bigint FROM views.clicks_by_day"), 500, "the kept day only");
 
     // A second run has nothing to do.
     let (ok, out) = cli(&s, &["archive", "run"]);

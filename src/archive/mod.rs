@@ -153,6 +153,45 @@ async fn records(client: &impl GenericClient, table: &str, from: i64, to: i64) -
     Ok(rows.iter().map(record_of).collect())
 }
 
+/// Days of a table that are archived and not in PostgreSQL now: what a view
+/// backfill from the raw tables cannot count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedSpan {
+    pub table: String,
+    pub first: String,
+    pub last: String,
+    pub days: i64,
+    pub rows: i64,
+}
+
+impl std::fmt::Display for ArchivedSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events.{} has {} archived days from {} to {} ({} rows) that are not in PostgreSQL; \
+             `chronos archive restore --table {} --from {} --to {}` brings them back",
+            self.table, self.days, self.first, self.last, self.rows, self.table, self.first, self.last
+        )
+    }
+}
+
+/// The archived days of `table` that left PostgreSQL (and are not restored).
+pub async fn archived_only(client: &impl GenericClient, table: &str) -> Result<Option<ArchivedSpan>> {
+    if client.query_opt("SELECT 1 WHERE to_regclass('chronos.archives') IS NOT NULL", &[]).await?.is_none() {
+        return Ok(None);
+    }
+    let r = client
+        .query_one(
+            "SELECT to_char(min(day), 'YYYY-MM-DD'), to_char(max(day), 'YYYY-MM-DD'), count(*), coalesce(sum(rows), 0)::bigint
+             FROM chronos.archives WHERE table_name = $1 AND rows > 0 AND dropped_at IS NOT NULL
+               AND (restored_until IS NULL OR restored_until <= now())",
+            &[&table],
+        )
+        .await?;
+    let days: i64 = r.get(2);
+    Ok((days > 0).then(|| ArchivedSpan { table: table.to_string(), first: r.get(0), last: r.get(1), days, rows: r.get(3) }))
+}
+
 /// What one run did.
 #[derive(Debug, Default)]
 pub struct Report {

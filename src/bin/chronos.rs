@@ -364,6 +364,12 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                 for d in &defs {
                     let filled = if backfill { ", filled from the raw tables" } else { ", counting from now" };
                     println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
+                    // A backfill reads PostgreSQL only: say what it could not count.
+                    if backfill {
+                        if let Some(span) = chronos::archive::archived_only(&client, &d.source_name).await? {
+                            println!("  note: not counted in {}: {span}, then add the view again", d.name);
+                        }
+                    }
                 }
             }
             ViewsCmd::Drop { name } => {
