@@ -727,6 +727,27 @@ origins = ["example.com", "*.example.org"]
     }
 
     #[test]
+    fn retention_and_chunks_are_checked() {
+        let with = |extra: &str| Config::from_toml(&format!("{}\n{extra}\n", key_section()));
+        let err = with("[retention]\nraw_days = 7").unwrap_err().to_string();
+        assert!(err.contains("retention.raw_days: 7 must be more than a day longer than load.max_past_secs (604800 s)"), "{err}");
+        assert!(with("[retention]\nraw_days = 0").is_ok(), "0 keeps everything");
+        let err = with("[retention]\narchive = \"ftp://host/x\"").unwrap_err().to_string();
+        assert!(err.contains("retention.archive: scheme `ftp` is not supported"), "{err}");
+        let c = with("[stack]\ndir = \"/srv/chronos\"").unwrap();
+        assert_eq!(c.archive_target().unwrap(), ArchiveTarget::Url(url::Url::parse("file:///srv/chronos/archive/").unwrap()));
+        assert_eq!(with("[retention]\narchive = \"off\"").unwrap().archive_target().unwrap(), ArchiveTarget::Off);
+        assert!(matches!(with("[retention]\narchive = \"s3://bucket/chronos\"").unwrap().archive_target().unwrap(), ArchiveTarget::Url(u) if u.scheme() == "s3"));
+        for bad in [0, 5, 36] {
+            let err = with(&format!("[load]\nchunk_interval_hours = {bad}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("load.chunk_interval_hours: {bad} must divide 24")), "{err}");
+        }
+        for good in [1, 6, 24, 168] {
+            assert!(with(&format!("[load]\nchunk_interval_hours = {good}")).is_ok());
+        }
+    }
+
+    #[test]
     fn in_flight_cap_respects_idempotence() {
         let with = |kafka: &str| Config::from_toml(&format!("{}\n[kafka]\n{kafka}\n", key_section()));
         let err = with("max_in_flight = 6").unwrap_err().to_string();
