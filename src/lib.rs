@@ -14,7 +14,7 @@
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
 //! - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition (its own queue),
 //!   COPY BINARY encoding, dead-letter replay.
-//! - [`archive`]: retention — old days to Parquet (verified), then dropped; list, verify, restore.
+//! - [`lifecycle`]: retention — old days to Parquet (verified), then dropped; list, verify, restore; export; erasure.
 //! - [`store`]: PostgreSQL — schema from the catalog, partitions, the statements a loader transaction runs (`internals`), maintenance.
 //! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
 //!   the integration tests use the same helpers.
@@ -25,7 +25,7 @@
 //!
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
-pub mod archive;
+pub mod lifecycle;
 pub mod catalog;
 pub mod config;
 pub mod http;
@@ -93,7 +93,7 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     drop(client);
     actix_rt::spawn(maintenance.run(Duration::from_secs(3600)));
     if config.retention.raw_days > 0 {
-        actix_rt::spawn(archive::schedule(config.clone(), catalog));
+        actix_rt::spawn(lifecycle::archive::schedule(config.clone(), catalog));
     }
     load::start(config, metrics)
 }

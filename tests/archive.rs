@@ -51,7 +51,7 @@ fn config_text(layout: Layout, url: &str, archive: &Path, extra: &str) -> String
 /// Inserts `n` clicks and `n` form submissions on day `today - ago`, with
 /// values that must survive the trip (NULLs, quotes, non-ASCII, JSON, arrays).
 fn insert_day(url: &str, today: i64, ago: i64, n: i64) {
-    let day = chronos::archive::day_str(today - ago);
+    let day = chronos::lifecycle::day_str(today - ago);
     query(
         url,
         &format!(
@@ -78,7 +78,7 @@ fn insert_day(url: &str, today: i64, ago: i64, n: i64) {
 
 /// Every row of `table` on day `today - ago`, as JSON text, in a fixed order.
 fn snapshot(url: &str, table: &str, today: i64, ago: i64) -> Vec<String> {
-    let d = chronos::archive::day_str(today - ago);
+    let d = chronos::lifecycle::day_str(today - ago);
     query(
         url,
         &format!(
@@ -101,11 +101,11 @@ fn cli(s: &Setup, args: &[&str]) -> (bool, String) {
 }
 
 fn archive_file(s: &Setup, table: &str, ago: i64) -> PathBuf {
-    s.archive.join(table).join(format!("{}.parquet", chronos::archive::day_str(s.today - ago)))
+    s.archive.join(table).join(format!("{}.parquet", chronos::lifecycle::day_str(s.today - ago)))
 }
 
 fn old_day_relations(s: &Setup, layout: Layout, ago: i64) -> i64 {
-    let d = chronos::archive::day_str(s.today - ago);
+    let d = chronos::lifecycle::day_str(s.today - ago);
     match layout {
         Layout::Native => count(&s.url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events' AND tablename = 'clicks_p{}'", d.replace('-', ""))),
         Layout::Hypertable => count(
@@ -138,7 +138,7 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok, "{out}");
     assert_eq!(query(&s.url, view_rows)[0].get::<_, String>(0), view_before, "views keep their aggregates");
-    assert!(out.contains(&format!("events.clicks {}: 500 rows archived to", chronos::archive::day_str(s.today - 4))), "{out}");
+    assert!(out.contains(&format!("events.clicks {}: 500 rows archived to", chronos::lifecycle::day_str(s.today - 4))), "{out}");
     for ago in [4, 5, 15] {
         assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "{ago} days ago left PostgreSQL");
         assert!(archive_file(&s, "clicks", ago).exists(), "{out}");
@@ -169,7 +169,7 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let views = s.config.with_file_name("views.sql");
     std::fs::write(&views, "CREATE VIEW clicks_by_day AS SELECT date_trunc('day', time) AS day, count(*) AS n FROM clicks GROUP BY 1;").unwrap();
     let (ok, out) = cli(&s, &["views", "add", views.to_str().unwrap(), "--backfill"]);
-    let (first, last) = (chronos::archive::day_str(s.today - 15), chronos::archive::day_str(s.today - 4));
+    let (first, last) = (chronos::lifecycle::day_str(s.today - 15), chronos::lifecycle::day_str(s.today - 4));
     assert!(
         ok && out.contains(&format!("note: not counted in clicks_by_day: events.clicks has 3 archived days from {first} to {last} (1500 rows) that are not in PostgreSQL")),
         "{out}"
@@ -191,14 +191,14 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     bad[good.len() / 2] ^= 0xff;
     std::fs::write(&f, &bad).unwrap();
     let (ok, out) = cli(&s, &["archive", "verify"]);
-    assert!(!ok && out.contains(&format!("FAILED  clicks {}", chronos::archive::day_str(s.today - 4))) && out.contains("1 of"), "{out}");
-    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::archive::day_str(s.today - 4)]);
+    assert!(!ok && out.contains(&format!("FAILED  clicks {}", chronos::lifecycle::day_str(s.today - 4))) && out.contains("1 of"), "{out}");
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::lifecycle::day_str(s.today - 4)]);
     assert!(!ok && out.contains("not restored"), "a damaged file is not restored: {out}");
     assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
     std::fs::write(&f, &good).unwrap();
 
     // restore: every value back, once, however often it runs.
-    let (from, to) = (chronos::archive::day_str(s.today - 5), chronos::archive::day_str(s.today - 4));
+    let (from, to) = (chronos::lifecycle::day_str(s.today - 5), chronos::lifecycle::day_str(s.today - 4));
     let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &from, "--to", &to]);
     assert!(ok && out.contains("500 of 500 rows restored"), "{out}");
     assert_eq!(snapshot(&s.url, "clicks", s.today, 4), before[0], "every value as it was");
@@ -209,7 +209,7 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let (ok, out) = cli(&s, &["archive", "restore", "--table", "form_submissions", "--from", &to]);
     assert!(ok, "{out}");
     assert_eq!(snapshot(&s.url, "form_submissions", s.today, 4), forms_before, "text arrays with NULLs and quotes");
-    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::archive::day_str(s.today - 15)]);
+    let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::lifecycle::day_str(s.today - 15)]);
     assert!(ok, "{out}");
     assert_eq!(snapshot(&s.url, "clicks", s.today, 15), before[2]);
 
@@ -278,7 +278,7 @@ fn a_run_cut_after_any_step_is_finished_exactly_by_the_next(layout: Layout) {
         let (ok, out) = cli(&s, &["archive", "run"]);
         assert!(ok, "after {step}: {out}");
         assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "after {step}: {out}");
-        let day = chronos::archive::day_str(s.today - ago);
+        let day = chronos::lifecycle::day_str(s.today - ago);
         assert_eq!(count(&s.url, &format!("SELECT count(*) FROM chronos.archives WHERE table_name = 'clicks' AND day = '{day}' AND rows = 300 AND dropped_at IS NOT NULL")), 1);
         assert!(!archive_file(&s, "clicks", ago).with_extension("parquet.tmp").exists(), "after {step}: no temporary file left");
         let (ok, out) = cli(&s, &["archive", "verify"]);
@@ -312,14 +312,86 @@ fn chronosd_archives_on_its_schedule(layout: Layout) {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(archive_file(&s, "clicks", 6).exists());
-    while !d.log_text().contains(&format!("Archive: events.clicks {}: 200 rows archived to", chronos::archive::day_str(s.today - 6))) {
+    while !d.log_text().contains(&format!("Archive: events.clicks {}: 200 rows archived to", chronos::lifecycle::day_str(s.today - 6))) {
         assert!(Instant::now() < until, "the run is not logged\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+
+
+fn export_to(s: &Setup, from: i64, to: i64, format: &str, out: &str, types: &str) -> (bool, String, String) {
+    let (from, to) = (chronos::lifecycle::day_str(s.today - from), chronos::lifecycle::day_str(s.today - to));
+    let mut args = vec!["export", "--from", &from, "--to", &to, "--format", format, "--out", out];
+    if !types.is_empty() {
+        args.extend(["--types", types]);
+    }
+    let o = chronos_cli(&s.config, &args);
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn exports_read_postgres_and_the_archive_alike(layout: Layout) {
+    let s = setup(layout);
+    for ago in [4, 1] {
+        insert_day(&s.url, s.today, ago, 400);
+    }
+    let dir = s.config.with_file_name("export");
+    // Before archiving: both days from PostgreSQL.
+    let (ok, _, err) = export_to(&s, 4, 1, "jsonl", dir.join("before").to_str().unwrap(), "clicks,form_submissions");
+    assert!(ok && err.contains("exported 1600 events (8 table-days, 0 of them from the archive)"), "{err}");
+    let (ok, csv_before, err) = export_to(&s, 4, 4, "csv", "-", "clicks");
+    assert!(ok, "{err}");
+
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok, "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 0);
+
+    // After: day 4 from the archive, the same bytes out.
+    let (ok, _, err) = export_to(&s, 4, 1, "jsonl", dir.join("after").to_str().unwrap(), "clicks,form_submissions");
+    assert!(ok && err.contains("exported 1600 events (8 table-days, 2 of them from the archive)"), "{err}");
+    for t in ["clicks", "form_submissions"] {
+        let before = std::fs::read_to_string(dir.join("before").join(format!("{t}.jsonl"))).unwrap();
+        let after = std::fs::read_to_string(dir.join("after").join(format!("{t}.jsonl"))).unwrap();
+        assert_eq!(before.lines().count(), 800);
+        assert_eq!(before, after, "{t}: the archive exports what PostgreSQL did");
+    }
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(dir.join("after/clicks.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "clicks");
+    assert_eq!(first["metadata"]["n"], 0, "metadata as JSON: {first}");
+    assert!(first["time"].as_str().unwrap().ends_with("T00:00:00.000000Z"), "{first}");
+    let (ok, csv_after, err) = export_to(&s, 4, 4, "csv", "-", "clicks");
+    assert!(ok, "{err}");
+    assert_eq!(csv_before, csv_after);
+    let mut r = csv::Reader::from_reader(csv_after.as_bytes());
+    assert_eq!(r.headers().unwrap().iter().take(3).collect::<Vec<_>>(), ["time", "client_time", "received_at"]);
+    assert_eq!(r.records().count(), 400);
+
+    // Parquet: one file per table and day, the rows of both sources.
+    let pq = dir.join("pq");
+    let (ok, _, err) = export_to(&s, 4, 1, "parquet", pq.to_str().unwrap(), "");
+    assert!(ok, "{err}");
+    let rows_in = |p: PathBuf| {
+        let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap();
+        parquet::file::reader::FileReader::metadata(&r).file_metadata().num_rows()
+    };
+    for ago in [4, 1] {
+        assert_eq!(rows_in(pq.join("clicks").join(format!("{}.parquet", chronos::lifecycle::day_str(s.today - ago)))), 400);
+    }
+
+    // Bad input is named.
+    let (ok, _, err) = export_to(&s, 4, 1, "parquet", "-", "");
+    assert!(!ok && err.contains("give --out DIR, not -"), "{err}");
+    let (ok, _, err) = export_to(&s, 4, 1, "csv", "-", "clicks,pageviews");
+    assert!(!ok && err.contains("takes one event type (--types); 2 given"), "{err}");
+    let (ok, _, err) = export_to(&s, 4, 1, "csv", "-", "nope");
+    assert!(!ok && err.contains("--types nope: not an event type"), "{err}");
+    let (ok, _, err) = export_to(&s, 1, 4, "csv", "-", "clicks");
+    assert!(!ok && err.contains("is before --from"), "{err}");
 }
 
 on_both_layouts!(
     archived_then_verified_listed_and_restored_exactly_once,
     a_run_cut_after_any_step_is_finished_exactly_by_the_next,
     chronosd_archives_on_its_schedule,
+    exports_read_postgres_and_the_archive_alike,
 );

@@ -64,6 +64,24 @@ enum Cmd {
         #[command(subcommand)]
         action: ArchiveCmd,
     },
+    /// Export raw events of a range of days (from PostgreSQL, and from the
+    /// archive for days that left it) as Parquet, CSV or JSON lines.
+    Export {
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (UTC); default: --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// Event types, comma-separated (default: every enabled type).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: chronos::lifecycle::export::Format,
+        /// A directory, or - for standard output (CSV of one type, or JSON lines).
+        #[arg(long)]
+        out: String,
+    },
     /// Continuous views: list, add from a SQL file, drop (no restart needed).
     Views {
         #[command(subcommand)]
@@ -281,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Archive { action } => archive(&stack.config, action)?,
+        Cmd::Export { from, to, types, format, out } => export(&stack.config, &from, to.as_deref(), types, format, &out)?,
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
         Cmd::Keys { action } => keys(&stack.config, action)?,
@@ -366,7 +385,7 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                     println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
                     // A backfill reads PostgreSQL only: say what it could not count.
                     if backfill {
-                        if let Some(span) = chronos::archive::archived_only(&client, &d.source_name).await? {
+                        if let Some(span) = chronos::lifecycle::archive::archived_only(&client, &d.source_name).await? {
                             println!("  note: not counted in {}: {span}, then add the view again", d.name);
                         }
                     }
@@ -578,8 +597,63 @@ fn print_log(path: &std::path::Path, follow: bool, lines: usize) -> Result<()> {
     Ok(())
 }
 
+/// `--from` / `--to` as day numbers, checked.
+fn day_range_args(from: &str, to: Option<&str>) -> Result<(i64, i64)> {
+    let day = |flag: &str, v: &str| chronos::lifecycle::parse_day(v).ok_or_else(|| anyhow::anyhow!("--{flag} {v}: not a day (YYYY-MM-DD)"));
+    let from_day = day("from", from)?;
+    let to_day = match to {
+        Some(t) => day("to", t)?,
+        None => from_day,
+    };
+    if to_day < from_day {
+        anyhow::bail!("--to {} is before --from {from}", to.unwrap_or_default());
+    }
+    Ok((from_day, to_day))
+}
+
+fn export(c: &chronos::config::Config, from: &str, to: Option<&str>, types: Vec<String>, format: chronos::lifecycle::export::Format, out: &str) -> Result<()> {
+    use chronos::lifecycle::export::{self, Format, Out, Source};
+    let (from, to) = day_range_args(from, to)?;
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let known: Vec<String> = catalog.types().iter().map(|t| t.name.to_string()).collect();
+    let tables = if types.is_empty() { known.clone() } else { types };
+    for t in &tables {
+        if !known.contains(t) {
+            anyhow::bail!("--types {t}: not an event type of the catalog ({})", known.join(", "));
+        }
+    }
+    let out = if out == "-" { Out::Stdout } else { Out::Dir(PathBuf::from(out)) };
+    if matches!(out, Out::Stdout) {
+        match format {
+            Format::Parquet => anyhow::bail!("--format parquet writes one file per table and day: give --out DIR, not -"),
+            Format::Csv if tables.len() != 1 => anyhow::bail!("--format csv to standard output takes one event type (--types); {} given", tables.len()),
+            _ => {}
+        }
+    }
+    let archiver = chronos::lifecycle::archive::Archiver::new(c)?;
+    let spec = export::Spec { from, to, tables, format, out };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let done = chronos::stack::postgres::block_on(async {
+        let client = chronos::store::connect(&c.postgres.url).await?;
+        client.batch_execute("SET TIME ZONE 'UTC'").await?;
+        export::export(&client, &archiver, &spec, |e| {
+            if terminal {
+                eprint!("\r\x1b[K{} {}: {} rows", e.table, e.day, e.rows);
+            }
+        })
+        .await
+    })?;
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    let rows: u64 = done.iter().map(|e| e.rows).sum();
+    let archived = done.iter().filter(|e| e.source == Source::Archive && e.rows > 0).count();
+    eprintln!("exported {rows} events ({} table-days, {archived} of them from the archive)", done.len());
+    Ok(())
+}
+
 fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
-    use chronos::archive::{self, Archiver};
+    use chronos::lifecycle::archive::{self, Archiver};
     let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
     let archiver = Archiver::new(c)?;
     chronos::stack::postgres::block_on(async {
@@ -640,17 +714,7 @@ fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
                 println!("{files} archived files verified");
             }
             ArchiveCmd::Restore { table, from, to } => {
-                let day = |flag: &str, v: &str| {
-                    archive::parse_day(v).ok_or_else(|| anyhow::anyhow!("--{flag} {v}: not a day (YYYY-MM-DD)"))
-                };
-                let from_day = day("from", &from)?;
-                let to_day = match &to {
-                    Some(t) => day("to", t)?,
-                    None => from_day,
-                };
-                if to_day < from_day {
-                    anyhow::bail!("--to {} is before --from {from}", to.unwrap_or_default());
-                }
+                let (from_day, to_day) = day_range_args(&from, to.as_deref())?;
                 if !catalog.types().iter().any(|t| *t.name == table) {
                     anyhow::bail!("--table {table}: not an event type of the catalog");
                 }

@@ -10,10 +10,6 @@
 //! The drop counts the day's rows in the same transaction and refuses when
 //! they differ from the archive's.
 
-pub mod columns;
-pub mod file;
-pub mod target;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,7 +23,8 @@ use crate::catalog::EventCatalog;
 use crate::config::{ArchiveTarget, Config};
 use crate::store::schema::{civil_from_days, ident};
 
-use self::target::Target;
+use super::target::Target;
+use super::{columns, file};
 
 /// 0001-01-01, before any day an event table can hold.
 const FIRST_DAY: i64 = -719_162;
@@ -64,7 +61,7 @@ fn ts(day: i64) -> String {
     format!("timestamptz '{} 00:00:00+00'", day_str(day))
 }
 
-fn day_range(day: i64) -> String {
+pub(crate) fn day_range(day: i64) -> String {
     format!("time >= {} AND time < {}", ts(day), ts(day + 1))
 }
 
@@ -95,11 +92,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn has_file(&self) -> bool {
+    pub fn has_file(&self) -> bool {
         !self.location.is_empty() && self.location != "off"
     }
 
-    fn manifest_name(&self) -> String {
+    pub fn manifest_name(&self) -> String {
         format!("{}.manifest.json", self.location.trim_end_matches(".parquet"))
     }
 }
@@ -143,7 +140,7 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<Record>> {
 }
 
 /// Archived days of one table whose day is in `[from, to]`.
-async fn records(client: &impl GenericClient, table: &str, from: i64, to: i64) -> Result<Vec<Record>> {
+pub(crate) async fn records(client: &impl GenericClient, table: &str, from: i64, to: i64) -> Result<Vec<Record>> {
     let rows = client
         .query(
             &format!("SELECT {RECORD_COLUMNS} FROM chronos.archives WHERE table_name = $1 AND day BETWEEN ($2::text)::date AND ($3::text)::date ORDER BY day"),
@@ -208,7 +205,7 @@ pub struct Archiver {
     target: Option<Target>,
     raw_days: u32,
     keep_days: u32,
-    spool: PathBuf,
+    pub(crate) spool: PathBuf,
 }
 
 impl Archiver {
@@ -225,7 +222,7 @@ impl Archiver {
         })
     }
 
-    fn target(&self) -> Result<&Target> {
+    pub(crate) fn target(&self) -> Result<&Target> {
         self.target.as_ref().ok_or_else(|| anyhow::anyhow!("retention.archive is \"off\": there is no archive"))
     }
 
@@ -484,7 +481,7 @@ async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -
     Ok(days.into_iter().collect())
 }
 
-async fn rows_of_day(client: &impl GenericClient, table: &str, day: i64) -> Result<i64> {
+pub(crate) async fn rows_of_day(client: &impl GenericClient, table: &str, day: i64) -> Result<i64> {
     Ok(client.query_one(&format!("SELECT count(*) FROM events.{} WHERE {}", ident(table), day_range(day)), &[]).await?.get(0))
 }
 
@@ -532,7 +529,7 @@ async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> 
 
 /// Loads one archive file into `table` through a staging table; returns the
 /// rows added (those not there already, by batch id and position).
-async fn restore_file(client: &mut Client, table: &str, table_columns: &[columns::Column], day: i64, path: &std::path::Path) -> Result<u64> {
+pub(crate) async fn restore_file(client: &mut Client, table: &str, table_columns: &[columns::Column], day: i64, path: &std::path::Path) -> Result<u64> {
     let (file_columns, batches) = file::reader(path)?;
     for c in &file_columns {
         if !table_columns.iter().any(|t| t.name == c.name) {

@@ -208,6 +208,7 @@ pub fn reader(path: &Path) -> Result<(Vec<Column>, parquet::arrow::arrow_reader:
 /// One value of a decoded row, as `restore`'s staging table takes it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// NULL of a column of this kind.
     Null(Kind),
     Bool(bool),
     Int32(i32),
@@ -234,6 +235,60 @@ impl Value {
             Value::TextList(v) => v,
         }
     }
+}
+
+impl Value {
+    /// Column `i` of a PostgreSQL row selected with `Column::select_expr`.
+    pub fn of_row(row: &Row, i: usize, kind: Kind) -> Result<Value, tokio_postgres::Error> {
+        Ok(match kind {
+            Kind::Timestamp | Kind::Int64 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int64),
+            Kind::Bool => row.try_get::<_, Option<bool>>(i)?.map(Value::Bool),
+            Kind::Int32 => row.try_get::<_, Option<i32>>(i)?.map(Value::Int32),
+            Kind::Float64 => row.try_get::<_, Option<f64>>(i)?.map(Value::Float64),
+            Kind::Text => row.try_get::<_, Option<String>>(i)?.map(Value::Text),
+            Kind::TextList => row.try_get::<_, Option<Vec<Option<String>>>>(i)?.map(Value::TextList),
+        }
+        .unwrap_or(Value::Null(kind)))
+    }
+
+    /// The value as CSV text: empty for NULL, RFC 3339 for times, a JSON
+    /// array for text lists.
+    pub fn to_text(&self, kind: Kind) -> String {
+        match self {
+            Value::Null(_) => String::new(),
+            Value::Int64(v) if kind == Kind::Timestamp => rfc3339(*v),
+            Value::Bool(v) => v.to_string(),
+            Value::Int32(v) => v.to_string(),
+            Value::Int64(v) => v.to_string(),
+            Value::Float64(v) => v.to_string(),
+            Value::Text(v) => v.clone(),
+            Value::TextList(v) => serde_json::to_string(v).expect("strings serialize"),
+        }
+    }
+
+    /// The value as JSON: jsonb columns as the JSON they hold.
+    pub fn to_json(&self, column: &Column) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null(_) => J::Null,
+            Value::Int64(v) if column.kind == Kind::Timestamp => J::String(rfc3339(*v)),
+            Value::Bool(v) => J::Bool(*v),
+            Value::Int32(v) => J::from(*v),
+            Value::Int64(v) => J::from(*v),
+            Value::Float64(v) => J::from(*v),
+            Value::Text(v) if column.pg_type == "jsonb" => serde_json::from_str(v).unwrap_or_else(|_| J::String(v.clone())),
+            Value::Text(v) => J::String(v.clone()),
+            Value::TextList(v) => J::from(v.iter().map(|s| s.clone().map_or(J::Null, J::String)).collect::<Vec<_>>()),
+        }
+    }
+}
+
+/// Microseconds since the epoch as RFC 3339 in UTC (`2026-11-27T08:00:01.234567Z`).
+pub fn rfc3339(micros: i64) -> String {
+    let (secs, us) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (day, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = crate::store::schema::civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{us:06}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// The rows of a batch as values (column order of the file).
