@@ -67,6 +67,19 @@ CREATE TABLE IF NOT EXISTS chronos.archives (
     restored_until timestamptz,
     PRIMARY KEY (table_name, day)
 );
+-- `chronos erase` (src/lifecycle/erase.rs): who erased what kind of subject,
+-- when, and how much; never the erased values.
+CREATE TABLE IF NOT EXISTS chronos.erasures (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    requested_by text NOT NULL,
+    subject text NOT NULL,
+    raw_rows bigint NOT NULL,
+    archived_rows bigint NOT NULL,
+    files_rewritten integer NOT NULL,
+    dead_letters bigint NOT NULL,
+    view_rows bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events."clicks" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,

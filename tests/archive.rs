@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chronos::stack::process::free_port;
 use common::*;
+use serde_json::json;
 
 struct Setup {
     _pg: chronos::stack::postgres::PostgresServer,
@@ -389,9 +390,125 @@ fn exports_read_postgres_and_the_archive_alike(layout: Layout) {
     assert!(!ok && err.contains("is before --from"), "{err}");
 }
 
+const ERASED: &str = "erase-me-5d1c9a";
+
+/// Total rows of every event table with `session_id = session`.
+fn rows_of_session(url: &str, session: &str) -> i64 {
+    let tables = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+    let sql = tables.iter().map(|t| format!("(SELECT count(*) FROM events.{t} WHERE session_id = '{session}')")).collect::<Vec<_>>().join(" + ");
+    count(url, &format!("SELECT {sql}"))
+}
+
+/// Every row of every archive file with `session_id = session`, and whether
+/// any file's bytes hold the session id at all.
+fn session_in_archive(dir: &Path, session: &str) -> (i64, bool) {
+    let (mut rows, mut bytes) = (0, false);
+    for t in std::fs::read_dir(dir).unwrap() {
+        for f in std::fs::read_dir(t.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let raw = std::fs::read(&p).unwrap();
+            bytes |= raw.windows(session.len()).any(|w| w == session.as_bytes());
+            if p.extension().is_some_and(|e| e == "parquet") {
+                let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap();
+                for b in builder.build().unwrap() {
+                    let b = b.unwrap();
+                    let col = arrow_array::cast::AsArray::as_string::<i32>(b.column_by_name("session_id").unwrap());
+                    rows += col.iter().filter(|v| *v == Some(session)).count() as i64;
+                }
+            }
+        }
+    }
+    (rows, bytes)
+}
+
+fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
+    let s = setup(layout);
+    let kafka = Kafka::start(1);
+    let toml = config_toml_with_pg(
+        &kafka,
+        free_port(),
+        &s.url,
+        &layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
+        &format!("[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\n", s.archive.display()),
+    );
+    let config = s.config.with_file_name("live.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    let c = client();
+    // Live events of the session and of others, and a dead letter of the session.
+    for session in [ERASED, "keep-1", ERASED, "keep-2"] {
+        let (st, body, _) = post(&c, &d, &batch(session, 12), "198.51.100.7");
+        assert_eq!(st, 200, "{body}");
+    }
+    let mut bad = batch(ERASED, 2);
+    bad["events"][1] = json!(["mouse_moves", now_ms(), "left", 4]);
+    let (st, body, _) = post(&c, &d, &bad, "198.51.100.7");
+    assert_eq!(st, 200, "{body}");
+    // A view keyed by session.
+    let views = s.config.with_file_name("by_session.sql");
+    std::fs::write(&views, "CREATE VIEW clicks_by_session AS SELECT session_id, count(*) AS n FROM clicks GROUP BY session_id;").unwrap();
+    let o = chronos_cli(&config, &["views", "add", views.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let (st, body, _) = post(&c, &d, &batch(ERASED, 12), "198.51.100.7");
+    assert_eq!(st, 200, "{body}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while rows_of_session(&s.url, ERASED) < 12 * 3 + 1 || count(&s.url, "SELECT count(*) FROM chronos.dead_letters") < 1 {
+        assert!(Instant::now() < until, "not loaded\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(count(&s.url, &format!("SELECT count(*) FROM views.clicks_by_session WHERE session_id = '{ERASED}'")) > 0);
+    // Archived days holding the session, and others.
+    insert_day(&s.url, s.today, 5, 300);
+    query(&s.url, &format!("UPDATE events.clicks SET session_id = '{ERASED}' WHERE session_id IN ('s-3', 's-4') AND time < now() - interval '4 days'"));
+    query(&s.url, &format!("UPDATE events.form_submissions SET session_id = '{ERASED}' WHERE position = 0 AND time < now() - interval '4 days' AND metadata = '{{}}' AND fields[5]::int % 10 = 0"));
+    let old_erased = count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{ERASED}' AND time < now() - interval '4 days'"));
+    assert!(old_erased > 0);
+    let (ok, out) = cli(&s, &["archive", "run"]);
+    assert!(ok, "{out}");
+    assert!(session_in_archive(&s.archive, ERASED).0 > 0);
+    let others_before = count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id <> '{ERASED}'"));
+    let archived_before: i64 = count(&s.url, "SELECT sum(rows)::bigint FROM chronos.archives");
+    let live_erased = rows_of_session(&s.url, ERASED);
+
+    let o = chronos_cli(&config, &["erase", "--session", ERASED, "--by", "dpo@example.com"]);
+    let out = output_text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains(&format!("erased session: {live_erased} raw events")), "{out}");
+    assert!(out.contains("1 dead letters") && out.contains("rows of view clicks_by_session (keyed by session_id)"), "{out}");
+    assert!(out.contains(&format!("Kafka topic {}: the session's records stay until its retention passes (retention.ms = ", kafka.topic)), "{out}");
+    assert!(out.contains("approximate distinct counts (hll) cannot forget a member"), "{out}");
+    let files: i64 = out.lines().find(|l| l.contains("archived events in")).unwrap().split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(files, 2, "the clicks and form_submissions files of that day: {out}");
+
+    // Nothing of the session anywhere: tables, archive files, a dump.
+    assert_eq!(rows_of_session(&s.url, ERASED), 0);
+    assert_eq!(count(&s.url, &format!("SELECT count(*) FROM chronos.dead_letters WHERE context->>'session_id' = '{ERASED}'")), 0);
+    assert_eq!(count(&s.url, &format!("SELECT count(*) FROM views.clicks_by_session WHERE session_id = '{ERASED}'")), 0);
+    assert_eq!(session_in_archive(&s.archive, ERASED), (0, false), "no row and no byte of it in the archive");
+    let dump = std::process::Command::new(chronos::stack::postgres::bindir().join("pg_dump")).arg(&s.url).output().unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(dump.stdout.len() > 10_000 && !String::from_utf8_lossy(&dump.stdout).contains(ERASED), "pg_dump holds no trace");
+    // Everyone else is intact, archived days still verify, the audit keeps no value.
+    assert_eq!(count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id <> '{ERASED}'")), others_before);
+    let archived_after: i64 = count(&s.url, "SELECT sum(rows)::bigint FROM chronos.archives");
+    let erased_archived: i64 = out.lines().find(|l| l.contains("archived events in")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(archived_after, archived_before - erased_archived);
+    let (ok, out) = cli(&s, &["archive", "verify"]);
+    assert!(ok, "{out}");
+    let audit = query(&s.url, "SELECT requested_by, subject, raw_rows, files_rewritten, dead_letters FROM chronos.erasures");
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0].get::<_, String>(0), audit[0].get::<_, String>(1)), ("dpo@example.com".into(), "session".into()));
+    assert_eq!(audit[0].get::<_, i64>(2), live_erased);
+    // Erasing again finds nothing more.
+    let o = chronos_cli(&config, &["erase", "--session", ERASED, "--by", "dpo@example.com"]);
+    assert!(o.status.success() && output_text(&o).contains("erased session: 0 raw events"), "{}", output_text(&o));
+}
+
 on_both_layouts!(
     archived_then_verified_listed_and_restored_exactly_once,
     a_run_cut_after_any_step_is_finished_exactly_by_the_next,
     chronosd_archives_on_its_schedule,
     exports_read_postgres_and_the_archive_alike,
+    erase_leaves_no_trace_of_the_session_anywhere,
 );

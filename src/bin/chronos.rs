@@ -82,6 +82,16 @@ enum Cmd {
         #[arg(long)]
         out: String,
     },
+    /// Erase one person's events: raw rows, dead letters, rows of views keyed by
+    /// session, and archive files (rewritten); prints what cannot be erased.
+    Erase {
+        /// The session id whose events are erased.
+        #[arg(long)]
+        session: String,
+        /// Who asks, for the audit row (default: $SUDO_USER or $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Continuous views: list, add from a SQL file, drop (no restart needed).
     Views {
         #[command(subcommand)]
@@ -299,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Archive { action } => archive(&stack.config, action)?,
+        Cmd::Erase { session, by } => erase(&stack.config, &session, by)?,
         Cmd::Export { from, to, types, format, out } => export(&stack.config, &from, to.as_deref(), types, format, &out)?,
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
@@ -593,6 +604,43 @@ fn print_log(path: &std::path::Path, follow: bool, lines: usize) -> Result<()> {
                 pos = len;
             }
         }
+    }
+    Ok(())
+}
+
+fn erase(c: &chronos::config::Config, session: &str, by: Option<String>) -> Result<()> {
+    use chronos::lifecycle::erase;
+    let by = by.or_else(|| std::env::var("SUDO_USER").ok()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let archiver = chronos::lifecycle::archive::Archiver::new(c)?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (done, not_erased) = chronos::stack::postgres::block_on(async {
+        let mut client = chronos::store::connect(&c.postgres.url).await?;
+        let done = erase::erase_session(&mut client, &archiver, &catalog, session, &by, |step| {
+            if terminal {
+                eprint!("\r\x1b[Kerasing: {step}");
+            }
+        })
+        .await?;
+        anyhow::Ok((done, erase::not_erased(c).await))
+    })?;
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    let raw: u64 = done.raw.iter().map(|(_, n)| n).sum();
+    println!("erased session: {raw} raw events ({})", done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
+    println!("  {} archived events in {} files rewritten", done.archived_rows, done.files.len());
+    println!("  {} dead letters", done.dead_letters);
+    for (v, n) in &done.view_rows {
+        println!("  {n} rows of view {v} (keyed by session_id)");
+    }
+    if !done.stale_deleted.is_empty() {
+        println!("  {} stale archive objects deleted", done.stale_deleted.len());
+    }
+    println!("recorded in chronos.erasures (by {by}; the session id is not kept)");
+    println!("not erased:");
+    for l in not_erased {
+        println!("  {l}");
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use super::{columns, file};
 const FIRST_DAY: i64 = -719_162;
 
 /// Advisory lock held by the one archive run at a time.
-const RUN_LOCK: i64 = 7_243_002;
+pub(crate) const RUN_LOCK: i64 = 7_243_002;
 
 /// `YYYY-MM-DD` of a day number since the epoch.
 pub fn day_str(day: i64) -> String {

@@ -1,0 +1,185 @@
+//! `chronos erase --session ID`: one person's events out of everything
+//! Chronos keeps that can forget them — the raw tables, the dead letters, the
+//! rows of views keyed by session, and the archive files (rewritten: the new
+//! file is verified and recorded before the old one is deleted) — with an
+//! audit row that never holds the erased value, and a list of what cannot
+//! forget (Kafka until its retention passes; aggregates in views).
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+
+use super::archive::{self, Archiver, Manifest};
+use super::file;
+use crate::catalog::EventCatalog;
+use crate::store::schema::ident;
+
+/// What an erasure did.
+#[derive(Debug, Default)]
+pub struct Erased {
+    /// (table, rows deleted) per event table.
+    pub raw: Vec<(String, u64)>,
+    pub dead_letters: u64,
+    /// (view, rows deleted) for views with a `session_id` key.
+    pub view_rows: Vec<(String, u64)>,
+    /// Archive files rewritten without the session, and the rows left out.
+    pub files: Vec<String>,
+    pub archived_rows: u64,
+    /// Archive objects no record names (left by a run cut short), deleted.
+    pub stale_deleted: Vec<String>,
+}
+
+/// Erases the rows of session `session`; `by` names who asked (the audit).
+/// Holds the archive lock, so no archive run writes meanwhile. Running it
+/// again finishes one that was cut short.
+pub async fn erase_session(
+    client: &mut Client,
+    archiver: &Archiver,
+    catalog: &EventCatalog,
+    session: &str,
+    by: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<Erased> {
+    if session.is_empty() {
+        anyhow::bail!("--session: empty");
+    }
+    let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&archive::RUN_LOCK]).await?.get(0);
+    if !locked {
+        anyhow::bail!("an archive run holds the archive lock (chronosd's schedule?); try again when it ends");
+    }
+    let result = erase_locked(client, archiver, catalog, session, by, &mut progress).await;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&archive::RUN_LOCK]).await?;
+    result
+}
+
+async fn erase_locked(
+    client: &mut Client,
+    archiver: &Archiver,
+    catalog: &EventCatalog,
+    session: &str,
+    by: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<Erased> {
+    let mut done = Erased::default();
+    // The archive first: a cut-short erasure leaves the raw rows to find again.
+    if let Ok(target) = archiver.target() {
+        let records = archive::list(&*client).await?;
+        let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file()).collect();
+        for (i, m) in files.iter().enumerate() {
+            progress(&format!("archive file {} of {}: {}", i + 1, files.len(), m.location));
+            if let Some(removed) = rewrite(client, archiver, m, session).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
+                done.archived_rows += removed;
+                done.files.push(m.location.clone());
+            }
+        }
+        // Objects no record names: earlier versions whose deletion was cut short.
+        let records = archive::list(&*client).await?;
+        let named: std::collections::HashSet<String> =
+            records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
+        for name in target.list().await? {
+            let ours = name.ends_with(".parquet") || name.ends_with(".manifest.json") || name.ends_with(".tmp");
+            if ours && name.contains('/') && !named.contains(&name) {
+                target.delete(&name).await?;
+                done.stale_deleted.push(name);
+            }
+        }
+    }
+    let tx = client.transaction().await?;
+    for ty in catalog.types() {
+        progress(&format!("events.{}", ty.name));
+        let n = tx.execute(&format!("DELETE FROM events.{} WHERE session_id = $1", ident(&ty.name)), &[&session]).await?;
+        done.raw.push((ty.name.to_string(), n));
+    }
+    done.dead_letters = tx
+        .execute(
+            "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
+               OR position($1 IN coalesce(event::text, '')) > 0",
+            &[&session],
+        )
+        .await?;
+    let keyed = tx
+        .query(
+            "SELECT table_name::text FROM information_schema.columns WHERE table_schema = 'views' AND column_name = 'session_id'
+               AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' AND table_type = 'BASE TABLE')
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for r in keyed {
+        let t: String = r.get(0);
+        let n = tx.execute(&format!("DELETE FROM views.{} WHERE session_id = $1", ident(&t)), &[&session]).await?;
+        done.view_rows.push((t.trim_end_matches("_mrel").to_string(), n));
+    }
+    let raw: u64 = done.raw.iter().map(|(_, n)| n).sum();
+    let views: u64 = done.view_rows.iter().map(|(_, n)| n).sum();
+    tx.execute(
+        "INSERT INTO chronos.erasures (requested_by, subject, raw_rows, archived_rows, files_rewritten, dead_letters, view_rows)
+         VALUES ($1, 'session', $2, $3, $4, $5, $6)",
+        &[&by, &(raw as i64), &(done.archived_rows as i64), &(done.files.len() as i32), &(done.dead_letters as i64), &(views as i64)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Rewrites one archive file without the session's rows, when it has any:
+/// the new file (a new name) is uploaded and verified, its manifest written,
+/// its record updated, and only then the old file and manifest deleted.
+/// Returns the rows left out.
+async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, session: &str) -> Result<Option<u64>> {
+    let target = archiver.target()?;
+    let local = target.download(&m.location, &archiver.spool).await?;
+    let (sha, _) = file::sha256_of(local.path())?;
+    if sha != m.sha256 {
+        anyhow::bail!("sha256 {sha}, its record says {}; not rewritten (run `chronos archive verify`)", m.sha256);
+    }
+    let out = tempfile::Builder::new().prefix("chronos-erase-").suffix(".parquet").tempfile_in(&archiver.spool)?;
+    let Some((s, removed)) = file::rewrite_without(local.path(), out.path(), "session_id", session)? else {
+        return Ok(None);
+    };
+    let new = Manifest {
+        location: format!("{}/{}-{}.parquet", m.table, m.day, &s.sha256[..12]),
+        rows: s.rows,
+        min_time: s.min_time,
+        max_time: s.max_time,
+        bytes: s.bytes as i64,
+        sha256: s.sha256.clone(),
+        ..m.clone()
+    };
+    target.put_verified(out.path(), &new.location, &s.sha256, s.bytes, |_| {}).await?;
+    target.put_small(&new.manifest_name(), serde_json::to_vec_pretty(&new)?).await?;
+    client
+        .execute(
+            "UPDATE chronos.archives SET location = $3, rows = $4, bytes = $5, sha256 = $6,
+               min_time = timestamptz 'epoch' + $7::bigint * interval '1 microsecond',
+               max_time = timestamptz 'epoch' + $8::bigint * interval '1 microsecond'
+             WHERE table_name = $1 AND day = ($2::text)::date",
+            &[&m.table, &m.day, &new.location, &new.rows, &new.bytes, &new.sha256, &new.min_time, &new.max_time],
+        )
+        .await?;
+    target.delete(&m.location).await?;
+    target.delete(&m.manifest_name()).await?;
+    Ok(Some(removed))
+}
+
+/// What an erasure cannot reach, in words: records in Kafka until the
+/// topics' retention passes, and the aggregates of continuous views.
+pub async fn not_erased(config: &crate::config::Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for topic in [&config.kafka.topic, &config.kafka.dead_letter_topic] {
+        let line = match crate::produce::admin::retention_ms(&config.kafka, topic, std::time::Duration::from_secs(5)).await {
+            Ok(Some(ms)) => format!(
+                "Kafka topic {topic}: the session's records stay until its retention passes (retention.ms = {ms}, {:.1} days after each was written)",
+                ms as f64 / 86_400_000.0
+            ),
+            Ok(None) => format!("Kafka topic {topic}: retention.ms = -1, its records are kept forever: delete the topic's old segments or set a retention"),
+            Err(e) => format!("Kafka topic {topic}: the session's records stay until the topic's retention.ms passes (not read: {e})"),
+        };
+        lines.push(line);
+    }
+    lines.push(
+        "continuous views: aggregates that counted the session's events (counts, sums, percentiles) keep them; \
+         approximate distinct counts (hll) cannot forget a member; rows of views keyed by session_id were deleted"
+            .into(),
+    );
+    lines
+}

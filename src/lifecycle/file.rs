@@ -321,3 +321,51 @@ pub fn rows_of(batch: &RecordBatch, columns: &[Column]) -> Vec<Vec<Value>> {
         })
         .collect()
 }
+
+/// Writes `from` to `to` without the rows whose text column `column` equals
+/// `value` (erasure), keeping the schema and the key-value metadata; fsyncs
+/// and re-reads it. Returns the new file's summary and the rows left out, or
+/// None (and no file) when no row matched.
+pub fn rewrite_without(from: &Path, to: &Path, column: &str, value: &str) -> Result<Option<(Summary, u64)>> {
+    let file = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let schema = builder.schema().clone();
+    let kv = builder.metadata().file_metadata().key_value_metadata().cloned();
+    let idx = schema.index_of(column).with_context(|| format!("{} has no column {column}", from.display()))?;
+    let time = schema.index_of("time").ok();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_key_value_metadata(kv)
+        .build();
+    let mut writer = ArrowWriter::try_new(File::create(to).with_context(|| format!("creating {}", to.display()))?, schema, Some(props))?;
+    let (mut removed, mut kept, mut min_time, mut max_time) = (0u64, 0i64, None::<i64>, None::<i64>);
+    for batch in builder.with_batch_size(BATCH_ROWS).build()? {
+        let batch = batch?;
+        let col = batch.column(idx).as_string::<i32>();
+        let keep: arrow_array::BooleanArray = (0..batch.num_rows()).map(|r| Some(col.is_null(r) || col.value(r) != value)).collect();
+        removed += keep.false_count() as u64;
+        let batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+        if let Some(t) = time {
+            let times = batch.column(t).as_primitive::<TimestampMicrosecondType>();
+            for v in times.iter().flatten() {
+                min_time = Some(min_time.map_or(v, |m| m.min(v)));
+                max_time = Some(max_time.map_or(v, |m| m.max(v)));
+            }
+        }
+        kept += batch.num_rows() as i64;
+        writer.write(&batch)?;
+    }
+    let out = writer.into_inner()?;
+    out.sync_all()?;
+    drop(out);
+    if removed == 0 {
+        std::fs::remove_file(to)?;
+        return Ok(None);
+    }
+    let back = summarize(to)?;
+    if back.rows != kept {
+        anyhow::bail!("{}: {kept} rows written but {} read back", to.display(), back.rows);
+    }
+    Ok(Some((Summary { min_time, max_time, ..back }, removed)))
+}

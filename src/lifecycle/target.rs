@@ -123,6 +123,18 @@ impl Target {
         Ok(tmp)
     }
 
+    /// Every object under the archive's root, as names relative to it.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        let mut stream = self.store.list(Some(&self.prefix));
+        let mut names = Vec::new();
+        let prefix = format!("{}/", self.prefix.as_ref());
+        while let Some(meta) = stream.try_next().await? {
+            let full = meta.location.as_ref();
+            names.push(full.strip_prefix(&prefix).unwrap_or(full).to_string());
+        }
+        Ok(names)
+    }
+
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.store.delete(&self.path(name)).await.with_context(|| format!("deleting {}", self.display(name)))
     }

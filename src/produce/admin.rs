@@ -38,3 +38,24 @@ pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<Str
     }
     Ok(created)
 }
+
+/// A topic's `retention.ms` (how long Kafka keeps its records), as the broker
+/// reports it; `Ok(None)` when it keeps them forever (-1).
+pub async fn retention_ms(c: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Option<i64>, String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin = admin(c)?;
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
+    let resource = results.into_iter().next().ok_or("no answer for the topic")?.map_err(|e| format!("topic {topic}: {e}"))?;
+    let value = resource
+        .entries
+        .iter()
+        .find(|e| e.name == "retention.ms")
+        .and_then(|e| e.value.clone())
+        .ok_or_else(|| format!("topic {topic} reports no retention.ms"))?;
+    let ms: i64 = value.parse().map_err(|_| format!("topic {topic}: retention.ms = {value} is not a number"))?;
+    Ok((ms >= 0).then_some(ms))
+}
