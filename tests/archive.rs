@@ -390,6 +390,29 @@ fn exports_read_postgres_and_the_archive_alike(layout: Layout) {
     assert!(!ok && err.contains("is before --from"), "{err}");
 }
 
+fn keeping_everything_and_dropping_without_an_archive_are_explicit(layout: Layout) {
+    let s = setup(layout);
+    insert_day(&s.url, s.today, 6, 100);
+    // raw_days = 0: nothing leaves PostgreSQL.
+    let forever = s.config.with_file_name("forever.toml");
+    std::fs::write(&forever, config_text(layout, &s.url, &s.archive, "").replace(&format!("raw_days = {RAW_DAYS}"), "raw_days = 0")).unwrap();
+    let o = chronos_cli(&forever, &["archive", "run"]);
+    assert!(o.status.success() && output_text(&o).contains("retention.raw_days = 0: raw events are kept forever"), "{}", output_text(&o));
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 6), 100);
+    // archive = "off": old days are dropped, recorded as such, no file written.
+    let off = s.config.with_file_name("off.toml");
+    std::fs::write(&off, config_text(layout, &s.url, Path::new("off"), "")).unwrap();
+    let o = chronos_cli(&off, &["archive", "run"]);
+    let out = output_text(&o);
+    assert!(o.status.success() && out.contains("archive: off (old days are dropped without archiving)"), "{out}");
+    assert!(out.contains(&format!("events.clicks {}: 100 rows dropped (archiving off)", chronos::lifecycle::day_str(s.today - 6))), "{out}");
+    assert_eq!(rows_on(&s.url, "clicks", s.today, 6), 0);
+    assert!(!s.archive.exists() || std::fs::read_dir(&s.archive).unwrap().next().is_none(), "no archive written");
+    assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.archives WHERE location = 'off' AND rows = 100"), 2, "clicks and form submissions");
+    let o = chronos_cli(&off, &["archive", "restore", "--table", "clicks", "--from", &chronos::lifecycle::day_str(s.today - 6)]);
+    assert!(!o.status.success() && output_text(&o).contains("retention.archive is \"off\": there is no archive"), "{}", output_text(&o));
+}
+
 const ERASED: &str = "erase-me-5d1c9a";
 
 /// Total rows of every event table with `session_id = session`.
@@ -511,4 +534,5 @@ on_both_layouts!(
     chronosd_archives_on_its_schedule,
     exports_read_postgres_and_the_archive_alike,
     erase_leaves_no_trace_of_the_session_anywhere,
+    keeping_everything_and_dropping_without_an_archive_are_explicit,
 );

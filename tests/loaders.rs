@@ -598,6 +598,11 @@ fn timescaledb_installed_but_not_preloaded_falls_back_on_auto_and_refuses_on_alw
     // Existing native tables are never converted.
     let (ok, out) = install_with(&kafka, &url, "timescaledb = \"always\"");
     assert!(!ok && out.contains("never converted"), "{out}");
+    // chronos status names the layout.
+    let file = dir.path().join("status.toml");
+    std::fs::write(&file, config_toml_with_pg(&kafka, free_port(), &url, "", "")).unwrap();
+    let status = output_text(&chronos_cli(&file, &["status"]));
+    assert!(status.lines().any(|l| l.starts_with("tables") && l.contains("native daily partitions (6 tables, ")), "{status}");
 }
 
 #[test]
