@@ -34,7 +34,8 @@ fn stack(layout: Layout) -> Stack {
     let pg = layout.postgres(pg_dir.path());
     let url = pg.url();
     let kafka = Kafka::start(3);
-    let toml = config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), "");
+    // The posters send as fast as chronosd answers, from one address.
+    let toml = config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), FAST_IPS);
     let config_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config_file.path(), &toml).unwrap();
     let d = Chronosd::start(&toml);
