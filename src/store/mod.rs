@@ -3,6 +3,7 @@
 
 pub mod internals;
 pub mod schema;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -11,17 +12,29 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::catalog::EventCatalog;
 
-/// Connects, with the connection driven on the current runtime.
+/// Connects, with the connection driven on the current runtime; TLS as the
+/// URL's `sslmode` and `sslrootcert` say (`tls`).
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("PostgreSQL at {} is not reachable; start it with `chronos start postgres`", redact(url)))?;
+    let target = tls::parse(url)?;
+    let client = if target.mode == tls::SslMode::Disable {
+        let (client, conn) = target.config.connect(NoTls).await.map_err(|e| tls::explain(&e, url, target.mode))?;
+        drive(conn);
+        client
+    } else {
+        let connector = tls::connector(target.mode, target.root_cert.as_deref())?;
+        let (client, conn) = target.config.connect(connector).await.map_err(|e| tls::explain(&e, url, target.mode))?;
+        drive(conn);
+        client
+    };
+    Ok(client)
+}
+
+fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(conn: F) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed.");
         }
     });
-    Ok(client)
 }
 
 /// The URL without its password, for messages.

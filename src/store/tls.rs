@@ -1,0 +1,164 @@
+//! TLS to PostgreSQL with libpq's `sslmode` (`disable`, `prefer` — the
+//! default —, `require`, `verify-ca`, `verify-full`) and `sslrootcert`, read
+//! from the URL's query string as libpq reads them, so `postgres.url` is the
+//! URL a managed PostgreSQL documents. Through OpenSSL with
+//! `postgres-openssl`, tokio-postgres's own TLS adapter (rustls would need a
+//! hand-written verifier for `require` and `verify-ca`; OpenSSL is also what
+//! librdkafka uses for Kafka's TLS).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(v: &str) -> Result<SslMode> {
+        Ok(match v {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => anyhow::bail!("postgres.url: sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A connection target: tokio-postgres's config without the TLS keys it does
+/// not know, and those keys.
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Parses a libpq URL (`postgres://…?sslmode=…&sslrootcert=…`) or key=value
+/// string (`host=… sslmode=…`).
+pub fn parse(url: &str) -> Result<Target> {
+    let (rest, mode, root_cert) = take_tls_keys(url)?;
+    let mut config: tokio_postgres::Config =
+        rest.parse().map_err(|e| anyhow::anyhow!("postgres.url {}: {e}", super::redact(url)))?;
+    config.ssl_mode(match mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok(Target { config, mode, root_cert })
+}
+
+/// The string without `sslmode` and `sslrootcert`, and their values.
+fn take_tls_keys(url: &str) -> Result<(String, SslMode, Option<PathBuf>)> {
+    let (mut mode, mut root) = (SslMode::Prefer, None);
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                    match &*k {
+                        "sslmode" => mode = SslMode::parse(&v)?,
+                        "sslrootcert" => root = Some(PathBuf::from(&*v)),
+                        _ => kept.push((k.into_owned(), v.into_owned())),
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish())
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for token in url.split_whitespace() {
+            match token.split_once('=') {
+                Some(("sslmode", v)) => mode = SslMode::parse(v)?,
+                Some(("sslrootcert", v)) => root = Some(PathBuf::from(v)),
+                _ => kept.push(token),
+            }
+        }
+        kept.join(" ")
+    };
+    Ok((rest, mode, root))
+}
+
+/// The OpenSSL connector for a mode: `verify-ca` checks the chain,
+/// `verify-full` the chain and the host name; `prefer` and `require` encrypt
+/// without checking, unless `sslrootcert` is given (then like `verify-ca`, as
+/// libpq does). Without `sslrootcert` the system's trusted CAs are used.
+pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeTlsConnector> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if let Some(p) = root_cert {
+        b.set_ca_file(p).with_context(|| format!("postgres.url sslrootcert={}: not a readable PEM certificate file", p.display()))?;
+    }
+    let verify = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) || root_cert.is_some();
+    if !verify {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    let mut c = MakeTlsConnector::new(b.build());
+    let full = mode == SslMode::VerifyFull;
+    c.set_callback(move |cfg, _host| {
+        cfg.set_verify_hostname(full);
+        Ok(())
+    });
+    Ok(c)
+}
+
+/// A connection error in words that say which setting to change.
+pub fn explain(e: &tokio_postgres::Error, url: &str, mode: SslMode) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let detail = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+    let at = super::redact(url);
+    let all = format!("{text} {detail}");
+    if all.contains("pg_hba.conf") && all.contains("no encryption") {
+        anyhow::anyhow!("PostgreSQL at {at} refuses connections without TLS: set sslmode=require (or verify-full with sslrootcert=…) in postgres.url ({text})")
+    } else if all.contains("certificate verify failed") {
+        let why = if all.contains("mismatch") { "its certificate does not name this host" } else { "its certificate is not signed by a trusted CA" };
+        anyhow::anyhow!(
+            "PostgreSQL at {at}: TLS with sslmode={} failed: {why}; set sslrootcert=<CA file> in postgres.url, or connect by a name the certificate holds ({detail})",
+            mode.name()
+        )
+    } else if all.contains("server does not support TLS") {
+        anyhow::anyhow!("PostgreSQL at {at} does not offer TLS, but sslmode={} requires it ({text})", mode.name())
+    } else {
+        anyhow::anyhow!("PostgreSQL at {at} is not reachable; start it with `chronos start postgres`: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_keys_are_taken_out_of_both_forms() {
+        let (rest, mode, root) = take_tls_keys("postgres://u:p@db.example.com:5432/chronos?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
+        assert_eq!((rest.as_str(), mode, root.as_deref()), ("postgres://u:p@db.example.com:5432/chronos?application_name=x", SslMode::VerifyFull, Some(Path::new("/etc/ca.pem"))));
+        let (rest, mode, root) = take_tls_keys("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem dbname=c").unwrap();
+        assert_eq!((rest.as_str(), mode, root.as_deref()), ("host=db user=u dbname=c", SslMode::VerifyCa, Some(Path::new("/ca.pem"))));
+        assert_eq!(take_tls_keys("postgres://u@h/db").unwrap().1, SslMode::Prefer, "libpq's default");
+        let err = take_tls_keys("postgres://u@h/db?sslmode=on").unwrap_err().to_string();
+        assert!(err.contains("sslmode=on is not one of disable, prefer, require, verify-ca, verify-full"), "{err}");
+        assert!(parse("postgres://u@h/db?sslmode=verify-full").is_ok());
+    }
+}

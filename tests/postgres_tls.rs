@@ -1,0 +1,137 @@
+//! TLS to PostgreSQL against a real server started with `ssl = on` and
+//! `hostssl` only in pg_hba.conf, certificates made here with openssl: each
+//! libpq `sslmode` does what libpq's does, a refused or untrusted connection
+//! says which setting to change, and the loaders store events over TLS.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::stack::process::free_port;
+use common::*;
+
+struct TlsPg {
+    server: PostgresServer,
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (apt install openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate it signs for `localhost` only, and a second CA.
+fn certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=chronos test CA"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA"]);
+}
+
+/// PostgreSQL with TLS on and plain TCP refused.
+fn tls_postgres() -> TlsPg {
+    let dir = temp_dir();
+    let mut server = PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    let data = server.spec.data_dir.clone();
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(certs.join(f), data.join(f)).unwrap();
+        let owner = std::fs::metadata(data.join("PG_VERSION")).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::os::unix::fs::chown(data.join(f), Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+    std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+    std::fs::write(data.join("pg_hba.conf"), "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n").unwrap();
+    server.restart().expect("restart PostgreSQL with TLS");
+    TlsPg { server, ca: certs.join("ca.crt"), other_ca: certs.join("other.crt"), dir }
+}
+
+/// `chronos://…` URL of the server with `host` and a query.
+fn url(pg: &TlsPg, host: &str, query: &str) -> String {
+    format!("postgres://chronos@{host}:{}/chronos?{query}", pg.server.spec.port)
+}
+
+/// Connects and says whether the session is encrypted, or the error.
+fn try_connect(url: &str) -> Result<bool, String> {
+    let url = url.to_string();
+    block_on(async move {
+        let client = chronos::store::connect(&url).await.map_err(|e| format!("{e:#}"))?;
+        let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    })
+}
+
+#[test]
+fn each_sslmode_does_what_libpq_does_and_failures_name_the_setting() {
+    let pg = tls_postgres();
+    let ca = pg.ca.display().to_string();
+    let other = pg.other_ca.display().to_string();
+    // Encrypted without checks (prefer, the default; require).
+    assert_eq!(try_connect(&url(&pg, "127.0.0.1", "")), Ok(true));
+    assert_eq!(try_connect(&url(&pg, "127.0.0.1", "sslmode=require")), Ok(true));
+    // Checked: the chain (verify-ca), and the name too (verify-full).
+    assert_eq!(try_connect(&url(&pg, "127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"))), Ok(true));
+    assert_eq!(try_connect(&url(&pg, "localhost", &format!("sslmode=verify-full&sslrootcert={ca}"))), Ok(true));
+    let err = try_connect(&url(&pg, "127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}"))).unwrap_err();
+    assert!(err.contains("TLS with sslmode=verify-full failed: its certificate does not name this host"), "{err}");
+    let err = try_connect(&url(&pg, "localhost", &format!("sslmode=verify-full&sslrootcert={other}"))).unwrap_err();
+    assert!(err.contains("its certificate is not signed by a trusted CA; set sslrootcert=<CA file> in postgres.url"), "{err}");
+    // require with a root certificate checks the chain, as libpq does.
+    let err = try_connect(&url(&pg, "127.0.0.1", &format!("sslmode=require&sslrootcert={other}"))).unwrap_err();
+    assert!(err.contains("not signed by a trusted CA"), "{err}");
+    // The system's CAs do not know the test CA.
+    let err = try_connect(&url(&pg, "localhost", "sslmode=verify-full")).unwrap_err();
+    assert!(err.contains("not signed by a trusted CA"), "{err}");
+    // Without TLS the server refuses, and the message says what to set.
+    let err = try_connect(&url(&pg, "127.0.0.1", "sslmode=disable")).unwrap_err();
+    assert!(err.contains("refuses connections without TLS: set sslmode=require"), "{err}");
+    // Bad settings are named.
+    let err = try_connect(&url(&pg, "127.0.0.1", "sslmode=yes")).unwrap_err();
+    assert!(err.contains("postgres.url: sslmode=yes is not one of"), "{err}");
+    let missing = pg.dir.path().join("missing.pem");
+    let err = try_connect(&url(&pg, "127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={}", missing.display()))).unwrap_err();
+    assert!(err.contains(&format!("sslrootcert={}: not a readable PEM certificate file", missing.display())), "{err}");
+}
+
+#[test]
+fn the_loaders_store_events_over_verified_tls() {
+    let pg = tls_postgres();
+    let kafka = Kafka::start(1);
+    let url = url(&pg, "localhost", &format!("sslmode=verify-full&sslrootcert={}", pg.ca.display()));
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", ""));
+    d.wait_ready(Duration::from_secs(30));
+    let c = client();
+    for i in 0..5 {
+        let (s, body, _) = post(&c, &d, &batch(&format!("tls-{i}"), 12), "198.51.100.30");
+        assert_eq!(s, 200, "{body}");
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let total = "SELECT (SELECT count(*) FROM events.pageviews) + (SELECT count(*) FROM events.clicks) + (SELECT count(*) FROM events.link_clicks)
+                 + (SELECT count(*) FROM events.mouse_moves) + (SELECT count(*) FROM events.key_presses) + (SELECT count(*) FROM events.form_submissions)";
+    while count(&url, total) < 60 {
+        assert!(std::time::Instant::now() < until, "not loaded over TLS\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&url, total), 60, "exactly once");
+    // Every session of chronosd is encrypted.
+    let plain = count(&url, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend' AND NOT s.ssl");
+    assert_eq!(plain, 0);
+    // The CLI goes over the same URL.
+    let dir = temp_dir();
+    let file = dir.path().join("chronos.toml");
+    std::fs::write(&file, config_toml_with_pg(&kafka, free_port(), &url, "", "")).unwrap();
+    let out = chronos_cli(&file, &["install-pipeline"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
