@@ -342,13 +342,44 @@ impl KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
-    /// libpq-style URL.
+    /// libpq-style URL; TLS with libpq's `sslmode` and `sslrootcert` in its
+    /// query string (docs/operations.md).
     pub url: String,
+    /// A file holding the password (systemd `LoadCredential=`, Docker
+    /// secrets): read at start, never logged; the URL then has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: "postgres://chronos@127.0.0.1:5433/chronos".into() }
+        PostgresConfig { url: "postgres://chronos@127.0.0.1:5433/chronos".into(), password_file: None }
+    }
+}
+
+impl PostgresConfig {
+    /// Puts the password of `password_file` into the URL (kept in memory only).
+    fn resolve_password(&mut self) -> Result<(), String> {
+        let Some(path) = &self.password_file else { return Ok(()) };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("postgres.password_file: cannot read {}: {e}", path.display()))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(format!("postgres.password_file: {} is empty", path.display()));
+        }
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            let mut u = url::Url::parse(&self.url).map_err(|e| format!("postgres.url: not a URL: {e}"))?;
+            if u.password().is_some() {
+                return Err("postgres.password_file: postgres.url has a password too; give one of them".into());
+            }
+            u.set_password(Some(password)).map_err(|_| "postgres.url: a URL without a host cannot take a password".to_string())?;
+            self.url = u.to_string();
+        } else {
+            if self.url.split_whitespace().any(|t| t.starts_with("password=")) {
+                return Err("postgres.password_file: postgres.url has a password too; give one of them".into());
+            }
+            self.url = format!("{} password='{}'", self.url, password.replace('\\', "\\\\").replace('\'', "\\'"));
+        }
+        Ok(())
     }
 }
 
@@ -475,19 +506,21 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        let config: Config = fig.merge(env).extract().map_err(|e| {
+        let mut config: Config = fig.merge(env).extract().map_err(|e| {
             ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n"))
         })?;
+        config.postgres.resolve_password().map_err(|e| ConfigError::Invalid(vec![e]))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses a TOML string (no environment), then validates. For tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n")))?;
+        config.postgres.resolve_password().map_err(|e| ConfigError::Invalid(vec![e]))?;
         config.validate()?;
         Ok(config)
     }

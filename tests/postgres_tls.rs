@@ -135,3 +135,62 @@ fn the_loaders_store_events_over_verified_tls() {
     let out = chronos_cli(&file, &["install-pipeline"]);
     assert!(out.status.success(), "{}", output_text(&out));
 }
+
+const SECRET: &str = "pw-7Hq2-not-in-any-log";
+
+#[test]
+fn a_password_from_a_file_is_used_and_never_shown() {
+    let dir = temp_dir();
+    let mut pg = PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
+    query(&pg.url(), &format!("ALTER ROLE chronos PASSWORD '{SECRET}'"));
+    std::fs::write(pg.spec.data_dir.join("pg_hba.conf"), "host all all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    pg.restart().expect("restart with password authentication");
+    let with_password = pg.url().replace("chronos@", &format!("chronos:{SECRET}@"));
+
+    let kafka = Kafka::start(1);
+    let secret_file = dir.path().join("pg-password");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let port = free_port();
+    let toml = config_toml_with_pg(&kafka, port, &pg.url(), "", "")
+        .replace("[postgres]\n", &format!("[postgres]\npassword_file = \"{}\"\n", secret_file.display()));
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(&config, &toml).unwrap();
+
+    // Used: the CLI and chronosd connect with it.
+    let out = chronos_cli(&config, &["install-pipeline"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!output_text(&out).contains(SECRET));
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    let c = client();
+    let (s, body, _) = post(&c, &d, &batch("pw", 6), "198.51.100.31");
+    assert_eq!(s, 200, "{body}");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&with_password, "SELECT count(*) FROM events.clicks") < 1 {
+        assert!(std::time::Instant::now() < until, "not loaded\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Never shown: --check-config, status, /metrics, the log, an error body.
+    let check = Command::new(env!("CARGO_BIN_EXE_chronosd")).arg("--check-config").arg(&config).output().unwrap();
+    assert!(check.status.success() && !output_text(&check).contains(SECRET), "{}", output_text(&check));
+    let status = output_text(&chronos_cli(&config, &["status"]));
+    assert!(!status.contains(SECRET), "{status}");
+    let metrics = c.get(d.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("chronos_") && !metrics.contains(SECRET));
+    let (_, bad, _) = post_raw(&c, &d, b"{".to_vec(), &[("Content-Type", "text/plain"), ("Origin", ORIGIN)]);
+    assert!(!bad.to_string().contains(SECRET));
+    assert!(!d.log_text().contains(SECRET), "the log holds the password");
+
+    // A wrong password, a missing file, and two passwords are named.
+    std::fs::write(&secret_file, "wrong\n").unwrap();
+    let out = chronos_cli(&config, &["install-pipeline"]);
+    let text = output_text(&out);
+    assert!(!out.status.success() && text.contains("password authentication failed") && text.contains("check postgres.password_file"), "{text}");
+    std::fs::remove_file(&secret_file).unwrap();
+    let text = output_text(&chronos_cli(&config, &["install-pipeline"]));
+    assert!(text.contains(&format!("postgres.password_file: cannot read {}", secret_file.display())), "{text}");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::write(&config, toml.replace(&format!("url = \"{}\"", pg.url()), &format!("url = \"{with_password}\""))).unwrap();
+    let text = output_text(&chronos_cli(&config, &["install-pipeline"]));
+    assert!(text.contains("postgres.url has a password too; give one of them") && !text.contains(SECRET), "{text}");
+}

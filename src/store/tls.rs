@@ -139,6 +139,8 @@ pub fn explain(e: &tokio_postgres::Error, url: &str, mode: SslMode) -> anyhow::E
             "PostgreSQL at {at}: TLS with sslmode={} failed: {why}; set sslrootcert=<CA file> in postgres.url, or connect by a name the certificate holds ({detail})",
             mode.name()
         )
+    } else if all.contains("password authentication failed") {
+        anyhow::anyhow!("PostgreSQL at {at}: {}; check postgres.password_file (or the password in postgres.url)", if detail.is_empty() { &text } else { &detail })
     } else if all.contains("server does not support TLS") {
         anyhow::anyhow!("PostgreSQL at {at} does not offer TLS, but sslmode={} requires it ({text})", mode.name())
     } else {
