@@ -39,12 +39,21 @@ fn setup(layout: Layout) -> Setup {
     Setup { _pg: pg, _dir: dir, url, config, archive, today }
 }
 
+/// `[load]` keys of every config here: events up to a day old, partitions 12 days back.
+const LOAD: &str = "max_past_secs = 86400\npartitions_past_days = 12";
+
+/// A chronosd config with loaders on `kafka`, this setup's retention, and `retention` keys.
+fn live_config(s: &Setup, layout: Layout, kafka: &Kafka, retention: &str) -> String {
+    let extra = format!("[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\n{retention}\n", s.archive.display());
+    config_toml_with_pg(kafka, free_port(), &s.url, &layout.load(LOAD), &extra)
+}
+
 fn config_text(layout: Layout, url: &str, archive: &Path, extra: &str) -> String {
     format!(
         "[[keys]]\nid = \"k\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n[kafka]\nbrokers = \"127.0.0.1:{}\"\n\
          [postgres]\nurl = \"{url}\"\n[load]\n{}\n[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\n{extra}",
         free_port(),
-        layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
+        layout.load(LOAD),
         archive.display()
     )
 }
@@ -298,13 +307,7 @@ fn chronosd_archives_on_its_schedule(layout: Layout) {
     let s = setup(layout);
     insert_day(&s.url, s.today, 6, 200);
     let kafka = Kafka::start(1);
-    let toml = config_toml_with_pg(
-        &kafka,
-        free_port(),
-        &s.url,
-        &layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
-        &format!("[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\nevery_secs = 1\n", s.archive.display()),
-    );
+    let toml = live_config(&s, layout, &kafka, "every_secs = 1");
     let d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
     let until = Instant::now() + Duration::from_secs(60);
@@ -447,13 +450,7 @@ fn session_in_archive(dir: &Path, session: &str) -> (i64, bool) {
 fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     let s = setup(layout);
     let kafka = Kafka::start(1);
-    let toml = config_toml_with_pg(
-        &kafka,
-        free_port(),
-        &s.url,
-        &layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
-        &format!("[retention]\nraw_days = {RAW_DAYS}\narchive = \"{}\"\n", s.archive.display()),
-    );
+    let toml = live_config(&s, layout, &kafka, "");
     let config = s.config.with_file_name("live.toml");
     std::fs::write(&config, &toml).unwrap();
     let d = Chronosd::start(&toml);
