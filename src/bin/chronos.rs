@@ -739,12 +739,9 @@ fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
             ArchiveCmd::Verify => {
                 let records = archive::list(&client).await?;
                 let mut failed = 0;
-                let files = records.iter().filter(|r| !r.manifest.location.is_empty() && r.manifest.location != "off").count();
-                for (i, r) in records.iter().enumerate() {
-                    let m = &r.manifest;
-                    if m.location.is_empty() || m.location == "off" {
-                        continue;
-                    }
+                let with_files: Vec<_> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file()).collect();
+                let files = with_files.len();
+                for (i, m) in with_files.into_iter().enumerate() {
                     match archiver.verify_one(m).await {
                         Ok(()) => println!("ok      {} {} ({} rows)", m.table, m.day, m.rows),
                         Err(e) => {

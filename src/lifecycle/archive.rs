@@ -21,7 +21,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::catalog::EventCatalog;
 use crate::config::{ArchiveTarget, Config};
-use crate::store::schema::{civil_from_days, ident};
+use crate::store::schema::{self, civil_from_days, ident};
 
 use super::target::Target;
 use super::{columns, file};
@@ -280,7 +280,7 @@ impl Archiver {
                     // Cut short after the record (resumed), or restored and expired.
                     let m = &r.manifest;
                     if !r.dropped && m.has_file() {
-                        self.check_object(m).await?;
+                        self.fetch(m, "dropped").await?;
                     }
                     let n = rows_of_day(client, table, day).await?;
                     if n == m.rows {
@@ -291,8 +291,7 @@ impl Archiver {
                         // event, a raised load.max_past_secs): the day is
                         // archived again whole, the archived rows put back first.
                         if r.dropped && m.has_file() {
-                            let target = self.target()?;
-                            let local = target.download(&m.location, &self.spool).await?;
+                            let local = self.fetch(m, "archived again").await?;
                             let table_columns = columns::of_table(client, table).await?;
                             restore_file(client, table, &table_columns, day, local.path()).await?;
                         }
@@ -375,15 +374,21 @@ impl Archiver {
         Ok(m)
     }
 
-    /// The archived object still matches its record (size and checksum).
-    async fn check_object(&self, m: &Manifest) -> Result<()> {
+    /// Downloads a day's file into the spool, checked against its record
+    /// (size and sha256); `not` says what is not done when it differs.
+    pub(crate) async fn fetch(&self, m: &Manifest, not: &str) -> Result<tempfile::NamedTempFile> {
         let target = self.target()?;
         let local = target.download(&m.location, &self.spool).await?;
         let (sha, bytes) = file::sha256_of(local.path())?;
         if sha != m.sha256 || bytes as i64 != m.bytes {
-            anyhow::bail!("{} is {bytes} bytes with sha256 {sha}; its record says {} bytes, {}", target.display(&m.location), m.bytes, m.sha256);
+            anyhow::bail!(
+                "{}: {bytes} bytes with sha256 {sha}, its record says {} bytes, {}; not {not} (run `chronos archive verify`)",
+                target.display(&m.location),
+                m.bytes,
+                m.sha256
+            );
         }
-        Ok(())
+        Ok(local)
     }
 
     /// Re-reads one archived day: the file against its record and its
@@ -424,12 +429,14 @@ impl Archiver {
         let target = self.target()?;
         let found = records(client, table, from, to).await?;
         let mut lines = Vec::new();
+        let not_archived =
+            |from: i64, to: i64| format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(from), day_str(to));
         let mut day = from;
         let table_columns = columns::of_table(client, table).await?;
         for r in &found {
             let d = parse_day(&r.manifest.day).expect("a date from PostgreSQL");
             if d > day {
-                lines.push(format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(day), day_str(d - 1)));
+                lines.push(not_archived(day, d - 1));
             }
             day = d + 1;
             let m = &r.manifest;
@@ -437,11 +444,7 @@ impl Archiver {
                 lines.push(format!("events.{table} {}: {}", m.day, if m.location == "off" { "dropped with archiving off: nothing to restore" } else { "had no rows" }));
                 continue;
             }
-            let local = target.download(&m.location, &self.spool).await?;
-            let (sha, _) = file::sha256_of(local.path())?;
-            if sha != m.sha256 {
-                anyhow::bail!("{}: sha256 {sha}, its record says {}; not restored (run `chronos archive verify`)", target.display(&m.location), m.sha256);
-            }
+            let local = self.fetch(m, "restored").await?;
             let added = restore_file(client, table, &table_columns, d, local.path()).await.with_context(|| format!("restoring {}", target.display(&m.location)))?;
             client
                 .execute(
@@ -452,25 +455,26 @@ impl Archiver {
             lines.push(format!("events.{table} {}: {added} of {} rows restored (the rest were there), kept {} days", m.day, m.rows, self.keep_days));
         }
         if day <= to {
-            lines.push(format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(day), day_str(to)));
+            lines.push(not_archived(day, to));
         }
         Ok(lines)
     }
 }
 
 /// Days before `cutoff` that `table` has: native day partitions (empty ones
-/// too) and days with rows (the default partition, hypertable chunks).
+/// too, by their `schema::day_partition_name`) and days with rows (the default partition,
+/// hypertable chunks).
 async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -> Result<Vec<i64>> {
     let t = format!("events.{}", ident(table));
-    let prefix = format!("{table}_p");
     let mut days: std::collections::BTreeSet<i64> = client
         .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)", &[&t])
         .await?
         .iter()
         .filter_map(|r| {
             let name: String = r.get(0);
-            let ymd = name.strip_prefix(&prefix)?;
-            (ymd.len() == 8).then(|| parse_day(&format!("{}-{}-{}", &ymd[..4], &ymd[4..6], &ymd[6..]))).flatten()
+            let ymd = name.strip_prefix(table)?.strip_prefix("_p").filter(|ymd| ymd.len() == 8 && ymd.bytes().all(|b| b.is_ascii_digit()))?;
+            let day = parse_day(&format!("{}-{}-{}", &ymd[..4], &ymd[4..6], &ymd[6..]))?;
+            (schema::day_partition_name(table, day) == name).then_some(day)
         })
         .filter(|d| *d < cutoff)
         .collect();
@@ -498,8 +502,7 @@ async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> 
     }
     let native = tx.query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&t]).await?.is_some();
     if native {
-        let (y, m, d) = civil_from_days(day);
-        let part = format!("events.{}", ident(&format!("{table}_p{y:04}{m:02}{d:02}")));
+        let part = format!("events.{}", ident(&schema::day_partition_name(table, day)));
         if tx.query_opt("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&part]).await?.is_some() {
             tx.batch_execute(&format!("ALTER TABLE {t} DETACH PARTITION {part}; DROP TABLE {part};")).await?;
         }

@@ -127,11 +127,7 @@ async fn erase_locked(
 /// Returns the rows left out.
 async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, session: &str) -> Result<Option<u64>> {
     let target = archiver.target()?;
-    let local = target.download(&m.location, &archiver.spool).await?;
-    let (sha, _) = file::sha256_of(local.path())?;
-    if sha != m.sha256 {
-        anyhow::bail!("sha256 {sha}, its record says {}; not rewritten (run `chronos archive verify`)", m.sha256);
-    }
+    let local = archiver.fetch(m, "rewritten").await?;
     let out = tempfile::Builder::new().prefix("chronos-erase-").suffix(".parquet").tempfile_in(&archiver.spool)?;
     let Some((s, removed)) = file::rewrite_without(local.path(), out.path(), "session_id", session)? else {
         return Ok(None);

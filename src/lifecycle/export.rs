@@ -4,7 +4,7 @@
 //! whatever the range.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
@@ -162,19 +162,20 @@ async fn from_postgres(client: &Client, table: &str, day: i64, header: &[Column]
         ident(table),
         day_range(day)
     );
+    let rows = client.query_raw(sql.as_str(), std::iter::empty::<&(dyn ToSql + Sync)>()).await?;
     match lines {
         None => {
-            // Counted before the stream starts: a query sent while one streams waits for it.
-            if archive::rows_of_day(client, table, day).await? == 0 {
-                return Ok(0);
-            }
-            let rows = client.query_raw(sql.as_str(), std::iter::empty::<&(dyn ToSql + Sync)>()).await?;
+            // A day without rows gets no file.
             let path = parquet_path(spec, table, &day_str(day))?;
             let meta = vec![("chronos.table".to_string(), table.to_string()), ("chronos.day".to_string(), day_str(day))];
-            Ok(file::write(&path, header, meta, rows).await?.rows as u64)
+            let written = file::write(&path, header, meta, rows).await?.rows;
+            if written == 0 {
+                std::fs::remove_file(&path)?;
+                let _ = std::fs::remove_dir(path.parent().expect("DIR/<table>")); // only when empty
+            }
+            Ok(written as u64)
         }
         Some(lines) => {
-            let rows = client.query_raw(sql.as_str(), std::iter::empty::<&(dyn ToSql + Sync)>()).await?;
             futures_util::pin_mut!(rows);
             let mut n = 0;
             while let Some(row) = rows.try_next().await? {
@@ -195,15 +196,11 @@ async fn from_archive(
     spec: &Spec,
     lines: Option<&mut Lines>,
 ) -> Result<u64> {
-    let target = archiver.target()?;
-    let local = target.download(&m.location, &archiver.spool).await?;
-    let (sha, _) = file::sha256_of(local.path())?;
-    if sha != m.sha256 {
-        anyhow::bail!("{}: sha256 {sha}, its record says {}; not exported (run `chronos archive verify`)", target.display(&m.location), m.sha256);
-    }
+    let local = archiver.fetch(m, "exported").await?;
     match lines {
         None => {
-            copy_verified(local.path(), &parquet_path(spec, table, &m.day)?)?;
+            let to = parquet_path(spec, table, &m.day)?;
+            std::fs::copy(local.path(), &to).with_context(|| format!("writing {}", to.display()))?;
             Ok(m.rows as u64)
         }
         Some(lines) => {
@@ -218,9 +215,4 @@ async fn from_archive(
             Ok(n)
         }
     }
-}
-
-fn copy_verified(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).with_context(|| format!("writing {}", to.display()))?;
-    Ok(())
 }

@@ -125,26 +125,16 @@ pub async fn write(
     rows: impl futures_util::Stream<Item = Result<Row, tokio_postgres::Error>>,
 ) -> Result<Summary> {
     let schema = Arc::new(columns::arrow_schema(columns));
-    let time = columns.iter().position(|c| c.name == "time");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
-        .set_key_value_metadata(Some(metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect()))
-        .build();
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let kv = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+    let mut writer = create(path, schema.clone(), Some(kv))?;
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.kind)).collect();
-    let (mut written, mut min_time, mut max_time) = (0i64, None::<i64>, None::<i64>);
+    let mut written = 0i64;
     futures_util::pin_mut!(rows);
     loop {
         let row = rows.try_next().await?;
         if let Some(row) = &row {
             for (i, b) in builders.iter_mut().enumerate() {
                 b.push(row, i)?;
-            }
-            if let Some(t) = time.and_then(|i| row.get::<_, Option<i64>>(i)) {
-                min_time = Some(min_time.map_or(t, |m| m.min(t)));
-                max_time = Some(max_time.map_or(t, |m| m.max(t)));
             }
             written += 1;
         }
@@ -157,25 +147,48 @@ pub async fn write(
             break;
         }
     }
-    let file = writer.into_inner()?;
-    file.sync_all()?;
-    drop(file);
+    seal(writer, path, written)
+}
+
+/// A Parquet writer at `path`: zstd, bounded row groups, `kv` metadata.
+fn create(path: &Path, schema: arrow_schema::SchemaRef, kv: Option<Vec<KeyValue>>) -> Result<ArrowWriter<File>> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_key_value_metadata(kv)
+        .build();
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(ArrowWriter::try_new(file, schema, Some(props))?)
+}
+
+/// Closes a writer, fsyncs its file and reads it back: `written` rows must be there.
+fn seal(writer: ArrowWriter<File>, path: &Path, written: i64) -> Result<Summary> {
+    writer.into_inner()?.sync_all()?;
     let back = summarize(path)?;
     if back.rows != written {
-        anyhow::bail!("{}: {} rows written but {} read back", path.display(), written, back.rows);
+        anyhow::bail!("{}: {written} rows written but {} read back", path.display(), back.rows);
     }
-    Ok(Summary { min_time, max_time, ..back })
+    Ok(back)
 }
 
 /// Reads a file through: its checksum and size, and its rows decoded (every
-/// row group, every column: a damaged page fails here). No time range.
+/// row group, every column: a damaged page fails here), with their time range.
 pub fn summarize(path: &Path) -> Result<Summary> {
     let (sha256, bytes) = sha256_of(path)?;
-    let mut rows = 0i64;
-    for batch in reader(path)?.1 {
-        rows += batch?.num_rows() as i64;
+    let (columns, batches) = reader(path)?;
+    let time = columns.iter().position(|c| c.name == "time" && c.kind == Kind::Timestamp);
+    let (mut rows, mut min_time, mut max_time) = (0i64, None::<i64>, None::<i64>);
+    for batch in batches {
+        let batch = batch?;
+        rows += batch.num_rows() as i64;
+        if let Some(t) = time {
+            for v in batch.column(t).as_primitive::<TimestampMicrosecondType>().iter().flatten() {
+                min_time = Some(min_time.map_or(v, |m: i64| m.min(v)));
+                max_time = Some(max_time.map_or(v, |m: i64| m.max(v)));
+            }
+        }
     }
-    Ok(Summary { rows, min_time: None, max_time: None, bytes, sha256 })
+    Ok(Summary { rows, min_time, max_time, bytes, sha256 })
 }
 
 /// The checksum (hex) and size of a file.
@@ -332,40 +345,21 @@ pub fn rewrite_without(from: &Path, to: &Path, column: &str, value: &str) -> Res
     let schema = builder.schema().clone();
     let kv = builder.metadata().file_metadata().key_value_metadata().cloned();
     let idx = schema.index_of(column).with_context(|| format!("{} has no column {column}", from.display()))?;
-    let time = schema.index_of("time").ok();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
-        .set_key_value_metadata(kv)
-        .build();
-    let mut writer = ArrowWriter::try_new(File::create(to).with_context(|| format!("creating {}", to.display()))?, schema, Some(props))?;
-    let (mut removed, mut kept, mut min_time, mut max_time) = (0u64, 0i64, None::<i64>, None::<i64>);
+    let mut writer = create(to, schema, kv)?;
+    let (mut removed, mut kept) = (0u64, 0i64);
     for batch in builder.with_batch_size(BATCH_ROWS).build()? {
         let batch = batch?;
         let col = batch.column(idx).as_string::<i32>();
         let keep: arrow_array::BooleanArray = (0..batch.num_rows()).map(|r| Some(col.is_null(r) || col.value(r) != value)).collect();
         removed += keep.false_count() as u64;
         let batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
-        if let Some(t) = time {
-            let times = batch.column(t).as_primitive::<TimestampMicrosecondType>();
-            for v in times.iter().flatten() {
-                min_time = Some(min_time.map_or(v, |m| m.min(v)));
-                max_time = Some(max_time.map_or(v, |m| m.max(v)));
-            }
-        }
         kept += batch.num_rows() as i64;
         writer.write(&batch)?;
     }
-    let out = writer.into_inner()?;
-    out.sync_all()?;
-    drop(out);
     if removed == 0 {
+        drop(writer);
         std::fs::remove_file(to)?;
         return Ok(None);
     }
-    let back = summarize(to)?;
-    if back.rows != kept {
-        anyhow::bail!("{}: {kept} rows written but {} read back", to.display(), back.rows);
-    }
-    Ok(Some((Summary { min_time, max_time, ..back }, removed)))
+    Ok(Some((seal(writer, to, kept)?, removed)))
 }

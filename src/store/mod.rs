@@ -8,7 +8,7 @@ pub mod tls;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::catalog::EventCatalog;
 
@@ -16,25 +16,15 @@ use crate::catalog::EventCatalog;
 /// URL's `sslmode` and `sslrootcert` say (`tls`).
 pub async fn connect(url: &str) -> Result<Client> {
     let target = tls::parse(url)?;
-    let client = if target.mode == tls::SslMode::Disable {
-        let (client, conn) = target.config.connect(NoTls).await.map_err(|e| tls::explain(&e, url, target.mode))?;
-        drive(conn);
-        client
-    } else {
-        let connector = tls::connector(target.mode, target.root_cert.as_deref())?;
-        let (client, conn) = target.config.connect(connector).await.map_err(|e| tls::explain(&e, url, target.mode))?;
-        drive(conn);
-        client
-    };
-    Ok(client)
-}
-
-fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(conn: F) {
+    // With sslmode=disable tokio-postgres never uses the connector.
+    let connector = tls::connector(target.mode, target.root_cert.as_deref())?;
+    let (client, conn) = target.config.connect(connector).await.map_err(|e| tls::explain(&e, url, target.mode))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed.");
         }
     });
+    Ok(client)
 }
 
 /// The URL without its password, for messages.
@@ -113,14 +103,11 @@ async fn layout(
     let hypertable = schema::Layout::Hypertable {
         chunk_hours: load.chunk_interval_hours,
     };
-    let existing: Option<bool> = client
-        .query_opt(
-            "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition LIMIT 1",
-            &[],
-        )
-        .await?
-        .map(|r| r.get(0));
+    // Some(true): native partitions, Some(false): plain tables (hypertables).
+    let existing = match event_tables(client).await? {
+        (0, 0) => None,
+        (native, _) => Some(native > 0),
+    };
     let available = client
         .query_opt(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
@@ -156,10 +143,9 @@ async fn layout(
     }, None))
 }
 
-/// The event tables' layout in words, for `chronos status`: hypertables
-/// (TimescaleDB's version, chunk width, chunk count) or native daily partitions.
-pub async fn layout_summary(client: &Client) -> Result<String> {
-    let kinds = client
+/// The event tables in schema `events`: (partitioned, plain), partitions not counted.
+async fn event_tables(client: &impl tokio_postgres::GenericClient) -> Result<(i64, i64)> {
+    let r = client
         .query_one(
             "SELECT count(*) FILTER (WHERE c.relkind = 'p'), count(*) FILTER (WHERE c.relkind = 'r')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -167,7 +153,13 @@ pub async fn layout_summary(client: &Client) -> Result<String> {
             &[],
         )
         .await?;
-    let (native, plain): (i64, i64) = (kinds.get(0), kinds.get(1));
+    Ok((r.get(0), r.get(1)))
+}
+
+/// The event tables' layout in words, for `chronos status`: hypertables
+/// (TimescaleDB's version, chunk width, chunk count) or native daily partitions.
+pub async fn layout_summary(client: &Client) -> Result<String> {
+    let (native, plain) = event_tables(client).await?;
     if native + plain == 0 {
         return Ok("no event tables yet (chronosd creates them)".into());
     }

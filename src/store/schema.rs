@@ -191,12 +191,18 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
 pub fn day_partition_ddl(ty: &EventType, day: i64) -> String {
     let (y, m, d) = civil_from_days(day);
     let (y2, m2, d2) = civil_from_days(day + 1);
-    let name = format!("{}_p{y:04}{m:02}{d:02}", ty.name);
+    let name = day_partition_name(&ty.name, day);
     format!(
         "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
         ident(&name),
         table(ty)
     )
+}
+
+/// The name of `table`'s native partition for `day`: `<table>_pYYYYMMDD`.
+pub fn day_partition_name(table: &str, day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{table}_p{y:04}{m:02}{d:02}")
 }
 
 /// The schema of a catalog without its daily partitions (those depend on the

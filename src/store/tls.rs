@@ -108,6 +108,8 @@ fn take_tls_keys(url: &str) -> Result<(String, SslMode, Option<PathBuf>)> {
 /// without checking, unless `sslrootcert` is given (then like `verify-ca`, as
 /// libpq does). Without `sslrootcert` the system's trusted CAs are used.
 pub fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeTlsConnector> {
+    // libpq ignores sslrootcert without TLS.
+    let root_cert = root_cert.filter(|_| mode != SslMode::Disable);
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     if let Some(p) = root_cert {
         b.set_ca_file(p).with_context(|| format!("postgres.url sslrootcert={}: not a readable PEM certificate file", p.display()))?;
