@@ -11,6 +11,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, EventTypeConfig};
+use crate::secret::Secret;
 
 /// Environment variables with the `CHRONOS_` prefix that are not config keys.
 const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "broker_log", "failpoint"];
@@ -245,7 +246,11 @@ pub struct WriteKeyConfig {
     /// Short public name of the key, recorded with every batch (never the secret).
     pub id: String,
     /// The key itself (at least 16 characters).
+    #[serde(default)]
     pub key: String,
+    /// A file holding the key instead (systemd `LoadCredential=`, Docker secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Allowed page origins: `example.com`, `*.example.com`, `https://example.com:8443`.
     #[serde(default)]
     pub origins: Vec<String>,
@@ -302,8 +307,98 @@ pub struct KafkaConfig {
     pub request_timeout_ms: u32,
     /// `statistics.interval.ms` (librdkafka statistics exported at /metrics).
     pub statistics_interval_ms: u32,
-    /// Any other librdkafka setting, passed as is (security.protocol, sasl.*, …).
+    /// `security.protocol`: `plaintext` (default), `ssl`, `sasl_plaintext` or
+    /// `sasl_ssl`; the same for the producer, the loaders' consumer, the admin
+    /// client and the CLI (docs/operations.md, managed Kafka).
+    pub security_protocol: SecurityProtocol,
+    /// `sasl.mechanism` with a `sasl_*` protocol: `PLAIN`, `SCRAM-SHA-256` or
+    /// `SCRAM-SHA-512`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// `sasl.username`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_username: Option<String>,
+    /// `sasl.password`, best from the environment (`CHRONOS_KAFKA__SASL_PASSWORD`)
+    /// or `sasl_password_file`; never shown.
+    #[serde(skip_serializing)]
+    pub sasl_password: Option<Secret>,
+    /// A file holding `sasl_password` (systemd `LoadCredential=`, Docker secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_password_file: Option<PathBuf>,
+    /// `ssl.ca.location`: PEM file of the CA(s) that signed the brokers'
+    /// certificates; unset, the system's CAs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_ca: Option<PathBuf>,
+    /// `ssl.certificate.location`: client certificate (PEM) for brokers that
+    /// require mutual TLS; with `ssl_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_cert: Option<PathBuf>,
+    /// `ssl.key.location`: the client certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_key: Option<PathBuf>,
+    /// `ssl.key.password` of an encrypted `ssl_key`; never shown.
+    #[serde(skip_serializing)]
+    pub ssl_key_password: Option<Secret>,
+    /// A file holding `ssl_key_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_key_password_file: Option<PathBuf>,
+    /// Check that a broker's certificate names the host it was reached at
+    /// (`ssl.endpoint.identification.algorithm = https`). Keep it on.
+    pub ssl_verify_hostname: bool,
+    /// Any other librdkafka setting, passed as is (e.g. `ssl.cipher.suites`).
     pub extra: BTreeMap<String, String>,
+}
+
+/// How chronos reaches the Kafka brokers (`security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// librdkafka's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// SASL mechanisms librdkafka has built in (GSSAPI/Kerberos is not built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -326,12 +421,71 @@ impl Default for KafkaConfig {
             message_timeout_ms: 5_000,
             request_timeout_ms: 4_000,
             statistics_interval_ms: 1_000,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
+            ssl_ca: None,
+            ssl_cert: None,
+            ssl_key: None,
+            ssl_key_password: None,
+            ssl_key_password_file: None,
+            ssl_verify_hostname: true,
             extra: BTreeMap::new(),
         }
     }
 }
 
 impl KafkaConfig {
+    /// What is wrong with the security settings, each naming its key: SASL
+    /// settings without a SASL protocol (and the reverse), TLS files without
+    /// TLS, files that cannot be read.
+    fn security_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let p = self.security_protocol;
+        let name = p.as_str();
+        if p.sasl() {
+            if self.sasl_mechanism.is_none() {
+                errors.push(format!("kafka.sasl_mechanism: kafka.security_protocol = \"{name}\" needs one (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"));
+            }
+            if self.sasl_username.as_deref().unwrap_or("").is_empty() {
+                errors.push(format!("kafka.sasl_username: kafka.security_protocol = \"{name}\" needs one"));
+            }
+            if self.sasl_password.is_none() {
+                errors.push(format!(
+                    "kafka.sasl_password_file: kafka.security_protocol = \"{name}\" needs a password (kafka.sasl_password_file, or CHRONOS_KAFKA__SASL_PASSWORD)"
+                ));
+            }
+        } else {
+            let set = [
+                ("kafka.sasl_mechanism", self.sasl_mechanism.is_some()),
+                ("kafka.sasl_username", self.sasl_username.is_some()),
+                ("kafka.sasl_password", self.sasl_password.is_some() && self.sasl_password_file.is_none()),
+                ("kafka.sasl_password_file", self.sasl_password_file.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, set)| *set) {
+                errors.push(format!("{key}: set, but kafka.security_protocol = \"{name}\" uses no SASL (sasl_plaintext or sasl_ssl does)"));
+            }
+        }
+        let files = [("kafka.ssl_ca", &self.ssl_ca), ("kafka.ssl_cert", &self.ssl_cert), ("kafka.ssl_key", &self.ssl_key)];
+        for (key, path) in files {
+            let Some(path) = path else { continue };
+            if !p.tls() {
+                errors.push(format!("{key}: set, but kafka.security_protocol = \"{name}\" uses no TLS (ssl or sasl_ssl does)"));
+            } else if let Err(e) = std::fs::File::open(path) {
+                errors.push(format!("{key}: cannot read {}: {e}", path.display()));
+            }
+        }
+        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
+            errors.push("kafka.ssl_key: kafka.ssl_cert and kafka.ssl_key go together (a client certificate and its key)".into());
+        }
+        if self.ssl_key_password.is_some() && self.ssl_key.is_none() {
+            errors.push("kafka.ssl_key_password: set without kafka.ssl_key".into());
+        }
+        errors
+    }
+
     /// `min.insync.replicas` for the topics chronos creates.
     pub fn topic_min_insync_replicas(&self) -> i32 {
         self.min_insync_replicas.unwrap_or(self.replication - 1).max(1)
@@ -361,11 +515,8 @@ impl PostgresConfig {
     /// Puts the password of `password_file` into the URL (kept in memory only).
     fn resolve_password(&mut self) -> Result<(), String> {
         let Some(path) = &self.password_file else { return Ok(()) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("postgres.password_file: cannot read {}: {e}", path.display()))?;
-        let password = text.trim_end_matches(['\n', '\r']);
-        if password.is_empty() {
-            return Err(format!("postgres.password_file: {} is empty", path.display()));
-        }
+        let password = crate::secret::read_file("postgres.password_file", path)?;
+        let password = password.expose();
         if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
             let mut u = url::Url::parse(&self.url).map_err(|e| format!("postgres.url: not a URL: {e}"))?;
             if u.password().is_some() {
@@ -509,7 +660,7 @@ impl Config {
         let mut config: Config = fig.merge(env).extract().map_err(|e| {
             ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n"))
         })?;
-        config.postgres.resolve_password().map_err(|e| ConfigError::Invalid(vec![e]))?;
+        config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
     }
@@ -520,9 +671,34 @@ impl Config {
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n")))?;
-        config.postgres.resolve_password().map_err(|e| ConfigError::Invalid(vec![e]))?;
+        config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads every `…_file` secret into its setting (kept in memory only).
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        errors.extend(self.postgres.resolve_password().err());
+        let k = &mut self.kafka;
+        errors.extend(crate::secret::resolve("kafka.sasl_password", &mut k.sasl_password, k.sasl_password_file.as_deref()).err());
+        errors.extend(crate::secret::resolve("kafka.ssl_key_password", &mut k.ssl_key_password, k.ssl_key_password_file.as_deref()).err());
+        for (i, key) in self.keys.iter_mut().enumerate() {
+            let Some(path) = &key.key_file else { continue };
+            if !key.key.is_empty() {
+                errors.push(format!("keys[{i}].key_file: keys[{i}].key is set too; give one of them"));
+                continue;
+            }
+            match crate::secret::read_file(&format!("keys[{i}].key_file"), path) {
+                Ok(secret) => key.key = secret.expose().to_string(),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 
     /// Checks every value; errors name the key and say why.
@@ -639,8 +815,9 @@ impl Config {
                 k.message_timeout_ms, h.produce_deadline_ms
             ));
         }
+        errors.extend(k.security_errors());
         for key in k.extra.keys() {
-            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) {
+            if MANAGED_KAFKA_KEYS.contains(&key.as_str()) || SECURITY_KAFKA_KEYS.contains(&key.as_str()) {
                 errors.push(format!("kafka.extra.\"{key}\": set by chronosd itself; use the typed kafka.* key"));
             }
         }
@@ -679,6 +856,21 @@ impl Config {
         }
     }
 }
+
+/// librdkafka security keys chronosd sets from the typed `kafka.security_protocol`,
+/// `kafka.sasl_*` and `kafka.ssl_*` settings.
+const SECURITY_KAFKA_KEYS: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+];
 
 /// librdkafka keys chronosd sets from typed fields (or must own for its guarantees).
 const MANAGED_KAFKA_KEYS: &[&str] = &[

@@ -7,6 +7,7 @@
 //! The modules follow the data's path:
 //!
 //! - [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot.
+//! - [`secret`]: secret settings (`Secret` never prints; `…_file` settings read at load).
 //! - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
 //! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in PostgreSQL), limits,
 //!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
@@ -28,6 +29,7 @@
 pub mod lifecycle;
 pub mod catalog;
 pub mod config;
+pub mod secret;
 pub mod http;
 pub mod payload;
 pub mod produce;
@@ -56,10 +58,29 @@ use crate::produce::sink::Flush;
 use crate::produce::{create_producer, KafkaSink, ProducerHealth, Sink};
 use crate::telemetry::Metrics;
 
+/// With TLS or SASL to Kafka, one connection at start: a refused handshake or
+/// login stops chronosd with the setting named; no answer is only a warning.
+async fn check_kafka_security(config: &Config) -> anyhow::Result<()> {
+    use crate::produce::admin::{check_security, SecurityCheck};
+    let kafka = config.kafka.clone();
+    if kafka.security_protocol == crate::config::SecurityProtocol::Plaintext {
+        return Ok(());
+    }
+    let protocol = kafka.security_protocol.as_str();
+    let brokers = kafka.brokers.clone();
+    match actix_web::rt::task::spawn_blocking(move || check_security(&kafka, Duration::from_secs(10))).await? {
+        SecurityCheck::Accepted => tracing::info!(%brokers, protocol, "Kafka accepted the connection."),
+        SecurityCheck::Refused(why) => anyhow::bail!(why),
+        SecurityCheck::Unreachable(why) => tracing::warn!("{why}; starting anyway (batches get 503 until a broker answers)."),
+    }
+    Ok(())
+}
+
 /// Runs chronosd on `listener` until `shutdown` resolves, then drains: stop
 /// accepting, finish in-flight requests, flush the producer. Must run inside an
 /// actix `System`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
+    check_kafka_security(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let loaders = if config.load.enabled { Some(start_loaders(&config, metrics.clone()).await?) } else { None };
     let health = Arc::new(ProducerHealth::default());

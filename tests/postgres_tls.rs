@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,30 +20,14 @@ struct TlsPg {
     other_ca: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (apt install openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA, a server certificate it signs for `localhost` only, and a second CA.
-fn certificates(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=chronos test CA"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA"]);
-}
-
 /// PostgreSQL with TLS on and plain TCP refused.
 fn tls_postgres() -> TlsPg {
     let dir = temp_dir();
     let mut server = PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    certificates(&certs);
+    let certs = common::certs::make(&dir.path().join("certs"));
     let data = server.spec.data_dir.clone();
-    for f in ["server.crt", "server.key"] {
-        std::fs::copy(certs.join(f), data.join(f)).unwrap();
+    for (from, f) in [(&certs.server_crt, "server.crt"), (&certs.server_key, "server.key")] {
+        std::fs::copy(from, data.join(f)).unwrap();
         let owner = std::fs::metadata(data.join("PG_VERSION")).unwrap();
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         std::os::unix::fs::chown(data.join(f), Some(owner.uid()), Some(owner.gid())).unwrap();
@@ -54,7 +38,7 @@ fn tls_postgres() -> TlsPg {
     std::fs::write(data.join("postgresql.conf"), conf).unwrap();
     std::fs::write(data.join("pg_hba.conf"), "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n").unwrap();
     server.restart().expect("restart PostgreSQL with TLS");
-    TlsPg { server, ca: certs.join("ca.crt"), other_ca: certs.join("other.crt"), dir }
+    TlsPg { server, ca: certs.ca, other_ca: certs.other_ca, dir }
 }
 
 /// `chronos://…` URL of the server with `host` and a query.

@@ -131,6 +131,33 @@ fn unit_passes_systemd_analyze_verify() {
     // It prints unknown keys and bad values as warnings and still exits 0.
     let own: Vec<&str> = stderr.lines().filter(|l| l.contains("chronosd.service")).collect();
     assert!(out.status.success() && own.is_empty(), "systemd-analyze verify {UNIT}:\n{stderr}");
+
+    // With the credentials drop-in's lines in its [Service] section.
+    let dropin = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CREDENTIALS)).unwrap();
+    let lines: Vec<&str> = dropin.lines().filter(|l| l.starts_with("LoadCredential=")).collect();
+    assert!(!lines.is_empty(), "{CREDENTIALS} has no LoadCredential= line");
+    let with = std::fs::read_to_string(&local).unwrap().replace("[Service]\n", &format!("[Service]\n{}\n", lines.join("\n")));
+    std::fs::write(&local, with).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&local).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let own: Vec<&str> = stderr.lines().filter(|l| l.contains("chronosd.service")).collect();
+    assert!(out.status.success() && own.is_empty(), "systemd-analyze verify with {CREDENTIALS}:\n{stderr}");
+}
+
+/// The drop-in that gives chronosd its secrets as systemd credentials.
+const CREDENTIALS: &str = "docs/systemd/credentials.conf";
+
+#[test]
+fn each_credential_of_the_drop_in_is_a_secret_file_setting_of_the_example_config() {
+    let dropin = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CREDENTIALS)).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/chronos.example.toml")).unwrap();
+    let ids: Vec<&str> = dropin.lines().filter_map(|l| l.strip_prefix("LoadCredential=")?.split(':').next()).collect();
+    assert_eq!(ids, ["kafka-password", "pg-password"]);
+    for id in ids {
+        let path = format!("/run/credentials/chronosd.service/{id}\"");
+        let setting = example.lines().find(|l| l.contains(&path)).unwrap_or_else(|| panic!("chronos.example.toml does not use the credential {id}"));
+        assert!(setting.trim_start_matches("# ").split(" = ").next().unwrap().ends_with("_file"), "{setting}");
+    }
 }
 
 #[test]

@@ -265,6 +265,7 @@ mod tests {
             KeyRing::from_config(&[WriteKeyConfig {
                 id: "a".into(),
                 key: "0123456789abcdef".into(),
+                key_file: None,
                 origins: vec!["example.com".into()],
                 allow_no_origin: allow,
             }])

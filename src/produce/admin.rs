@@ -59,3 +59,221 @@ pub async fn retention_ms(c: &KafkaConfig, topic: &str, timeout: Duration) -> Re
     let ms: i64 = value.parse().map_err(|_| format!("topic {topic}: retention.ms = {value} is not a number"))?;
     Ok((ms >= 0).then_some(ms))
 }
+
+/// What [`check_security`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityCheck {
+    /// A broker answered over the configured protocol (and login).
+    Accepted,
+    /// A broker answered but refused the TLS handshake or the login: the
+    /// message names the setting to change. chronosd does not start.
+    Refused(String),
+    /// No broker answered in time (down, or not reachable yet): chronosd starts
+    /// anyway, as it does with plaintext, and answers 503 until one does.
+    Unreachable(String),
+}
+
+/// Connects once with the configured `security.protocol`, TLS and SASL
+/// settings and asks for metadata, so that a wrong password, an untrusted
+/// certificate or the wrong protocol stop chronosd at start with the setting
+/// named, instead of 503s and retries in the log. Blocking (run it off the
+/// async runtime).
+pub fn check_security(c: &KafkaConfig, timeout: Duration) -> SecurityCheck {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let mut cc = super::kafka::base_client_config(c);
+    cc.set("log_level", "6");
+    // A producer: its poll serves the main queue, where librdkafka puts its
+    // log lines and errors (the `FAIL` of a refused connection).
+    let probe: BaseProducer<ProbeContext> = match cc.create_with_context(ProbeContext::default()) {
+        Ok(probe) => probe,
+        Err(e) => return SecurityCheck::Refused(explain_client_error(c, &e.to_string())),
+    };
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if probe.client().fetch_metadata(None, Duration::from_millis(300)).is_ok() {
+            return SecurityCheck::Accepted;
+        }
+        probe.poll(Duration::from_millis(200));
+        if let Some(reason) = probe.context().refusal() {
+            if reason.contains("certificate verify failed") && c.ssl_verify_hostname && tls_trusted_without_hostname(c) {
+                let hint = "a broker's certificate does not name the host it was reached at";
+                return SecurityCheck::Refused(explain_client_error(c, &format!("{reason} ({hint}: hostname mismatch)")));
+            }
+            return SecurityCheck::Refused(explain_client_error(c, &reason));
+        }
+        if std::time::Instant::now() >= until {
+            let last = probe.context().last().unwrap_or_else(|| "no answer".into());
+            if accepts_tcp(c) {
+                // The port is open, yet no metadata came back in all this
+                // time: the listener closes the connection during the
+                // handshake (e.g. TLS only against a SASL_SSL listener).
+                let why = format!("the brokers accept TCP connections but close them before answering ({last})");
+                return SecurityCheck::Refused(explain_client_error(c, &why));
+            }
+            return SecurityCheck::Unreachable(format!("no Kafka broker at {} answered within {timeout:?} ({last})", c.brokers));
+        }
+    }
+}
+
+/// Whether the first broker's port accepts a TCP connection.
+fn accepts_tcp(c: &KafkaConfig) -> bool {
+    let first = c.brokers.split(',').next().map(str::trim).unwrap_or_default();
+    std::net::ToSocketAddrs::to_socket_addrs(first)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|sock| std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).is_ok())
+}
+
+/// Whether the first broker's certificate chain is trusted when its host name
+/// is not checked: OpenSSL reports both a foreign CA and a wrong name as
+/// "certificate verify failed", and the fix differs.
+fn tls_trusted_without_hostname(c: &KafkaConfig) -> bool {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let Some(addr) = c.brokers.split(',').next().map(str::trim) else { return false };
+    let Some((host, _)) = addr.rsplit_once(':') else { return false };
+    let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else { return false };
+    builder.set_verify(SslVerifyMode::PEER);
+    let loaded = match &c.ssl_ca {
+        Some(ca) => builder.set_ca_file(ca),
+        None => builder.set_default_verify_paths(),
+    };
+    if loaded.is_err() {
+        return false;
+    }
+    let connector = builder.build();
+    let Ok(config) = connector.configure() else { return false };
+    let config = config.verify_hostname(false).use_server_name_indication(false);
+    let Some(sock) = std::net::ToSocketAddrs::to_socket_addrs(addr).ok().and_then(|mut a| a.next()) else { return false };
+    let Ok(stream) = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    config.connect(host, stream).is_ok()
+}
+
+/// The setting to change for librdkafka's account of a refused connection.
+fn explain_client_error(c: &KafkaConfig, reason: &str) -> String {
+    let protocol = c.security_protocol.as_str();
+    let lower = reason.to_ascii_lowercase();
+    let hint = if lower.contains("sasl authentication") || lower.contains("invalid credentials") || lower.contains("authentication failed") {
+        format!(
+            "the brokers refused the SASL login of kafka.sasl_username = \"{}\" with kafka.sasl_mechanism = \"{}\": check kafka.sasl_password_file (or CHRONOS_KAFKA__SASL_PASSWORD) and kafka.sasl_mechanism",
+            c.sasl_username.as_deref().unwrap_or(""),
+            c.sasl_mechanism.map(|m| m.as_str()).unwrap_or("")
+        )
+    } else if lower.contains("plaintext broker listener")
+        || lower.contains("wrong version number")
+        || lower.contains("security.protocol")
+        || lower.contains("close them before answering")
+    {
+        format!("kafka.security_protocol = \"{protocol}\" is not what the brokers' listener at {} speaks: check kafka.security_protocol and kafka.brokers", c.brokers)
+    } else if lower.contains("hostname mismatch") || lower.contains("does not match") {
+        "a broker's certificate does not name the host it was reached at: use the name it was issued for in kafka.brokers (or, knowing the risk, kafka.ssl_verify_hostname = false)".to_string()
+    } else if lower.contains("certificate verify failed") || lower.contains("could not be verified") {
+        "the brokers' certificate is not signed by a trusted CA: set kafka.ssl_ca to the PEM file of the CA that signed it".to_string()
+    } else if lower.contains("ssl") {
+        "TLS to the brokers failed: check kafka.ssl_ca, kafka.ssl_cert and kafka.ssl_key".to_string()
+    } else if lower.contains("sasl") || lower.contains("mechanism") {
+        format!("the brokers refused SASL: check kafka.sasl_mechanism and kafka.security_protocol (\"{protocol}\")")
+    } else {
+        format!("check kafka.security_protocol (\"{protocol}\") and kafka.brokers")
+    };
+    format!("Kafka at {}: {hint} (librdkafka: {reason})", c.brokers)
+}
+
+/// Keeps librdkafka's errors for [`check_security`]: the first that means
+/// "refused" (TLS, SASL, wrong protocol), and the last of any kind.
+#[derive(Default)]
+struct ProbeContext {
+    refused: std::sync::Mutex<Option<String>>,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl ProbeContext {
+    fn refusal(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+impl rdkafka::client::ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let refused = matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL));
+        self.note(refused, reason);
+    }
+
+    /// librdkafka logs a failed connection (`FAIL`, at error level) from its
+    /// broker thread at once; the error event waits for a poll.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        tracing::debug!(target: "librdkafka", ?level, fac, "{message}");
+        if matches!(level, Emerg | Alert | Critical | Error) || message.contains("security.protocol") {
+            self.note(false, message);
+        }
+    }
+}
+
+impl ProbeContext {
+    fn note(&self, refused: bool, reason: &str) {
+        let refused = refused
+            || reason.contains("SASL")
+            || reason.contains("SSL handshake failed")
+            || reason.contains("security.protocol")
+            || reason.contains("PLAINTEXT broker listener");
+        if refused {
+            self.refused.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| reason.to_string());
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SaslMechanism, SecurityProtocol};
+
+    fn sasl() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "kafka.example:9094".into(),
+            security_protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(SaslMechanism::ScramSha512),
+            sasl_username: Some("chronos".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_the_setting_to_change() {
+        let c = sasl();
+        let cases = [
+            ("SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512", "check kafka.sasl_password_file"),
+            ("ssl://kafka.example:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured", "set kafka.ssl_ca to the PEM file"),
+            ("SSL handshake failed: error:0A00010B:SSL routines::wrong version number: connecting to a PLAINTEXT broker listener?", "check kafka.security_protocol and kafka.brokers"),
+            ("Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?)", "is not what the brokers' listener"),
+            ("SSL handshake failed: certificate verify failed: Hostname mismatch", "kafka.ssl_verify_hostname = false"),
+        ];
+        for (reason, hint) in cases {
+            let text = explain_client_error(&c, reason);
+            assert!(text.starts_with("Kafka at kafka.example:9094: "), "{text}");
+            assert!(text.contains(hint), "{reason} → {text}");
+            assert!(text.ends_with(&format!("(librdkafka: {reason})")), "{text}");
+        }
+        assert!(explain_client_error(&c, "SASL authentication error").contains("kafka.sasl_username = \"chronos\" with kafka.sasl_mechanism = \"SCRAM-SHA-512\""));
+    }
+
+    #[test]
+    fn no_broker_is_unreachable_not_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = KafkaConfig { brokers: format!("127.0.0.1:{port}"), ..Default::default() };
+        match check_security(&c, Duration::from_millis(1200)) {
+            SecurityCheck::Unreachable(text) => assert!(text.contains(&format!("no Kafka broker at 127.0.0.1:{port} answered")), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

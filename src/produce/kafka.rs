@@ -145,10 +145,44 @@ pub fn base_client_config(c: &KafkaConfig) -> ClientConfig {
     // goes out. Measured against Apache Kafka on loopback (perf/curves/nagle.md):
     // it is the whole p90/p99 of an acknowledgement at light load.
     cc.set("socket.nagle.disable", "true");
+    set_security(&mut cc, c);
     for (k, v) in &c.extra {
         cc.set(k, v);
     }
     cc
+}
+
+/// `security.protocol`, SASL and TLS settings from their typed keys.
+fn set_security(cc: &mut ClientConfig, c: &KafkaConfig) {
+    let p = c.security_protocol;
+    cc.set("security.protocol", p.as_str());
+    if p.sasl() {
+        if let Some(m) = c.sasl_mechanism {
+            cc.set("sasl.mechanism", m.as_str());
+        }
+        if let Some(u) = &c.sasl_username {
+            cc.set("sasl.username", u);
+        }
+        if let Some(pw) = &c.sasl_password {
+            cc.set("sasl.password", pw.expose());
+        }
+    }
+    if p.tls() {
+        let path = |p: &std::path::Path| p.display().to_string();
+        if let Some(ca) = &c.ssl_ca {
+            cc.set("ssl.ca.location", path(ca));
+        }
+        if let Some(cert) = &c.ssl_cert {
+            cc.set("ssl.certificate.location", path(cert));
+        }
+        if let Some(key) = &c.ssl_key {
+            cc.set("ssl.key.location", path(key));
+        }
+        if let Some(pw) = &c.ssl_key_password {
+            cc.set("ssl.key.password", pw.expose());
+        }
+        cc.set("ssl.endpoint.identification.algorithm", if c.ssl_verify_hostname { "https" } else { "none" });
+    }
 }
 
 /// Every librdkafka producer setting chronosd uses, from config.

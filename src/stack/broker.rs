@@ -127,6 +127,8 @@ pub struct KafkaNode {
     pub heap_mb: u32,
     /// Extra `server.properties` lines (tests: faster failure detection).
     pub overrides: Vec<(String, String)>,
+    /// Extra arguments of `kafka-storage format` (e.g. `--add-scram` users).
+    pub format_args: Vec<String>,
 }
 
 impl KafkaNode {
@@ -143,6 +145,7 @@ impl KafkaNode {
             log,
             heap_mb: 512,
             overrides: Vec::new(),
+            format_args: Vec::new(),
         }
     }
 
@@ -215,7 +218,7 @@ impl KafkaNode {
             return Ok(());
         }
         let mut cmd = install.command("kafka.tools.StorageTool", &self.log4j_file(), &["-Xmx256m".into()]);
-        cmd.args(["format", "-t", cluster_id, "-c"]).arg(self.properties_file());
+        cmd.args(["format", "-t", cluster_id, "-c"]).arg(self.properties_file()).args(&self.format_args);
         let mut child = process::spawn(cmd, &self.log, None, Lifetime::Owned)?;
         if !child.wait()?.success() {
             bail!("formatting the Kafka data directory {} failed; see {}", self.data_dir().display(), self.log.display());
@@ -354,6 +357,15 @@ impl KafkaCluster {
         Self::start_nodes(vec![node])
     }
 
+    /// One node on free ports in `dir`, changed by `configure` before it is
+    /// formatted (extra listeners, SCRAM users).
+    pub fn single_with(dir: &Path, configure: impl FnOnce(&mut KafkaNode)) -> Result<KafkaCluster> {
+        let mut node = KafkaNode::single(dir.join("kafka"), process::free_port(), process::free_port(), dir.join("kafka.log"));
+        node.heap_mb = 384;
+        configure(&mut node);
+        Self::start_nodes(vec![node])
+    }
+
     /// Starts `n` nodes in `dir` and waits until every one answers.
     pub fn start_in(dir: &Path, n: usize, overrides: &[(&str, &str)]) -> Result<KafkaCluster> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (process::free_port(), process::free_port())).collect();
@@ -372,6 +384,7 @@ impl KafkaCluster {
                 log: dir.join(format!("kafka-{}.log", i + 1)),
                 heap_mb: 384,
                 overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                format_args: Vec::new(),
             })
             .collect();
         Self::start_nodes(nodes)

@@ -5,6 +5,7 @@
 //! group; a test that stops, kills or stalls Kafka starts its own.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -124,6 +125,14 @@ impl Kafka {
     pub fn start_own(partitions: i32) -> Kafka {
         let dir = temp_dir();
         let server = KafkaCluster::single_in(dir.path()).expect("start Kafka");
+        Self::with_topics(Some(server), String::new(), None, partitions, Some(dir))
+    }
+
+    /// A node of this test's own, changed by `configure` before it starts
+    /// (extra listeners, users); the harness reaches it on its PLAINTEXT listener.
+    pub fn start_own_with(partitions: i32, configure: impl FnOnce(&mut chronos::stack::broker::KafkaNode)) -> Kafka {
+        let dir = temp_dir();
+        let server = KafkaCluster::single_with(dir.path(), configure).expect("start Kafka");
         Self::with_topics(Some(server), String::new(), None, partitions, Some(dir))
     }
 
