@@ -182,6 +182,16 @@ pub struct HttpConfig {
     /// Seconds between reloads of the stored write keys (how long a new or
     /// revoked key takes to count).
     pub keys_refresh_secs: u64,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) and
+    /// `tls_key`, for chronosd exposed without a reverse proxy. Unset: HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between checks of `tls_cert` and `tls_key` for changes; a
+    /// changed pair is used for new connections without a restart.
+    pub tls_reload_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -201,6 +211,9 @@ impl Default for HttpConfig {
             max_reasons: 5,
             keys_from_postgres: false,
             keys_refresh_secs: 5,
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_secs: 10,
         }
     }
 }
@@ -820,6 +833,19 @@ impl Config {
             if MANAGED_KAFKA_KEYS.contains(&key.as_str()) || SECURITY_KAFKA_KEYS.contains(&key.as_str()) {
                 errors.push(format!("kafka.extra.\"{key}\": set by chronosd itself; use the typed kafka.* key"));
             }
+        }
+        match (&h.tls_cert, &h.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::http::tls::load_context(cert, key) {
+                    errors.push(e);
+                }
+                if h.tls_reload_secs == 0 {
+                    errors.push("http.tls_reload_secs: must be greater than 0".into());
+                }
+            }
+            (Some(_), None) => errors.push("http.tls_key: http.tls_cert is set; HTTPS needs its key too".into()),
+            (None, Some(_)) => errors.push("http.tls_cert: http.tls_key is set; HTTPS needs the certificate too".into()),
+            (None, None) => {}
         }
         if self.http.keys_from_postgres && self.http.keys_refresh_secs == 0 {
             errors.push("http.keys_refresh_secs: must be at least 1 with http.keys_from_postgres".into());

@@ -177,11 +177,23 @@ pub async fn serve(
     let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
         .workers(threads(config.http.workers))
         .disable_signals()
-        .shutdown_timeout(config.http.shutdown_grace_secs)
-        .listen(listener)?
-        .run();
+        .shutdown_timeout(config.http.shutdown_grace_secs);
+    let https = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = http::tls::CertStore::open(cert, key).map_err(anyhow::Error::msg)?;
+            certs.watch(Duration::from_secs(config.http.tls_reload_secs), state.metrics.tls_reloads.clone());
+            Some(certs.acceptor().map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let server = match https {
+        Some(acceptor) => server.listen_openssl(listener, acceptor)?,
+        None => server.listen(listener)?,
+    }
+    .run();
     let handle = server.handle();
-    let mut notifier = systemd::Notifier::start(addr);
+    let mut notifier = systemd::Notifier::start(addr, scheme == "https");
     actix_rt::spawn(async move {
         shutdown.await;
         notifier.stopping();
@@ -196,7 +208,7 @@ pub async fn serve(
             limits.forget_idle();
         }
     });
-    tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at http://{addr}/v1/batch.");
+    tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at {scheme}://{addr}/v1/batch.");
     server.await?;
 
     let flush_for = Duration::from_secs(config.http.shutdown_grace_secs.max(1));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::stack::process::http_get;
+use crate::stack::process::{http_get, https_get_unverified};
 
 /// How often readiness is checked before READY=1.
 const READY_POLL: Duration = Duration::from_millis(100);
@@ -29,7 +29,7 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the notifier for the server listening on `listen`, when
     /// `NOTIFY_SOCKET` is set; otherwise a no-op.
-    pub fn start(listen: SocketAddr) -> Notifier {
+    pub fn start(listen: SocketAddr, https: bool) -> Notifier {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return Notifier { stop: None };
         }
@@ -39,7 +39,7 @@ impl Notifier {
         let probe = probe_addr(listen);
         let spawned = std::thread::Builder::new()
             .name("sd-notify".into())
-            .spawn(move || notify_loop(probe, watchdog, &flag));
+            .spawn(move || notify_loop(Probe { addr: probe, https }, watchdog, &flag));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "Cannot start the systemd notifier thread; READY=1 will not be sent.");
         }
@@ -83,11 +83,25 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-fn answers_200(addr: SocketAddr, path: &str) -> bool {
-    matches!(http_get(addr, path, PROBE_TIMEOUT), Ok((200, _)))
+/// chronosd's own port, as a client reaches it.
+#[derive(Clone, Copy)]
+struct Probe {
+    addr: SocketAddr,
+    https: bool,
 }
 
-fn notify_loop(probe: SocketAddr, watchdog: Option<Duration>, stop: &AtomicBool) {
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", if self.https { "https" } else { "http" }, self.addr)
+    }
+}
+
+fn answers_200(probe: Probe, path: &str) -> bool {
+    let answer = if probe.https { https_get_unverified(probe.addr, path, PROBE_TIMEOUT) } else { http_get(probe.addr, path, PROBE_TIMEOUT) };
+    matches!(answer, Ok((200, _)))
+}
+
+fn notify_loop(probe: Probe, watchdog: Option<Duration>, stop: &AtomicBool) {
     let ping_every = watchdog.map(ping_interval);
     let mut last_ping = Instant::now();
     let ping = |last_ping: &mut Instant| {
@@ -102,7 +116,7 @@ fn notify_loop(probe: SocketAddr, watchdog: Option<Duration>, stop: &AtomicBool)
     let mut said_waiting = false;
     while !stop.load(Ordering::Acquire) {
         if answers_200(probe, "/readyz") {
-            let status = format!("Receiving batches at http://{probe}/v1/batch.");
+            let status = format!("Receiving batches at {probe}/v1/batch.");
             send(&[NotifyState::Ready, NotifyState::Status(&status)]);
             tracing::info!(%probe, "Told systemd: READY=1.");
             break;

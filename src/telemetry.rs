@@ -23,6 +23,7 @@ pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
 pub const LOAD_RESTARTS: &str = "chronos_load_restarts_total";
+pub const TLS_RELOADS: &str = "chronos_http_tls_reloads_total";
 pub const LOAD_REWINDS: &str = "chronos_load_rewinds_total";
 pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
 pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
@@ -53,6 +54,7 @@ pub struct Metrics {
     pub load_flush_retries: IntCounter,
     pub load_consumer_lag: IntGaugeVec,
     pub load_restarts: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub load_rewinds: IntCounterVec,
     pub view_groups: IntCounter,
     pub view_seconds: Histogram,
@@ -99,6 +101,10 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec())
             )),
             load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
+            tls_reloads: reg!(IntCounterVec::new(
+                Opts::new(TLS_RELOADS, "Changed HTTPS certificate files loaded (ok) or refused (failed; the previous certificate stays)."),
+                &["result"]
+            )),
             load_restarts: reg!(IntCounterVec::new(
                 Opts::new(LOAD_RESTARTS, "Partition loaders restarted (from the stored offset) after they failed."),
                 &["topic", "partition"]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod limits;
 pub mod receipt;
 pub mod stored_keys;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

@@ -248,12 +248,14 @@ impl Stack {
                     }
                     Service::Chronosd => {
                         let a = self.config.http.listen;
-                        let probe = match process::http_get(a, "/readyz", Duration::from_secs(2)) {
+                        let https = self.config.http.tls_cert.is_some();
+                        let get = if https { process::https_get_unverified } else { process::http_get };
+                        let probe = match get(a, "/readyz", Duration::from_secs(2)) {
                             Ok((200, _)) => Ok("ready".to_string()),
                             Ok((code, body)) => Ok(format!("not ready ({code}): {}", body.trim())),
                             Err(e) => Err(e.to_string()),
                         };
-                        (format!("http://{a}"), probe)
+                        (format!("{}://{a}", if https { "https" } else { "http" }), probe)
                     }
                 };
                 // An external broker is nobody's process here: it is up when it answers.

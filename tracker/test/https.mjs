@@ -1,0 +1,42 @@
+// Loads the test site in headless Chromium with the tracker sending to
+// chronosd's HTTPS listener; run by tests/https.rs, which then checks the rows
+// in PostgreSQL. Chromium trusts the test certificate through its public key
+// only (--ignore-certificate-errors-spki-list), so a certificate other than
+// the one served would fail the request.
+//
+// Env: CHRONOS_JS, OPTIONS (Chronos.init options as JSON), SITE_PORT, SPKI
+// (base64 SHA-256 of the certificate's public key), CHROMIUM.
+// Prints `RESULT {"session": …, "statuses": […]}` on the last line.
+import { chromium } from 'playwright-core';
+import { serveSite } from './serve.mjs';
+
+const options = JSON.parse(process.env.OPTIONS);
+const site = await serveSite({ port: Number(process.env.SITE_PORT), chronosJs: process.env.CHRONOS_JS, options });
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+    `--ignore-certificate-errors-spki-list=${process.env.SPKI}`],
+});
+const fail = async (why) => {
+  console.error(why);
+  await browser.close();
+  site.close();
+  process.exit(1);
+};
+try {
+  const page = await (await browser.newContext()).newPage();
+  const statuses = [];
+  page.on('response', (r) => r.url().startsWith(options.endpoint) && statuses.push(r.status()));
+  page.on('requestfailed', (r) => r.url().startsWith(options.endpoint) && statuses.push(`failed: ${r.failure()?.errorText}`));
+  await page.goto(`http://127.0.0.1:${site.address().port}/`);
+  await page.mouse.click(200, 200);
+  const until = Date.now() + 20000;
+  while (!statuses.length && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+  if (!statuses.length) await fail('no request reached the HTTPS endpoint in 20 s');
+  const session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
+  console.log(`RESULT ${JSON.stringify({ session, statuses })}`);
+} catch (e) {
+  await fail(`browser run failed: ${e.stack || e}`);
+}
+await browser.close();
+site.close();
