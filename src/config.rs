@@ -1045,4 +1045,27 @@ origins = ["example.com", "*.example.org"]
         assert!(err.contains("keys[0].origins[0]"), "{err}");
         assert!(err.contains("keys[0].origins[1]"), "{err}");
     }
+
+    #[test]
+    fn a_write_key_and_the_kafka_password_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, pw) = (dir.path().join("key"), dir.path().join("pw"));
+        std::fs::write(&key, "wk_from_a_file_0123456789\n").unwrap();
+        std::fs::write(&pw, "scram-secret\n").unwrap();
+        let text = format!(
+            "[[keys]]\nid = \"backend\"\nkey_file = \"{}\"\nallow_no_origin = true\n[kafka]\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"\nsasl_password_file = \"{}\"\n",
+            key.display(),
+            pw.display()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.keys[0].key, "wk_from_a_file_0123456789");
+        assert_eq!(c.kafka.sasl_password.as_ref().map(Secret::expose), Some("scram-secret"));
+        assert!(!format!("{c:?}").contains("scram-secret"), "Debug shows the password");
+        let both = text.replace("key_file", "key = \"wk_inline_0123456789abc\"\nkey_file");
+        let err = Config::from_toml(&both).unwrap_err().to_string();
+        assert!(err.contains("keys[0].key_file: keys[0].key is set too; give one of them"), "{err}");
+        let err = Config::from_toml(&text.replace("sasl_plaintext", "ssl")).unwrap_err().to_string();
+        assert!(err.contains("kafka.sasl_mechanism: set, but kafka.security_protocol = \"ssl\" uses no SASL"), "{err}");
+        assert!(!err.contains("scram-secret"), "{err}");
+    }
 }
