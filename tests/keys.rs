@@ -80,6 +80,12 @@ fn rotation_without_restart() {
     assert!(line("site-2025").contains("stored") && line("site-2025").contains("revoked"), "{list}");
     assert!(line("site-2026").contains("active") && line("site-2026").contains("*.blog.example.com"), "{list}");
     assert!(!list.contains(&new) && !list.contains(&old), "list never prints secrets:\n{list}");
+    // PostgreSQL holds each key's SHA-256, never the key.
+    for key in [&old, &new] {
+        assert_eq!(count(&pg.url(), &format!("SELECT count(*) FROM chronos.write_keys w WHERE w::text LIKE '%{key}%'")), 0, "a key stored in clear");
+        let hashed = format!("SELECT count(*) FROM chronos.write_keys WHERE key_sha256 = sha256(convert_to('{key}', 'UTF8'))");
+        assert_eq!(count(&pg.url(), &hashed), 1);
+    }
 
     // Mistakes are refused with what to do.
     let refused = |args: &[&str], says: &str| {
@@ -116,4 +122,28 @@ fn the_quickstart_config_reads_stored_keys() {
     let c = chronos::config::Config::from_toml(&chronos::stack::quickstart_config(dir.path())).expect("valid quickstart config");
     assert!(c.http.keys_from_postgres, "`chronos keys` works with the stack `chronos start` makes");
     assert!(c.http.keys_refresh_secs > 0);
+}
+
+#[test]
+fn keys_stored_in_clear_by_an_older_chronos_are_hashed_in_place_and_keep_working() {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    // The table as chronos made it before keys were hashed, with one key in it.
+    let secret = "wk_older_0123456789abcdef0123";
+    execute_batch(
+        &pg.url(),
+        &format!(
+            "CREATE SCHEMA chronos;
+             CREATE TABLE chronos.write_keys (slot bigserial UNIQUE, id text PRIMARY KEY, key text NOT NULL UNIQUE, origins text[] NOT NULL,
+                 allow_no_origin boolean NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), revoked_at timestamptz);
+             INSERT INTO chronos.write_keys (id, key, origins, allow_no_origin) VALUES ('older', '{secret}', '{{shop.example.com}}', false)"
+        ),
+    );
+    let kafka = Kafka::start(1);
+    let d = Chronosd::start(&keys_toml(&kafka, free_port(), &pg.url()));
+    d.wait_ready(Duration::from_secs(30));
+    assert_eq!(send_with(&client(), &d, secret), 200, "the converted key still works\n{}", d.log_text());
+    let columns = count(&pg.url(), "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'chronos' AND table_name = 'write_keys' AND column_name = 'key'");
+    assert_eq!(columns, 0, "the clear-text column is gone");
+    assert_eq!(count(&pg.url(), &format!("SELECT count(*) FROM chronos.write_keys w WHERE w::text LIKE '%{secret}%'")), 0);
 }

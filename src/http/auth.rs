@@ -108,7 +108,9 @@ impl<'a> Origin<'a> {
 #[derive(Debug, Clone)]
 pub struct WriteKey {
     pub id: String,
-    secret: String,
+    /// SHA-256 of the secret: the ring never holds a secret itself, and
+    /// PostgreSQL stores only this (`chronos.write_keys.key_sha256`).
+    digest: [u8; 32],
     origins: Vec<OriginPattern>,
     allow_no_origin: bool,
     /// Stable per key (the per-key rate limit's bucket): config keys by
@@ -119,15 +121,24 @@ pub struct WriteKey {
 impl WriteKey {
     /// A key with its origin patterns (config and stored keys were checked
     /// before; a pattern that no longer parses is skipped).
-    fn new(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+    fn new(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
         let origins = origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect();
-        WriteKey { id, secret, origins, allow_no_origin, slot }
+        WriteKey { id, digest, origins, allow_no_origin, slot }
     }
 
-    /// A key from `chronos.write_keys`, by its row's slot.
-    pub fn stored(id: String, secret: String, origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
-        WriteKey::new(id, secret, origins, allow_no_origin, STORED_SLOTS + slot)
+    /// A key from `chronos.write_keys` (its secret's SHA-256), by its row's slot.
+    pub fn stored(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+        WriteKey::new(id, digest, origins, allow_no_origin, STORED_SLOTS + slot)
     }
+}
+
+/// SHA-256 of a key's secret. Keys are long and random (`wk_` + 128 random
+/// bits from `chronos keys create`, at least 16 characters in any case), so a
+/// plain digest is what is stored and compared, as for API tokens elsewhere;
+/// a slow password hash would only cost every request.
+pub fn key_digest(secret: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
 /// Slots below this are config keys; stored keys' slots start here.
@@ -170,7 +181,7 @@ impl KeyRing {
         let config = keys
             .iter()
             .enumerate()
-            .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), k.key.clone(), &k.origins, k.allow_no_origin, slot)))
+            .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), key_digest(&k.key), &k.origins, k.allow_no_origin, slot)))
             .collect();
         KeyRing { config, stored: Arc::default() }
     }
@@ -182,7 +193,8 @@ impl KeyRing {
 
     /// The key whose secret is `secret`.
     pub fn find(&self, secret: &str) -> Option<Arc<WriteKey>> {
-        let matches = |k: &&Arc<WriteKey>| constant_time_eq(k.secret.as_bytes(), secret.as_bytes());
+        let digest = key_digest(secret);
+        let matches = |k: &&Arc<WriteKey>| constant_time_eq(&k.digest, &digest);
         match self.config.iter().find(matches) {
             Some(k) => Some(k.clone()),
             None => self.stored.load().iter().find(matches).cloned(),

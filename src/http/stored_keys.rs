@@ -11,23 +11,34 @@ use tokio_postgres::Client;
 
 use super::auth::{KeyRing, OriginPattern, WriteKey};
 
-/// The table (made by the first `chronos keys` command or chronosd start).
+/// The table (made by the first `chronos keys` command or chronosd start). It
+/// holds each key's SHA-256, never the key: `chronos keys create` prints the
+/// key once. A table from before keys were hashed is converted in place.
 pub const DDL: &str = "CREATE SCHEMA IF NOT EXISTS chronos;
 CREATE TABLE IF NOT EXISTS chronos.write_keys (
     slot bigserial UNIQUE,
     id text PRIMARY KEY,
-    key text NOT NULL UNIQUE,
+    key_sha256 bytea NOT NULL UNIQUE,
     origins text[] NOT NULL,
     allow_no_origin boolean NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     revoked_at timestamptz
-);";
+);
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'chronos' AND table_name = 'write_keys' AND column_name = 'key') THEN
+        ALTER TABLE chronos.write_keys ADD COLUMN IF NOT EXISTS key_sha256 bytea UNIQUE;
+        UPDATE chronos.write_keys SET key_sha256 = sha256(convert_to(key, 'UTF8')) WHERE key_sha256 IS NULL;
+        ALTER TABLE chronos.write_keys ALTER COLUMN key_sha256 SET NOT NULL, DROP COLUMN key;
+    END IF;
+END $$;";
 
 /// One row of `chronos.write_keys`.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub id: String,
-    pub key: String,
+    /// SHA-256 of the key.
+    pub digest: [u8; 32],
     pub origins: Vec<String>,
     pub allow_no_origin: bool,
     pub created_at: String,
@@ -67,7 +78,7 @@ pub async fn install(client: &Client) -> Result<()> {
 pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
     let rows = client
         .query(
-            "SELECT id, key, origins, allow_no_origin, created_at::text, revoked_at::text, slot
+            "SELECT id, key_sha256, origins, allow_no_origin, created_at::text, revoked_at::text, slot
              FROM chronos.write_keys ORDER BY slot",
             &[],
         )
@@ -76,7 +87,7 @@ pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
         .iter()
         .map(|r| StoredKey {
             id: r.get(0),
-            key: r.get(1),
+            digest: r.get::<_, Vec<u8>>(1).try_into().unwrap_or([0; 32]),
             origins: r.get(2),
             allow_no_origin: r.get(3),
             created_at: r.get(4),
@@ -94,8 +105,8 @@ pub async fn create(client: &Client, id: &str, key: &str, origins: &[String], al
     }
     let inserted = client
         .execute(
-            "INSERT INTO chronos.write_keys (id, key, origins, allow_no_origin) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            &[&id, &key, &origins, &allow_no_origin],
+            "INSERT INTO chronos.write_keys (id, key_sha256, origins, allow_no_origin) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&id, &super::auth::key_digest(key).as_slice(), &origins, &allow_no_origin],
         )
         .await?;
     if inserted == 0 {
@@ -128,7 +139,7 @@ pub async fn reload(client: &Client, ring: &KeyRing) -> Result<usize> {
         .await?
         .into_iter()
         .filter(|k| k.revoked_at.is_none())
-        .map(|k| WriteKey::stored(k.id, k.key, &k.origins, k.allow_no_origin, k.slot as usize))
+        .map(|k| WriteKey::stored(k.id, k.digest, &k.origins, k.allow_no_origin, k.slot as usize))
         .collect();
     let n = keys.len();
     ring.set_stored(keys);
@@ -186,7 +197,7 @@ mod tests {
         let clone = ring.clone();
         let secret = generate();
         assert!(ring.find(&secret).is_none());
-        ring.set_stored(vec![WriteKey::stored("new".into(), secret.clone(), &["example.com".into()], false, 1)]);
+        ring.set_stored(vec![WriteKey::stored("new".into(), super::super::auth::key_digest(&secret), &["example.com".into()], false, 1)]);
         let key = clone.find(&secret).expect("a clone sees the stored keys");
         assert_eq!(key.id, "new");
         assert!(key.slot > 1000, "stored slots never collide with config positions");

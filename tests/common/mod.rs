@@ -468,6 +468,15 @@ impl Drop for Chronosd {
 pub const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n";
 
 /// The rows of `sql` on the database at `url`.
+/// Runs several statements (no results).
+pub fn execute_batch(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    chronos::stack::postgres::block_on(async move {
+        let client = chronos::store::connect(&url).await.unwrap();
+        client.batch_execute(sql.as_str()).await.unwrap()
+    })
+}
+
 pub fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let (url, sql) = (url.to_string(), sql.to_string());
     chronos::stack::postgres::block_on(async move {
