@@ -31,11 +31,17 @@ pub struct LoadContext {
     assigned: Mutex<Vec<Key>>,
     /// How to stop each running loader.
     loaders: Mutex<HashMap<Key, watch::Sender<Stop>>>,
+    /// The queue handle of each loader told to stop, until it is dropped: a
+    /// partition assigned again gets its new loader only then (see
+    /// [`Partition::alive`]).
+    stopping: Mutex<HashMap<Key, std::sync::Weak<()>>>,
+    /// The queue handle of each running loader.
+    handles: Mutex<HashMap<Key, std::sync::Weak<()>>>,
 }
 
 impl LoadContext {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        LoadContext { metrics, assigned: Mutex::default(), loaders: Mutex::default() }
+        LoadContext { metrics, assigned: Mutex::default(), loaders: Mutex::default(), stopping: Mutex::default(), handles: Mutex::default() }
     }
 
     /// Asks every running loader to stop.
@@ -69,6 +75,9 @@ impl LoadContext {
             if let Some(stop) = loaders.remove(&key) {
                 // What it had not committed is read again by the next owner.
                 let _ = stop.send(Stop::Revoked);
+            }
+            if let Some(handle) = self.handles.lock().unwrap().remove(&key) {
+                self.stopping.lock().unwrap().insert(key, handle);
             }
         }
         if let Err(e) = consumer.unassign() {
@@ -138,15 +147,33 @@ pub fn poll_loop(consumer: Arc<Consumer>, start_loader: Box<StartLoader>, stop: 
             Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
             None => {}
         }
-        let assigned = std::mem::take(&mut *consumer.context().assigned.lock().unwrap());
+        let context = consumer.context();
+        let assigned = std::mem::take(&mut *context.assigned.lock().unwrap());
+        let mut wait = Vec::new();
         for (topic, partition) in assigned {
+            let key = (topic, partition);
+            {
+                let mut stopping = context.stopping.lock().unwrap();
+                stopping.retain(|_, handle| handle.strong_count() > 0);
+                if stopping.contains_key(&key) {
+                    // Its previous loader still holds the queue: next round.
+                    wait.push(key);
+                    continue;
+                }
+            }
+            let (topic, partition) = key;
             let Some(queue) = Partition::split(&consumer, &topic, partition) else {
                 tracing::error!(topic, partition, "Cannot split the partition's queue; its records are not loaded until the next rebalance.");
                 continue;
             };
             let (tx, rx) = watch::channel(Stop::No);
-            consumer.context().loaders.lock().unwrap().insert((topic, partition), tx);
+            context.handles.lock().unwrap().insert((topic.clone(), partition), queue.alive());
+            context.loaders.lock().unwrap().insert((topic, partition), tx);
             start_loader(queue, rx);
+        }
+        if !wait.is_empty() {
+            tracing::debug!(partitions = ?wait, "Assigned again; waiting for the previous loaders to let go of their queues.");
+            context.assigned.lock().unwrap().extend(wait);
         }
     }
 }

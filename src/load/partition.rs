@@ -29,6 +29,9 @@ pub struct Partition {
     queue: rdkafka::consumer::base_consumer::PartitionQueue<LoadContext>,
     ready: Arc<Notify>,
     consumer: Arc<Consumer>,
+    /// Alive while this handle is; the consumer thread holds a `Weak` of it
+    /// (see [`Partition::alive`]).
+    alive: Arc<()>,
 }
 
 impl Partition {
@@ -40,7 +43,17 @@ impl Partition {
         let wake = ready.clone();
         // Called by librdkafka when the queue goes from empty to non-empty.
         queue.set_nonempty_callback(move || wake.notify_one());
-        Some(Partition { topic: topic.to_string(), partition, queue, ready, consumer: consumer.clone() })
+        Some(Partition { topic: topic.to_string(), partition, queue, ready, consumer: consumer.clone(), alive: Arc::new(()) })
+    }
+
+    /// Dangles once this handle is dropped. Every handle of a partition shares
+    /// librdkafka's one queue, and dropping a handle turns that queue's wake-up
+    /// callback off, so a later loader of the same partition must split its
+    /// queue only after the previous handle is gone: otherwise the previous
+    /// loader, stopping after a quick revoke and re-assign, silences the new
+    /// one, which then never wakes for its records.
+    pub fn alive(&self) -> std::sync::Weak<()> {
+        Arc::downgrade(&self.alive)
     }
 
     /// The next fetched record, if one is waiting.
