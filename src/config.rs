@@ -192,6 +192,13 @@ pub struct HttpConfig {
     /// Seconds between checks of `tls_cert` and `tls_key` for changes; a
     /// changed pair is used for new connections without a restart.
     pub tls_reload_secs: u64,
+    /// Path of the batch endpoint (`POST`); the tracker chronosd builds and
+    /// serves sends there. Any path of your own, e.g. `/e` behind your site's
+    /// reverse proxy, so that blockers matching `/v1/batch` miss it.
+    pub batch_path: String,
+    /// Path at which chronosd serves the tracker bundle built from this
+    /// config (`GET`), e.g. `/assets/app.js`; empty: not served.
+    pub tracker_path: String,
 }
 
 impl Default for HttpConfig {
@@ -214,7 +221,43 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             tls_reload_secs: 10,
+            batch_path: "/v1/batch".into(),
+            tracker_path: "/chronos.js".into(),
         }
+    }
+}
+
+/// Paths chronosd answers itself.
+const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+impl HttpConfig {
+    /// What is wrong with `batch_path` and `tracker_path`.
+    fn path_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let check = |key: &str, path: &str, errors: &mut Vec<String>| {
+            let ok = path.starts_with('/')
+                && path.len() > 1
+                && path.len() <= 128
+                && !path.ends_with('/')
+                && path.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.~".contains(c))
+                && !path.contains("//")
+                && !path.split('/').any(|seg| seg == "." || seg == "..");
+            if !ok {
+                errors.push(format!(
+                    "http.{key}: `{path}` must be an absolute path of letters, digits and - _ . ~ (like /e or /assets/app.js), without a trailing slash"
+                ));
+            } else if OWN_PATHS.contains(&path) {
+                errors.push(format!("http.{key}: `{path}` is chronosd's own endpoint"));
+            }
+        };
+        check("batch_path", &self.batch_path, &mut errors);
+        if !self.tracker_path.is_empty() {
+            check("tracker_path", &self.tracker_path, &mut errors);
+            if self.tracker_path == self.batch_path {
+                errors.push("http.tracker_path: the same path as http.batch_path".into());
+            }
+        }
+        errors
     }
 }
 
@@ -834,6 +877,7 @@ impl Config {
                 errors.push(format!("kafka.extra.\"{key}\": set by chronosd itself; use the typed kafka.* key"));
             }
         }
+        errors.extend(h.path_errors());
         match (&h.tls_cert, &h.tls_key) {
             (Some(cert), Some(key)) => {
                 if let Err(e) = crate::http::tls::load_context(cert, key) {

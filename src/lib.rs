@@ -149,6 +149,9 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         retry_after: config.http.retry_after_secs,
         queue_max_messages: config.kafka.queue_max_messages,
         stats_max_age_ms: 3 * config.kafka.statistics_interval_ms as i64 + 1000,
+        batch_path: config.http.batch_path.clone(),
+        tracker_path: config.http.tracker_path.clone(),
+        script: web::Data::new(http::script::Script::build(config)),
     });
     (state, sink_arbiter)
 }
@@ -208,7 +211,12 @@ pub async fn serve(
             limits.forget_idle();
         }
     });
-    tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at {scheme}://{addr}/v1/batch.");
+    tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at {scheme}://{addr}{}.", config.http.batch_path);
+    match (config.http.tracker_path.as_str(), state.script.get_ref()) {
+        ("", _) => {}
+        (path, http::script::Script::Ready { .. }) => tracing::info!("Serving the tracker at {scheme}://{addr}{path}."),
+        (path, http::script::Script::Unavailable(why)) => tracing::warn!("Not serving the tracker at {path}: {why}."),
+    }
     server.await?;
 
     let flush_for = Duration::from_secs(config.http.shutdown_grace_secs.max(1));

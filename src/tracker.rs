@@ -106,6 +106,7 @@ pub fn init_options(config: &Config) -> Result<serde_json::Value, String> {
         .collect();
     Ok(json!({
         "endpoint": endpoint,
+        "path": config.http.batch_path,
         "key": key.key,
         "events": events,
         "mouseMs": t.mouse_interval_ms,

@@ -143,7 +143,7 @@ fn the_tracker_in_chromium_sends_over_https_and_the_events_land() {
     std::fs::write(&bundle, chronos::tracker::build(&config).unwrap()).unwrap();
     let options = chronos::tracker::init_options(&config).unwrap();
     let out = Command::new("timeout")
-        .args(["120", "node", "test/https.mjs"])
+        .args(["120", "node", "test/pageview.mjs"])
         .current_dir(&tracker)
         .env("CHRONOS_JS", &bundle)
         .env("OPTIONS", options.to_string())

@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod error;
 pub mod limits;
 pub mod receipt;
+pub mod script;
 pub mod stored_keys;
 pub mod tls;
 
@@ -48,18 +49,42 @@ pub struct AppState {
     pub retry_after: u64,
     pub queue_max_messages: u32,
     pub stats_max_age_ms: i64,
+    /// `http.batch_path` and `http.tracker_path` (empty: not served).
+    pub batch_path: String,
+    pub tracker_path: String,
+    /// The tracker bundle served at `tracker_path`.
+    pub script: web::Data<script::Script>,
 }
 
 /// Routes of chronosd.
 pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        let (batch, tracker, script) = (state.batch_path.clone(), state.tracker_path.clone(), state.script.clone());
         cfg.app_data(state)
             .app_data(web::PayloadConfig::new(usize::MAX))
-            .service(web::resource("/v1/batch").route(web::post().to(post_batch)).route(web::method(actix_web::http::Method::OPTIONS).to(preflight)))
+            .service(web::resource(batch).route(web::post().to(post_batch)).route(web::method(actix_web::http::Method::OPTIONS).to(preflight)))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics));
+        if !tracker.is_empty() {
+            cfg.service(web::resource(tracker).app_data(script).route(web::get().to(script::serve)).route(web::head().to(script::serve)));
+        }
+        cfg.default_service(web::to(not_found));
     }
+}
+
+/// Any other path or method: 404 (405 on a known path) with a JSON body naming
+/// where batches go, so a tracker built for other paths says what is wrong.
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let path = req.path();
+    let known = [state.batch_path.as_str(), state.tracker_path.as_str(), "/healthz", "/readyz", "/metrics"];
+    let body = |error: &str, message: String| serde_json::json!({ "ok": false, "error": error, "message": message });
+    if !path.is_empty() && known.contains(&path) {
+        let message = format!("{} is not allowed on {path}", req.method());
+        return HttpResponse::MethodNotAllowed().json(body("method_not_allowed", message));
+    }
+    let message = format!("no endpoint at {} {path}; batches go to POST {} (http.batch_path)", req.method(), state.batch_path);
+    HttpResponse::NotFound().json(body("not_found", message))
 }
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {

@@ -295,9 +295,10 @@ const wrap = (name) => {
 };
 
 /**
- * Starts the tracker. Options: `endpoint` (chronosd URL), `key` (write key),
- * `events` (type → attribute names; only these are captured), `mouseMs`,
- * `flushMs`, `maxEvents`, `retryMs`, `respectDnt` (DNT and GPC).
+ * Starts the tracker. Options: `endpoint` (chronosd URL), `path` (its batch
+ * path, default `/v1/batch`), `key` (write key), `events` (type → attribute
+ * names; only these are captured), `mouseMs`, `flushMs`, `maxEvents`,
+ * `retryMs`, `respectDnt` (DNT and GPC).
  */
 export const init = (o) => {
   if (opts) return api;
@@ -305,7 +306,8 @@ export const init = (o) => {
   if (!o.endpoint || !o.key) throw new Error('Chronos.init: `endpoint` and `key` are required');
   if (o.respectDnt && (N.doNotTrack === '1' || W.doNotTrack === '1' || N.globalPrivacyControl === true)) return api;
   o.endpoint = o.endpoint.replace(/\/+$/, '');
-  if (!/\/v1\/batch$/.test(o.endpoint)) o.endpoint += '/v1/batch';
+  const path = o.path || '/v1/batch';
+  if (!o.endpoint.endsWith(path)) o.endpoint += path;
   opts = o;
   optedOut = store('localStorage', OPTOUT) === '1';
   types = o.events || BUILT_IN;

@@ -1,11 +1,12 @@
-// Loads the test site in headless Chromium with the tracker sending to
-// chronosd's HTTPS listener; run by tests/https.rs, which then checks the rows
-// in PostgreSQL. Chromium trusts the test certificate through its public key
-// only (--ignore-certificate-errors-spki-list), so a certificate other than
-// the one served would fail the request.
+// Loads the test site in headless Chromium, clicks once, and reports what the
+// tracker's requests to chronosd got; run by tests/https.rs and
+// tests/first_party.rs, which then check the rows in PostgreSQL. With SPKI,
+// Chromium trusts a test certificate through its public key only
+// (--ignore-certificate-errors-spki-list), so any other certificate fails.
 //
-// Env: CHRONOS_JS, OPTIONS (Chronos.init options as JSON), SITE_PORT, SPKI
-// (base64 SHA-256 of the certificate's public key), CHROMIUM.
+// Env: CHRONOS_JS (the bundle the site serves as /chronos.js), OPTIONS
+// (Chronos.init options as JSON), SITE_PORT, SPKI (optional: base64 SHA-256
+// of the certificate's public key), CHROMIUM.
 // Prints `RESULT {"session": …, "statuses": […]}` on the last line.
 import { chromium } from 'playwright-core';
 import { serveSite } from './serve.mjs';
@@ -15,7 +16,7 @@ const site = await serveSite({ port: Number(process.env.SITE_PORT), chronosJs: p
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-    `--ignore-certificate-errors-spki-list=${process.env.SPKI}`],
+    ...(process.env.SPKI ? [`--ignore-certificate-errors-spki-list=${process.env.SPKI}`] : [])],
 });
 const fail = async (why) => {
   console.error(why);
@@ -32,7 +33,7 @@ try {
   await page.mouse.click(200, 200);
   const until = Date.now() + 20000;
   while (!statuses.length && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-  if (!statuses.length) await fail('no request reached the HTTPS endpoint in 20 s');
+  if (!statuses.length) await fail(`no request reached ${options.endpoint} in 20 s`);
   const session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
   console.log(`RESULT ${JSON.stringify({ session, statuses })}`);
 } catch (e) {
