@@ -12,7 +12,10 @@ import { chromium } from 'playwright-core';
 import { serveSite } from './serve.mjs';
 
 const options = JSON.parse(process.env.OPTIONS);
-const site = await serveSite({ port: Number(process.env.SITE_PORT), chronosJs: process.env.CHRONOS_JS, options });
+// SITE_URL: a site someone else serves (a reverse proxy); otherwise the test site here.
+const site = process.env.SITE_URL
+  ? { close() {}, url: process.env.SITE_URL }
+  : await serveSite({ port: Number(process.env.SITE_PORT), chronosJs: process.env.CHRONOS_JS, options });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
@@ -27,15 +30,19 @@ const fail = async (why) => {
 try {
   const page = await (await browser.newContext()).newPage();
   const statuses = [];
+  const methods = [];
+  page.on('request', (r) => r.url().startsWith(options.endpoint) && methods.push(r.method()));
   page.on('response', (r) => r.url().startsWith(options.endpoint) && statuses.push(r.status()));
   page.on('requestfailed', (r) => r.url().startsWith(options.endpoint) && statuses.push(`failed: ${r.failure()?.errorText}`));
-  await page.goto(`http://127.0.0.1:${site.address().port}/`);
+  const scripts = [];
+  page.on('response', (r) => r.request().resourceType() === 'script' && scripts.push(`${r.status()} ${r.url()}`));
+  await page.goto(site.url || `http://127.0.0.1:${site.address().port}/`);
   await page.mouse.click(200, 200);
   const until = Date.now() + 20000;
   while (!statuses.length && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
   if (!statuses.length) await fail(`no request reached ${options.endpoint} in 20 s`);
   const session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
-  console.log(`RESULT ${JSON.stringify({ session, statuses })}`);
+  console.log(`RESULT ${JSON.stringify({ session, statuses, methods, scripts })}`);
 } catch (e) {
   await fail(`browser run failed: ${e.stack || e}`);
 }
