@@ -41,6 +41,9 @@ pub struct Config {
     pub stack: StackConfig,
     /// What `chronos tracker build` puts into the browser tracker.
     pub tracker: crate::tracker::TrackerConfig,
+    /// The file this config was loaded from (chronosd watches it), if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Loaders (Kafka → PostgreSQL) settings.
@@ -144,6 +147,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             stack: StackConfig::default(),
             tracker: crate::tracker::TrackerConfig::default(),
+            source: None,
         }
     }
 }
@@ -199,6 +203,10 @@ pub struct HttpConfig {
     /// Path at which chronosd serves the tracker bundle built from this
     /// config (`GET`), e.g. `/assets/app.js`; empty: not served.
     pub tracker_path: String,
+    /// Seconds between checks of the config file for changes: a changed
+    /// `[[keys]]` or `[tracker]` counts without a restart (the served tracker
+    /// is rebuilt); other changes wait for one. 0: not watched.
+    pub config_watch_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -223,6 +231,7 @@ impl Default for HttpConfig {
             tls_reload_secs: 10,
             batch_path: "/v1/batch".into(),
             tracker_path: "/chronos.js".into(),
+            config_watch_secs: 5,
         }
     }
 }
@@ -718,6 +727,7 @@ impl Config {
         })?;
         config.resolve_secrets()?;
         config.validate()?;
+        config.source = path.map(Path::to_path_buf);
         Ok(config)
     }
 

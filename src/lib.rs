@@ -7,6 +7,7 @@
 //! The modules follow the data's path:
 //!
 //! - [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot.
+//! - [`reload`]: the config file watched: changed write keys and `[tracker]` count without a restart.
 //! - [`secret`]: secret settings (`Secret` never prints; `…_file` settings read at load).
 //! - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
 //! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in PostgreSQL), limits,
@@ -29,6 +30,7 @@
 pub mod lifecycle;
 pub mod catalog;
 pub mod config;
+pub mod reload;
 pub mod secret;
 pub mod http;
 pub mod payload;
@@ -151,7 +153,7 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         stats_max_age_ms: 3 * config.kafka.statistics_interval_ms as i64 + 1000,
         batch_path: config.http.batch_path.clone(),
         tracker_path: config.http.tracker_path.clone(),
-        script: web::Data::new(http::script::Script::build(config)),
+        script: web::Data::new(arc_swap::ArcSwap::from_pointee(http::script::Script::build(config))),
     });
     (state, sink_arbiter)
 }
@@ -175,6 +177,11 @@ pub async fn serve(
         tracing::info!(keys = n, "Loaded the write keys stored in PostgreSQL.");
         let every = Duration::from_secs(config.http.keys_refresh_secs);
         actix_rt::spawn(http::stored_keys::refresh_loop(config.postgres.url.clone(), state.keys.clone(), every));
+    }
+    if let (Some(path), secs) = (&config.source, config.http.config_watch_secs) {
+        if secs > 0 {
+            reload::watch(path.clone(), config.clone(), state.clone().into_inner(), Duration::from_secs(secs));
+        }
     }
     let app_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
@@ -212,7 +219,7 @@ pub async fn serve(
         }
     });
     tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at {scheme}://{addr}{}.", config.http.batch_path);
-    match (config.http.tracker_path.as_str(), state.script.get_ref()) {
+    match (config.http.tracker_path.as_str(), state.script.load().as_ref()) {
         ("", _) => {}
         (path, http::script::Script::Ready { .. }) => tracing::info!("Serving the tracker at {scheme}://{addr}{path}."),
         (path, http::script::Script::Unavailable(why)) => tracing::warn!("Not serving the tracker at {path}: {why}."),

@@ -141,3 +141,51 @@ fn chromium_runs_the_served_bundle_and_its_events_reach_the_custom_batch_path() 
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_key_added_to_the_config_file_counts_and_the_served_tracker_follows_without_a_restart() {
+    let kafka = Kafka::start(1);
+    let toml = config_toml(&kafka, free_port(), "").replacen("[http]\n", "[http]\nconfig_watch_secs = 1\n", 1);
+    let d = Chronosd::start(&toml);
+    d.wait_ready(Duration::from_secs(30));
+    let c = client();
+    let pid = d.pid();
+    let new_key = "wk_rotated_in_by_file_0123456789";
+    let send = |key: &str| {
+        let mut b = batch("reload", 2);
+        b["key"] = serde_json::json!(key);
+        post(&c, &d, &b, "198.51.100.60").0
+    };
+    assert_eq!(send(new_key), 401);
+    // The operator adds a key, points the tracker at it and changes a setting that needs a restart.
+    let rotated = format!(
+        "{toml}\n[[keys]]\nid = \"shop-2027\"\nkey = \"{new_key}\"\norigins = [\"shop.example.com\"]\n\n[tracker]\nkey_id = \"shop-2027\"\n"
+    )
+    .replace("linger_ms = 2", "linger_ms = 3");
+    std::fs::write(d.config_path(), &rotated).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    while send(new_key) != 200 {
+        assert!(Instant::now() < until, "the new key was not taken up\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(send(KEY), 200, "the other keys still work");
+    let served = c.get(d.url("/chronos.js")).send().unwrap().text().unwrap();
+    assert!(served.contains(new_key), "the served tracker names the new key");
+    assert!(d.log_text().contains("they take effect at the next restart"), "{}", d.log_text());
+    // A file that does not load changes nothing.
+    std::fs::write(d.config_path(), rotated.replace("[tracker]\n", "[tracker]\nnot_a_key = 1\n")).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    while !d.log_text().contains("does not load; keeping the running config") {
+        assert!(Instant::now() < until, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(send(new_key), 200);
+    // The key removed from the file stops working.
+    std::fs::write(d.config_path(), &toml).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    while send(new_key) != 401 {
+        assert!(Instant::now() < until, "the removed key still works\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.pid(), pid, "no restart");
+}

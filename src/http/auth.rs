@@ -171,19 +171,26 @@ impl WriteKey {
 /// stored set.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
-    config: Arc<[Arc<WriteKey>]>,
+    config: Arc<ArcSwap<Vec<Arc<WriteKey>>>>,
     stored: Arc<ArcSwap<Vec<Arc<WriteKey>>>>,
+}
+
+fn config_keys(keys: &[WriteKeyConfig]) -> Vec<Arc<WriteKey>> {
+    keys.iter()
+        .enumerate()
+        .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), key_digest(&k.key), &k.origins, k.allow_no_origin, slot)))
+        .collect()
 }
 
 impl KeyRing {
     /// Builds the ring from validated config.
     pub fn from_config(keys: &[WriteKeyConfig]) -> Self {
-        let config = keys
-            .iter()
-            .enumerate()
-            .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), key_digest(&k.key), &k.origins, k.allow_no_origin, slot)))
-            .collect();
-        KeyRing { config, stored: Arc::default() }
+        KeyRing { config: Arc::new(ArcSwap::from_pointee(config_keys(keys))), stored: Arc::default() }
+    }
+
+    /// Replaces the config file's keys (the file changed while chronosd runs).
+    pub fn set_config(&self, keys: &[WriteKeyConfig]) {
+        self.config.store(Arc::new(config_keys(keys)));
     }
 
     /// Replaces the stored keys (a revoked key stops working at once).
@@ -195,7 +202,7 @@ impl KeyRing {
     pub fn find(&self, secret: &str) -> Option<Arc<WriteKey>> {
         let digest = key_digest(secret);
         let matches = |k: &&Arc<WriteKey>| constant_time_eq(&k.digest, &digest);
-        match self.config.iter().find(matches) {
+        match self.config.load().iter().find(matches) {
             Some(k) => Some(k.clone()),
             None => self.stored.load().iter().find(matches).cloned(),
         }
@@ -204,11 +211,11 @@ impl KeyRing {
     /// Whether some key allows this origin (CORS preflight comes before the key is known).
     pub fn any_allows(&self, origin: &str) -> bool {
         let allows = |k: &Arc<WriteKey>| k.check_origin(Some(origin)).is_ok();
-        self.config.iter().any(allows) || self.stored.load().iter().any(allows)
+        self.config.load().iter().any(allows) || self.stored.load().iter().any(allows)
     }
 
     pub fn len(&self) -> usize {
-        self.config.len() + self.stored.load().len()
+        self.config.load().len() + self.stored.load().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -53,7 +53,7 @@ pub struct AppState {
     pub batch_path: String,
     pub tracker_path: String,
     /// The tracker bundle served at `tracker_path`.
-    pub script: web::Data<script::Script>,
+    pub script: web::Data<script::Served>,
 }
 
 /// Routes of chronosd.

@@ -3,10 +3,11 @@
 //! site can put it under any path of its own origin (behind its reverse
 //! proxy) where blockers that match well-known script names do not look.
 //!
-//! Built once at start: the bytes, their gzip, and an `ETag` of their
-//! SHA-256. Answers 304 to a matching `If-None-Match`, gzip when the browser
-//! accepts it, and `Cache-Control: public, max-age=300`: a changed config
-//! reaches browsers within five minutes of the restart that applies it.
+//! Built at start, and again when the config file's keys or `[tracker]`
+//! change: the bytes, their gzip, and an `ETag` of their SHA-256. Answers 304
+//! to a matching `If-None-Match`, gzip when the browser accepts it, and
+//! `Cache-Control: public, max-age=300`: a change reaches browsers within
+//! five minutes.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -58,9 +59,14 @@ fn matches_etag(req: &HttpRequest, etag: &str) -> bool {
         .is_some_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag))
 }
 
+/// The bundle being served; replaced when the config file's `[[keys]]` or
+/// `[tracker]` change (`crate::reload`).
+pub type Served = arc_swap::ArcSwap<Script>;
+
 /// The handler.
-pub async fn serve(req: HttpRequest, script: web::Data<Script>) -> HttpResponse {
-    let (plain, gzip, etag) = match script.get_ref() {
+pub async fn serve(req: HttpRequest, served: web::Data<Served>) -> HttpResponse {
+    let script = served.load();
+    let (plain, gzip, etag) = match script.as_ref() {
         Script::Ready { plain, gzip, etag } => (plain, gzip, etag),
         Script::Unavailable(why) => {
             return HttpResponse::NotFound().json(serde_json::json!({ "ok": false, "error": "no_tracker", "message": why }));

@@ -409,6 +409,11 @@ impl Chronosd {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
     }
 
+    /// The config file chronosd was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("chronos.toml")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
