@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
@@ -45,13 +45,6 @@ fn metric(port: u16, ca: &Path, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
-fn wait_until(what: &str, timeout: Duration, d: &Chronosd, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < until, "{what} within {timeout:?}\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn batches_over_verified_https_and_a_renewed_certificate_counts_without_a_restart() {
@@ -62,7 +55,7 @@ fn batches_over_verified_https_and_a_renewed_certificate_counts_without_a_restar
     let port = free_port();
     let toml = config_toml(&kafka, port, "").replacen("[http]\n", &https_keys(&served), 1);
     let d = Chronosd::start(&toml);
-    wait_until("ready over HTTPS", Duration::from_secs(30), &d, || curl(port, &served.ca, "/readyz", None).0 == 200);
+    d.wait_until("ready over HTTPS", Duration::from_secs(30), || curl(port, &served.ca, "/readyz", None).0 == 200);
     assert!(d.log_text().contains(&format!("Receiving batches at https://127.0.0.1:{port}/v1/batch.")), "{}", d.log_text());
 
     // A batch over TLS checked against the CA (and the name localhost).
@@ -80,13 +73,13 @@ fn batches_over_verified_https_and_a_renewed_certificate_counts_without_a_restar
     // Renewed files (as certbot replaces them): served for new connections, no restart.
     std::fs::copy(&renewed.server_crt, &served.server_crt).unwrap();
     std::fs::copy(&renewed.server_key, &served.server_key).unwrap();
-    wait_until("the renewed certificate served", Duration::from_secs(15), &d, || curl(port, &renewed.ca, "/readyz", None).0 == 200);
+    d.wait_until("the renewed certificate served", Duration::from_secs(15), || curl(port, &renewed.ca, "/readyz", None).0 == 200);
     let (code, _, _) = curl(port, &served.ca, "/readyz", None);
     assert_eq!(code, 0, "the old certificate is still served");
     assert_eq!(metric(port, &renewed.ca, "chronos_http_tls_reloads_total{result=\"ok\"}"), 1.0);
     // A broken file is refused; the renewed certificate stays in use.
     std::fs::write(&served.server_crt, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
-    wait_until("the broken file refused", Duration::from_secs(15), &d, || {
+    d.wait_until("the broken file refused", Duration::from_secs(15), || {
         metric(port, &renewed.ca, "chronos_http_tls_reloads_total{result=\"failed\"}") == 1.0
     });
     let (code, answer, err) = curl(port, &renewed.ca, "/v1/batch", Some(&batch("https-2", 3).to_string()));
@@ -136,7 +129,7 @@ fn the_tracker_in_chromium_sends_over_https_and_the_events_land() {
     );
     let toml = config_toml_with_pg(&kafka, port, &pg.url(), "", &extra).replacen("[http]\n", &https_keys(&certs), 1);
     let d = Chronosd::start(&toml);
-    wait_until("ready over HTTPS", Duration::from_secs(30), &d, || curl(port, &certs.ca, "/readyz", None).0 == 200);
+    d.wait_until("ready over HTTPS", Duration::from_secs(30), || curl(port, &certs.ca, "/readyz", None).0 == 200);
 
     let config = chronos::config::Config::from_toml(&toml).unwrap();
     let bundle = dir.path().join("chronos.js");
@@ -158,5 +151,5 @@ fn the_tracker_in_chromium_sends_over_https_and_the_events_land() {
     assert!(result["statuses"].as_array().unwrap().iter().all(|s| s == 200), "{result}");
     let session = result["session"].as_str().expect("a session id").to_string();
     let pageviews = format!("SELECT count(*) FROM events.pageviews WHERE session_id = '{session}'");
-    wait_until("the pageview loaded", Duration::from_secs(60), &d, || count(&pg.url(), &pageviews) >= 1);
+    d.wait_until("the pageview loaded", Duration::from_secs(60), || count(&pg.url(), &pageviews) >= 1);
 }

@@ -183,3 +183,25 @@ fn an_external_cluster_is_used_as_is_and_never_started_or_stopped() {
     let out = stack.chronos(&["start", "broker"]);
     assert!(!out.status.success() && text(&out).contains("does not name the local Kafka node"), "{}", text(&out));
 }
+
+#[test]
+fn a_kafka_port_taken_before_the_node_binds_it_is_retried_on_fresh_ports() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = temp_dir();
+    // Held for the whole test: the first attempt's controller port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let attempts = AtomicUsize::new(0);
+    let cluster = chronos::stack::broker::KafkaCluster::single_with(dir.path(), |node| {
+        if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            node.controller_port = taken_port;
+            node.voters = format!("1@127.0.0.1:{taken_port}");
+        }
+    })
+    .expect("started on the second attempt");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "one retry");
+    assert_ne!(cluster.nodes[0].controller_port, taken_port);
+    let ids = chronos::stack::broker::broker_ids(&cluster.bootstrap(), std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(ids, [1]);
+    drop(taken);
+}

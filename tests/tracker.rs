@@ -86,14 +86,6 @@ fn batch_rows(url: &str, batch: &str) -> (i64, i64) {
     (count(url, &format!("SELECT count(*) FROM ({union}) u")), count(url, &format!("SELECT count(DISTINCT position) FROM ({union}) u")))
 }
 
-/// Waits until `cond` holds; fails with chronosd's log.
-fn wait_until(what: &str, timeout: Duration, d: &Chronosd, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn tracker_in_chromium_lands_every_event_type_privately_and_exactly_once() {
@@ -179,15 +171,15 @@ flush_interval_ms = 600000
 
     // Everything the browser sent has been loaded: the last events of each scenario.
     let sql = |t: &str, session: &str| format!("SELECT count(*) FROM events.{t} WHERE session_id = '{session}'");
-    wait_until("the closed tab's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("signup", &site_session)) == 2);
-    wait_until("the spa's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("signup", &spa_session)) == 1);
-    wait_until("the retried batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("retry_batch")).0 > 0);
-    wait_until("the kept batch", Duration::from_secs(60), &d, || batch_rows(&pg_url, &s("outbox_batch")).0 > 0);
-    wait_until("the hidden tab's events", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("hidden_session"))) == 2);
-    wait_until("the restored page's click", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("bfcache_session"))) == 1);
-    wait_until("the bounded outbox", Duration::from_secs(60), &d, || count(&pg_url, &sql("clicks", &s("bound_session"))) >= 16);
+    d.wait_until("the closed tab's events", Duration::from_secs(60), || count(&pg_url, &sql("signup", &site_session)) == 2);
+    d.wait_until("the spa's events", Duration::from_secs(60), || count(&pg_url, &sql("signup", &spa_session)) == 1);
+    d.wait_until("the retried batch", Duration::from_secs(60), || batch_rows(&pg_url, &s("retry_batch")).0 > 0);
+    d.wait_until("the kept batch", Duration::from_secs(60), || batch_rows(&pg_url, &s("outbox_batch")).0 > 0);
+    d.wait_until("the hidden tab's events", Duration::from_secs(60), || count(&pg_url, &sql("clicks", &s("hidden_session"))) == 2);
+    d.wait_until("the restored page's click", Duration::from_secs(60), || count(&pg_url, &sql("clicks", &s("bfcache_session"))) == 1);
+    d.wait_until("the bounded outbox", Duration::from_secs(60), || count(&pg_url, &sql("clicks", &s("bound_session"))) >= 16);
     let big = s("big_session");
-    wait_until("the large buffers", Duration::from_secs(60), &d, || count(&pg_url, &sql("note", &big)) >= 100);
+    d.wait_until("the large buffers", Duration::from_secs(60), || count(&pg_url, &sql("note", &big)) >= 100);
     std::thread::sleep(Duration::from_secs(2)); // time for a duplicate to show
     assert_eq!(count(&pg_url, "SELECT count(*) FROM chronos.dead_letters"), 0, "no event refused: {:?}", rows(&pg_url, "SELECT reason FROM chronos.dead_letters"));
 

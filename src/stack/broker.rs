@@ -351,23 +351,57 @@ impl KafkaCluster {
     /// One node on `port` that tells clients to connect to `advertised_port`
     /// (a proxy in front of it, for fault-injection tests).
     pub fn single_advertising(dir: &Path, port: u16, advertised_port: u16) -> Result<KafkaCluster> {
-        let mut node = KafkaNode::single(dir.join("kafka"), port, process::free_port(), dir.join("kafka.log"));
-        node.advertised_port = advertised_port;
-        node.heap_mb = 384;
-        Self::start_nodes(vec![node])
+        Self::start_retrying(|| {
+            let mut node = KafkaNode::single(dir.join("kafka"), port, process::free_port(), dir.join("kafka.log"));
+            node.advertised_port = advertised_port;
+            node.heap_mb = 384;
+            vec![node]
+        })
     }
 
     /// One node on free ports in `dir`, changed by `configure` before it is
     /// formatted (extra listeners, SCRAM users).
-    pub fn single_with(dir: &Path, configure: impl FnOnce(&mut KafkaNode)) -> Result<KafkaCluster> {
-        let mut node = KafkaNode::single(dir.join("kafka"), process::free_port(), process::free_port(), dir.join("kafka.log"));
-        node.heap_mb = 384;
-        configure(&mut node);
-        Self::start_nodes(vec![node])
+    pub fn single_with(dir: &Path, configure: impl Fn(&mut KafkaNode)) -> Result<KafkaCluster> {
+        Self::start_retrying(|| {
+            let mut node = KafkaNode::single(dir.join("kafka"), process::free_port(), process::free_port(), dir.join("kafka.log"));
+            node.heap_mb = 384;
+            configure(&mut node);
+            vec![node]
+        })
+    }
+
+    /// Starts the nodes `make` returns; when a port picked as free was taken
+    /// before the JVM bound it (a few seconds later: any outgoing connection
+    /// may get it as its ephemeral port), starts them again on fresh ports,
+    /// up to three times in all.
+    fn start_retrying(make: impl Fn() -> Vec<KafkaNode>) -> Result<KafkaCluster> {
+        let mut attempt = 1;
+        loop {
+            let nodes = make();
+            let places: Vec<(PathBuf, PathBuf)> = nodes.iter().map(|n| (n.dir.clone(), n.log.clone())).collect();
+            let err = match Self::start_nodes(nodes) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => e,
+            };
+            let clash = places.iter().any(|(_, log)| std::fs::read_to_string(log).is_ok_and(|t| t.contains("Address already in use")));
+            if !clash || attempt == 3 {
+                return Err(err);
+            }
+            tracing::warn!(attempt, "A Kafka port was taken before the node bound it; starting again on other ports.");
+            for (dir, log) in &places {
+                let _ = std::fs::remove_dir_all(dir);
+                let _ = std::fs::remove_file(log);
+            }
+            attempt += 1;
+        }
     }
 
     /// Starts `n` nodes in `dir` and waits until every one answers.
     pub fn start_in(dir: &Path, n: usize, overrides: &[(&str, &str)]) -> Result<KafkaCluster> {
+        Self::start_retrying(|| Self::cluster_nodes(dir, n, overrides))
+    }
+
+    fn cluster_nodes(dir: &Path, n: usize, overrides: &[(&str, &str)]) -> Vec<KafkaNode> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (process::free_port(), process::free_port())).collect();
         let voters = ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes: Vec<KafkaNode> = ports
@@ -387,7 +421,7 @@ impl KafkaCluster {
                 format_args: Vec::new(),
             })
             .collect();
-        Self::start_nodes(nodes)
+        nodes
     }
 
     /// Formats `nodes` with one cluster id and starts them together (a quorum

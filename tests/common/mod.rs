@@ -130,7 +130,7 @@ impl Kafka {
 
     /// A node of this test's own, changed by `configure` before it starts
     /// (extra listeners, users); the harness reaches it on its PLAINTEXT listener.
-    pub fn start_own_with(partitions: i32, configure: impl FnOnce(&mut chronos::stack::broker::KafkaNode)) -> Kafka {
+    pub fn start_own_with(partitions: i32, configure: impl Fn(&mut chronos::stack::broker::KafkaNode)) -> Kafka {
         let dir = temp_dir();
         let server = KafkaCluster::single_with(dir.path(), configure).expect("start Kafka");
         Self::with_topics(Some(server), String::new(), None, partitions, Some(dir))
@@ -407,6 +407,15 @@ impl Chronosd {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    /// Waits until `cond` holds; fails naming `what`, with chronosd's log.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let until = Instant::now() + timeout;
+        while !cond() {
+            assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The config file chronosd was started with.
