@@ -237,7 +237,7 @@ impl Default for HttpConfig {
 }
 
 /// Paths chronosd answers itself.
-const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 impl HttpConfig {
     /// What is wrong with `batch_path` and `tracker_path`.
@@ -305,7 +305,7 @@ impl Default for LimitsConfig {
 }
 
 /// A write key: what the tracker sends in `key`, and where it may be used.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriteKeyConfig {
     /// Short public name of the key, recorded with every batch (never the secret).
@@ -750,13 +750,9 @@ impl Config {
         errors.extend(crate::secret::resolve("kafka.sasl_password", &mut k.sasl_password, k.sasl_password_file.as_deref()).err());
         errors.extend(crate::secret::resolve("kafka.ssl_key_password", &mut k.ssl_key_password, k.ssl_key_password_file.as_deref()).err());
         for (i, key) in self.keys.iter_mut().enumerate() {
-            let Some(path) = &key.key_file else { continue };
-            if !key.key.is_empty() {
-                errors.push(format!("keys[{i}].key_file: keys[{i}].key is set too; give one of them"));
-                continue;
-            }
-            match crate::secret::read_file(&format!("keys[{i}].key_file"), path) {
-                Ok(secret) => key.key = secret.expose().to_string(),
+            let mut inline = (!key.key.is_empty()).then(|| Secret::new(key.key.as_str()));
+            match crate::secret::resolve(&format!("keys[{i}].key"), &mut inline, key.key_file.as_deref()) {
+                Ok(()) => key.key = inline.map(|s| s.expose().to_string()).unwrap_or_default(),
                 Err(e) => errors.push(e),
             }
         }

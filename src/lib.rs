@@ -196,14 +196,15 @@ pub async fn serve(
         }
         _ => None,
     };
-    let scheme = if https.is_some() { "https" } else { "http" };
+    let serves_https = https.is_some();
+    let scheme = if serves_https { "https" } else { "http" };
     let server = match https {
         Some(acceptor) => server.listen_openssl(listener, acceptor)?,
         None => server.listen(listener)?,
     }
     .run();
     let handle = server.handle();
-    let mut notifier = systemd::Notifier::start(addr, scheme == "https");
+    let mut notifier = systemd::Notifier::start(addr, serves_https);
     actix_rt::spawn(async move {
         shutdown.await;
         notifier.stopping();

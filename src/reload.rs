@@ -6,7 +6,7 @@
 //! restart, and the log says so. A file that does not load changes nothing:
 //! the error is logged and the running config stays.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,17 +35,13 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Applied) {
             }
         }
     }
-    // Secrets are not serialised: compare those that can change apart.
-    if running.postgres.url != new.postgres.url && !needs_restart.iter().any(|s| s == "postgres") {
-        needs_restart.push("postgres".into());
-    }
-    if running.kafka.sasl_password != new.kafka.sasl_password && !needs_restart.iter().any(|s| s == "kafka") {
+    // The Kafka passwords are not serialised: compared apart.
+    let (k, nk) = (&running.kafka, &new.kafka);
+    let kafka_secrets = k.sasl_password != nk.sasl_password || k.ssl_key_password != nk.ssl_key_password;
+    if kafka_secrets && !needs_restart.iter().any(|s| s == "kafka") {
         needs_restart.push("kafka".into());
     }
-    let keys_changed = running.keys.len() != new.keys.len()
-        || running.keys.iter().zip(&new.keys).any(|(a, b)| {
-            a.id != b.id || a.key != b.key || a.origins != b.origins || a.allow_no_origin != b.allow_no_origin
-        });
+    let keys_changed = running.keys != new.keys;
     let tracker_changed = running.tracker != new.tracker;
     let mut applied = running.clone();
     applied.keys = new.keys.clone();
@@ -53,7 +49,8 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Applied) {
     (applied, Applied { keys_changed, tracker_changed, needs_restart })
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
+/// A file's modification time (what the file watchers compare).
+pub fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::stack::process::{http_get, https_get_unverified};
+use crate::stack::process::chronosd_get;
 
 /// How often readiness is checked before READY=1.
 const READY_POLL: Duration = Duration::from_millis(100);
@@ -97,8 +97,7 @@ impl std::fmt::Display for Probe {
 }
 
 fn answers_200(probe: Probe, path: &str) -> bool {
-    let answer = if probe.https { https_get_unverified(probe.addr, path, PROBE_TIMEOUT) } else { http_get(probe.addr, path, PROBE_TIMEOUT) };
-    matches!(answer, Ok((200, _)))
+    matches!(chronosd_get(probe.addr, path, PROBE_TIMEOUT, probe.https), Ok((200, _)))
 }
 
 fn notify_loop(probe: Probe, watchdog: Option<Duration>, stop: &AtomicBool) {

@@ -122,13 +122,17 @@ pub fn build(config: &Config) -> Result<String, String> {
     Ok(format!("{}\nChronos.init({options});\n", BUNDLE.trim_end()))
 }
 
+/// The bundle gzipped as served (and as `chronos tracker build` reports its size).
+pub fn gzip(script: &str) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(script.as_bytes()).and_then(|()| gz.finish()).expect("gzip into memory")
+}
+
 /// `chronos tracker build`: writes the configured bundle to `out` (stdout when `None`)
 /// and says on stderr where it went and how large it is.
 pub fn write_bundle(config: &Config, out: Option<&Path>) -> anyhow::Result<()> {
     let script = build(config).map_err(anyhow::Error::msg)?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(script.as_bytes())?;
-    let gzipped = gz.finish()?.len();
+    let gzipped = gzip(&script).len();
     match out {
         Some(path) => {
             std::fs::write(path, &script).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -77,9 +77,8 @@ pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig
 /// where batches go, so a tracker built for other paths says what is wrong.
 async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let path = req.path();
-    let known = [state.batch_path.as_str(), state.tracker_path.as_str(), "/healthz", "/readyz", "/metrics"];
     let body = |error: &str, message: String| serde_json::json!({ "ok": false, "error": error, "message": message });
-    if !path.is_empty() && known.contains(&path) {
+    if path == state.batch_path || path == state.tracker_path || crate::config::OWN_PATHS.contains(&path) {
         let message = format!("{} is not allowed on {path}", req.method());
         return HttpResponse::MethodNotAllowed().json(body("method_not_allowed", message));
     }

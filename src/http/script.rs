@@ -15,8 +15,8 @@ use bytes::Bytes;
 
 use crate::config::Config;
 
-/// How long browsers and proxies may use the bundle before they revalidate.
-pub const MAX_AGE_SECS: u32 = 300;
+/// How long browsers and proxies may use the bundle before they revalidate (300 s).
+const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The served bundle, or why there is none.
 pub enum Script {
@@ -29,13 +29,11 @@ impl Script {
     /// The bundle of `config`.
     pub fn build(config: &Config) -> Script {
         use sha2::Digest;
-        use std::io::Write as _;
         let text = match crate::tracker::build(config) {
             Ok(text) => text,
             Err(e) => return Script::Unavailable(e),
         };
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let gzip = gz.write_all(text.as_bytes()).and_then(|()| gz.finish()).expect("gzip into memory");
+        let gzip = crate::tracker::gzip(&text);
         let digest = sha2::Sha256::digest(text.as_bytes());
         let etag = format!("\"{}\"", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
         Script::Ready { plain: Bytes::from(text), gzip: Bytes::from(gzip), etag }
@@ -72,18 +70,17 @@ pub async fn serve(req: HttpRequest, served: web::Data<Served>) -> HttpResponse 
             return HttpResponse::NotFound().json(serde_json::json!({ "ok": false, "error": "no_tracker", "message": why }));
         }
     };
-    let cache = format!("public, max-age={MAX_AGE_SECS}");
     if matches_etag(&req, etag) {
         return HttpResponse::NotModified()
             .insert_header((header::ETAG, etag.as_str()))
-            .insert_header((header::CACHE_CONTROL, cache))
+            .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
             .insert_header((header::VARY, "Accept-Encoding"))
             .finish();
     }
     let mut res = HttpResponse::Ok();
     res.insert_header((header::CONTENT_TYPE, "text/javascript; charset=utf-8"))
         .insert_header((header::ETAG, etag.as_str()))
-        .insert_header((header::CACHE_CONTROL, cache))
+        .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
         .insert_header((header::VARY, "Accept-Encoding"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
     if accepts_gzip(&req) {

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::reload::modified;
+
 use arc_swap::ArcSwap;
-use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslContext, SslFiletype, SslMethod};
+use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslContext, SslMethod};
 
 /// The certificate and key files, and the context loaded from them last.
 pub struct CertStore {
@@ -40,10 +42,6 @@ pub fn load_context(cert: &Path, key: &Path) -> Result<SslContext, String> {
     Ok(b.build().into_context())
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 impl CertStore {
     /// Loads the files once (an error stops chronosd at start).
     pub fn open(cert: &Path, key: &Path) -> Result<Arc<CertStore>, String> {
@@ -60,8 +58,13 @@ impl CertStore {
     /// The acceptor actix-web listens with: every handshake uses the context loaded last.
     pub fn acceptor(self: &Arc<Self>) -> Result<SslAcceptorBuilder, String> {
         let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| format!("OpenSSL: {e}"))?;
-        b.set_certificate_chain_file(&self.cert).map_err(|e| format!("http.tls_cert: {e}"))?;
-        b.set_private_key_file(&self.key, SslFiletype::PEM).map_err(|e| format!("http.tls_key: {e}"))?;
+        // The pair loaded by `open` (the callback below switches every
+        // handshake to the context loaded last, chain included).
+        let current = self.current.load();
+        if let (Some(cert), Some(key)) = (current.certificate(), current.private_key()) {
+            b.set_certificate(cert).map_err(|e| format!("http.tls_cert: {e}"))?;
+            b.set_private_key(key).map_err(|e| format!("http.tls_key: {e}"))?;
+        }
         let store = self.clone();
         b.set_servername_callback(move |ssl, _alert| {
             let context = store.current.load();

@@ -31,17 +31,15 @@ pub struct LoadContext {
     assigned: Mutex<Vec<Key>>,
     /// How to stop each running loader.
     loaders: Mutex<HashMap<Key, watch::Sender<Stop>>>,
-    /// The queue handle of each loader told to stop, until it is dropped: a
-    /// partition assigned again gets its new loader only then (see
-    /// [`Partition::alive`]).
-    stopping: Mutex<HashMap<Key, std::sync::Weak<()>>>,
-    /// The queue handle of each running loader.
+    /// The queue handle of each partition's latest loader: a partition
+    /// assigned again gets its new loader only once the previous handle is
+    /// dropped (see [`Partition::alive`]).
     handles: Mutex<HashMap<Key, std::sync::Weak<()>>>,
 }
 
 impl LoadContext {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        LoadContext { metrics, assigned: Mutex::default(), loaders: Mutex::default(), stopping: Mutex::default(), handles: Mutex::default() }
+        LoadContext { metrics, assigned: Mutex::default(), loaders: Mutex::default(), handles: Mutex::default() }
     }
 
     /// Asks every running loader to stop.
@@ -75,9 +73,6 @@ impl LoadContext {
             if let Some(stop) = loaders.remove(&key) {
                 // What it had not committed is read again by the next owner.
                 let _ = stop.send(Stop::Revoked);
-            }
-            if let Some(handle) = self.handles.lock().unwrap().remove(&key) {
-                self.stopping.lock().unwrap().insert(key, handle);
             }
         }
         if let Err(e) = consumer.unassign() {
@@ -152,14 +147,10 @@ pub fn poll_loop(consumer: Arc<Consumer>, start_loader: Box<StartLoader>, stop: 
         let mut wait = Vec::new();
         for (topic, partition) in assigned {
             let key = (topic, partition);
-            {
-                let mut stopping = context.stopping.lock().unwrap();
-                stopping.retain(|_, handle| handle.strong_count() > 0);
-                if stopping.contains_key(&key) {
-                    // Its previous loader still holds the queue: next round.
-                    wait.push(key);
-                    continue;
-                }
+            if context.handles.lock().unwrap().get(&key).is_some_and(|h| h.strong_count() > 0) {
+                // Its previous loader still holds the queue: next round.
+                wait.push(key);
+                continue;
             }
             let (topic, partition) = key;
             let Some(queue) = Partition::split(&consumer, &topic, partition) else {

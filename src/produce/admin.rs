@@ -115,13 +115,19 @@ pub fn check_security(c: &KafkaConfig, timeout: Duration) -> SecurityCheck {
     }
 }
 
+/// A TCP connection to the first broker of `kafka.brokers`, with its host name.
+fn connect_first_broker(c: &KafkaConfig) -> Option<(String, std::net::TcpStream)> {
+    let addr = c.brokers.split(',').next()?.trim();
+    let (host, _) = addr.rsplit_once(':')?;
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(addr).ok()?.next()?;
+    let stream = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    Some((host.to_string(), stream))
+}
+
 /// Whether the first broker's port accepts a TCP connection.
 fn accepts_tcp(c: &KafkaConfig) -> bool {
-    let first = c.brokers.split(',').next().map(str::trim).unwrap_or_default();
-    std::net::ToSocketAddrs::to_socket_addrs(first)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|sock| std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).is_ok())
+    connect_first_broker(c).is_some()
 }
 
 /// Whether the first broker's certificate chain is trusted when its host name
@@ -129,8 +135,6 @@ fn accepts_tcp(c: &KafkaConfig) -> bool {
 /// "certificate verify failed", and the fix differs.
 fn tls_trusted_without_hostname(c: &KafkaConfig) -> bool {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    let Some(addr) = c.brokers.split(',').next().map(str::trim) else { return false };
-    let Some((host, _)) = addr.rsplit_once(':') else { return false };
     let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else { return false };
     builder.set_verify(SslVerifyMode::PEER);
     let loaded = match &c.ssl_ca {
@@ -143,10 +147,8 @@ fn tls_trusted_without_hostname(c: &KafkaConfig) -> bool {
     let connector = builder.build();
     let Ok(config) = connector.configure() else { return false };
     let config = config.verify_hostname(false).use_server_name_indication(false);
-    let Some(sock) = std::net::ToSocketAddrs::to_socket_addrs(addr).ok().and_then(|mut a| a.next()) else { return false };
-    let Ok(stream) = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    config.connect(host, stream).is_ok()
+    let Some((host, stream)) = connect_first_broker(c) else { return false };
+    config.connect(&host, stream).is_ok()
 }
 
 /// The setting to change for librdkafka's account of a refused connection.

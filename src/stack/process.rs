@@ -173,6 +173,15 @@ pub fn https_get_unverified(addr: SocketAddr, path: &str, timeout: Duration) -> 
     get_over(tls, addr, path)
 }
 
+/// GET on chronosd's own port, over HTTPS when it serves that (`http.tls_cert`).
+pub fn chronosd_get(addr: SocketAddr, path: &str, timeout: Duration, https: bool) -> Result<(u16, String)> {
+    if https {
+        https_get_unverified(addr, path, timeout)
+    } else {
+        http_get(addr, path, timeout)
+    }
+}
+
 fn get_over(mut s: impl Read + Write, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
