@@ -13,6 +13,8 @@ CREATE TABLE IF NOT EXISTS chronos.seen_batches (
     batch_id uuid PRIMARY KEY,
     seen_at timestamptz NOT NULL DEFAULT now()
 );
+-- kept: an imported batch's id, never pruned, so a re-run of an import stores nothing twice.
+ALTER TABLE chronos.seen_batches ADD COLUMN IF NOT EXISTS kept boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS seen_batches_seen_at ON chronos.seen_batches (seen_at);
 CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     id bigserial PRIMARY KEY,

@@ -37,6 +37,8 @@ pub struct Config {
     pub load: LoadConfig,
     /// How long raw events stay in PostgreSQL, and where older days go.
     pub retention: RetentionConfig,
+    /// Historical import (`chronos import`, `POST /v1/import`).
+    pub import: ImportConfig,
     /// The local stack started by `chronos start`.
     pub stack: StackConfig,
     /// What `chronos tracker build` puts into the browser tracker.
@@ -145,6 +147,7 @@ impl Default for Config {
             load: LoadConfig::default(),
             events: catalog::built_in_events(),
             retention: RetentionConfig::default(),
+            import: ImportConfig::default(),
             stack: StackConfig::default(),
             tracker: crate::tracker::TrackerConfig::default(),
             source: None,
@@ -237,7 +240,7 @@ impl Default for HttpConfig {
 }
 
 /// Paths chronosd answers itself.
-pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+pub const OWN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/v1/import"];
 
 impl HttpConfig {
     /// What is wrong with `batch_path` and `tracker_path`.
@@ -322,6 +325,29 @@ pub struct WriteKeyConfig {
     /// Accept requests without an `Origin` header (server-side senders, curl).
     #[serde(default)]
     pub allow_no_origin: bool,
+    /// `browser` (default): for pages, checked against `origins`; `server`:
+    /// for back ends and `POST /v1/import`, never from a page (a request
+    /// with an `Origin` header is refused).
+    #[serde(default)]
+    pub kind: KeyKind,
+}
+
+/// Who may use a write key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    #[default]
+    Browser,
+    Server,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Browser => "browser",
+            KeyKind::Server => "server",
+        }
+    }
 }
 
 /// Kafka producer settings; every librdkafka setting chronosd uses is here.
@@ -624,6 +650,29 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Historical import (docs/import.md): which event times are plausible, and
+/// how events of the JSON-lines form are grouped into batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    /// Events older than this many days before the import are refused
+    /// (dead-lettered, like any invalid event). 0: any time since 2000.
+    pub max_past_days: u32,
+    /// Events more than this many seconds after the import are refused.
+    pub max_future_secs: u64,
+    /// Events of one session and page per batch, at most (JSON-lines form;
+    /// also capped by `http.max_events_per_batch`).
+    pub batch_events: usize,
+    /// Largest `POST /v1/import` body, after decompression.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig { max_past_days: 3660, max_future_secs: 3600, batch_events: 500, max_body_bytes: 64 << 20 }
+    }
+}
+
 /// Where `retention.archive` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveTarget {
@@ -788,6 +837,8 @@ impl Config {
             ("load.flush_ms", self.load.flush_ms),
             ("load.shutdown_timeout_secs", self.load.shutdown_timeout_secs),
             ("load.prefetch_kbytes", self.load.prefetch_kbytes as u64),
+            ("import.batch_events", self.import.batch_events as u64),
+            ("import.max_body_bytes", self.import.max_body_bytes as u64),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -916,7 +967,9 @@ impl Config {
             if !secrets.insert(&key.key) {
                 errors.push(format!("{at}.key: the same key is listed twice"));
             }
-            if key.origins.is_empty() && !key.allow_no_origin {
+            if key.kind == KeyKind::Server && !key.origins.is_empty() {
+                errors.push(format!("{at}.origins: a server key takes no origins (it is refused from pages, which send an Origin)"));
+            } else if key.kind == KeyKind::Browser && key.origins.is_empty() && !key.allow_no_origin {
                 errors.push(format!("{at}.origins: empty and allow_no_origin = false, so this key can never be used"));
             }
             for (j, o) in key.origins.iter().enumerate() {

@@ -33,6 +33,7 @@ pub mod config;
 pub mod reload;
 pub mod secret;
 pub mod http;
+pub mod import;
 pub mod payload;
 pub mod produce;
 pub mod shutdown;
@@ -154,6 +155,7 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         batch_path: config.http.batch_path.clone(),
         tracker_path: config.http.tracker_path.clone(),
         script: web::Data::new(arc_swap::ArcSwap::from_pointee(http::script::Script::build(config))),
+        config: Arc::new(config.clone()),
     });
     (state, sink_arbiter)
 }

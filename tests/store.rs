@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chronos::catalog::{built_in_events, EventCatalog};
@@ -50,16 +51,36 @@ fn a_batch_id_is_claimed_once_and_a_retry_finds_it_taken() {
         let _pg = pg; // runs as long as the test
         let internals = Internals::prepare(&client, &catalog()).await.unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let none = HashSet::new();
         let tx = client.transaction().await.unwrap();
-        assert_eq!(internals.claim_batches(&tx, &[a]).await.unwrap().len(), 1);
+        assert_eq!(internals.claim_batches(&tx, &[a], &none).await.unwrap().len(), 1);
         tx.commit().await.unwrap();
         let tx = client.transaction().await.unwrap();
-        let fresh = internals.claim_batches(&tx, &[a, b]).await.unwrap();
+        let fresh = internals.claim_batches(&tx, &[a, b], &none).await.unwrap();
         assert_eq!(fresh.into_iter().collect::<Vec<_>>(), vec![b], "`a` was loaded before");
         tx.rollback().await.unwrap();
         let tx = client.transaction().await.unwrap();
-        assert!(internals.claim_batches(&tx, &[b]).await.unwrap().contains(&b), "a rolled-back claim claims nothing");
-        assert!(internals.claim_batches(&tx, &[]).await.unwrap().is_empty());
+        assert!(internals.claim_batches(&tx, &[b], &none).await.unwrap().contains(&b), "a rolled-back claim claims nothing");
+        assert!(internals.claim_batches(&tx, &[], &none).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn an_imported_batch_id_outlives_the_pruning_of_seen_ids() {
+    with_schema(|pg, mut client| async move {
+        let _pg = pg; // runs as long as the test
+        let internals = Internals::prepare(&client, &catalog()).await.unwrap();
+        let (live, imported) = (Uuid::new_v4(), Uuid::new_v4());
+        let tx = client.transaction().await.unwrap();
+        let fresh = internals.claim_batches(&tx, &[live, imported], &HashSet::from([imported])).await.unwrap();
+        assert_eq!(fresh.len(), 2);
+        tx.commit().await.unwrap();
+        client.execute("UPDATE chronos.seen_batches SET seen_at = now() - interval '30 days'", &[]).await.unwrap();
+        let pruned = chronos::store::prune_seen_batches(&client, Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(pruned, 1, "only the live batch's id is pruned");
+        let tx = client.transaction().await.unwrap();
+        let fresh = internals.claim_batches(&tx, &[live, imported], &HashSet::new()).await.unwrap();
+        assert_eq!(fresh.into_iter().collect::<Vec<_>>(), vec![live], "the import's id is still claimed");
     });
 }
 

@@ -128,7 +128,7 @@ struct Encode<'c> {
 }
 
 impl Visit for Encode<'_> {
-    fn batch(&mut self, batch_id: uuid::Uuid) -> bool {
+    fn batch(&mut self, batch_id: uuid::Uuid, _imported: bool) -> bool {
         self.flush.batch_ids.push(batch_id);
         true
     }

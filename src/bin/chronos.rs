@@ -82,6 +82,23 @@ enum Cmd {
         #[arg(long)]
         out: String,
     },
+    /// Import historical events from a file of JSON lines: Kafka records v1 (a
+    /// topic dump) or one event per line (as `export --format jsonl` writes).
+    /// Checked like a batch (invalid events are dead-lettered), sent through
+    /// Kafka, stored once: running the same file again stores nothing twice.
+    Import {
+        /// The file (gzip-compressed too), or - for standard input.
+        file: String,
+        /// Key id recorded with event lines (records keep their own).
+        #[arg(long, default_value = "import")]
+        key_id: String,
+        /// Check and count only; nothing is sent.
+        #[arg(long)]
+        dry_run: bool,
+        /// Then wait up to SECS for the loaders to store every batch, and say how long it took.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
     /// Erase one person's events: raw rows, dead letters, rows of views keyed by
     /// session, and archive files (rewritten); prints what cannot be erased.
     Erase {
@@ -128,6 +145,9 @@ enum KeysCmd {
         /// Accept requests without an `Origin` header (server-side senders).
         #[arg(long)]
         allow_no_origin: bool,
+        /// `server`: for back ends and `POST /v1/import`, refused from pages; takes no --origin.
+        #[arg(long, value_enum, default_value = "browser")]
+        kind: chronos::config::KeyKind,
         /// Use this secret instead of a generated one (16-256 printable ASCII characters).
         #[arg(long)]
         key: Option<String>,
@@ -310,6 +330,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Archive { action } => archive(&stack.config, action)?,
         Cmd::Erase { session, by } => erase(&stack.config, &session, by)?,
+        Cmd::Import { file, key_id, dry_run, wait } => {
+            let opts = chronos::import::send::Options { key_id, dry_run, wait: wait.map(Duration::from_secs) };
+            if !import(&stack.config, &file, &opts)? {
+                std::process::exit(4);
+            }
+        }
         Cmd::Export { from, to, types, format, out } => export(&stack.config, &from, to.as_deref(), types, format, &out)?,
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
@@ -326,9 +352,9 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
         let client = chronos::store::connect(&c.postgres.url).await?;
         stored_keys::install(&client).await?;
         match action {
-            KeysCmd::Create { id, origins, allow_no_origin, key } => {
+            KeysCmd::Create { id, origins, allow_no_origin, kind, key } => {
                 let key = key.unwrap_or_else(stored_keys::generate);
-                stored_keys::create(&client, &id, &key, &origins, allow_no_origin, &config_ids).await?;
+                stored_keys::create(&client, &id, &key, &origins, allow_no_origin, kind, &config_ids).await?;
                 println!("{key}");
                 eprintln!("stored key `{id}`; chronosd accepts it within {} s", c.http.keys_refresh_secs);
                 if !c.http.keys_from_postgres {
@@ -337,17 +363,20 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
             }
             KeysCmd::List => {
                 // Where a key may be used from, as `chronos keys list` shows it.
-                let access = |origins: &[String], allow_no_origin: bool| {
+                let access = |origins: &[String], allow_no_origin: bool, kind: chronos::config::KeyKind| {
+                    if kind == chronos::config::KeyKind::Server {
+                        return "server key (no Origin)".to_string();
+                    }
                     let origins = if origins.is_empty() { "(none)".to_string() } else { origins.join(",") };
                     format!("origins {origins}{}", if allow_no_origin { " +no-origin" } else { "" })
                 };
                 for k in &c.keys {
-                    println!("{:<20} config   {:<10} {}", k.id, "active", access(&k.origins, k.allow_no_origin));
+                    println!("{:<20} config   {:<10} {}", k.id, "active", access(&k.origins, k.allow_no_origin, k.kind));
                 }
                 for k in stored_keys::list(&client).await? {
                     let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     let revoked = k.revoked_at.map(|r| format!(", revoked {r}")).unwrap_or_default();
-                    println!("{:<20} stored   {state:<10} {} (created {}{revoked})", k.id, access(&k.origins, k.allow_no_origin), k.created_at);
+                    println!("{:<20} stored   {state:<10} {} (created {}{revoked})", k.id, access(&k.origins, k.allow_no_origin, k.kind), k.created_at);
                 }
             }
             KeysCmd::Revoke { id } => {
@@ -461,6 +490,7 @@ EXIT STATUS
     1   the command failed; the message says what to do next.
     2   bad arguments (and `chronosd --check-config` on an invalid file).
     3   `chronos status`: a service of the local stack is down.
+    4   `chronos import`: done, but some lines or events were rejected (listed).
 
 EXAMPLES
     chronos start                      start everything, print where to send events
@@ -470,6 +500,7 @@ EXAMPLES
     chronos dead-letters list -n 5     why events were refused
     chronos keys create site-2026 --origin example.com   a new write key, no restart
     chronos keys revoke site-2025      the old one gets 401 within http.keys_refresh_secs
+    chronos import events.jsonl.gz --wait 600   historical events, stored once
     chronos tracker build --out chronos.js
 
 SEE ALSO
@@ -606,6 +637,56 @@ fn print_log(path: &std::path::Path, follow: bool, lines: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `chronos import`; `false` when something was rejected.
+fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send::Options) -> Result<bool> {
+    use std::io::BufRead;
+    let (raw, len): (Box<dyn std::io::Read>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    // Progress counts the bytes read from the file (compressed, for a gzip file).
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ({eta} left)").expect("a valid template"),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(indicatif::ProgressStyle::with_template("{spinner} {bytes} {msg}").expect("a valid template")),
+    };
+    let mut input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(raw));
+    let gzip = input.fill_buf().map_err(|e| anyhow::anyhow!("{file}: {e}"))?.starts_with(&[0x1f, 0x8b]);
+    let input: Box<dyn BufRead> = if gzip { Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(input))) } else { Box::new(input) };
+    let report = chronos::stack::postgres::block_on(chronos::import::send::run(c, input, opts, |s, _| {
+        bar.set_message(format!("{} lines, {} events accepted, {} rejected, {} duplicate", s.lines, s.accepted, s.rejected, s.duplicate_events));
+    }))
+    .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
+    bar.finish_and_clear();
+    let s = &report.summary;
+    let secs = report.produced_in.as_secs_f64();
+    let verb = if opts.dry_run { "checked (dry run, nothing sent)" } else { "imported" };
+    println!(
+        "{verb} {file}: {} lines; {} events accepted in {} batches, {} rejected, {} duplicate ({} batches stored before); {secs:.1} s, {:.0} events/s",
+        s.lines, s.accepted, s.batches, s.rejected, s.duplicate_events, s.duplicate_batches,
+        (s.accepted + s.rejected) as f64 / secs.max(1e-3)
+    );
+    if let Some(t) = report.stored_in {
+        println!(
+            "stored by the loaders: {} batches, {:.1} s after the start ({:.0} events/s end to end)",
+            report.sent.len(),
+            t.as_secs_f64(),
+            (s.accepted + s.rejected) as f64 / t.as_secs_f64().max(1e-3)
+        );
+    }
+    for r in &s.reasons {
+        eprintln!("rejected: {r}");
+    }
+    if s.rejected as usize > s.reasons.len() {
+        eprintln!("rejected: … {} more (dead letters: `chronos dead-letters list`)", s.rejected as usize - s.reasons.len());
+    }
+    Ok(s.rejected == 0)
 }
 
 fn erase(c: &chronos::config::Config, session: &str, by: Option<String>) -> Result<()> {

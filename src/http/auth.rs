@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::WriteKeyConfig;
+use crate::config::{KeyKind, WriteKeyConfig};
 
 /// One allowlist entry: `example.com`, `*.example.com`, `https://example.com:8443`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +113,7 @@ pub struct WriteKey {
     digest: [u8; 32],
     origins: Vec<OriginPattern>,
     allow_no_origin: bool,
+    pub kind: KeyKind,
     /// Stable per key (the per-key rate limit's bucket): config keys by
     /// position, stored keys after them by their row's slot.
     pub slot: usize,
@@ -121,14 +122,14 @@ pub struct WriteKey {
 impl WriteKey {
     /// A key with its origin patterns (config and stored keys were checked
     /// before; a pattern that no longer parses is skipped).
-    fn new(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
+    fn new(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, kind: KeyKind, slot: usize) -> Self {
         let origins = origins.iter().filter_map(|o| OriginPattern::parse(o).ok()).collect();
-        WriteKey { id, digest, origins, allow_no_origin, slot }
+        WriteKey { id, digest, origins, allow_no_origin, kind, slot }
     }
 
     /// A key from `chronos.write_keys` (its secret's SHA-256), by its row's slot.
-    pub fn stored(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, slot: usize) -> Self {
-        WriteKey::new(id, digest, origins, allow_no_origin, STORED_SLOTS + slot)
+    pub fn stored(id: String, digest: [u8; 32], origins: &[String], allow_no_origin: bool, kind: KeyKind, slot: usize) -> Self {
+        WriteKey::new(id, digest, origins, allow_no_origin, kind, STORED_SLOTS + slot)
     }
 }
 
@@ -149,11 +150,16 @@ const STORED_SLOTS: usize = 1 << 32;
 pub enum OriginRefusal {
     Missing,
     NotAllowed,
+    /// A server key used from a page.
+    ServerKey,
 }
 
 impl WriteKey {
     /// Checks the request's `Origin` header against this key's allowlist.
     pub fn check_origin(&self, origin: Option<&str>) -> Result<(), OriginRefusal> {
+        if self.kind == KeyKind::Server {
+            return if origin.is_some() { Err(OriginRefusal::ServerKey) } else { Ok(()) };
+        }
         match origin {
             None if self.allow_no_origin => Ok(()),
             None => Err(OriginRefusal::Missing),
@@ -178,7 +184,7 @@ pub struct KeyRing {
 fn config_keys(keys: &[WriteKeyConfig]) -> Vec<Arc<WriteKey>> {
     keys.iter()
         .enumerate()
-        .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), key_digest(&k.key), &k.origins, k.allow_no_origin, slot)))
+        .map(|(slot, k)| Arc::new(WriteKey::new(k.id.clone(), key_digest(&k.key), &k.origins, k.allow_no_origin, k.kind, slot)))
         .collect()
 }
 
@@ -279,6 +285,22 @@ mod tests {
     }
 
     #[test]
+    fn a_server_key_is_refused_from_pages_and_needs_no_origin() {
+        let ring = KeyRing::from_config(&[WriteKeyConfig {
+            id: "backend".into(),
+            key: "0123456789abcdef".into(),
+            key_file: None,
+            origins: vec![],
+            allow_no_origin: false,
+            kind: KeyKind::Server,
+        }]);
+        let k = ring.find("0123456789abcdef").unwrap();
+        assert_eq!(k.check_origin(None), Ok(()));
+        assert_eq!(k.check_origin(Some("https://example.com")), Err(OriginRefusal::ServerKey));
+        assert!(!ring.any_allows("https://example.com"), "no CORS preflight for a server key");
+    }
+
+    #[test]
     fn missing_origin_needs_explicit_permission() {
         let mk = |allow| {
             KeyRing::from_config(&[WriteKeyConfig {
@@ -287,6 +309,7 @@ mod tests {
                 key_file: None,
                 origins: vec!["example.com".into()],
                 allow_no_origin: allow,
+                kind: KeyKind::Browser,
             }])
         };
         let strict = mk(false);

@@ -1,7 +1,9 @@
 //! Who sent a request: the peer, or the client named by a trusted proxy's
 //! `X-Forwarded-For`; and the anonymised form that is all chronosd keeps.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+pub use crate::payload::anonymise;
 
 /// The client's address. `X-Forwarded-For` is believed only when the peer is a
 /// trusted proxy; then the right-most address not itself a trusted proxy wins.
@@ -14,23 +16,6 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .find(|ip| !trusted.contains(ip))
         .unwrap_or(peer)
-}
-
-/// Drops the host part: the last octet of IPv4 (/24), all but the first 48 bits of IPv6.
-pub fn anonymise(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => anonymise(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
-            }
-        },
-    }
 }
 
 #[cfg(test)]

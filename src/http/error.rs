@@ -30,6 +30,12 @@ pub enum IngestError {
     OriginNotAllowed { origin: String, key_id: String },
     #[error("requests without an Origin header are not allowed for write key `{key_id}`")]
     MissingOrigin { key_id: String },
+    #[error("write key `{key_id}` is a server key: it is refused from pages (the request has an Origin header)")]
+    ServerKeyFromPage { key_id: String },
+    #[error("write key `{key_id}` is a browser key; {path} takes a server key (kind = \"server\")")]
+    NotAServerKey { key_id: String, path: String },
+    #[error("{0}")]
+    NoKey(&'static str),
     #[error("too many requests for this {scope}; retry after {retry_after} s")]
     RateLimited { scope: &'static str, retry_after: u64 },
     #[error("the event pipeline is saturated; retry after {retry_after} s")]
@@ -40,6 +46,8 @@ pub enum IngestError {
     BrokerUnavailable { reason: String, retry_after: u64 },
     #[error("the broker refused the batch for good: {0}")]
     BrokerRejected(String),
+    #[error("PostgreSQL cannot be reached to skip the batches stored before ({reason}); retry after {retry_after} s")]
+    StoreUnavailable { reason: String, retry_after: u64 },
     #[error("chronosd is shutting down; retry after {retry_after} s")]
     ShuttingDown { retry_after: u64 },
     #[error("internal error while reading the batch")]
@@ -62,12 +70,16 @@ impl IngestError {
             UnknownKey => "unknown_key",
             OriginNotAllowed { .. } => "origin_not_allowed",
             MissingOrigin { .. } => "missing_origin",
+            ServerKeyFromPage { .. } => "server_key_from_page",
+            NotAServerKey { .. } => "not_a_server_key",
+            NoKey(_) => "no_key",
             RateLimited { .. } => "rate_limited",
             Overloaded { .. } => "overloaded",
             BrokerTimeout { .. } => "broker_timeout",
             BrokerUnavailable { .. } => "broker_unavailable",
             BrokerRejected(_) => "broker_rejected",
             ShuttingDown { .. } => "shutting_down",
+            StoreUnavailable { .. } => "store_unavailable",
             Internal => "internal",
         }
     }
@@ -79,7 +91,8 @@ impl IngestError {
             | Overloaded { retry_after }
             | BrokerTimeout { retry_after }
             | BrokerUnavailable { retry_after, .. }
-            | ShuttingDown { retry_after } => Some(*retry_after),
+            | ShuttingDown { retry_after }
+            | StoreUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -92,10 +105,10 @@ impl ResponseError for IngestError {
             BodyTooLarge { .. } | DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IncompleteBody(_) | BadGzip(_) | Payload(_) => StatusCode::BAD_REQUEST,
             UnsupportedEncoding(_) | UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UnknownKey => StatusCode::UNAUTHORIZED,
-            OriginNotAllowed { .. } | MissingOrigin { .. } => StatusCode::FORBIDDEN,
+            UnknownKey | NoKey(_) => StatusCode::UNAUTHORIZED,
+            OriginNotAllowed { .. } | MissingOrigin { .. } | ServerKeyFromPage { .. } | NotAServerKey { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | BrokerTimeout { .. } | BrokerUnavailable { .. } | ShuttingDown { .. } => {
+            Overloaded { .. } | BrokerTimeout { .. } | BrokerUnavailable { .. } | ShuttingDown { .. } | StoreUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             BrokerRejected(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,5 +1,5 @@
-//! HTTP receipt (actix-web): `POST /v1/batch` with its CORS preflight, and
-//! `/healthz`, `/readyz`, `/metrics`.
+//! HTTP receipt (actix-web): `POST /v1/batch` with its CORS preflight,
+//! `POST /v1/import` (server keys), and `/healthz`, `/readyz`, `/metrics`.
 //!
 //! A batch request goes: per-IP rate limit → content checks → body read under
 //! its cap → a `Receipt` actor (decompress, parse, key, origin, per-key rate,
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod import;
 pub mod limits;
 pub mod receipt;
 pub mod script;
@@ -54,6 +55,9 @@ pub struct AppState {
     pub tracker_path: String,
     /// The tracker bundle served at `tracker_path`.
     pub script: web::Data<script::Served>,
+    /// The config chronosd started with (`POST /v1/import` reads the catalog,
+    /// the caps and `[import]` from it, and `postgres.url`).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// Routes of chronosd.
@@ -63,6 +67,7 @@ pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig
         cfg.app_data(state)
             .app_data(web::PayloadConfig::new(usize::MAX))
             .service(web::resource(batch).route(web::post().to(post_batch)).route(web::method(actix_web::http::Method::OPTIONS).to(preflight)))
+            .route(import::PATH, web::post().to(import::post))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics));
@@ -86,7 +91,7 @@ async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     HttpResponse::NotFound().json(body("not_found", message))
 }
 
-fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -134,7 +139,7 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
         encoding,
         origin: header_str(req, header::ORIGIN).map(str::to_owned),
         client_ip: client_ip::anonymise(ip),
-        user_agent: header_str(req, header::USER_AGENT).map(|ua| ua.chars().take(512).collect()),
+        user_agent: header_str(req, header::USER_AGENT).map(|ua| ua.chars().take(crate::payload::MAX_USER_AGENT_CHARS).collect()),
         received_at: now_ms(),
     };
     let overloaded = || IngestError::Overloaded { retry_after: state.retry_after };

@@ -85,6 +85,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
     let key = shared.keys.find(env.key).ok_or(IngestError::UnknownKey)?;
     key.check_origin(msg.origin.as_deref()).map_err(|refusal| match refusal {
         OriginRefusal::Missing => IngestError::MissingOrigin { key_id: key.id.clone() },
+        OriginRefusal::ServerKey => IngestError::ServerKeyFromPage { key_id: key.id.clone() },
         OriginRefusal::NotAllowed => IngestError::OriginNotAllowed {
             origin: msg.origin.as_deref().unwrap_or_default().chars().take(256).collect(),
             key_id: key.id.clone(),
@@ -94,9 +95,10 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
     let validated = payload::validate_events(env.events, &shared.catalog);
     let facts = ServerFacts {
         received_at: msg.received_at,
-        client_ip: msg.client_ip,
+        client_ip: Some(msg.client_ip),
         key_id: &key.id,
         user_agent: msg.user_agent.as_deref(),
+        imported: false,
     };
     let record = encode_record(&env, &validated, &facts, &shared.catalog);
     let dead_letter = encode_dead_letter(&env, &validated, &facts);

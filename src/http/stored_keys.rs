@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use super::auth::{KeyRing, OriginPattern, WriteKey};
+use crate::config::KeyKind;
 
 /// The table (made by the first `chronos keys` command or chronosd start). It
 /// holds each key's SHA-256, never the key: `chronos keys create` prints the
@@ -31,7 +32,8 @@ DO $$ BEGIN
         UPDATE chronos.write_keys SET key_sha256 = sha256(convert_to(key, 'UTF8')) WHERE key_sha256 IS NULL;
         ALTER TABLE chronos.write_keys ALTER COLUMN key_sha256 SET NOT NULL, DROP COLUMN key;
     END IF;
-END $$;";
+END $$;
+ALTER TABLE chronos.write_keys ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'browser' CHECK (kind IN ('browser', 'server'));";
 
 /// One row of `chronos.write_keys`.
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ pub struct StoredKey {
     pub digest: [u8; 32],
     pub origins: Vec<String>,
     pub allow_no_origin: bool,
+    pub kind: KeyKind,
     pub created_at: String,
     pub revoked_at: Option<String>,
     slot: i64,
@@ -52,14 +55,17 @@ pub fn generate() -> String {
 }
 
 /// Checks a key before it is stored, with the rules of `[[keys]]` in the config.
-pub fn check(id: &str, key: &str, origins: &[String], allow_no_origin: bool) -> Result<(), String> {
+pub fn check(id: &str, key: &str, origins: &[String], allow_no_origin: bool, kind: KeyKind) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(format!("id `{id}` must be 1-64 letters, digits, - _ ."));
     }
     if key.len() < 16 || key.len() > 256 || !key.chars().all(|c| c.is_ascii_graphic()) {
         return Err("the key must be 16-256 printable ASCII characters".into());
     }
-    if origins.is_empty() && !allow_no_origin {
+    if kind == KeyKind::Server && !origins.is_empty() {
+        return Err("a server key takes no --origin (it is refused from pages, which send an Origin)".into());
+    }
+    if kind == KeyKind::Browser && origins.is_empty() && !allow_no_origin {
         return Err("no --origin and no --allow-no-origin: this key could never be used".into());
     }
     for o in origins {
@@ -78,7 +84,7 @@ pub async fn install(client: &Client) -> Result<()> {
 pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
     let rows = client
         .query(
-            "SELECT id, key_sha256, origins, allow_no_origin, created_at::text, revoked_at::text, slot
+            "SELECT id, key_sha256, origins, allow_no_origin, created_at::text, revoked_at::text, slot, kind
              FROM chronos.write_keys ORDER BY slot",
             &[],
         )
@@ -93,20 +99,21 @@ pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
             created_at: r.get(4),
             revoked_at: r.get(5),
             slot: r.get(6),
+            kind: if r.get::<_, &str>(7) == "server" { KeyKind::Server } else { KeyKind::Browser },
         })
         .collect())
 }
 
 /// Stores a new key. `config_ids` are the config file's key ids (an id names one key).
-pub async fn create(client: &Client, id: &str, key: &str, origins: &[String], allow_no_origin: bool, config_ids: &[&str]) -> Result<()> {
-    check(id, key, origins, allow_no_origin).map_err(anyhow::Error::msg)?;
+pub async fn create(client: &Client, id: &str, key: &str, origins: &[String], allow_no_origin: bool, kind: KeyKind, config_ids: &[&str]) -> Result<()> {
+    check(id, key, origins, allow_no_origin, kind).map_err(anyhow::Error::msg)?;
     if config_ids.contains(&id) {
         anyhow::bail!("id `{id}` is a key of the config file; choose another id");
     }
     let inserted = client
         .execute(
-            "INSERT INTO chronos.write_keys (id, key_sha256, origins, allow_no_origin) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            &[&id, &super::auth::key_digest(key).as_slice(), &origins, &allow_no_origin],
+            "INSERT INTO chronos.write_keys (id, key_sha256, origins, allow_no_origin, kind) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&id, &super::auth::key_digest(key).as_slice(), &origins, &allow_no_origin, &kind.as_str()],
         )
         .await?;
     if inserted == 0 {
@@ -139,7 +146,7 @@ pub async fn reload(client: &Client, ring: &KeyRing) -> Result<usize> {
         .await?
         .into_iter()
         .filter(|k| k.revoked_at.is_none())
-        .map(|k| WriteKey::stored(k.id, k.digest, &k.origins, k.allow_no_origin, k.slot as usize))
+        .map(|k| WriteKey::stored(k.id, k.digest, &k.origins, k.allow_no_origin, k.kind, k.slot as usize))
         .collect();
     let n = keys.len();
     ring.set_stored(keys);
@@ -178,17 +185,19 @@ mod tests {
     fn generated_keys_are_valid_and_distinct() {
         let (a, b) = (generate(), generate());
         assert_ne!(a, b);
-        assert!(check("site", &a, &["example.com".into()], false).is_ok());
+        assert!(check("site", &a, &["example.com".into()], false, KeyKind::Browser).is_ok());
         assert_eq!(a.len(), 35);
     }
 
     #[test]
     fn bad_keys_say_why() {
-        assert!(check("a b", &generate(), &["example.com".into()], false).unwrap_err().contains("id"));
-        assert!(check("a", "short", &["example.com".into()], false).unwrap_err().contains("16-256"));
-        assert!(check("a", &generate(), &[], false).unwrap_err().contains("never be used"));
-        assert!(check("a", &generate(), &["*.".into()], false).unwrap_err().contains("origin `*.`"));
-        assert!(check("a", &generate(), &[], true).is_ok());
+        assert!(check("a b", &generate(), &["example.com".into()], false, KeyKind::Browser).unwrap_err().contains("id"));
+        assert!(check("a", "short", &["example.com".into()], false, KeyKind::Browser).unwrap_err().contains("16-256"));
+        assert!(check("a", &generate(), &[], false, KeyKind::Browser).unwrap_err().contains("never be used"));
+        assert!(check("a", &generate(), &["*.".into()], false, KeyKind::Browser).unwrap_err().contains("origin `*.`"));
+        assert!(check("a", &generate(), &[], true, KeyKind::Browser).is_ok());
+        assert!(check("a", &generate(), &[], false, KeyKind::Server).is_ok(), "a server key needs no origin");
+        assert!(check("a", &generate(), &["example.com".into()], false, KeyKind::Server).unwrap_err().contains("server key takes no --origin"));
     }
 
     #[test]
@@ -197,7 +206,7 @@ mod tests {
         let clone = ring.clone();
         let secret = generate();
         assert!(ring.find(&secret).is_none());
-        ring.set_stored(vec![WriteKey::stored("new".into(), super::super::auth::key_digest(&secret), &["example.com".into()], false, 1)]);
+        ring.set_stored(vec![WriteKey::stored("new".into(), super::super::auth::key_digest(&secret), &["example.com".into()], false, KeyKind::Browser, 1)]);
         let key = clone.find(&secret).expect("a clone sees the stored keys");
         assert_eq!(key.id, "new");
         assert!(key.slot > 1000, "stored slots never collide with config positions");

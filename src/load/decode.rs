@@ -2,7 +2,8 @@
 //! Attributes are matched by name through the record's `schema`, so records
 //! written under an older or newer catalog still load (missing → NULL).
 //! Event time: `time = client_time + (received_at − sent_at)`, clamped to a
-//! window around receipt and flagged when clamped.
+//! window around receipt and flagged when clamped; an imported record's
+//! times are not clamped (`chronos import` checked them against its own window).
 
 use bytes::BytesMut;
 use simd_json::prelude::*;
@@ -23,9 +24,12 @@ pub struct TimePolicy {
 }
 
 impl TimePolicy {
-    /// Corrected event time and whether it was clamped.
-    pub fn event_time(&self, client_time: i64, sent_at: i64, received_at: i64) -> (i64, bool) {
+    /// Corrected event time and whether it was clamped (never for an import).
+    pub fn event_time(&self, client_time: i64, sent_at: i64, received_at: i64, imported: bool) -> (i64, bool) {
         let t = client_time.saturating_add(received_at - sent_at);
+        if imported {
+            return (t, false);
+        }
         let (lo, hi) = (received_at - self.max_past_ms, received_at + self.max_future_ms);
         if t < lo {
             (lo, true)
@@ -51,8 +55,9 @@ fn context_of(root: &Value<'_>) -> Option<String> {
 /// What a walk over one record reports, event by event.
 pub trait Visit {
     /// Whether to load the batch `batch_id` at all (`false` skips all its
-    /// events: a batch this loader knows is a duplicate). Called once, first.
-    fn batch(&mut self, _batch_id: Uuid) -> bool {
+    /// events: a batch this loader knows is a duplicate); `imported` when it
+    /// came from `chronos import` or `POST /v1/import`. Called once, first.
+    fn batch(&mut self, _batch_id: Uuid, _imported: bool) -> bool {
         true
     }
     /// A loadable event of catalog type `table`; `metadata` is the record's
@@ -172,13 +177,14 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
     let sent_at = field("sent_at")?.as_i64().ok_or("`sent_at` is not an integer")?;
     let received_at = field("received_at")?.as_i64().ok_or("`received_at` is not an integer")?;
     let client_ip = root.get("client_ip").and_then(|v| v.as_str());
+    let imported = root.get("imported").and_then(|v| v.as_bool()) == Some(true);
     let page = field("page")?;
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
     }
     let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
     let events = field("events")?.as_array().ok_or("`events` is not an array")?;
-    if !visit.batch(batch_id) {
+    if !visit.batch(batch_id, imported) {
         return Ok(Walked::Skipped(batch_id));
     }
     let metadata = serde_json::to_string(page).unwrap_or_else(|_| "{}".into());
@@ -232,7 +238,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
             visit.reject(reject(reason));
             continue;
         }
-        let (time, time_flagged) = policy.event_time(client_time, sent_at, received_at);
+        let (time, time_flagged) = policy.event_time(client_time, sent_at, received_at, imported);
         let row = Row {
             type_name: &ty.name,
             time,
@@ -292,10 +298,13 @@ mod tests {
     fn event_time_cancels_the_clock_error_and_clamps() {
         let p = TimePolicy { max_past_ms: 7 * DAY, max_future_ms: DAY };
         // Client clock 1 h behind: sent_at says 09:00 while the server got it at 10:00.
-        assert_eq!(p.event_time(1_000, 3_600_000, 3_600_000 + 3_600_000), (3_601_000, false));
+        assert_eq!(p.event_time(1_000, 3_600_000, 3_600_000 + 3_600_000, false), (3_601_000, false));
         let now = 1_764_000_000_000;
-        assert_eq!(p.event_time(now + 30 * DAY, now, now), (now + DAY, true));
-        assert_eq!(p.event_time(now - 30 * DAY, now, now), (now - 7 * DAY, true));
+        assert_eq!(p.event_time(now + 30 * DAY, now, now, false), (now + DAY, true));
+        assert_eq!(p.event_time(now - 30 * DAY, now, now, false), (now - 7 * DAY, true));
+        // An import's times stand as given (it checked them itself); the correction still applies.
+        assert_eq!(p.event_time(now - 300 * DAY, now, now, true), (now - 300 * DAY, false));
+        assert_eq!(p.event_time(1_000, 3_600_000, 7_200_000, true), (3_601_000, false));
     }
 
     #[test]

@@ -151,6 +151,8 @@ struct Buffer {
     /// COPY tuples (no header or trailer) per catalog type, in catalog order.
     tuples: Vec<BytesMut>,
     batch_ids: HashSet<Uuid>,
+    /// The imported ones among them (their claims are kept for good).
+    imported: HashSet<Uuid>,
     views: Accumulator,
     /// Dead letters with the offset of their record.
     dead: Vec<(i64, DeadLetter)>,
@@ -171,6 +173,7 @@ impl Buffer {
         Buffer {
             tuples: (0..types).map(|_| BytesMut::new()).collect(),
             batch_ids: HashSet::new(),
+            imported: HashSet::new(),
             views,
             dead: Vec::new(),
             events: 0,
@@ -195,9 +198,13 @@ struct IntoBuffer<'a> {
 }
 
 impl Visit for IntoBuffer<'_> {
-    fn batch(&mut self, batch_id: Uuid) -> bool {
+    fn batch(&mut self, batch_id: Uuid, imported: bool) -> bool {
         // A retry of a batch loaded before, or twice in this buffer: skipped whole.
-        !self.duplicates.contains(&batch_id) && self.buffer.batch_ids.insert(batch_id)
+        let fresh = !self.duplicates.contains(&batch_id) && self.buffer.batch_ids.insert(batch_id);
+        if fresh && imported {
+            self.buffer.imported.insert(batch_id);
+        }
+        fresh
     }
 
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
@@ -689,7 +696,7 @@ async fn commit(
     let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
     let (advanced, fresh, views) = futures_util::future::try_join3(
         internals.advance_offset(&tx, &shared.group, topic, partition, expected, next),
-        internals.claim_batches(&tx, &ids),
+        internals.claim_batches(&tx, &ids, &buffer.imported),
         shared.views.lock_current(&tx, &shared.catalog),
     )
     .await?;

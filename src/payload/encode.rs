@@ -2,7 +2,7 @@
 //! of its rejected events (docs/kafka-record.md). Plain JSON, so that any
 //! Kafka consumer can read it without Chronos code.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -12,17 +12,36 @@ use simd_json::BorrowedValue as Value;
 use super::{Envelope, Validated};
 use crate::catalog::EventCatalog;
 
+/// Drops the host part: the last octet of IPv4 (/24), all but the first 48 bits of IPv6.
+pub fn anonymise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => anonymise(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// Facts the server adds to every record.
 #[derive(Debug, Clone)]
 pub struct ServerFacts<'a> {
     /// Receive time at chronosd, ms since the Unix epoch.
     pub received_at: i64,
-    /// Client IP, already anonymised.
-    pub client_ip: IpAddr,
+    /// Client IP, already anonymised (`None`: an imported event without one).
+    pub client_ip: Option<IpAddr>,
     /// Public id of the write key used (never the key itself).
     pub key_id: &'a str,
     /// `User-Agent` request header, truncated.
     pub user_agent: Option<&'a str>,
+    /// Historical import: the loaders keep its times as given and its batch id for good.
+    pub imported: bool,
 }
 
 #[derive(Serialize)]
@@ -33,10 +52,13 @@ struct Common<'a> {
     key_id: &'a str,
     sent_at: i64,
     received_at: i64,
-    client_ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     page: &'a Value<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    imported: bool,
 }
 
 impl<'a> Common<'a> {
@@ -51,6 +73,7 @@ impl<'a> Common<'a> {
             client_ip: facts.client_ip,
             user_agent: facts.user_agent,
             page: env.page,
+            imported: facts.imported,
         }
     }
 }
@@ -185,9 +208,10 @@ mod tests {
         let validated = validate_events(env.events, &catalog);
         let facts = ServerFacts {
             received_at: 1_764_000_001_000,
-            client_ip: "203.0.113.0".parse().unwrap(),
+            client_ip: Some("203.0.113.0".parse().unwrap()),
             key_id: "site",
             user_agent: Some("UA"),
+            imported: false,
         };
         let record = encode_record(&env, &validated, &facts, &catalog).unwrap();
         let r: serde_json::Value = serde_json::from_slice(&record).unwrap();

@@ -8,7 +8,10 @@ mod encode;
 mod envelope;
 mod validate;
 
-pub use encode::{encode_dead_letter, encode_record, ServerFacts};
+pub use encode::{anonymise, encode_dead_letter, encode_record, ServerFacts};
+
+/// The `User-Agent` kept with a batch: its first this many characters.
+pub const MAX_USER_AGENT_CHARS: usize = 512;
 pub use envelope::{Envelope, PayloadError};
 pub use validate::{validate_events, Rejection, Validated};
 

@@ -75,6 +75,21 @@ pub struct OutgoingBatch {
     pub dead_letter: Option<Vec<u8>>,
 }
 
+impl OutgoingBatch {
+    /// The Kafka record of `payload` (its events record, or its dead letter
+    /// when `dead_letter`) for `topic`: key and headers as docs/kafka-record.md says.
+    pub fn record_to<'a>(&'a self, topic: &'a str, dead_letter: bool, payload: &'a [u8]) -> FutureRecord<'a, str, [u8]> {
+        let kind = if dead_letter { "dead_letter.v1" } else { "batch.v1" };
+        let received_at = self.received_at.to_string();
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header { key: "chronos-format", value: Some(kind) })
+            .insert(Header { key: "content-type", value: Some("application/json") })
+            .insert(Header { key: "chronos-key-id", value: Some(self.key_id.as_str()) })
+            .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
+        FutureRecord::to(topic).key(self.session.as_str()).payload(payload).headers(headers)
+    }
+}
+
 /// Message: enqueue a batch.
 pub struct Produce(pub OutgoingBatch);
 
@@ -160,19 +175,9 @@ impl KafkaSink {
 
     fn enqueue(&self, dead_letters: bool, batch: &OutgoingBatch, payload: &[u8]) -> Result<Ack, IngestError> {
         let Sink::Kafka { producer, topic, dead_letter_topic, .. } = &self.sink else { return Ok(Ack::Ready) };
-        let (topic, kind) = if dead_letters { (dead_letter_topic, "dead_letter.v1") } else { (topic, "batch.v1") };
-        let received_at = batch.received_at.to_string();
-        let headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header { key: "chronos-format", value: Some(kind) })
-            .insert(Header { key: "content-type", value: Some("application/json") })
-            .insert(Header { key: "chronos-key-id", value: Some(batch.key_id.as_str()) })
-            .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
-        let record = FutureRecord::to(topic)
-            .key(batch.session.as_str())
-            .payload(payload)
-            .headers(headers);
+        let topic = if dead_letters { dead_letter_topic } else { topic };
         producer
-            .send_result(record)
+            .send_result(batch.record_to(topic, dead_letters, payload))
             .map(Ack::Kafka)
             .map_err(|(err, _)| to_ingest_error(&err, self.retry_after))
     }

@@ -22,7 +22,7 @@ use crate::load::copy::{HEADER, TRAILER};
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 const CLAIM_BATCHES: &str =
-    "INSERT INTO chronos.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id";
+    "INSERT INTO chronos.seen_batches (batch_id, kept) SELECT * FROM unnest($1::uuid[], $2::bool[]) ON CONFLICT DO NOTHING RETURNING batch_id";
 
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
      SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
@@ -82,14 +82,16 @@ impl Internals {
         Ok(Internals { claim_batches, dead_letters, advance_offset, copy })
     }
 
-    /// Records `ids` as seen; returns those that were not seen before (a
-    /// batch id seen before is a tracker retry of a batch already loaded).
+    /// Records `ids` as seen, those in `kept` (imported batches) for good;
+    /// returns those that were not seen before (a batch id seen before is a
+    /// tracker retry of a batch already loaded, or an import run again).
     /// Blocks while another open transaction holds one of them.
-    pub async fn claim_batches(&self, tx: &Transaction<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
+    pub async fn claim_batches(&self, tx: &Transaction<'_>, ids: &[Uuid], kept: &HashSet<Uuid>) -> Result<HashSet<Uuid>, Error> {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
-        let rows = tx.query(&self.claim_batches, &[&ids]).await?;
+        let keep: Vec<bool> = ids.iter().map(|id| kept.contains(id)).collect();
+        let rows = tx.query(&self.claim_batches, &[&ids, &keep]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

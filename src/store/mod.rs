@@ -303,11 +303,12 @@ impl Maintenance {
     }
 }
 
-/// Forgets batch ids older than `retention` (retries come within minutes).
+/// Forgets batch ids older than `retention` (retries come within minutes);
+/// imported batches' ids are kept.
 pub async fn prune_seen_batches(client: &Client, retention: Duration) -> Result<u64> {
     let secs = retention.as_secs_f64();
     Ok(client
-        .execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1)", &[&secs])
+        .execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1) AND NOT kept", &[&secs])
         .await?)
 }
 
