@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS chronos.seen_batches (
     seen_at timestamptz NOT NULL DEFAULT now()
 );
 -- kept: an imported batch's id, never pruned, so a re-run of an import stores nothing twice.
-ALTER TABLE chronos.seen_batches ADD COLUMN IF NOT EXISTS kept boolean NOT NULL DEFAULT false;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.seen_batches'::regclass AND attname = 'kept' AND NOT attisdropped) THEN
+    ALTER TABLE chronos.seen_batches ADD COLUMN kept boolean NOT NULL DEFAULT false; END IF; END $$;
 CREATE INDEX IF NOT EXISTS seen_batches_seen_at ON chronos.seen_batches (seen_at);
 CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     id bigserial PRIMARY KEY,
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     context jsonb,
     replayed_at timestamptz
 );
-ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.dead_letters'::regclass AND attname = 'context' AND NOT attisdropped) THEN
+    ALTER TABLE chronos.dead_letters ADD COLUMN context jsonb; END IF; END $$;
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;
@@ -93,6 +95,13 @@ CREATE TABLE IF NOT EXISTS events."clicks" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "element" text,
     "buttons" bigint,
     "x" bigint,
@@ -100,11 +109,18 @@ CREATE TABLE IF NOT EXISTS events."clicks" (
     "selector" text
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."clicks_default" PARTITION OF events."clicks" DEFAULT;
-ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "element" text;
-ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "buttons" bigint;
-ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "x" bigint;
-ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "y" bigint;
-ALTER TABLE events."clicks" ADD COLUMN IF NOT EXISTS "selector" text;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "element" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "buttons" bigint; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "x" bigint; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'y' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "y" bigint; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'selector' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "selector" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "clicks_time" ON events."clicks" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."form_submissions" (
     "time" timestamptz NOT NULL,
@@ -117,14 +133,28 @@ CREATE TABLE IF NOT EXISTS events."form_submissions" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "form_id" text,
     "action" text,
     "fields" text[]
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."form_submissions_default" PARTITION OF events."form_submissions" DEFAULT;
-ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "form_id" text;
-ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "action" text;
-ALTER TABLE events."form_submissions" ADD COLUMN IF NOT EXISTS "fields" text[];
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'form_id' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "form_id" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'action' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "action" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'fields' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "fields" text[]; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "form_submissions_time" ON events."form_submissions" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."key_presses" (
     "time" timestamptz NOT NULL,
@@ -137,12 +167,26 @@ CREATE TABLE IF NOT EXISTS events."key_presses" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "key" text,
     "element" text
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."key_presses_default" PARTITION OF events."key_presses" DEFAULT;
-ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "key" text;
-ALTER TABLE events."key_presses" ADD COLUMN IF NOT EXISTS "element" text;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'key' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "key" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "element" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."link_clicks" (
     "time" timestamptz NOT NULL,
@@ -155,12 +199,26 @@ CREATE TABLE IF NOT EXISTS events."link_clicks" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "link_text" text,
     "target_url" text
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."link_clicks_default" PARTITION OF events."link_clicks" DEFAULT;
-ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "link_text" text;
-ALTER TABLE events."link_clicks" ADD COLUMN IF NOT EXISTS "target_url" text;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'link_text' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "link_text" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'target_url' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "target_url" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."mouse_moves" (
     "time" timestamptz NOT NULL,
@@ -173,12 +231,26 @@ CREATE TABLE IF NOT EXISTS events."mouse_moves" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "x" bigint,
     "y" bigint
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."mouse_moves_default" PARTITION OF events."mouse_moves" DEFAULT;
-ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "x" bigint;
-ALTER TABLE events."mouse_moves" ADD COLUMN IF NOT EXISTS "y" bigint;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "x" bigint; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'y' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "y" bigint; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" USING brin (time);
 CREATE TABLE IF NOT EXISTS events."pageviews" (
     "time" timestamptz NOT NULL,
@@ -191,10 +263,24 @@ CREATE TABLE IF NOT EXISTS events."pageviews" (
     "key_id" text NOT NULL,
     "client_ip" text,
     "metadata" jsonb NOT NULL,
+    "is_bot" boolean NOT NULL DEFAULT false,
+    "bot_reason" text,
+    "browser" text,
+    "browser_version" text,
+    "os" text,
+    "os_version" text,
+    "device_type" text,
     "navigation" text,
     "referrer" text
 ) PARTITION BY RANGE (time);
 CREATE TABLE IF NOT EXISTS events."pageviews_default" PARTITION OF events."pageviews" DEFAULT;
-ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "navigation" text;
-ALTER TABLE events."pageviews" ADD COLUMN IF NOT EXISTS "referrer" text;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'is_bot' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "is_bot" boolean NOT NULL DEFAULT false; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'bot_reason' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "bot_reason" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'browser' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "browser" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'browser_version' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "browser_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "os" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "os_version" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'navigation' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "navigation" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'referrer' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "referrer" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" USING brin (time);

@@ -23,6 +23,13 @@ pub const RESERVED_COLUMNS: &[&str] = &[
     "client_ip",
     "time_flagged",
     "event_type",
+    "is_bot",
+    "bot_reason",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "device_type",
 ];
 
 /// Names of the six event types the tracker captures on its own.

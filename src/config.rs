@@ -39,6 +39,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Historical import (`chronos import`, `POST /v1/import`).
     pub import: ImportConfig,
+    /// Enrichment at receipt: bots, user agents.
+    pub enrich: EnrichConfig,
     /// The local stack started by `chronos start`.
     pub stack: StackConfig,
     /// What `chronos tracker build` puts into the browser tracker.
@@ -148,6 +150,7 @@ impl Default for Config {
             events: catalog::built_in_events(),
             retention: RetentionConfig::default(),
             import: ImportConfig::default(),
+            enrich: EnrichConfig::default(),
             stack: StackConfig::default(),
             tracker: crate::tracker::TrackerConfig::default(),
             source: None,
@@ -673,6 +676,31 @@ impl Default for ImportConfig {
     }
 }
 
+/// Enrichment at receipt (docs/enrichment.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichConfig {
+    /// `flag` (default): bots' events are stored with `is_bot` and
+    /// `bot_reason`; `drop`: they are answered 200 and not stored.
+    pub bots: BotPolicy,
+    /// Distinct user agents whose parse is kept (bounded cache).
+    pub ua_cache_entries: usize,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig { bots: BotPolicy::Flag, ua_cache_entries: 10_000 }
+    }
+}
+
+/// What happens to a bot's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotPolicy {
+    Flag,
+    Drop,
+}
+
 /// Where `retention.archive` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveTarget {
@@ -839,6 +867,7 @@ impl Config {
             ("load.prefetch_kbytes", self.load.prefetch_kbytes as u64),
             ("import.batch_events", self.import.batch_events as u64),
             ("import.max_body_bytes", self.import.max_body_bytes as u64),
+            ("enrich.ua_cache_entries", self.enrich.ua_cache_entries as u64),
         ];
         for (key, v) in positive {
             if v == 0 {

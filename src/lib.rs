@@ -32,6 +32,7 @@ pub mod catalog;
 pub mod config;
 pub mod reload;
 pub mod secret;
+pub mod enrich;
 pub mod http;
 pub mod import;
 pub mod payload;

@@ -24,6 +24,7 @@ pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
 pub const LOAD_RESTARTS: &str = "chronos_load_restarts_total";
 pub const TLS_RELOADS: &str = "chronos_http_tls_reloads_total";
+pub const BOT_EVENTS: &str = "chronos_bot_events_total";
 pub const LOAD_REWINDS: &str = "chronos_load_rewinds_total";
 pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
 pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
@@ -55,6 +56,7 @@ pub struct Metrics {
     pub load_consumer_lag: IntGaugeVec,
     pub load_restarts: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub bot_events: IntCounterVec,
     pub load_rewinds: IntCounterVec,
     pub view_groups: IntCounter,
     pub view_seconds: Histogram,
@@ -101,6 +103,10 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec())
             )),
             load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
+            bot_events: reg!(IntCounterVec::new(
+                Opts::new(BOT_EVENTS, "Events of batches taken for a bot's: flagged (stored with is_bot) or dropped ([enrich] bots = drop)."),
+                &["action"]
+            )),
             tls_reloads: reg!(IntCounterVec::new(
                 Opts::new(TLS_RELOADS, "Changed HTTPS certificate files loaded (ok) or refused (failed; the previous certificate stays)."),
                 &["result"]

@@ -140,6 +140,11 @@ fn chromium_runs_the_served_bundle_and_its_events_reach_the_custom_batch_path() 
         assert!(Instant::now() < until, "the pageview did not land\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Playwright drives Chromium, which sets navigator.webdriver: the tracker
+    // says so and chronosd flags the events (stored, not dropped).
+    let r = &query(&pg.url(), &format!("SELECT is_bot, bot_reason, device_type FROM events.pageviews WHERE session_id = '{session}'"))[0];
+    assert_eq!((r.get::<_, bool>(0), r.get::<_, Option<String>>(1).as_deref()), (true, Some("webdriver")));
+    assert_eq!(r.get::<_, Option<String>>(2).as_deref(), Some("desktop"), "the user agent is parsed all the same");
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct ReceiptShared {
     pub max_decompressed_bytes: usize,
     pub max_reasons: usize,
     pub metrics: Arc<Metrics>,
+    pub enricher: Arc<crate::enrich::Enricher>,
+    pub bots: crate::config::BotPolicy,
 }
 
 impl ReceiptShared {
@@ -41,6 +43,8 @@ impl ReceiptShared {
             max_decompressed_bytes: c.http.max_decompressed_bytes,
             max_reasons: c.http.max_reasons,
             metrics,
+            enricher: Arc::new(crate::enrich::Enricher::new(c.enrich.ua_cache_entries)),
+            bots: c.enrich.bots,
         }
     }
 }
@@ -62,8 +66,15 @@ pub struct BatchSummary {
     pub batch_id: Uuid,
     pub accepted: usize,
     pub rejected: usize,
+    /// Events of a bot's batch not stored (`[enrich] bots = "drop"`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped: usize,
     /// The first rejection reasons (at most `http.max_reasons`).
     pub reasons: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A batch that passed receipt: its records and its summary.
@@ -92,13 +103,31 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
         },
     })?;
     shared.limits.check_key(key.slot)?;
+    let agent = shared.enricher.agent(msg.user_agent.as_deref(), env.webdriver);
+    if let (Some(why), crate::config::BotPolicy::Drop) = (agent.bot, shared.bots) {
+        shared.metrics.bot_events.with_label_values(&["dropped"]).inc_by(env.events.len() as u64);
+        return Ok(Accepted {
+            summary: BatchSummary {
+                batch_id: env.batch_id,
+                accepted: 0,
+                rejected: 0,
+                dropped: env.events.len(),
+                reasons: vec![format!("not stored: taken for a bot ({why}) and [enrich] bots = \"drop\"")],
+            },
+            batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record: None, dead_letter: None },
+        });
+    }
     let validated = payload::validate_events(env.events, &shared.catalog);
+    if agent.bot.is_some() {
+        shared.metrics.bot_events.with_label_values(&["flagged"]).inc_by(validated.accepted.len() as u64);
+    }
     let facts = ServerFacts {
         received_at: msg.received_at,
         client_ip: Some(msg.client_ip),
         key_id: &key.id,
         user_agent: msg.user_agent.as_deref(),
         imported: false,
+        agent: Some(&agent),
     };
     let record = encode_record(&env, &validated, &facts, &shared.catalog);
     let dead_letter = encode_dead_letter(&env, &validated, &facts);
@@ -107,6 +136,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             batch_id: env.batch_id,
             accepted: validated.accepted.len(),
             rejected: validated.rejected.len(),
+            dropped: 0,
             reasons: validated.rejected.iter().take(shared.max_reasons).map(|r| r.reason.clone()).collect(),
         },
         batch: OutgoingBatch {

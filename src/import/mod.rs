@@ -82,6 +82,7 @@ pub struct Importer {
     now: i64,
     group: Option<Group>,
     out: Vec<Item>,
+    enricher: crate::enrich::Enricher,
 }
 
 impl Importer {
@@ -97,6 +98,7 @@ impl Importer {
             now,
             group: None,
             out: Vec::new(),
+            enricher: crate::enrich::Enricher::new(config.enrich.ua_cache_entries),
         }
     }
 
@@ -271,6 +273,8 @@ impl Importer {
         let root = payload::parse(&mut buf).map_err(|e| e.to_string())?;
         let env = Envelope::from_value(&root, &self.limits).map_err(|e| e.to_string())?;
         let mut validated = payload::validate_events(env.events, &self.catalog);
+        // An import without a user agent is not a bot's for lacking one: enriched only when it has one.
+        let agent = facts.user_agent.as_deref().map(|ua| self.enricher.agent(Some(ua), false));
         let skew = facts.received_at - env.sent_at;
         let (lo, hi) = self.window_ms();
         validated.accepted.retain(|&i| {
@@ -286,7 +290,7 @@ impl Importer {
             inside
         });
         validated.rejected.sort_by_key(|r| r.index);
-        let server = ServerFacts { received_at: facts.received_at, client_ip: facts.client_ip, key_id: &facts.key_id, user_agent: facts.user_agent.as_deref(), imported: true };
+        let server = ServerFacts { received_at: facts.received_at, client_ip: facts.client_ip, key_id: &facts.key_id, user_agent: facts.user_agent.as_deref(), imported: true, agent: agent.as_deref() };
         let record = encode_record(&env, &validated, &server, &self.catalog);
         let dead_letter = encode_dead_letter(&env, &validated, &server);
         // A record's events are all on its line; an event-form batch has one line per event.

@@ -93,6 +93,13 @@ pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_i
         None => t.null(),
     }
     t.jsonb(metadata);
+    t.bool(row.bot.is_some());
+    for v in [row.bot, row.agent_field("browser"), row.agent_field("browser_version"), row.agent_field("os"), row.agent_field("os_version"), row.agent_field("device")] {
+        match v {
+            Some(s) => t.text(s),
+            None => t.null(),
+        }
+    }
     // `walk` checked every value against its attribute's type.
     for (a, v) in ty.attributes.iter().zip(row.attrs) {
         match v {
@@ -178,6 +185,8 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
     let received_at = field("received_at")?.as_i64().ok_or("`received_at` is not an integer")?;
     let client_ip = root.get("client_ip").and_then(|v| v.as_str());
     let imported = root.get("imported").and_then(|v| v.as_bool()) == Some(true);
+    let bot = root.get("bot").and_then(|v| v.as_str());
+    let agent = root.get("agent").filter(|a| a.is_object());
     let page = field("page")?;
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
@@ -251,6 +260,8 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
             client_ip,
             page,
             attrs: &values,
+            bot,
+            agent,
         };
         visit.event(table, &row, batch_id, &metadata);
     }

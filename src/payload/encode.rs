@@ -42,6 +42,8 @@ pub struct ServerFacts<'a> {
     pub user_agent: Option<&'a str>,
     /// Historical import: the loaders keep its times as given and its batch id for good.
     pub imported: bool,
+    /// What the user agent and the tracker's signals say (`None`: not enriched).
+    pub agent: Option<&'a crate::enrich::Agent>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +61,12 @@ struct Common<'a> {
     page: &'a Value<'a>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     imported: bool,
+    /// Why the sender is taken for a bot; absent for a browser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bot: Option<&'a str>,
+    /// Browser, OS and device parsed from `user_agent`, when any is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a crate::enrich::Agent>,
 }
 
 impl<'a> Common<'a> {
@@ -74,6 +82,8 @@ impl<'a> Common<'a> {
             user_agent: facts.user_agent,
             page: env.page,
             imported: facts.imported,
+            bot: facts.agent.and_then(|a| a.bot),
+            agent: facts.agent.filter(|a| a.is_known()),
         }
     }
 }
@@ -212,6 +222,7 @@ mod tests {
             key_id: "site",
             user_agent: Some("UA"),
             imported: false,
+            agent: None,
         };
         let record = encode_record(&env, &validated, &facts, &catalog).unwrap();
         let r: serde_json::Value = serde_json::from_slice(&record).unwrap();

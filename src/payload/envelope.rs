@@ -29,9 +29,11 @@ pub struct Envelope<'v> {
     /// The page metadata object (scalars only, checked).
     pub page: &'v Value<'v>,
     pub events: &'v [Value<'v>],
+    /// The tracker found `navigator.webdriver` set (an automated browser).
+    pub webdriver: bool,
 }
 
-const FIELDS: [&str; 7] = ["v", "key", "batch", "sent_at", "session", "page", "events"];
+const FIELDS: [&str; 8] = ["v", "key", "batch", "sent_at", "session", "page", "events", "webdriver"];
 
 impl<'v> Envelope<'v> {
     /// Checks the envelope of a parsed batch. Events are checked one by one later.
@@ -75,7 +77,11 @@ impl<'v> Envelope<'v> {
                 format!("{} events is over the limit of {} per batch", events.len(), limits.max_events),
             ));
         }
-        Ok(Envelope { key, batch_id, sent_at, session, page, events: events.as_slice() })
+        let webdriver = match obj.get("webdriver") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| invalid("webdriver", "expected true or false"))?,
+        };
+        Ok(Envelope { key, batch_id, sent_at, session, page, events: events.as_slice(), webdriver })
     }
 }
 

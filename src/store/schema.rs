@@ -20,7 +20,20 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("key_id", "text NOT NULL"),
     ("client_ip", "text"),
     ("metadata", "jsonb NOT NULL"),
+    // Enrichment at receipt (`crate::enrich`); tables made before get them by
+    // `ALTER TABLE … ADD COLUMN` (`ENRICHMENT_COLUMNS`).
+    ("is_bot", "boolean NOT NULL DEFAULT false"),
+    ("bot_reason", "text"),
+    ("browser", "text"),
+    ("browser_version", "text"),
+    ("os", "text"),
+    ("os_version", "text"),
+    ("device_type", "text"),
 ];
+
+/// The base columns added after the first release: added online to tables
+/// made before (old rows read `false` / NULL).
+pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..17;
 
 /// SQL type of an attribute.
 pub fn sql_type(ty: AttrType) -> &'static str {
@@ -60,7 +73,8 @@ CREATE TABLE IF NOT EXISTS chronos.seen_batches (
     seen_at timestamptz NOT NULL DEFAULT now()
 );
 -- kept: an imported batch's id, never pruned, so a re-run of an import stores nothing twice.
-ALTER TABLE chronos.seen_batches ADD COLUMN IF NOT EXISTS kept boolean NOT NULL DEFAULT false;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.seen_batches'::regclass AND attname = 'kept' AND NOT attisdropped) THEN
+    ALTER TABLE chronos.seen_batches ADD COLUMN kept boolean NOT NULL DEFAULT false; END IF; END $$;
 CREATE INDEX IF NOT EXISTS seen_batches_seen_at ON chronos.seen_batches (seen_at);
 CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     id bigserial PRIMARY KEY,
@@ -77,7 +91,8 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
     context jsonb,
     replayed_at timestamptz
 );
-ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS context jsonb;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.dead_letters'::regclass AND attname = 'context' AND NOT attisdropped) THEN
+    ALTER TABLE chronos.dead_letters ADD COLUMN context jsonb; END IF; END $$;
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;
@@ -164,20 +179,28 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
         Layout::Hypertable { chunk_hours } => {
             sql.push_str("\n);\n");
             // Chunks are made by TimescaleDB for any time: no row is refused for its time.
+            // Both calls lock the table, so each runs only when it changes something.
             let regclass = t.replace('\'', "''");
+            let name = ty.name.replace('\'', "''");
             let _ = writeln!(
                 sql,
-                "SELECT create_hypertable('{regclass}', 'time', chunk_time_interval => interval '{chunk_hours} hours', if_not_exists => true, create_default_indexes => false);"
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events' AND hypertable_name = '{name}') THEN \
+                 PERFORM create_hypertable('{regclass}', 'time', chunk_time_interval => interval '{chunk_hours} hours', create_default_indexes => false); END IF; END $$;"
             );
             let _ = writeln!(
                 sql,
-                "SELECT set_chunk_time_interval('{regclass}', interval '{chunk_hours} hours');"
+                "DO $$ BEGIN IF (SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND hypertable_name = '{name}' AND column_name = 'time') \
+                 IS DISTINCT FROM interval '{chunk_hours} hours' THEN PERFORM set_chunk_time_interval('{regclass}', interval '{chunk_hours} hours'); END IF; END $$;"
             );
         }
     }
-    // Schema evolution: columns added to the catalog appear online; old rows read NULL.
+    // Schema evolution: columns added to the catalog (and base columns added
+    // since) appear online; old rows read NULL (is_bot: false).
+    for (name, decl) in &BASE_COLUMNS[ENRICHMENT_COLUMNS] {
+        sql.push_str(&add_column_if_missing(&t, name, decl));
+    }
     for a in &ty.attributes {
-        let _ = writeln!(sql, "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {};", ident(&a.name), sql_type(a.ty));
+        sql.push_str(&add_column_if_missing(&t, &a.name, sql_type(a.ty)));
     }
     // BRIN, not B-tree: rows arrive in time order (give or take a clock's
     // error), so block ranges summarise them well, and a row costs the index
@@ -185,6 +208,19 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
     // the rest of the row (perf/loader.md). Tables made before keep their index.
     let _ = writeln!(sql, "CREATE INDEX IF NOT EXISTS {} ON {t} USING brin (time);", ident(&format!("{}_time", ty.name)));
     sql
+}
+
+/// `ALTER TABLE … ADD COLUMN` of a column `table` lacks, as a statement that
+/// does nothing when it has it. (`ADD COLUMN IF NOT EXISTS` takes the
+/// table's ACCESS EXCLUSIVE lock even then, so every start would queue behind
+/// and block every reader, and deadlock with a query reading several tables.)
+fn add_column_if_missing(table: &str, column: &str, decl: &str) -> String {
+    let (t, c) = (table.replace('\'', "''"), column.replace('\'', "''"));
+    format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass AND attname = '{c}' AND NOT attisdropped) THEN \
+         ALTER TABLE {table} ADD COLUMN {} {decl}; END IF; END $$;\n",
+        ident(column)
+    )
 }
 
 /// DDL creating the daily partition of `day` (days since the Unix epoch) for one table,
@@ -279,9 +315,9 @@ mod tests {
         );
         assert!(sql.contains("CREATE EXTENSION IF NOT EXISTS timescaledb;"));
         assert!(!sql.contains("PARTITION"), "{sql}");
-        assert!(sql.contains(
-            "\"selector\" text\n);\nSELECT create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', if_not_exists => true, create_default_indexes => false);\nSELECT set_chunk_time_interval('events.\"clicks\"', interval '6 hours');"
-        ));
+        assert!(sql.contains("\"selector\" text\n);\nDO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events' AND hypertable_name = 'clicks') THEN"), "{sql}");
+        assert!(sql.contains("PERFORM create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', create_default_indexes => false)"), "{sql}");
+        assert!(sql.contains("IS DISTINCT FROM interval '6 hours' THEN PERFORM set_chunk_time_interval('events.\"clicks\"', interval '6 hours')"), "{sql}");
         assert_eq!(sql.matches("create_hypertable(").count(), catalog.types().len());
         let native = install_sql(&catalog, 20_418, 8, 7, Layout::Native);
         assert!(!native.contains("timescaledb") && native.contains("PARTITION OF events.\"clicks\" DEFAULT"));
@@ -302,7 +338,9 @@ mod tests {
         let ddl = event_table_ddl(clicks);
         assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS events.\"clicks\" (\n    \"time\" timestamptz NOT NULL,"), "{ddl}");
         assert!(ddl.contains("\"selector\" text\n) PARTITION BY RANGE (time);"), "{ddl}");
-        assert!(ddl.contains("ALTER TABLE events.\"clicks\" ADD COLUMN IF NOT EXISTS \"buttons\" bigint;"));
+        assert!(ddl.contains("attrelid = 'events.\"clicks\"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events.\"clicks\" ADD COLUMN \"buttons\" bigint; END IF;"), "{ddl}");
+        assert!(ddl.contains("ALTER TABLE events.\"clicks\" ADD COLUMN \"is_bot\" boolean NOT NULL DEFAULT false;"), "{ddl}");
+        assert!(!ddl.contains("IF NOT EXISTS \"buttons\""), "no ALTER that locks the table when the column is there");
         assert!(day_partition_ddl(clicks, 20_418).contains("FROM ('2025-11-26 00:00:00+00') TO ('2025-11-27 00:00:00+00')"));
     }
 }

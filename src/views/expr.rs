@@ -48,6 +48,12 @@ pub enum Column {
     Position,
     KeyId,
     ClientIp,
+    /// Enrichment (`crate::enrich`): the bot flag, its reason, the parsed user agent.
+    IsBot,
+    BotReason,
+    Browser,
+    Os,
+    DeviceType,
     /// The event type's name (only in views `FROM events`).
     Type,
     /// An attribute, by index in the event type's catalog order.
@@ -208,6 +214,17 @@ pub struct Row<'r, 'v> {
     pub client_ip: Option<&'r str>,
     pub page: &'r Value<'v>,
     pub attrs: &'r [Option<&'r Value<'v>>],
+    /// Why the batch was taken for a bot's (`None`: a browser's).
+    pub bot: Option<&'r str>,
+    /// The record's parsed user agent (`agent`), when it has one.
+    pub agent: Option<&'r Value<'v>>,
+}
+
+impl<'r> Row<'r, '_> {
+    /// A field of the record's `agent` object (`browser`, `os`, `device`, …).
+    pub fn agent_field(&self, name: &str) -> Option<&'r str> {
+        self.agent.and_then(|a| a.get(name)).and_then(|v| v.as_str())
+    }
 }
 
 impl Expr {
@@ -337,6 +354,11 @@ impl Expr {
                 Column::Position => ident("position"),
                 Column::KeyId => ident("key_id"),
                 Column::ClientIp => ident("client_ip"),
+                Column::IsBot => ident("is_bot"),
+                Column::BotReason => ident("bot_reason"),
+                Column::Browser => ident("browser"),
+                Column::Os => ident("os"),
+                Column::DeviceType => ident("device_type"),
                 Column::Type => ident("type"),
                 Column::Attr(i) => ident(attr_names[*i]),
             }),
@@ -449,6 +471,11 @@ fn column<'a>(row: &Row<'a, '_>, c: Column, ty: SqlType) -> Scalar<'a> {
         Column::Position => Scalar::Int(row.position as i64),
         Column::KeyId => Scalar::Text(Cow::Borrowed(row.key_id)),
         Column::ClientIp => row.client_ip.map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
+        Column::IsBot => Scalar::Bool(row.bot.is_some()),
+        Column::BotReason => row.bot.map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
+        Column::Browser => row.agent_field("browser").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
+        Column::Os => row.agent_field("os").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
+        Column::DeviceType => row.agent_field("device").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
         Column::Type => Scalar::Text(Cow::Borrowed(row.type_name)),
         Column::Attr(i) => match row.attrs.get(i).copied().flatten() {
             None => Scalar::Null,

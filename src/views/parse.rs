@@ -399,6 +399,11 @@ impl Scope<'_> {
             "position" => Some((Column::Position, SqlType::Int)),
             "key_id" => Some((Column::KeyId, SqlType::Text)),
             "client_ip" => Some((Column::ClientIp, SqlType::Text)),
+            "is_bot" => Some((Column::IsBot, SqlType::Bool)),
+            "bot_reason" => Some((Column::BotReason, SqlType::Text)),
+            "browser" => Some((Column::Browser, SqlType::Text)),
+            "os" => Some((Column::Os, SqlType::Text)),
+            "device_type" => Some((Column::DeviceType, SqlType::Text)),
             _ => None,
         };
         if let Some((c, t)) = base {

@@ -310,6 +310,8 @@ mod tests {
                 client_ip: None,
                 page: &page,
                 attrs: &attrs,
+                bot: None,
+                agent: None,
             };
             p.add(v, t, &row);
             p.add(v, t + 1, &row); // another type: ignored

@@ -125,7 +125,10 @@ export const flush = (unloading) => {
     const p = page();
     buffer = [];
     bufferBytes = 0;
-    for (const batch of split({ v: 1, key: opts.key, batch: uuid(), session, page: p, events })) {
+    const b = { v: 1, key: opts.key, batch: uuid(), session, page: p, events };
+    // An automated browser (Selenium, Playwright, Puppeteer) says so: chronosd flags its events as a bot's.
+    if (N.webdriver === true) b.webdriver = true;
+    for (const batch of split(b)) {
       if (unloading) beacon(batch);
       else send(batch, 0);
     }

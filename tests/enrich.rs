@@ -1,0 +1,117 @@
+//! Enrichment at receipt through the real stack (chronosd → Apache Kafka →
+//! loaders → PostgreSQL): crawlers, tools, headless and automated browsers
+//! and requests without a user agent are flagged (`is_bot`, `bot_reason`) and
+//! stored; real browsers are not flagged; the user agent is parsed into
+//! browser, OS and device columns. With `[enrich] bots = "drop"`, a bot's
+//! batch is answered 200 and not stored. Tables made before the columns
+//! existed get them online.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chronos::stack::postgres::PostgresServer;
+use chronos::stack::process::free_port;
+use common::*;
+use serde_json::json;
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
+const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+const HEADLESS: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36";
+
+/// Posts a 6-event batch of `session` with `user_agent` (none: no header).
+fn send(c: &reqwest::blocking::Client, d: &Chronosd, session: &str, user_agent: Option<&str>, webdriver: bool) -> (u16, serde_json::Value) {
+    let mut b = batch(session, 6);
+    if webdriver {
+        b["webdriver"] = json!(true);
+    }
+    let mut headers = vec![("Content-Type", "application/json"), ("Origin", ORIGIN)];
+    if let Some(ua) = user_agent {
+        headers.push(("User-Agent", ua));
+    }
+    let (status, body, _) = post_raw(c, d, b.to_string().into_bytes(), &headers);
+    (status, body)
+}
+
+fn wait_rows(url: &str, sql: &str, want: i64, d: &Chronosd) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while count(url, sql) < want {
+        assert!(Instant::now() < until, "{sql} never reached {want}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let kafka = Kafka::start(1);
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+    d.wait_ready(Duration::from_secs(60));
+    let c = client();
+    let senders: [(&str, Option<&str>, bool); 7] = [
+        ("chrome", Some(CHROME), false),
+        ("iphone", Some(IPHONE), false),
+        ("googlebot", Some(GOOGLEBOT), false),
+        ("curl", Some("curl/8.5.0"), false),
+        ("headless", Some(HEADLESS), false),
+        ("no-ua", None, false),
+        ("automated", Some(CHROME), true),
+    ];
+    for (session, ua, webdriver) in senders {
+        let (status, body) = send(&c, &d, session, ua, webdriver);
+        assert_eq!(status, 200, "{session}: {body}");
+        assert_eq!(body["accepted"], 6, "{session}: {body}");
+    }
+    wait_rows(&url, "SELECT count(*) FROM events.pageviews", 7, &d);
+    let rows = query(&url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
+    let got: Vec<(String, bool, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+    let row = |s: &str| got.iter().find(|r| r.0 == s).unwrap_or_else(|| panic!("no row of {s}: {got:?}")).clone();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(row("chrome"), ("chrome".into(), false, None, s("Chrome"), s("131.0.0.0"), s("Windows 10"), s("desktop")));
+    assert_eq!(row("iphone"), ("iphone".into(), false, None, s("Safari"), s("18.1"), s("iPhone"), s("mobile")));
+    assert_eq!((row("googlebot").1, row("googlebot").2), (true, s("user_agent")));
+    assert_eq!((row("curl").1, row("curl").2), (true, s("user_agent")));
+    assert_eq!((row("headless").1, row("headless").2), (true, s("headless")));
+    assert_eq!((row("no-ua").1, row("no-ua").2, row("no-ua").3), (true, s("no_user_agent"), None));
+    let automated = row("automated");
+    assert_eq!((automated.1, automated.2, automated.3), (true, s("webdriver"), s("Chrome")), "a browser under automation, parsed all the same");
+    // Every event of a batch carries its batch's flags (every table).
+    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'googlebot' AND is_bot AND bot_reason = 'user_agent'"), 1);
+    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'chrome' AND NOT is_bot"), 1);
+    let flagged = d.metric("chronos_bot_events_total{action=\"flagged\"}").unwrap_or_default();
+    assert_eq!(flagged, 30.0, "5 bot batches of 6 events");
+
+    // A table made before the columns existed gets them back online.
+    execute_batch(&url, "ALTER TABLE events.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type");
+    let out = chronos_cli(&d.config_path(), &["install-pipeline"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let cols = count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events' AND table_name = 'mouse_moves' AND column_name IN ('is_bot', 'browser', 'device_type')");
+    assert_eq!(cols, 3);
+    assert_eq!(count(&url, "SELECT count(*) FROM events.mouse_moves WHERE is_bot"), 0, "old rows read false");
+}
+
+#[test]
+fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let kafka = Kafka::start(1);
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", &format!("[enrich]\nbots = \"drop\"\n{FAST_IPS}")));
+    d.wait_ready(Duration::from_secs(60));
+    let c = client();
+    let (status, body) = send(&c, &d, "crawler", Some(GOOGLEBOT), false);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["accepted"].as_u64(), body["dropped"].as_u64()), (Some(0), Some(6)), "{body}");
+    assert!(body["reasons"][0].as_str().unwrap().contains("taken for a bot (user_agent)"), "{body}");
+    let (status, body) = send(&c, &d, "person", Some(CHROME), false);
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(6)), "{body}");
+    assert!(body.get("dropped").is_none(), "{body}");
+    wait_rows(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, &d);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'crawler'"), 0);
+    assert_eq!(d.metric("chronos_bot_events_total{action=\"dropped\"}"), Some(6.0));
+}
