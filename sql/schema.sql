@@ -102,6 +102,9 @@ CREATE TABLE IF NOT EXISTS events."clicks" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "element" text,
     "buttons" bigint,
     "x" bigint,
@@ -116,6 +119,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "element" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "buttons" bigint; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "x" bigint; END IF; END $$;
@@ -140,6 +146,9 @@ CREATE TABLE IF NOT EXISTS events."form_submissions" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "form_id" text,
     "action" text,
     "fields" text[]
@@ -152,6 +161,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'form_id' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "form_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'action' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "action" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'fields' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "fields" text[]; END IF; END $$;
@@ -174,6 +186,9 @@ CREATE TABLE IF NOT EXISTS events."key_presses" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "key" text,
     "element" text
 ) PARTITION BY RANGE (time);
@@ -185,6 +200,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'key' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "key" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "element" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" USING brin (time);
@@ -206,6 +224,9 @@ CREATE TABLE IF NOT EXISTS events."link_clicks" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "link_text" text,
     "target_url" text
 ) PARTITION BY RANGE (time);
@@ -217,6 +238,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'link_text' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "link_text" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'target_url' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "target_url" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" USING brin (time);
@@ -238,6 +262,9 @@ CREATE TABLE IF NOT EXISTS events."mouse_moves" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "x" bigint,
     "y" bigint
 ) PARTITION BY RANGE (time);
@@ -249,6 +276,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "x" bigint; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'y' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "y" bigint; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" USING brin (time);
@@ -270,6 +300,9 @@ CREATE TABLE IF NOT EXISTS events."pageviews" (
     "os" text,
     "os_version" text,
     "device_type" text,
+    "country" text,
+    "region" text,
+    "city" text,
     "navigation" text,
     "referrer" text
 ) PARTITION BY RANGE (time);
@@ -281,6 +314,9 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'os' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "os" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'os_version' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "os_version" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'device_type' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "device_type" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "country" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "region" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "city" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'navigation' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "navigation" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'referrer' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "referrer" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" USING brin (time);

@@ -30,6 +30,9 @@ pub const RESERVED_COLUMNS: &[&str] = &[
     "os",
     "os_version",
     "device_type",
+    "country",
+    "region",
+    "city",
 ];
 
 /// Names of the six event types the tracker captures on its own.

@@ -685,11 +685,18 @@ pub struct EnrichConfig {
     pub bots: BotPolicy,
     /// Distinct user agents whose parse is kept (bounded cache).
     pub ua_cache_entries: usize,
+    /// A MaxMind-format City database (GeoLite2-City.mmdb): country, region
+    /// and city of the client IP, looked up before it is anonymised. None:
+    /// those columns stay NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_db: Option<PathBuf>,
+    /// How often the database file is checked for a new version, in seconds.
+    pub geoip_reload_secs: u64,
 }
 
 impl Default for EnrichConfig {
     fn default() -> Self {
-        EnrichConfig { bots: BotPolicy::Flag, ua_cache_entries: 10_000 }
+        EnrichConfig { bots: BotPolicy::Flag, ua_cache_entries: 10_000, geoip_db: None, geoip_reload_secs: 60 }
     }
 }
 
@@ -868,6 +875,7 @@ impl Config {
             ("import.batch_events", self.import.batch_events as u64),
             ("import.max_body_bytes", self.import.max_body_bytes as u64),
             ("enrich.ua_cache_entries", self.enrich.ua_cache_entries as u64),
+            ("enrich.geoip_reload_secs", self.enrich.geoip_reload_secs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -979,6 +987,11 @@ impl Config {
         }
         if self.http.keys_from_postgres && self.http.keys_refresh_secs == 0 {
             errors.push("http.keys_refresh_secs: must be at least 1 with http.keys_from_postgres".into());
+        }
+        if let Some(db) = &self.enrich.geoip_db {
+            if let Err(e) = crate::enrich::GeoIp::open(db) {
+                errors.push(e);
+            }
         }
         let mut ids = std::collections::HashSet::new();
         let mut secrets = std::collections::HashSet::new();

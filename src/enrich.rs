@@ -12,7 +12,12 @@
 //! - A bounded cache (`quick_cache`) keeps the answer for repeated user agents:
 //!   one site's visitors send a few hundred distinct strings.
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 /// Why a batch is taken for a bot's (stored as `bot_reason`).
 pub mod reason {
@@ -116,6 +121,118 @@ impl Enricher {
             None
         };
         agent
+    }
+}
+
+/// Where a client IP is, from a MaxMind-format database (GeoLite2-City or GeoIP2-City).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Place {
+    /// ISO 3166-1 alpha-2 (`FR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// The most specific subdivision's English name (`Île-de-France`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The city's English name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+}
+
+/// The part of a City record read (serde: any other field is skipped).
+#[derive(serde::Deserialize)]
+struct CityRecord<'a> {
+    #[serde(borrow, default)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow, default)]
+    subdivisions: Option<Vec<Named<'a>>>,
+    #[serde(borrow, default)]
+    city: Option<Named<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IsoCode<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named<'a> {
+    #[serde(borrow, default)]
+    names: Option<std::collections::BTreeMap<&'a str, &'a str>>,
+}
+
+impl Named<'_> {
+    fn english(&self) -> Option<String> {
+        self.names.as_ref().and_then(|n| n.get("en")).map(|s| s.to_string())
+    }
+}
+
+/// A GeoIP database file, read once and again whenever it changes (the
+/// weekly GeoLite2 update replaces it in place).
+pub struct GeoIp {
+    path: PathBuf,
+    reader: ArcSwapOption<maxminddb::Reader<Vec<u8>>>,
+    loaded: std::sync::Mutex<Option<SystemTime>>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl GeoIp {
+    /// Opens `path` (`enrich.geoip_db`); an unreadable file is an error naming it.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let geo = GeoIp { path: path.to_path_buf(), reader: ArcSwapOption::empty(), loaded: std::sync::Mutex::new(None) };
+        geo.load()?;
+        Ok(geo)
+    }
+
+    fn load(&self) -> Result<(), String> {
+        let stamp = modified(&self.path);
+        let reader = maxminddb::Reader::open_readfile(&self.path)
+            .map_err(|e| format!("enrich.geoip_db: {}: not a MaxMind DB file: {e}", self.path.display()))?;
+        self.reader.store(Some(Arc::new(reader)));
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+        Ok(())
+    }
+
+    /// Reads the file again if it changed since it was loaded; a file that
+    /// does not read keeps the previous database (and says why).
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let now = modified(&self.path);
+        if now.is_none() || now == *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(false);
+        }
+        self.load().map(|()| true)
+    }
+
+    /// Where `ip` (the full address: call before anonymising) is; `None` when
+    /// the database does not know it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Place> {
+        let reader = self.reader.load_full()?;
+        let found = reader.lookup(ip).ok()?;
+        let record: CityRecord<'_> = found.decode().ok()??;
+        let place = Place {
+            country: record.country.and_then(|c| c.iso_code).map(str::to_string),
+            region: record.subdivisions.as_ref().and_then(|s| s.last()).and_then(Named::english),
+            city: record.city.as_ref().and_then(Named::english),
+        };
+        (place != Place::default()).then_some(place)
+    }
+
+    /// Checks the file every `every` on a thread of its own, for the life of the process.
+    pub fn watch(self: Arc<Self>, every: Duration) {
+        let spawned = std::thread::Builder::new().name("geoip-watch".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            match self.reload_if_changed() {
+                Ok(true) => tracing::info!(path = %self.path.display(), "GeoIP database reloaded."),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "GeoIP database changed but does not read; the previous one stays."),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "Cannot start the GeoIP watcher; the database will not be reloaded.");
+        }
     }
 }
 

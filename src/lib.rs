@@ -135,6 +135,10 @@ pub(crate) fn threads(configured: usize) -> usize {
 /// Builds the shared state and actors around a sink (Kafka, or discard for benchmarks).
 pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: Arc<ProducerHealth>) -> (web::Data<AppState>, Arbiter) {
     let shared = Arc::new(ReceiptShared::from_config(config, metrics.clone()));
+    match &shared.geo {
+        Some(geo) => geo.clone().watch(Duration::from_secs(config.enrich.geoip_reload_secs)),
+        None => tracing::info!("No GeoIP database (enrich.geoip_db): the country, region and city columns stay NULL."),
+    }
     let (keys, limits) = (shared.keys.clone(), shared.limits.clone());
     let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
     let sink_arbiter = Arbiter::new();

@@ -115,3 +115,83 @@ fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
     assert_eq!(count(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'crawler'"), 0);
     assert_eq!(d.metric("chronos_bot_events_total{action=\"dropped\"}"), Some(6.0));
 }
+
+/// A City database as GeoLite2 lays it out, written by the test: `net` → (country, region, city).
+fn write_city_db(path: &std::path::Path, entries: &[(&str, &str, &str, &str)]) {
+    let mut w = mmdb_writer::Writer::new("GeoLite2-City");
+    for (net, country, region, city) in entries {
+        let record = json!({
+            "country": {"iso_code": country, "names": {"en": country}},
+            "subdivisions": [{"iso_code": "X", "names": {"en": region}}],
+            "city": {"names": {"en": city, "fr": format!("{city} (fr)")}},
+            "location": {"latitude": 48.85, "longitude": 2.35},
+        });
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record).unwrap();
+    }
+    // Written aside and renamed, as the GeoLite2 updater replaces the file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, w.to_bytes().unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database() {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let dir = temp_dir();
+    let db = dir.path().join("GeoLite2-City.mmdb");
+    // 203.0.113.77 and .1 share their /24 (what is stored) but not their /28: only the full IP tells them apart.
+    write_city_db(&db, &[("203.0.113.64/28", "FR", "Île-de-France", "Paris"), ("203.0.113.0/28", "BE", "Brussels", "Brussels")]);
+    let kafka = Kafka::start(1);
+    let extra = format!("[enrich]\ngeoip_db = \"{}\"\ngeoip_reload_secs = 1\n{FAST_IPS}", db.display());
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", &extra));
+    d.wait_ready(Duration::from_secs(60));
+    let c = client();
+    // The client IP comes from X-Forwarded-For because the peer (127.0.0.1) is a trusted proxy.
+    for (session, ip) in [("paris", "203.0.113.77"), ("brussels", "203.0.113.1"), ("nowhere", "198.51.100.9")] {
+        let (status, body, _) = post(&c, &d, &batch(session, 6), ip);
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_rows(&url, "SELECT count(*) FROM events.pageviews", 3, &d);
+    let place = |session: &str| -> (Option<String>, Option<String>, Option<String>, Option<String>) {
+        let r = &query(&url, &format!("SELECT country, region, city, client_ip FROM events.clicks WHERE session_id = '{session}'"))[0];
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(place("paris"), (s("FR"), s("Île-de-France"), s("Paris"), s("203.0.113.0")));
+    assert_eq!(place("brussels"), (s("BE"), s("Brussels"), s("Brussels"), s("203.0.113.0")));
+    assert_eq!(place("nowhere"), (None, None, None, s("198.51.100.0")));
+    assert_eq!(count(&url, "SELECT count(*) FROM events.pageviews WHERE client_ip LIKE '%.77' OR client_ip LIKE '%.1' OR metadata::text LIKE '%203.0.113.77%'"), 0, "the full IP is never stored");
+
+    // A new database replaces the file: the next batches follow it, without a restart.
+    write_city_db(&db, &[("203.0.113.64/28", "DE", "Berlin", "Berlin")]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let session = format!("moved-{n}");
+        let (status, _, _) = post(&c, &d, &batch(&session, 6), "203.0.113.77");
+        assert_eq!(status, 200);
+        wait_rows(&url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{session}'"), 1, &d);
+        if place(&session).0 == s("DE") {
+            break;
+        }
+        assert!(Instant::now() < until, "the new database was never used\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(d.log_text().contains("GeoIP database reloaded."), "{}", d.log_text());
+}
+
+#[test]
+fn a_geoip_db_that_does_not_read_is_refused_naming_the_key() {
+    let dir = temp_dir();
+    let bad = dir.path().join("not.mmdb");
+    std::fs::write(&bad, b"not a database").unwrap();
+    let kafka = Kafka::start(1);
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(&config, config_toml(&kafka, free_port(), &format!("[enrich]\ngeoip_db = \"{}\"\n", bad.display()))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chronosd")).arg("--check-config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("enrich.geoip_db:") && output_text(&out).contains("not a MaxMind DB file"), "{}", output_text(&out));
+}

@@ -138,7 +138,7 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
         body,
         encoding,
         origin: header_str(req, header::ORIGIN).map(str::to_owned),
-        client_ip: client_ip::anonymise(ip),
+        client_ip: ip,
         user_agent: header_str(req, header::USER_AGENT).map(|ua| ua.chars().take(crate::payload::MAX_USER_AGENT_CHARS).collect()),
         received_at: now_ms(),
     };

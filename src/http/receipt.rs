@@ -30,6 +30,8 @@ pub struct ReceiptShared {
     pub metrics: Arc<Metrics>,
     pub enricher: Arc<crate::enrich::Enricher>,
     pub bots: crate::config::BotPolicy,
+    /// `enrich.geoip_db`, when set.
+    pub geo: Option<Arc<crate::enrich::GeoIp>>,
 }
 
 impl ReceiptShared {
@@ -45,6 +47,8 @@ impl ReceiptShared {
             metrics,
             enricher: Arc::new(crate::enrich::Enricher::new(c.enrich.ua_cache_entries)),
             bots: c.enrich.bots,
+            // Checked readable when the config was loaded.
+            geo: c.enrich.geoip_db.as_deref().and_then(|p| crate::enrich::GeoIp::open(p).map_err(|e| tracing::error!(error = %e, "GeoIP off.")).ok()).map(Arc::new),
         }
     }
 }
@@ -54,7 +58,8 @@ pub struct Receive {
     pub body: Vec<u8>,
     pub encoding: Encoding,
     pub origin: Option<String>,
-    /// Already anonymised.
+    /// The client's full address: looked up in the GeoIP database, then
+    /// anonymised before anything keeps it.
     pub client_ip: IpAddr,
     pub user_agent: Option<String>,
     pub received_at: i64,
@@ -117,17 +122,19 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record: None, dead_letter: None },
         });
     }
+    let place = shared.geo.as_ref().and_then(|g| g.lookup(msg.client_ip));
     let validated = payload::validate_events(env.events, &shared.catalog);
     if agent.bot.is_some() {
         shared.metrics.bot_events.with_label_values(&["flagged"]).inc_by(validated.accepted.len() as u64);
     }
     let facts = ServerFacts {
         received_at: msg.received_at,
-        client_ip: Some(msg.client_ip),
+        client_ip: Some(payload::anonymise(msg.client_ip)),
         key_id: &key.id,
         user_agent: msg.user_agent.as_deref(),
         imported: false,
         agent: Some(&agent),
+        place: place.as_ref(),
     };
     let record = encode_record(&env, &validated, &facts, &shared.catalog);
     let dead_letter = encode_dead_letter(&env, &validated, &facts);

@@ -290,7 +290,7 @@ impl Importer {
             inside
         });
         validated.rejected.sort_by_key(|r| r.index);
-        let server = ServerFacts { received_at: facts.received_at, client_ip: facts.client_ip, key_id: &facts.key_id, user_agent: facts.user_agent.as_deref(), imported: true, agent: agent.as_deref() };
+        let server = ServerFacts { received_at: facts.received_at, client_ip: facts.client_ip, key_id: &facts.key_id, user_agent: facts.user_agent.as_deref(), imported: true, agent: agent.as_deref(), place: None };
         let record = encode_record(&env, &validated, &server, &self.catalog);
         let dead_letter = encode_dead_letter(&env, &validated, &server);
         // A record's events are all on its line; an event-form batch has one line per event.

@@ -94,7 +94,18 @@ pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_i
     }
     t.jsonb(metadata);
     t.bool(row.bot.is_some());
-    for v in [row.bot, row.agent_field("browser"), row.agent_field("browser_version"), row.agent_field("os"), row.agent_field("os_version"), row.agent_field("device")] {
+    let geo = |k: &str| row.geo.and_then(|g| g.get(k)).and_then(|v| v.as_str());
+    for v in [
+        row.bot,
+        row.agent_field("browser"),
+        row.agent_field("browser_version"),
+        row.agent_field("os"),
+        row.agent_field("os_version"),
+        row.agent_field("device"),
+        geo("country"),
+        geo("region"),
+        geo("city"),
+    ] {
         match v {
             Some(s) => t.text(s),
             None => t.null(),
@@ -187,6 +198,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
     let imported = root.get("imported").and_then(|v| v.as_bool()) == Some(true);
     let bot = root.get("bot").and_then(|v| v.as_str());
     let agent = root.get("agent").filter(|a| a.is_object());
+    let geo = root.get("geo").filter(|g| g.is_object());
     let page = field("page")?;
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
@@ -262,6 +274,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
             attrs: &values,
             bot,
             agent,
+            geo,
         };
         visit.event(table, &row, batch_id, &metadata);
     }

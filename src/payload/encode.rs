@@ -44,6 +44,8 @@ pub struct ServerFacts<'a> {
     pub imported: bool,
     /// What the user agent and the tracker's signals say (`None`: not enriched).
     pub agent: Option<&'a crate::enrich::Agent>,
+    /// Where the client IP is (looked up before it was anonymised).
+    pub place: Option<&'a crate::enrich::Place>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +69,9 @@ struct Common<'a> {
     /// Browser, OS and device parsed from `user_agent`, when any is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     agent: Option<&'a crate::enrich::Agent>,
+    /// Country, region and city of the client IP, when the GeoIP database knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo: Option<&'a crate::enrich::Place>,
 }
 
 impl<'a> Common<'a> {
@@ -84,6 +89,7 @@ impl<'a> Common<'a> {
             imported: facts.imported,
             bot: facts.agent.and_then(|a| a.bot),
             agent: facts.agent.filter(|a| a.is_known()),
+            geo: facts.place,
         }
     }
 }
@@ -223,6 +229,7 @@ mod tests {
             user_agent: Some("UA"),
             imported: false,
             agent: None,
+            place: None,
         };
         let record = encode_record(&env, &validated, &facts, &catalog).unwrap();
         let r: serde_json::Value = serde_json::from_slice(&record).unwrap();

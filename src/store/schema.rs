@@ -29,11 +29,14 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("os", "text"),
     ("os_version", "text"),
     ("device_type", "text"),
+    ("country", "text"),
+    ("region", "text"),
+    ("city", "text"),
 ];
 
 /// The base columns added after the first release: added online to tables
 /// made before (old rows read `false` / NULL).
-pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..17;
+pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..20;
 
 /// SQL type of an attribute.
 pub fn sql_type(ty: AttrType) -> &'static str {

@@ -218,6 +218,8 @@ pub struct Row<'r, 'v> {
     pub bot: Option<&'r str>,
     /// The record's parsed user agent (`agent`), when it has one.
     pub agent: Option<&'r Value<'v>>,
+    /// The record's `geo` (country, region, city), when it has one.
+    pub geo: Option<&'r Value<'v>>,
 }
 
 impl<'r> Row<'r, '_> {

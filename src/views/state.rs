@@ -312,6 +312,7 @@ mod tests {
                 attrs: &attrs,
                 bot: None,
                 agent: None,
+                geo: None,
             };
             p.add(v, t, &row);
             p.add(v, t + 1, &row); // another type: ignored
