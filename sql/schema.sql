@@ -34,6 +34,16 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
 );
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.dead_letters'::regclass AND attname = 'context' AND NOT attisdropped) THEN
     ALTER TABLE chronos.dead_letters ADD COLUMN context jsonb; END IF; END $$;
+-- Which user (chronos.identify) each session was, from first to last event
+-- seen; the loaders keep it in the transaction that stores the events.
+CREATE TABLE IF NOT EXISTS chronos.identities (
+    session_id text NOT NULL,
+    user_id text NOT NULL,
+    first_seen timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,
+    PRIMARY KEY (session_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS identities_user ON chronos.identities (user_id);
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;
@@ -105,6 +115,7 @@ CREATE TABLE IF NOT EXISTS events."clicks" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "element" text,
     "buttons" bigint,
     "x" bigint,
@@ -122,6 +133,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "element" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "buttons" bigint; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."clicks"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."clicks" ADD COLUMN "x" bigint; END IF; END $$;
@@ -149,6 +161,7 @@ CREATE TABLE IF NOT EXISTS events."form_submissions" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "form_id" text,
     "action" text,
     "fields" text[]
@@ -164,6 +177,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'form_id' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "form_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'action' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "action" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."form_submissions"'::regclass AND attname = 'fields' AND NOT attisdropped) THEN ALTER TABLE events."form_submissions" ADD COLUMN "fields" text[]; END IF; END $$;
@@ -189,6 +203,7 @@ CREATE TABLE IF NOT EXISTS events."key_presses" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "key" text,
     "element" text
 ) PARTITION BY RANGE (time);
@@ -203,6 +218,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'key' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "key" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."key_presses"'::regclass AND attname = 'element' AND NOT attisdropped) THEN ALTER TABLE events."key_presses" ADD COLUMN "element" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "key_presses_time" ON events."key_presses" USING brin (time);
@@ -227,6 +243,7 @@ CREATE TABLE IF NOT EXISTS events."link_clicks" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "link_text" text,
     "target_url" text
 ) PARTITION BY RANGE (time);
@@ -241,6 +258,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'link_text' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "link_text" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."link_clicks"'::regclass AND attname = 'target_url' AND NOT attisdropped) THEN ALTER TABLE events."link_clicks" ADD COLUMN "target_url" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "link_clicks_time" ON events."link_clicks" USING brin (time);
@@ -265,6 +283,7 @@ CREATE TABLE IF NOT EXISTS events."mouse_moves" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "x" bigint,
     "y" bigint
 ) PARTITION BY RANGE (time);
@@ -279,6 +298,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'x' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "x" bigint; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."mouse_moves"'::regclass AND attname = 'y' AND NOT attisdropped) THEN ALTER TABLE events."mouse_moves" ADD COLUMN "y" bigint; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "mouse_moves_time" ON events."mouse_moves" USING brin (time);
@@ -303,6 +323,7 @@ CREATE TABLE IF NOT EXISTS events."pageviews" (
     "country" text,
     "region" text,
     "city" text,
+    "user_id" text,
     "navigation" text,
     "referrer" text
 ) PARTITION BY RANGE (time);
@@ -317,6 +338,7 @@ DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'country' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "country" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'region' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "region" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'city' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "city" text; END IF; END $$;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'user_id' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "user_id" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'navigation' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "navigation" text; END IF; END $$;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events."pageviews"'::regclass AND attname = 'referrer' AND NOT attisdropped) THEN ALTER TABLE events."pageviews" ADD COLUMN "referrer" text; END IF; END $$;
 CREATE INDEX IF NOT EXISTS "pageviews_time" ON events."pageviews" USING brin (time);

@@ -33,6 +33,7 @@ pub const RESERVED_COLUMNS: &[&str] = &[
     "country",
     "region",
     "city",
+    "user_id",
 ];
 
 /// Names of the six event types the tracker captures on its own.

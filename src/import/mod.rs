@@ -63,6 +63,7 @@ pub struct Batch {
 /// Consecutive event-form lines that share a batch.
 struct Group {
     session: String,
+    user: Option<String>,
     page: Value,
     client_ip: Option<IpAddr>,
     user_agent: Option<String>,
@@ -162,6 +163,11 @@ impl Importer {
             Some(_) => return Err("`page`: expected an object with at least `url`".into()),
             None => return Err("`page`: missing (an object with at least `url`)".into()),
         };
+        let user = match obj.remove("user_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err("`user_id`: expected a string".into()),
+        };
         let client_ip = match obj.remove("client_ip") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(anonymise(s.parse::<IpAddr>().map_err(|_| format!("`client_ip`: {s:?} is not an IP address"))?)),
@@ -189,11 +195,11 @@ impl Importer {
             }
         }
         let same = self.group.as_ref().is_some_and(|g| {
-            g.session == session && g.page == page && g.client_ip == client_ip && g.user_agent == user_agent && g.events.len() < self.batch_events
+            g.session == session && g.user == user && g.page == page && g.client_ip == client_ip && g.user_agent == user_agent && g.events.len() < self.batch_events
         });
         if !same {
             self.flush();
-            self.group = Some(Group { session, page, client_ip, user_agent, lines: Vec::new(), events: Vec::new(), digest: sha2::Sha256::new() });
+            self.group = Some(Group { session, user, page, client_ip, user_agent, lines: Vec::new(), events: Vec::new(), digest: sha2::Sha256::new() });
         }
         let g = self.group.as_mut().expect("set above");
         g.digest.update(number.to_le_bytes());
@@ -207,10 +213,13 @@ impl Importer {
     fn flush(&mut self) {
         let Some(g) = self.group.take() else { return };
         let batch_id = Uuid::new_v5(&NAMESPACE, &g.digest.finalize());
-        let wire = serde_json::json!({
+        let mut wire = serde_json::json!({
             "v": 1, "key": "import", "batch": batch_id, "sent_at": self.now,
             "session": g.session, "page": g.page, "events": g.events,
         });
+        if let Some(u) = g.user {
+            wire["user"] = Value::String(u);
+        }
         let facts = Facts { received_at: self.now, client_ip: g.client_ip, key_id: self.key_id.clone(), user_agent: g.user_agent };
         match self.build(wire, &facts, &g.lines) {
             Ok(batch) => self.out.push(Item::Batch(batch)),
@@ -242,10 +251,13 @@ impl Importer {
         let schema = get("schema")?.as_object().ok_or("`schema`: expected an object")?;
         let events = get("events")?.as_array().ok_or("`events`: expected an array")?;
         let events: Vec<Value> = events.iter().map(|e| self.reorder(e, schema)).collect();
-        let wire = serde_json::json!({
+        let mut wire = serde_json::json!({
             "v": 1, "key": "import", "batch": get("batch_id")?, "sent_at": get("sent_at")?,
             "session": get("session_id")?, "page": get("page")?, "events": events,
         });
+        if let Some(u) = obj.get("user_id").filter(|u| !u.is_null()) {
+            wire["user"] = u.clone();
+        }
         let facts = Facts { received_at, client_ip, key_id, user_agent };
         self.build(wire, &facts, &[number]).map(Item::Batch)
     }

@@ -105,6 +105,7 @@ pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_i
         geo("country"),
         geo("region"),
         geo("city"),
+        row.user_id,
     ] {
         match v {
             Some(s) => t.text(s),
@@ -199,6 +200,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
     let bot = root.get("bot").and_then(|v| v.as_str());
     let agent = root.get("agent").filter(|a| a.is_object());
     let geo = root.get("geo").filter(|g| g.is_object());
+    let user_id = root.get("user_id").and_then(|v| v.as_str());
     let page = field("page")?;
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
@@ -275,6 +277,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
             bot,
             agent,
             geo,
+            user_id,
         };
         visit.event(table, &row, batch_id, &metadata);
     }

@@ -153,6 +153,10 @@ struct Buffer {
     batch_ids: HashSet<Uuid>,
     /// The imported ones among them (their claims are kept for good).
     imported: HashSet<Uuid>,
+    /// (session, user) → first and last event time (ms), for `chronos.identities`.
+    identities: std::collections::HashMap<(String, String), (i64, i64)>,
+    /// The last key of `identities` (the record being walked).
+    last_identity: Option<(String, String)>,
     views: Accumulator,
     /// Dead letters with the offset of their record.
     dead: Vec<(i64, DeadLetter)>,
@@ -174,6 +178,8 @@ impl Buffer {
             tuples: (0..types).map(|_| BytesMut::new()).collect(),
             batch_ids: HashSet::new(),
             imported: HashSet::new(),
+            identities: std::collections::HashMap::new(),
+            last_identity: None,
             views,
             dead: Vec::new(),
             events: 0,
@@ -210,6 +216,20 @@ impl Visit for IntoBuffer<'_> {
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
         encode_row(&mut self.buffer.tuples[table], &self.types[table], row, &batch_id, metadata);
         self.buffer.views.add(table, row);
+        if let Some(user) = row.user_id {
+            // A record's events share their session and user: one key made per record, not per event.
+            let b = &mut *self.buffer;
+            if b.last_identity.as_ref().is_none_or(|(s, u)| s != row.session_id || u != user) {
+                b.last_identity = Some((row.session_id.to_string(), user.to_string()));
+            }
+            let key = b.last_identity.as_ref().expect("set above");
+            match b.identities.get_mut(key) {
+                Some(seen) => *seen = (seen.0.min(row.time), seen.1.max(row.time)),
+                None => {
+                    b.identities.insert(key.clone(), (row.time, row.time));
+                }
+            }
+        }
         self.buffer.events += 1;
     }
 
@@ -725,6 +745,7 @@ async fn commit(
         shared.metrics.view_groups.inc_by(groups);
         shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }
+    internals.upsert_identities(&tx, &buffer.identities).await?;
     internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
     tx.commit().await?;
     tracing::debug!(topic, partition, rows, next_offset = next, "Loaded.");

@@ -53,6 +53,9 @@ struct Common<'a> {
     v: u8,
     batch_id: uuid::fmt::Hyphenated,
     session_id: &'a str,
+    /// The user the site named (`chronos.identify`); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
     key_id: &'a str,
     sent_at: i64,
     received_at: i64,
@@ -80,6 +83,7 @@ impl<'a> Common<'a> {
             v: 1,
             batch_id: env.batch_id.hyphenated(),
             session_id: env.session,
+            user_id: env.user,
             key_id: facts.key_id,
             sent_at: env.sent_at,
             received_at: facts.received_at,

@@ -31,9 +31,11 @@ pub struct Envelope<'v> {
     pub events: &'v [Value<'v>],
     /// The tracker found `navigator.webdriver` set (an automated browser).
     pub webdriver: bool,
+    /// The user the site named with `chronos.identify` (same rules as `session`).
+    pub user: Option<&'v str>,
 }
 
-const FIELDS: [&str; 8] = ["v", "key", "batch", "sent_at", "session", "page", "events", "webdriver"];
+const FIELDS: [&str; 9] = ["v", "key", "batch", "sent_at", "session", "page", "events", "webdriver", "user"];
 
 impl<'v> Envelope<'v> {
     /// Checks the envelope of a parsed batch. Events are checked one by one later.
@@ -77,11 +79,24 @@ impl<'v> Envelope<'v> {
                 format!("{} events is over the limit of {} per batch", events.len(), limits.max_events),
             ));
         }
+        let user = match obj.get("user") {
+            None => None,
+            Some(v) => {
+                let u = v.as_str().ok_or_else(|| invalid("user", "expected a string"))?;
+                if u.is_empty() || u.len() > limits.max_session_bytes {
+                    return Err(invalid("user", format!("must be 1 to {} bytes", limits.max_session_bytes)));
+                }
+                if !u.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(invalid("user", "must be printable ASCII"));
+                }
+                Some(u)
+            }
+        };
         let webdriver = match obj.get("webdriver") {
             None => false,
             Some(v) => v.as_bool().ok_or_else(|| invalid("webdriver", "expected true or false"))?,
         };
-        Ok(Envelope { key, batch_id, sent_at, session, page, events: events.as_slice(), webdriver })
+        Ok(Envelope { key, batch_id, sent_at, session, page, events: events.as_slice(), webdriver, user })
     }
 }
 

@@ -35,6 +35,12 @@ const ADVANCE_OFFSET: &str = "INSERT INTO chronos.offsets (consumer_group, topic
      SET next_offset = EXCLUDED.next_offset, updated_at = now()
      WHERE chronos.offsets.next_offset IS NOT DISTINCT FROM $5";
 
+const UPSERT_IDENTITIES: &str = "INSERT INTO chronos.identities (session_id, user_id, first_seen, last_seen)
+     SELECT s, u, to_timestamp(f / 1000.0), to_timestamp(l / 1000.0) FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS x(s, u, f, l)
+     ON CONFLICT (session_id, user_id) DO UPDATE
+     SET first_seen = least(chronos.identities.first_seen, EXCLUDED.first_seen),
+         last_seen = greatest(chronos.identities.last_seen, EXCLUDED.last_seen)";
+
 const STORED_OFFSET: &str = "SELECT next_offset FROM chronos.offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3";
 
 /// An event or record that cannot be loaded, with why.
@@ -63,6 +69,7 @@ pub fn copy_statement(ty: &EventType) -> String {
 /// The loader's statements, prepared on one connection.
 pub struct Internals {
     claim_batches: Statement,
+    identities: Statement,
     dead_letters: Statement,
     advance_offset: Statement,
     /// One per catalog type, in catalog order.
@@ -74,12 +81,17 @@ impl Internals {
     pub async fn prepare(client: &Client, catalog: &EventCatalog) -> Result<Self, Error> {
         let copies: Vec<String> = catalog.types().iter().map(copy_statement).collect();
         let (fixed, copy) = futures_util::future::try_join(
-            futures_util::future::try_join3(client.prepare(CLAIM_BATCHES), client.prepare(INSERT_DEAD_LETTERS), client.prepare(ADVANCE_OFFSET)),
+            futures_util::future::try_join4(
+                client.prepare(CLAIM_BATCHES),
+                client.prepare(INSERT_DEAD_LETTERS),
+                client.prepare(ADVANCE_OFFSET),
+                client.prepare(UPSERT_IDENTITIES),
+            ),
             futures_util::future::try_join_all(copies.iter().map(|sql| client.prepare(sql))),
         )
         .await?;
-        let (claim_batches, dead_letters, advance_offset) = fixed;
-        Ok(Internals { claim_batches, dead_letters, advance_offset, copy })
+        let (claim_batches, dead_letters, advance_offset, identities) = fixed;
+        Ok(Internals { claim_batches, identities, dead_letters, advance_offset, copy })
     }
 
     /// Records `ids` as seen, those in `kept` (imported batches) for good;
@@ -113,6 +125,22 @@ impl Internals {
         chunk.extend_from_slice(TRAILER);
         sink.feed(chunk.freeze()).await?;
         sink.finish().await
+    }
+
+    /// Records which user each session was and when (ms since the epoch):
+    /// first and last seen only widen, so a record loaded again changes nothing.
+    pub async fn upsert_identities(&self, tx: &Transaction<'_>, seen: &std::collections::HashMap<(String, String), (i64, i64)>) -> Result<u64, Error> {
+        if seen.is_empty() {
+            return Ok(0);
+        }
+        let (mut sessions, mut users, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((s, u), (f, l)) in seen {
+            sessions.push(s.as_str());
+            users.push(u.as_str());
+            firsts.push(*f);
+            lasts.push(*l);
+        }
+        tx.execute(&self.identities, &[&sessions, &users, &firsts, &lasts]).await
     }
 
     /// Inserts dead letters of `topic`/`partition`, each with the offset of its

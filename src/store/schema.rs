@@ -32,11 +32,13 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("country", "text"),
     ("region", "text"),
     ("city", "text"),
+    // The user the site named with `chronos.identify`.
+    ("user_id", "text"),
 ];
 
 /// The base columns added after the first release: added online to tables
 /// made before (old rows read `false` / NULL).
-pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..20;
+pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..21;
 
 /// SQL type of an attribute.
 pub fn sql_type(ty: AttrType) -> &'static str {
@@ -96,6 +98,16 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
 );
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.dead_letters'::regclass AND attname = 'context' AND NOT attisdropped) THEN
     ALTER TABLE chronos.dead_letters ADD COLUMN context jsonb; END IF; END $$;
+-- Which user (chronos.identify) each session was, from first to last event
+-- seen; the loaders keep it in the transaction that stores the events.
+CREATE TABLE IF NOT EXISTS chronos.identities (
+    session_id text NOT NULL,
+    user_id text NOT NULL,
+    first_seen timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,
+    PRIMARY KEY (session_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS identities_user ON chronos.identities (user_id);
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;

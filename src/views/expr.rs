@@ -54,6 +54,7 @@ pub enum Column {
     Browser,
     Os,
     DeviceType,
+    UserId,
     /// The event type's name (only in views `FROM events`).
     Type,
     /// An attribute, by index in the event type's catalog order.
@@ -220,6 +221,8 @@ pub struct Row<'r, 'v> {
     pub agent: Option<&'r Value<'v>>,
     /// The record's `geo` (country, region, city), when it has one.
     pub geo: Option<&'r Value<'v>>,
+    /// The user the site named (`chronos.identify`), when it did.
+    pub user_id: Option<&'r str>,
 }
 
 impl<'r> Row<'r, '_> {
@@ -361,6 +364,7 @@ impl Expr {
                 Column::Browser => ident("browser"),
                 Column::Os => ident("os"),
                 Column::DeviceType => ident("device_type"),
+                Column::UserId => ident("user_id"),
                 Column::Type => ident("type"),
                 Column::Attr(i) => ident(attr_names[*i]),
             }),
@@ -478,6 +482,7 @@ fn column<'a>(row: &Row<'a, '_>, c: Column, ty: SqlType) -> Scalar<'a> {
         Column::Browser => row.agent_field("browser").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
         Column::Os => row.agent_field("os").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
         Column::DeviceType => row.agent_field("device").map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
+        Column::UserId => row.user_id.map_or(Scalar::Null, |s| Scalar::Text(Cow::Borrowed(s))),
         Column::Type => Scalar::Text(Cow::Borrowed(row.type_name)),
         Column::Attr(i) => match row.attrs.get(i).copied().flatten() {
             None => Scalar::Null,

@@ -404,6 +404,7 @@ impl Scope<'_> {
             "browser" => Some((Column::Browser, SqlType::Text)),
             "os" => Some((Column::Os, SqlType::Text)),
             "device_type" => Some((Column::DeviceType, SqlType::Text)),
+            "user_id" => Some((Column::UserId, SqlType::Text)),
             _ => None,
         };
         if let Some((c, t)) = base {

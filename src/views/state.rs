@@ -313,6 +313,7 @@ mod tests {
                 bot: None,
                 agent: None,
                 geo: None,
+                user_id: None,
             };
             p.add(v, t, &row);
             p.add(v, t + 1, &row); // another type: ignored

@@ -35,6 +35,7 @@ let bufferBytes = 0;
 let bufferUrl;
 let lastUrl;
 let optedOut;
+let user;
 const pending = new Map(); // batch id → batch not yet acknowledged
 const mine = new Set(); // ids this page wrote to the outbox
 let timer;
@@ -126,6 +127,7 @@ export const flush = (unloading) => {
     buffer = [];
     bufferBytes = 0;
     const b = { v: 1, key: opts.key, batch: uuid(), session, page: p, events };
+    if (user) b.user = user;
     // An automated browser (Selenium, Playwright, Puppeteer) says so: chronosd flags its events as a bot's.
     if (N.webdriver === true) b.webdriver = true;
     for (const batch of split(b)) {
@@ -316,6 +318,7 @@ export const init = (o) => {
   types = o.events || BUILT_IN;
   session = store('sessionStorage', 'chronos.session');
   if (!session) store('sessionStorage', 'chronos.session', (session = uuid()));
+  user = store('sessionStorage', 'chronos.user') || null;
 
   // A tracker must never break the page: its handlers swallow their own errors.
   const on = (t, type, fn) =>
@@ -362,10 +365,38 @@ export const optOut = () => {
   bufferBytes = 0;
 };
 
+/**
+ * Names the user of this tab (an opaque id of the site's, 1-128 printable
+ * ASCII characters; prefer it to an e-mail address): every later event of the
+ * tab carries it, and chronosd records which sessions were this user's.
+ * Events captured before the call are sent first, without it. With a custom
+ * event type `identify` in the catalog, `traits` (by attribute name) are
+ * recorded as one such event. Returns false for an id the server would refuse.
+ */
+export const identify = (userId, traits) => {
+  const id = userId == null ? '' : String(userId);
+  if (!id || id.length > 128 || !/^[\x21-\x7e]+$/.test(id)) return false;
+  if (id !== user) {
+    flush();
+    user = id;
+    store('sessionStorage', 'chronos.user', id);
+  }
+  if (traits && types && types.identify) track('identify', traits);
+  return true;
+};
+
+/** Forgets the user and starts a new session (a logout, a shared device). */
+export const reset = () => {
+  flush();
+  user = null;
+  store('sessionStorage', 'chronos.user', null);
+  store('sessionStorage', 'chronos.session', (session = uuid()));
+};
+
 /** Undoes `optOut`. */
 export const optIn = () => {
   store('localStorage', OPTOUT, null);
   optedOut = false;
 };
 
-export const api = { init, track, flush: () => flush(), optOut, optIn };
+export const api = { init, track, flush: () => flush(), optOut, optIn, identify, reset };

@@ -6,7 +6,9 @@
 //
 // Env: CHRONOS_JS (the bundle the site serves as /chronos.js), OPTIONS
 // (Chronos.init options as JSON), SITE_PORT, SPKI (optional: base64 SHA-256
-// of the certificate's public key), CHROMIUM.
+// of the certificate's public key), CHROMIUM, IDENTIFY (optional: a user id;
+// then the page also calls chronos.identify(IDENTIFY), clicks, flushes,
+// calls chronos.reset(), clicks and flushes, and reports both sessions).
 // Prints `RESULT {"session": …, "statuses": […]}` on the last line.
 import { chromium } from 'playwright-core';
 import { serveSite } from './serve.mjs';
@@ -42,7 +44,28 @@ try {
   while (!statuses.length && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
   if (!statuses.length) await fail(`no request reached ${options.endpoint} in 20 s`);
   const session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
-  console.log(`RESULT ${JSON.stringify({ session, statuses, methods, scripts })}`);
+  const identity = {};
+  if (process.env.IDENTIFY) {
+    const answered = async (n) => {
+      const until = Date.now() + 20000;
+      while (statuses.length < n && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+      if (statuses.length < n) await fail(`${n - statuses.length} batch(es) never answered`);
+    };
+    const before = statuses.length;
+    if (!(await page.evaluate((u) => chronos.identify(u), process.env.IDENTIFY))) await fail('identify refused the user id');
+    if (await page.evaluate(() => chronos.identify('has a space'))) await fail('identify took an id with a space');
+    await page.mouse.click(210, 210);
+    await page.evaluate(() => chronos.flush());
+    await answered(before + 1);
+    identity.identified_session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
+    await page.evaluate(() => chronos.reset());
+    await page.mouse.click(220, 220);
+    await page.evaluate(() => chronos.flush());
+    await answered(before + 2);
+    identity.reset_session = await page.evaluate(() => sessionStorage.getItem('chronos.session'));
+    identity.user_after_reset = await page.evaluate(() => sessionStorage.getItem('chronos.user'));
+  }
+  console.log(`RESULT ${JSON.stringify({ session, statuses, methods, scripts, ...identity })}`);
 } catch (e) {
   await fail(`browser run failed: ${e.stack || e}`);
 }
