@@ -115,3 +115,40 @@ fn identify_and_reset_in_chromium() {
     assert_eq!(count(&url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{first}' AND user_id = 'u_browser_1'")), 1);
     assert_eq!(count(&url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{after}'")), 0);
 }
+
+#[test]
+fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
+    let pg_dir = temp_dir();
+    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let kafka = Kafka::start(1);
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
+    d.wait_ready(Duration::from_secs(60));
+    let c = client();
+    let t = now_ms() - 10_000;
+    // u_9 in two sessions (one with an anonymous batch before identify), u_1 in a third.
+    for b in [with_user("a-1", None, t), with_user("a-1", Some("u_9"), t), with_user("a-2", Some("u_9"), t), with_user("b-1", Some("u_1"), t)] {
+        let (status, body, _) = post(&c, &d, &b, "198.51.100.4");
+        assert_eq!(status, 200, "{body}");
+    }
+    d.wait_until("every batch loaded", Duration::from_secs(60), || count(&url, "SELECT count(*) FROM events.pageviews") == 4);
+    let out = chronos_cli(&d.config_path(), &["erase", "--user", "u_9", "--by", "dpo@example.com"]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("user u_9: 2 sessions") && text.contains("erased sessions: 18 raw events"), "{text}");
+    assert!(text.contains("2 identities (session → user)"), "{text}");
+    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id IN ('a-1', 'a-2')"), 0, "the anonymous batch of a-1 too");
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);
+    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'b-1' AND user_id = 'u_1'"), 1, "other users stay");
+    let audit = query(&url, "SELECT subject, raw_rows, requested_by FROM chronos.erasures");
+    assert_eq!((audit[0].get::<_, String>(0), audit[0].get::<_, i64>(1), audit[0].get::<_, String>(2)), ("user".into(), 18, "dpo@example.com".into()));
+    // Neither id is kept by the audit.
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.erasures WHERE row_to_json(erasures)::text LIKE '%u_9%' OR row_to_json(erasures)::text LIKE '%a-1%'"), 0);
+    // Both flags together, or none, are refused naming them.
+    let out = chronos_cli(&d.config_path(), &["erase", "--user", "u_1", "--session", "b-1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let out = chronos_cli(&d.config_path(), &["erase"]);
+    assert!(output_text(&out).contains("--session") && output_text(&out).contains("--user"), "{}", output_text(&out));
+    let again = chronos_cli(&d.config_path(), &["erase", "--user", "u_9"]);
+    assert!(output_text(&again).contains("user u_9: 0 sessions"), "{}", output_text(&again));
+}

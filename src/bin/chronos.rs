@@ -101,10 +101,14 @@ enum Cmd {
     },
     /// Erase one person's events: raw rows, dead letters, rows of views keyed by
     /// session, and archive files (rewritten); prints what cannot be erased.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["session", "user"])))]
     Erase {
         /// The session id whose events are erased.
         #[arg(long)]
-        session: String,
+        session: Option<String>,
+        /// A user id (`chronos.identify`): every session the site named it in is erased, whole.
+        #[arg(long)]
+        user: Option<String>,
         /// Who asks, for the audit row (default: $SUDO_USER or $USER).
         #[arg(long)]
         by: Option<String>,
@@ -329,7 +333,14 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Archive { action } => archive(&stack.config, action)?,
-        Cmd::Erase { session, by } => erase(&stack.config, &session, by)?,
+        Cmd::Erase { session, user, by } => {
+            let subject = match (&session, &user) {
+                (Some(s), _) => chronos::lifecycle::erase::Subject::Session(s),
+                (None, Some(u)) => chronos::lifecycle::erase::Subject::User(u),
+                (None, None) => unreachable!("clap requires one of --session and --user"),
+            };
+            erase(&stack.config, subject, by)?
+        }
         Cmd::Import { file, key_id, dry_run, wait } => {
             let opts = chronos::import::send::Options { key_id, dry_run, wait: wait.map(Duration::from_secs) };
             if !import(&stack.config, &file, &opts)? {
@@ -689,7 +700,7 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
     Ok(s.rejected == 0)
 }
 
-fn erase(c: &chronos::config::Config, session: &str, by: Option<String>) -> Result<()> {
+fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subject<'_>, by: Option<String>) -> Result<()> {
     use chronos::lifecycle::erase;
     let by = by.or_else(|| std::env::var("SUDO_USER").ok()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
     let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
@@ -697,7 +708,7 @@ fn erase(c: &chronos::config::Config, session: &str, by: Option<String>) -> Resu
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (done, not_erased) = chronos::stack::postgres::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
-        let done = erase::erase_session(&mut client, &archiver, &catalog, session, &by, |step| {
+        let done = erase::erase(&mut client, &archiver, &catalog, subject, &by, |step| {
             if terminal {
                 eprint!("\r\x1b[Kerasing: {step}");
             }
@@ -709,16 +720,21 @@ fn erase(c: &chronos::config::Config, session: &str, by: Option<String>) -> Resu
         eprint!("\r\x1b[K");
     }
     let raw: u64 = done.raw.iter().map(|(_, n)| n).sum();
-    println!("erased session: {raw} raw events ({})", done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
+    if let erase::Subject::User(u) = subject {
+        println!("user {u}: {} sessions", done.sessions);
+    }
+    let what = if done.sessions == 1 { "session" } else { "sessions" };
+    println!("erased {what}: {raw} raw events ({})", done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
     println!("  {} archived events in {} files rewritten", done.archived_rows, done.files.len());
     println!("  {} dead letters", done.dead_letters);
+    println!("  {} identities (session → user)", done.identities);
     for (v, n) in &done.view_rows {
         println!("  {n} rows of view {v} (keyed by session_id)");
     }
     if !done.stale_deleted.is_empty() {
         println!("  {} stale archive objects deleted", done.stale_deleted.len());
     }
-    println!("recorded in chronos.erasures (by {by}; the session id is not kept)");
+    println!("recorded in chronos.erasures (by {by}; the session and user ids are not kept)");
     println!("not erased:");
     for l in not_erased {
         println!("  {l}");

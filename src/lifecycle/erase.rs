@@ -1,4 +1,4 @@
-//! `chronos erase --session ID`: one person's events out of everything
+//! `chronos erase --session ID | --user ID`: one person's events out of everything
 //! Chronos keeps that can forget them — the raw tables, the dead letters, the
 //! rows of views keyed by session, and the archive files (rewritten: the new
 //! file is verified and recorded before the old one is deleted) — with an
@@ -26,47 +26,94 @@ pub struct Erased {
     pub archived_rows: u64,
     /// Archive objects no record names (left by a run cut short), deleted.
     pub stale_deleted: Vec<String>,
+    /// Sessions erased (one for `--session`; a user's, for `--user`).
+    pub sessions: usize,
+    /// Rows of `chronos.identities` deleted.
+    pub identities: u64,
+}
+
+/// Whose events to erase.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// One session.
+    Session(&'a str),
+    /// Every session the site named this user in (`chronos.identify`), whole:
+    /// its events before the `identify` call are that person's too.
+    User(&'a str),
 }
 
 /// Erases the rows of session `session`; `by` names who asked (the audit).
-/// Holds the archive lock, so no archive run writes meanwhile. Running it
-/// again finishes one that was cut short.
 pub async fn erase_session(
     client: &mut Client,
     archiver: &Archiver,
     catalog: &EventCatalog,
     session: &str,
     by: &str,
+    progress: impl FnMut(&str),
+) -> Result<Erased> {
+    erase(client, archiver, catalog, Subject::Session(session), by, progress).await
+}
+
+/// Erases the rows of `subject`; `by` names who asked (the audit). Holds the
+/// archive lock, so no archive run writes meanwhile. Running it again
+/// finishes one that was cut short.
+pub async fn erase(
+    client: &mut Client,
+    archiver: &Archiver,
+    catalog: &EventCatalog,
+    subject: Subject<'_>,
+    by: &str,
     mut progress: impl FnMut(&str),
 ) -> Result<Erased> {
-    if session.is_empty() {
-        anyhow::bail!("--session: empty");
+    match subject {
+        Subject::Session("") => anyhow::bail!("--session: empty"),
+        Subject::User("") => anyhow::bail!("--user: empty"),
+        _ => {}
     }
     let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&archive::RUN_LOCK]).await?.get(0);
     if !locked {
         anyhow::bail!("an archive run holds the archive lock (chronosd's schedule?); try again when it ends");
     }
-    let result = erase_locked(client, archiver, catalog, session, by, &mut progress).await;
+    let result = erase_locked(client, archiver, catalog, subject, by, &mut progress).await;
     client.execute("SELECT pg_advisory_unlock($1)", &[&archive::RUN_LOCK]).await?;
     result
+}
+
+/// The sessions of `subject`: for a user, those `chronos.identities` names and
+/// any whose events carry the user id.
+async fn sessions_of(client: &Client, catalog: &EventCatalog, subject: Subject<'_>) -> Result<Vec<String>> {
+    let user = match subject {
+        Subject::Session(s) => return Ok(vec![s.to_string()]),
+        Subject::User(u) => u,
+    };
+    let mut parts = vec!["SELECT session_id FROM chronos.identities WHERE user_id = $1".to_string()];
+    parts.extend(catalog.types().iter().map(|t| format!("SELECT session_id FROM events.{} WHERE user_id = $1", ident(&t.name))));
+    let rows = client.query(&format!("SELECT DISTINCT session_id FROM ({}) s ORDER BY 1", parts.join(" UNION ")), &[&user]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 async fn erase_locked(
     client: &mut Client,
     archiver: &Archiver,
     catalog: &EventCatalog,
-    session: &str,
+    subject: Subject<'_>,
     by: &str,
     progress: &mut impl FnMut(&str),
 ) -> Result<Erased> {
     let mut done = Erased::default();
+    let sessions = sessions_of(client, catalog, subject).await?;
+    done.sessions = sessions.len();
+    let set: std::collections::HashSet<String> = sessions.iter().cloned().collect();
     // The archive first: a cut-short erasure leaves the raw rows to find again.
     if let Ok(target) = archiver.target() {
         let records = archive::list(&*client).await?;
         let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file()).collect();
         for (i, m) in files.iter().enumerate() {
             progress(&format!("archive file {} of {}: {}", i + 1, files.len(), m.location));
-            if let Some(removed) = rewrite(client, archiver, m, session).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
+            if set.is_empty() {
+                break;
+            }
+            if let Some(removed) = rewrite(client, archiver, m, &set).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
                 done.archived_rows += removed;
                 done.files.push(m.location.clone());
             }
@@ -86,16 +133,23 @@ async fn erase_locked(
     let tx = client.transaction().await?;
     for ty in catalog.types() {
         progress(&format!("events.{}", ty.name));
-        let n = tx.execute(&format!("DELETE FROM events.{} WHERE session_id = $1", ident(&ty.name)), &[&session]).await?;
+        let n = tx.execute(&format!("DELETE FROM events.{} WHERE session_id = ANY($1)", ident(&ty.name)), &[&sessions]).await?;
         done.raw.push((ty.name.to_string(), n));
     }
-    done.dead_letters = tx
-        .execute(
-            "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
-               OR position($1 IN coalesce(event::text, '')) > 0",
-            &[&session],
-        )
-        .await?;
+    for session in &sessions {
+        done.dead_letters += tx
+            .execute(
+                "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
+                   OR position($1 IN coalesce(event::text, '')) > 0",
+                &[session],
+            )
+            .await?;
+    }
+    let user = match subject {
+        Subject::User(u) => Some(u),
+        Subject::Session(_) => None,
+    };
+    done.identities = tx.execute("DELETE FROM chronos.identities WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
     let keyed = tx
         .query(
             "SELECT table_name::text FROM information_schema.columns WHERE table_schema = 'views' AND column_name = 'session_id'
@@ -106,15 +160,15 @@ async fn erase_locked(
         .await?;
     for r in keyed {
         let t: String = r.get(0);
-        let n = tx.execute(&format!("DELETE FROM views.{} WHERE session_id = $1", ident(&t)), &[&session]).await?;
+        let n = tx.execute(&format!("DELETE FROM views.{} WHERE session_id = ANY($1)", ident(&t)), &[&sessions]).await?;
         done.view_rows.push((t.trim_end_matches("_mrel").to_string(), n));
     }
     let raw: u64 = done.raw.iter().map(|(_, n)| n).sum();
     let views: u64 = done.view_rows.iter().map(|(_, n)| n).sum();
     tx.execute(
         "INSERT INTO chronos.erasures (requested_by, subject, raw_rows, archived_rows, files_rewritten, dead_letters, view_rows)
-         VALUES ($1, 'session', $2, $3, $4, $5, $6)",
-        &[&by, &(raw as i64), &(done.archived_rows as i64), &(done.files.len() as i32), &(done.dead_letters as i64), &(views as i64)],
+         VALUES ($1, $7, $2, $3, $4, $5, $6)",
+        &[&by, &(raw as i64), &(done.archived_rows as i64), &(done.files.len() as i32), &(done.dead_letters as i64), &(views as i64), &if user.is_some() { "user" } else { "session" }],
     )
     .await?;
     tx.commit().await?;
@@ -125,11 +179,11 @@ async fn erase_locked(
 /// the new file (a new name) is uploaded and verified, its manifest written,
 /// its record updated, and only then the old file and manifest deleted.
 /// Returns the rows left out.
-async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, session: &str) -> Result<Option<u64>> {
+async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, sessions: &std::collections::HashSet<String>) -> Result<Option<u64>> {
     let target = archiver.target()?;
     let local = archiver.fetch(m, "rewritten").await?;
     let out = tempfile::Builder::new().prefix("chronos-erase-").suffix(".parquet").tempfile_in(&archiver.spool)?;
-    let Some((s, removed)) = file::rewrite_without(local.path(), out.path(), "session_id", session)? else {
+    let Some((s, removed)) = file::rewrite_without(local.path(), out.path(), "session_id", sessions)? else {
         return Ok(None);
     };
     let new = Manifest {

@@ -339,7 +339,7 @@ pub fn rows_of(batch: &RecordBatch, columns: &[Column]) -> Vec<Vec<Value>> {
 /// `value` (erasure), keeping the schema and the key-value metadata; fsyncs
 /// and re-reads it. Returns the new file's summary and the rows left out, or
 /// None (and no file) when no row matched.
-pub fn rewrite_without(from: &Path, to: &Path, column: &str, value: &str) -> Result<Option<(Summary, u64)>> {
+pub fn rewrite_without(from: &Path, to: &Path, column: &str, values: &std::collections::HashSet<String>) -> Result<Option<(Summary, u64)>> {
     let file = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let schema = builder.schema().clone();
@@ -350,7 +350,7 @@ pub fn rewrite_without(from: &Path, to: &Path, column: &str, value: &str) -> Res
     for batch in builder.with_batch_size(BATCH_ROWS).build()? {
         let batch = batch?;
         let col = batch.column(idx).as_string::<i32>();
-        let keep: arrow_array::BooleanArray = (0..batch.num_rows()).map(|r| Some(col.is_null(r) || col.value(r) != value)).collect();
+        let keep: arrow_array::BooleanArray = (0..batch.num_rows()).map(|r| Some(col.is_null(r) || !values.contains(col.value(r)))).collect();
         removed += keep.false_count() as u64;
         let batch = arrow_select::filter::filter_record_batch(&batch, &keep)?;
         kept += batch.num_rows() as i64;
