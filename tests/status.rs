@@ -43,7 +43,13 @@ fn status_shows_consumer_lag_and_last_minute_events() {
     let c = client();
     let batches = 5;
     for i in 0..batches {
-        let (s, body, _) = post(&c, &front, &batch(&format!("status-{i}"), 12), "198.51.100.9");
+        // Two batches from a browser, three without a user agent (flagged as bots').
+        let body_text = batch(&format!("status-{i}"), 12).to_string().into_bytes();
+        let mut headers = vec![("Content-Type", "application/json"), ("Origin", ORIGIN), ("X-Forwarded-For", "198.51.100.9")];
+        if i < 2 {
+            headers.push(("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"));
+        }
+        let (s, body, _) = post_raw(&c, &front, body_text, &headers);
         assert_eq!(s, 200, "{body}");
     }
     assert_eq!(front.terminate().code(), Some(0));
@@ -85,6 +91,7 @@ fn status_shows_consumer_lag_and_last_minute_events() {
         line(&after, "ingest", "").contains(&format!(" {stored} events stored in the last minute")),
         "{after}"
     );
+    assert!(line(&after, "ingest", "").contains(&format!("{} of them from bots (60%)", 3 * 12)), "{after}");
 }
 
 #[test]

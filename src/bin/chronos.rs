@@ -593,7 +593,14 @@ fn print_pipeline(c: &chronos::config::Config) {
         Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "lag", "", c.load.group_id),
     }
     match recent {
-        Ok(n) => println!("{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s)", "ingest", "", "", n as f64 / 60.0),
+        Ok((n, bots)) => println!(
+            "{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s), {bots} of them from bots ({:.0}%)",
+            "ingest",
+            "",
+            "",
+            n as f64 / 60.0,
+            if n > 0 { bots as f64 * 100.0 / n as f64 } else { 0.0 }
+        ),
         Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "ingest", "", ""),
     }
     match layout {

@@ -76,8 +76,9 @@ pub async fn consumer_lag(config: &Config, timeout: Duration) -> Result<Vec<Topi
 }
 
 /// Events stored whose receipt time is within the last minute, over every
-/// enabled event type of the catalog.
-pub async fn events_last_minute(config: &Config) -> Result<i64> {
+/// enabled event type of the catalog, and how many of them were flagged as
+/// a bot's (`is_bot`).
+pub async fn events_last_minute(config: &Config) -> Result<(i64, i64)> {
     let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let client = crate::store::connect(&config.postgres.url).await?;
     // Rows are partitioned by event time, which the loader keeps within
@@ -88,19 +89,19 @@ pub async fn events_last_minute(config: &Config) -> Result<i64> {
         .iter()
         .map(|t| {
             format!(
-                "(SELECT count(*) FROM events.{} WHERE received_at > now() - interval '1 minute' \
-                 AND time > now() - interval '1 minute' - make_interval(secs => {}))",
+                "SELECT count(*) AS n, count(*) FILTER (WHERE is_bot) AS bots FROM events.{} WHERE received_at > now() - interval '1 minute' \
+                 AND time > now() - interval '1 minute' - make_interval(secs => {})",
                 ident(&t.name),
                 config.load.max_past_secs
             )
         })
         .collect();
     if counts.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
-    let sql = format!("SELECT ({})::bigint", counts.join(" + "));
+    let sql = format!("SELECT coalesce(sum(n), 0)::bigint, coalesce(sum(bots), 0)::bigint FROM ({}) c", counts.join(" UNION ALL "));
     let row = client.query_one(sql.as_str(), &[]).await.context("counting the last minute's events (schema installed?)")?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }
 
 #[cfg(test)]
