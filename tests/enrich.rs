@@ -21,7 +21,7 @@ const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.goo
 const HEADLESS: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36";
 
 /// Posts a 6-event batch of `session` with `user_agent` (none: no header).
-fn send(c: &reqwest::blocking::Client, d: &Chronosd, session: &str, user_agent: Option<&str>, webdriver: bool) -> (u16, serde_json::Value) {
+fn send(d: &Chronosd, session: &str, user_agent: Option<&str>, webdriver: bool) -> (u16, serde_json::Value) {
     let mut b = batch(session, 6);
     if webdriver {
         b["webdriver"] = json!(true);
@@ -30,7 +30,8 @@ fn send(c: &reqwest::blocking::Client, d: &Chronosd, session: &str, user_agent: 
     if let Some(ua) = user_agent {
         headers.push(("User-Agent", ua));
     }
-    let (status, body, _) = post_raw(c, d, b.to_string().into_bytes(), &headers);
+    // A client without a default user agent: only the header above is sent.
+    let (status, body, _) = post_raw(&bare_client(), d, b.to_string().into_bytes(), &headers);
     (status, body)
 }
 
@@ -50,7 +51,6 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
     let kafka = Kafka::start(1);
     let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
     d.wait_ready(Duration::from_secs(60));
-    let c = client();
     let senders: [(&str, Option<&str>, bool); 7] = [
         ("chrome", Some(CHROME), false),
         ("iphone", Some(IPHONE), false),
@@ -61,7 +61,7 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
         ("automated", Some(CHROME), true),
     ];
     for (session, ua, webdriver) in senders {
-        let (status, body) = send(&c, &d, session, ua, webdriver);
+        let (status, body) = send(&d, session, ua, webdriver);
         assert_eq!(status, 200, "{session}: {body}");
         assert_eq!(body["accepted"], 6, "{session}: {body}");
     }
@@ -102,12 +102,11 @@ fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
     let kafka = Kafka::start(1);
     let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", &format!("[enrich]\nbots = \"drop\"\n{FAST_IPS}")));
     d.wait_ready(Duration::from_secs(60));
-    let c = client();
-    let (status, body) = send(&c, &d, "crawler", Some(GOOGLEBOT), false);
+    let (status, body) = send(&d, "crawler", Some(GOOGLEBOT), false);
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["accepted"].as_u64(), body["dropped"].as_u64()), (Some(0), Some(6)), "{body}");
     assert!(body["reasons"][0].as_str().unwrap().contains("taken for a bot (user_agent)"), "{body}");
-    let (status, body) = send(&c, &d, "person", Some(CHROME), false);
+    let (status, body) = send(&d, "person", Some(CHROME), false);
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(6)), "{body}");
     assert!(body.get("dropped").is_none(), "{body}");
     wait_rows(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, &d);

@@ -40,7 +40,6 @@ fn status_shows_consumer_lag_and_last_minute_events() {
     // chronosd without loaders: accepted batches wait in Kafka.
     let mut front = Chronosd::start(&config_toml(&kafka, free_port(), &stack));
     front.wait_ready(Duration::from_secs(30));
-    let c = client();
     let batches = 5;
     for i in 0..batches {
         // Two batches from a browser, three without a user agent (flagged as bots').
@@ -49,7 +48,7 @@ fn status_shows_consumer_lag_and_last_minute_events() {
         if i < 2 {
             headers.push(("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"));
         }
-        let (s, body, _) = post_raw(&c, &front, body_text, &headers);
+        let (s, body, _) = post_raw(&bare_client(), &front, body_text, &headers);
         assert_eq!(s, 200, "{body}");
     }
     assert_eq!(front.terminate().code(), Some(0));

@@ -543,7 +543,16 @@ pub fn batch(session: &str, n: usize) -> Value {
     })
 }
 
+/// What the tests' HTTP client says it is: a browser, so the events it posts
+/// are not flagged as a bot's (docs/enrichment.md).
+pub const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+
 pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).user_agent(BROWSER_UA).build().unwrap()
+}
+
+/// A client that sends no `User-Agent` (its batches are flagged `no_user_agent`).
+pub fn bare_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
