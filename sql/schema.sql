@@ -44,6 +44,30 @@ CREATE TABLE IF NOT EXISTS chronos.identities (
     PRIMARY KEY (session_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS identities_user ON chronos.identities (user_id);
+-- Visits: a session id split at idle gaps (load.session_gap_secs), kept by the
+-- loaders in the transaction that stores the events (src/store/sessions.rs).
+CREATE TABLE IF NOT EXISTS chronos.sessions (
+    id bigserial PRIMARY KEY,
+    session_id text NOT NULL,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz NOT NULL,
+    duration interval GENERATED ALWAYS AS (ended_at - started_at) STORED,
+    events bigint NOT NULL,
+    pageviews bigint NOT NULL,
+    entry_url text,
+    exit_url text,
+    referrer text,
+    user_id text,
+    is_bot boolean NOT NULL,
+    browser text,
+    os text,
+    device_type text,
+    country text,
+    region text,
+    city text
+);
+CREATE INDEX IF NOT EXISTS sessions_session ON chronos.sessions (session_id, ended_at);
+CREATE INDEX IF NOT EXISTS sessions_started ON chronos.sessions USING brin (started_at);
 -- A retried batch (same batch id) dead-letters the same event once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON chronos.dead_letters (stage, batch_id, position)
     WHERE batch_id IS NOT NULL AND position IS NOT NULL;

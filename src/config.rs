@@ -95,6 +95,9 @@ pub struct LoadConfig {
     pub retry_max_ms: u64,
     /// Consumer `session.timeout.ms`.
     pub session_timeout_ms: u32,
+    /// Events of one session id further apart than this start a new visit
+    /// in `chronos.sessions`, in seconds.
+    pub session_gap_secs: u64,
     /// Consumer `max.poll.interval.ms`: also how long a rebalance waits for a
     /// member that crashed, on brokers that only expire members then.
     pub max_poll_interval_ms: u32,
@@ -132,6 +135,7 @@ impl Default for LoadConfig {
             seen_batches_retention_hours: 72,
             retry_max_ms: 10_000,
             session_timeout_ms: 6_000,
+            session_gap_secs: 1800,
             max_poll_interval_ms: 60_000,
             shutdown_timeout_secs: 20,
         }
@@ -873,6 +877,7 @@ impl Config {
             ("load.shutdown_timeout_secs", self.load.shutdown_timeout_secs),
             ("load.prefetch_kbytes", self.load.prefetch_kbytes as u64),
             ("import.batch_events", self.import.batch_events as u64),
+            ("load.session_gap_secs", self.load.session_gap_secs),
             ("import.max_body_bytes", self.import.max_body_bytes as u64),
             ("enrich.ua_cache_entries", self.enrich.ua_cache_entries as u64),
             ("enrich.geoip_reload_secs", self.enrich.geoip_reload_secs),

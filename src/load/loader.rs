@@ -13,6 +13,7 @@
 //! from the stored offset, this time knowing it. Every such case is rare; none
 //! needs a second copy of the records.
 
+use simd_json::prelude::{ValueAsScalar, ValueObjectAccess};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,6 +64,8 @@ pub struct LoaderShared {
     pub metrics: Arc<Metrics>,
     /// The continuous views maintained in each flush's transaction.
     pub views: Registry,
+    /// `load.session_gap_secs`, in ms.
+    pub session_gap_ms: i64,
 }
 
 /// What a loader is asked to do next.
@@ -157,6 +160,8 @@ struct Buffer {
     identities: std::collections::HashMap<(String, String), (i64, i64)>,
     /// The last key of `identities` (the record being walked).
     last_identity: Option<(String, String)>,
+    /// One piece of a visit per record, for `chronos.sessions`.
+    pieces: crate::store::sessions::Pieces,
     views: Accumulator,
     /// Dead letters with the offset of their record.
     dead: Vec<(i64, DeadLetter)>,
@@ -180,6 +185,7 @@ impl Buffer {
             imported: HashSet::new(),
             identities: std::collections::HashMap::new(),
             last_identity: None,
+            pieces: Default::default(),
             views,
             dead: Vec::new(),
             events: 0,
@@ -216,6 +222,35 @@ impl Visit for IntoBuffer<'_> {
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
         encode_row(&mut self.buffer.tuples[table], &self.types[table], row, &batch_id, metadata);
         self.buffer.views.add(table, row);
+        let piece = self.buffer.pieces.of(batch_id, || {
+            let geo = |k: &str| row.geo.and_then(|g| g.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+            crate::store::sessions::Piece {
+                session_id: row.session_id.to_string(),
+                start: row.time,
+                end: row.time,
+                url: row.page.get("url").and_then(|u| u.as_str()).map(str::to_string),
+                user_id: row.user_id.map(str::to_string),
+                is_bot: row.bot.is_some(),
+                browser: row.agent_field("browser").map(str::to_string),
+                os: row.agent_field("os").map(str::to_string),
+                device_type: row.agent_field("device").map(str::to_string),
+                country: geo("country"),
+                region: geo("region"),
+                city: geo("city"),
+                ..Default::default()
+            }
+        });
+        piece.start = piece.start.min(row.time);
+        piece.end = piece.end.max(row.time);
+        piece.events += 1;
+        if row.type_name == "pageviews" {
+            piece.pageviews += 1;
+            if piece.referrer.is_none() {
+                let ty = &self.types[table];
+                let at = ty.attributes.iter().position(|a| &*a.name == "referrer");
+                piece.referrer = at.and_then(|i| row.attrs.get(i).copied().flatten()).and_then(|v| v.as_str()).map(str::to_string);
+            }
+        }
         if let Some(user) = row.user_id {
             // A record's events share their session and user: one key made per record, not per event.
             let b = &mut *self.buffer;
@@ -746,6 +781,7 @@ async fn commit(
         shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }
     internals.upsert_identities(&tx, &buffer.identities).await?;
+    crate::store::sessions::apply(&tx, &buffer.pieces.pieces, shared.session_gap_ms).await?;
     internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
     tx.commit().await?;
     tracing::debug!(topic, partition, rows, next_offset = next, "Loaded.");

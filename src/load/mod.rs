@@ -87,6 +87,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
     }
     let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let shared = Arc::new(LoaderShared {
+        session_gap_ms: config.load.session_gap_secs as i64 * 1000,
         catalog,
         policy: TimePolicy { max_past_ms: config.load.max_past_secs as i64 * 1000, max_future_ms: config.load.max_future_secs as i64 * 1000 },
         group: config.load.group_id.clone(),

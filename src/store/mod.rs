@@ -3,6 +3,7 @@
 
 pub mod internals;
 pub mod schema;
+pub mod sessions;
 pub mod tls;
 
 use std::time::Duration;
