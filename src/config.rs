@@ -684,6 +684,9 @@ impl Default for ImportConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichConfig {
+    /// Off: no bot detection, user-agent parsing or GeoIP (the columns stay
+    /// false/NULL); for measuring what enrichment costs.
+    pub enabled: bool,
     /// `flag` (default): bots' events are stored with `is_bot` and
     /// `bot_reason`; `drop`: they are answered 200 and not stored.
     pub bots: BotPolicy,
@@ -700,7 +703,7 @@ pub struct EnrichConfig {
 
 impl Default for EnrichConfig {
     fn default() -> Self {
-        EnrichConfig { bots: BotPolicy::Flag, ua_cache_entries: 10_000, geoip_db: None, geoip_reload_secs: 60 }
+        EnrichConfig { enabled: true, bots: BotPolicy::Flag, ua_cache_entries: 10_000, geoip_db: None, geoip_reload_secs: 60 }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ReceiptShared {
     pub bots: crate::config::BotPolicy,
     /// `enrich.geoip_db`, when set.
     pub geo: Option<Arc<crate::enrich::GeoIp>>,
+    /// `enrich.enabled`.
+    pub enrich: bool,
 }
 
 impl ReceiptShared {
@@ -47,6 +49,7 @@ impl ReceiptShared {
             metrics,
             enricher: Arc::new(crate::enrich::Enricher::new(c.enrich.ua_cache_entries)),
             bots: c.enrich.bots,
+            enrich: c.enrich.enabled,
             // Checked readable when the config was loaded.
             geo: c.enrich.geoip_db.as_deref().and_then(|p| crate::enrich::GeoIp::open(p).map_err(|e| tracing::error!(error = %e, "GeoIP off.")).ok()).map(Arc::new),
         }
@@ -108,7 +111,10 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
         },
     })?;
     shared.limits.check_key(key.slot)?;
-    let agent = shared.enricher.agent(msg.user_agent.as_deref(), env.webdriver);
+    let agent = match shared.enrich {
+        true => shared.enricher.agent(msg.user_agent.as_deref(), env.webdriver),
+        false => Arc::new(crate::enrich::Agent::default()),
+    };
     if let (Some(why), crate::config::BotPolicy::Drop) = (agent.bot, shared.bots) {
         shared.metrics.bot_events.with_label_values(&["dropped"]).inc_by(env.events.len() as u64);
         return Ok(Accepted {
@@ -122,7 +128,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record: None, dead_letter: None },
         });
     }
-    let place = shared.geo.as_ref().and_then(|g| g.lookup(msg.client_ip));
+    let place = shared.geo.as_ref().filter(|_| shared.enrich).and_then(|g| g.lookup(msg.client_ip));
     let validated = payload::validate_events(env.events, &shared.catalog);
     if agent.bot.is_some() {
         shared.metrics.bot_events.with_label_values(&["flagged"]).inc_by(validated.accepted.len() as u64);
