@@ -10,7 +10,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::json;
@@ -45,12 +44,8 @@ fn wait_rows(url: &str, sql: &str, want: i64, d: &Chronosd) {
 
 #[test]
 fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(1);
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
     let senders: [(&str, Option<&str>, bool); 7] = [
         ("chrome", Some(CHROME), false),
         ("iphone", Some(IPHONE), false),
@@ -96,12 +91,9 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
 
 #[test]
 fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(1);
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", &format!("[enrich]\nbots = \"drop\"\n{FAST_IPS}")));
-    d.wait_ready(Duration::from_secs(60));
+    let extra = format!("[enrich]\nbots = \"drop\"\n{FAST_IPS}");
+    let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", &extra));
+    let (d, url) = (&stack.d, &stack.url);
     let (status, body) = send(&d, "crawler", Some(GOOGLEBOT), false);
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["accepted"].as_u64(), body["dropped"].as_u64()), (Some(0), Some(6)), "{body}");
@@ -135,17 +127,13 @@ fn write_city_db(path: &std::path::Path, entries: &[(&str, &str, &str, &str)]) {
 
 #[test]
 fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
     let dir = temp_dir();
     let db = dir.path().join("GeoLite2-City.mmdb");
     // 203.0.113.77 and .1 share their /24 (what is stored) but not their /28: only the full IP tells them apart.
     write_city_db(&db, &[("203.0.113.64/28", "FR", "Île-de-France", "Paris"), ("203.0.113.0/28", "BE", "Brussels", "Brussels")]);
-    let kafka = Kafka::start(1);
     let extra = format!("[enrich]\ngeoip_db = \"{}\"\ngeoip_reload_secs = 1\n{FAST_IPS}", db.display());
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", &extra));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", &extra));
+    let (d, url) = (&stack.d, &stack.url);
     let c = client();
     // The client IP comes from X-Forwarded-For because the peer (127.0.0.1) is a trusted proxy.
     for (session, ip) in [("paris", "203.0.113.77"), ("brussels", "203.0.113.1"), ("nowhere", "198.51.100.9")] {

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::Read as _;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -103,8 +102,6 @@ fn a_config_without_a_browser_key_serves_no_tracker_and_says_why() {
 
 #[test]
 fn chromium_runs_the_served_bundle_and_its_events_reach_the_custom_batch_path() {
-    let tracker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tracker");
-    assert!(tracker.join("node_modules/playwright-core").exists(), "tracker/node_modules is missing: run `npm ci --prefix tracker` (see .ci/setup)");
     let dir = temp_dir();
     let pg = PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
     let kafka = Kafka::start(1);
@@ -119,18 +116,7 @@ fn chromium_runs_the_served_bundle_and_its_events_reach_the_custom_batch_path() 
     let bundle = dir.path().join("app.js");
     std::fs::write(&bundle, client().get(d.url("/assets/app.js")).send().unwrap().text().unwrap()).unwrap();
     let options = chronos::tracker::init_options(&chronos::config::Config::from_toml(&toml).unwrap()).unwrap();
-    let mut child = Command::new("timeout");
-    child
-        .args(["120", "node", "test/pageview.mjs"])
-        .current_dir(&tracker)
-        .env("CHRONOS_JS", &bundle)
-        .env("OPTIONS", serde_json::json!({ "endpoint": d.url("/e") }).to_string())
-        .env("SITE_PORT", site_port.to_string())
-        .env("CHROMIUM", std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    let out = child.output().expect("node (see .ci/setup)");
-    let text = output_text(&out);
-    assert!(out.status.success(), "browser run failed:\n{text}\n--- chronosd\n{}", d.log_text());
-    let result: serde_json::Value = serde_json::from_str(text.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).expect("RESULT line")).unwrap();
+    let result = run_pageview(&d, &bundle, &serde_json::json!({ "endpoint": d.url("/e") }), site_port, &[]);
     assert!(result["statuses"].as_array().unwrap().iter().all(|s| s == 200), "{result}");
     assert_eq!(options["path"], "/e");
     let session = result["session"].as_str().expect("a session id").to_string();

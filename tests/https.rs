@@ -117,8 +117,6 @@ fn spki_sha256(cert: &Path) -> String {
 
 #[test]
 fn the_tracker_in_chromium_sends_over_https_and_the_events_land() {
-    let tracker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tracker");
-    assert!(tracker.join("node_modules/playwright-core").exists(), "tracker/node_modules is missing: run `npm ci --prefix tracker` (see .ci/setup)");
     let dir = temp_dir();
     let certs = certs::make(&dir.path().join("certs"));
     let pg = PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
@@ -135,19 +133,7 @@ fn the_tracker_in_chromium_sends_over_https_and_the_events_land() {
     let bundle = dir.path().join("chronos.js");
     std::fs::write(&bundle, chronos::tracker::build(&config).unwrap()).unwrap();
     let options = chronos::tracker::init_options(&config).unwrap();
-    let out = Command::new("timeout")
-        .args(["120", "node", "test/pageview.mjs"])
-        .current_dir(&tracker)
-        .env("CHRONOS_JS", &bundle)
-        .env("OPTIONS", options.to_string())
-        .env("SITE_PORT", site_port.to_string())
-        .env("SPKI", spki_sha256(&certs.server_crt))
-        .env("CHROMIUM", std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-        .output()
-        .expect("node (see .ci/setup)");
-    let text = output_text(&out);
-    assert!(out.status.success(), "browser run failed:\n{text}\n--- chronosd\n{}", d.log_text());
-    let result: serde_json::Value = serde_json::from_str(text.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).expect("RESULT line")).unwrap();
+    let result = run_pageview(&d, &bundle, &options, site_port, &[("SPKI", &spki_sha256(&certs.server_crt))]);
     assert!(result["statuses"].as_array().unwrap().iter().all(|s| s == 200), "{result}");
     let session = result["session"].as_str().expect("a session id").to_string();
     let pageviews = format!("SELECT count(*) FROM events.pageviews WHERE session_id = '{session}'");

@@ -6,33 +6,24 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::json;
 
 fn with_user(session: &str, user: Option<&str>, t: i64) -> serde_json::Value {
-    let mut b = batch(session, 6);
+    let mut b = batch_at(session, t);
     if let Some(u) = user {
         b["user"] = json!(u);
-    }
-    for e in b["events"].as_array_mut().unwrap() {
-        e[1] = json!(t);
     }
     b
 }
 
 #[test]
 fn users_land_on_every_event_and_identities_are_kept_once() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(2);
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(2, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
     let c = client();
     let t0 = now_ms() - 60_000;
     let anonymous = with_user("s-1", None, t0);
@@ -74,56 +65,39 @@ fn users_land_on_every_event_and_identities_are_kept_once() {
 
 #[test]
 fn identify_and_reset_in_chromium() {
-    let kafka = Kafka::start(1);
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let dir = temp_dir();
     let site_port = free_port();
     let extra = format!(
         "[[keys]]\nid = \"browser\"\nkey = \"wk_identity_0123456789ab\"\norigins = [\"http://127.0.0.1:{site_port}\"]\n\n[tracker]\nkey_id = \"browser\"\nflush_interval_ms = 500\n"
     );
-    let toml = config_toml_with_pg(&kafka, free_port(), &pg.url(), "", &extra);
-    let d = Chronosd::start(&toml);
-    d.wait_ready(Duration::from_secs(30));
+    let mut toml = String::new();
+    let s = start_loading(1, |kafka, url| {
+        toml = config_toml_with_pg(kafka, free_port(), url, "", &extra);
+        toml.clone()
+    });
+    let (d, url) = (&s.d, &s.url);
+    let dir = temp_dir();
     let bundle = dir.path().join("chronos.js");
     std::fs::write(&bundle, client().get(d.url("/chronos.js")).send().unwrap().text().unwrap()).unwrap();
     let options = chronos::tracker::init_options(&chronos::config::Config::from_toml(&toml).unwrap()).unwrap();
-    let out = Command::new("timeout")
-        .args(["120", "node", "test/pageview.mjs"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tracker"))
-        .env("CHRONOS_JS", &bundle)
-        .env("OPTIONS", options.to_string())
-        .env("SITE_PORT", site_port.to_string())
-        .env("IDENTIFY", "u_browser_1")
-        .env("CHROMIUM", std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-        .output()
-        .expect("node (see .ci/setup)");
-    let text = output_text(&out);
-    assert!(out.status.success(), "browser run failed:\n{text}\n--- chronosd\n{}", d.log_text());
-    let result: serde_json::Value = serde_json::from_str(text.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).expect("RESULT line")).unwrap();
+    let result = run_pageview(d, &bundle, &options, site_port, &[("IDENTIFY", "u_browser_1")]);
     let (first, identified, after) = (result["session"].as_str().unwrap(), result["identified_session"].as_str().unwrap(), result["reset_session"].as_str().unwrap());
     assert_eq!(first, identified, "identify keeps the session");
     assert_ne!(identified, after, "reset starts a new session");
     assert!(result["user_after_reset"].is_null(), "{result}");
-    let url = pg.url();
     d.wait_until("the clicks of both sessions", Duration::from_secs(60), || {
-        count(&url, &format!("SELECT count(*) FROM events.clicks WHERE session_id IN ('{first}', '{after}')")) >= 3
+        count(url, &format!("SELECT count(*) FROM events.clicks WHERE session_id IN ('{first}', '{after}')")) >= 3
     });
-    let by = |sql: &str| query(&url, sql).iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>();
+    let by = |sql: &str| query(url, sql).iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>();
     assert_eq!(by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{first}' ORDER BY time")), vec![None, Some("u_browser_1".to_string())], "the click before identify has no user");
     assert_eq!(by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{after}'")), vec![None], "after reset: no user");
-    assert_eq!(count(&url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{first}' AND user_id = 'u_browser_1'")), 1);
-    assert_eq!(count(&url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{after}'")), 0);
+    assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{first}' AND user_id = 'u_browser_1'")), 1);
+    assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{after}'")), 0);
 }
 
 #[test]
 fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(1);
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
     let c = client();
     let t = now_ms() - 10_000;
     // u_9 in two sessions (one with an anonymous batch before identify), u_1 in a third.

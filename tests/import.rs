@@ -12,7 +12,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::{json, Value};
@@ -78,12 +77,8 @@ fn run_import(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> (i32, Strin
 
 #[test]
 fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_rest() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(2);
-    let d = Chronosd::start(&import_toml(&kafka, &url));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(2, import_toml);
+    let (d, url) = (&stack.d, &stack.url);
     let config = d.config_path();
     let dir = temp_dir();
 
@@ -141,12 +136,8 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
 
 #[test]
 fn kafka_records_import_with_their_own_batch_ids_and_times() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(1);
-    let d = Chronosd::start(&import_toml(&kafka, &url));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(1, import_toml);
+    let (d, url) = (&stack.d, &stack.url);
     let dir = temp_dir();
     // A record received 20 days ago from a client whose clock ran 2 s behind;
     // its schema lists attributes in another order than the catalog.
@@ -176,12 +167,8 @@ fn kafka_records_import_with_their_own_batch_ids_and_times() {
 
 #[test]
 fn post_v1_import_takes_a_server_key_only_and_stores_once() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(1);
-    let d = Chronosd::start(&import_toml(&kafka, &url));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(1, import_toml);
+    let (d, url) = (&stack.d, &stack.url);
     let c = client();
     let (lines, _) = event_lines("http", 120);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -8,7 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::json;
@@ -18,22 +17,15 @@ const MIN: i64 = 60_000;
 /// A 6-event batch of `session` on `url`, its events at `t` (sent now, so the
 /// clock correction is a few ms).
 fn at(session: &str, url: &str, t: i64) -> serde_json::Value {
-    let mut b = batch(session, 6);
+    let mut b = batch_at(session, t);
     b["page"]["url"] = json!(url);
-    for e in b["events"].as_array_mut().unwrap() {
-        e[1] = json!(t);
-    }
     b
 }
 
 #[test]
 fn visits_split_at_idle_gaps_and_count_each_batch_once() {
-    let pg_dir = temp_dir();
-    let pg = PostgresServer::start_in(pg_dir.path()).expect("start PostgreSQL");
-    let url = pg.url();
-    let kafka = Kafka::start(2);
-    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, "", FAST_IPS));
-    d.wait_ready(Duration::from_secs(60));
+    let stack = start_loading(2, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
     let c = client();
     let t0 = now_ms() - 120 * MIN;
     let visit1 = [at("v-1", "https://shop.example.com/", t0), at("v-1", "https://shop.example.com/cart", t0 + 10 * MIN)];

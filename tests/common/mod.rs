@@ -645,3 +645,56 @@ macro_rules! on_both_layouts {
         }
     };
 }
+
+/// Runs tracker/test/pageview.mjs: headless Chromium loads the test site on
+/// `site_port`, which serves `bundle` initialised with `options`, with `env`
+/// added. Panics, with chronosd's log, when the browser run fails; returns
+/// the script's RESULT object.
+pub fn run_pageview(d: &Chronosd, bundle: &std::path::Path, options: &Value, site_port: u16, env: &[(&str, &str)]) -> Value {
+    let tracker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tracker");
+    assert!(tracker.join("node_modules/playwright-core").exists(), "tracker/node_modules is missing: run `npm ci --prefix tracker` (see .ci/setup)");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["120", "node", "test/pageview.mjs"])
+        .current_dir(&tracker)
+        .env("CHRONOS_JS", bundle)
+        .env("OPTIONS", options.to_string())
+        .env("SITE_PORT", site_port.to_string())
+        .env("CHROMIUM", std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node (see .ci/setup)");
+    let text = output_text(&out);
+    assert!(out.status.success(), "browser run failed:\n{text}\n--- chronosd\n{}", d.log_text());
+    serde_json::from_str(text.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).expect("RESULT line")).unwrap()
+}
+
+/// A valid 6-event batch of `session` whose events all happened at `t` (sent now).
+pub fn batch_at(session: &str, t: i64) -> Value {
+    let mut b = batch(session, 6);
+    for e in b["events"].as_array_mut().unwrap() {
+        e[1] = json!(t);
+    }
+    b
+}
+
+/// PostgreSQL, fresh topics on the shared broker, and chronosd with its
+/// loaders started from `toml(kafka, postgres_url)`, for one test. Dropped in
+/// order: chronosd stops before PostgreSQL.
+pub struct Loading {
+    pub d: Chronosd,
+    pub url: String,
+    pub kafka: Kafka,
+    _pg: chronos::stack::postgres::PostgresServer,
+    _dir: tempfile::TempDir,
+}
+
+pub fn start_loading(partitions: i32, toml: impl FnOnce(&Kafka, &str) -> String) -> Loading {
+    let dir = temp_dir();
+    let pg = chronos::stack::postgres::PostgresServer::start_in(dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let kafka = Kafka::start(partitions);
+    let d = Chronosd::start(&toml(&kafka, &url));
+    d.wait_ready(Duration::from_secs(60));
+    Loading { d, url, kafka, _pg: pg, _dir: dir }
+}
