@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::OriginRefusal;
 use super::body::{self, Encoding};
@@ -25,25 +25,10 @@ pub const PATH: &str = "/v1/import";
 /// An import waits this long at least for the broker (a body holds many batches).
 const MIN_DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(serde::Serialize)]
-struct OkBody<'a> {
-    ok: bool,
-    #[serde(flatten)]
-    summary: &'a Summary,
-}
 
 pub async fn post(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let outcome = import(&req, payload, &state).await;
-    let res = match &outcome {
-        Ok(summary) => HttpResponse::Ok().json(OkBody { ok: true, summary }),
-        Err(e) => e.error_response(),
-    };
-    let code = match &outcome {
-        Ok(_) => "imported",
-        Err(e) => e.code(),
-    };
-    state.metrics.http_requests.with_label_values(&[res.status().as_str(), code]).inc();
-    res
+    super::answer(&state, &outcome, "imported")
 }
 
 async fn import(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<Summary, IngestError> {

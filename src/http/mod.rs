@@ -95,24 +95,27 @@ pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-#[derive(serde::Serialize)]
-struct OkBody<'a> {
-    ok: bool,
-    #[serde(flatten)]
-    summary: &'a BatchSummary,
+
+/// The answer to a POST: 200 with `{"ok": true, …summary}` or the error's
+/// JSON, counted in the request metric (`ok_code` for a 200).
+pub(crate) fn answer<S: serde::Serialize>(state: &AppState, outcome: &Result<S, IngestError>, ok_code: &str) -> HttpResponse {
+    #[derive(serde::Serialize)]
+    struct Ok<'a, S> {
+        ok: bool,
+        #[serde(flatten)]
+        summary: &'a S,
+    }
+    let (res, code) = match outcome {
+        Result::Ok(summary) => (HttpResponse::Ok().json(Ok { ok: true, summary }), ok_code),
+        Err(e) => (e.error_response(), e.code()),
+    };
+    state.metrics.http_requests.with_label_values(&[res.status().as_str(), code]).inc();
+    res
 }
 
 async fn post_batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let outcome = receive(&req, payload, &state).await;
-    let mut res = match &outcome {
-        Ok(summary) => HttpResponse::Ok().json(OkBody { ok: true, summary }),
-        Err(e) => e.error_response(),
-    };
-    let code = match &outcome {
-        Ok(_) => "accepted",
-        Err(e) => e.code(),
-    };
-    state.metrics.http_requests.with_label_values(&[res.status().as_str(), code]).inc();
+    let mut res = answer(&state, &outcome, "accepted");
     if let Some(origin) = header_str(&req, header::ORIGIN) {
         if state.keys.any_allows(origin) {
             cors_headers(&mut res, origin);
