@@ -110,7 +110,8 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("user u_9: 2 sessions") && text.contains("erased sessions: 18 raw events"), "{text}");
-    assert!(text.contains("2 identities (session → user)"), "{text}");
+    assert!(text.contains("2 identities (session → user), 2 visits"), "{text}");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.sessions WHERE session_id IN ('a-1', 'a-2')"), 0, "their visits too");
     assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id IN ('a-1', 'a-2')"), 0, "the anonymous batch of a-1 too");
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);
     assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'b-1' AND user_id = 'u_1'"), 1, "other users stay");

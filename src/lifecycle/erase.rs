@@ -30,6 +30,8 @@ pub struct Erased {
     pub sessions: usize,
     /// Rows of `chronos.identities` deleted.
     pub identities: u64,
+    /// Rows of `chronos.sessions` (visits) deleted.
+    pub visits: u64,
 }
 
 /// Whose events to erase.
@@ -150,6 +152,7 @@ async fn erase_locked(
         Subject::Session(_) => None,
     };
     done.identities = tx.execute("DELETE FROM chronos.identities WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
+    done.visits = tx.execute("DELETE FROM chronos.sessions WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
     let keyed = tx
         .query(
             "SELECT table_name::text FROM information_schema.columns WHERE table_schema = 'views' AND column_name = 'session_id'
