@@ -7,8 +7,9 @@
 //!   patterns, tested by its authors on 12 k bot and 180 k browser user
 //!   agents, so real browsers are not taken for bots).
 //! - User agents: the `woothee` crate (Project Woothee's dataset compiled in:
-//!   about 10 µs a parse, nothing to load at start; `uaparser` needs the
-//!   uap-core regexes file at run time and parses ~40× slower).
+//!   nothing to load at start; `uaparser` needs the uap-core regexes file at
+//!   run time and, in woothee's own published benchmark, parses ~40× slower;
+//!   not compared here).
 //! - A bounded cache (`quick_cache`) keeps the answer for repeated user agents:
 //!   one site's visitors send a few hundred distinct strings.
 
@@ -65,19 +66,26 @@ pub struct Enricher {
     bots: isbot::Bots,
     parser: woothee::parser::Parser,
     cache: quick_cache::sync::Cache<Box<str>, Arc<Agent>>,
+    /// What every batch without a `User-Agent` gets.
+    no_user_agent: Arc<Agent>,
 }
 
 impl Enricher {
     /// An enricher caching up to `cache_entries` distinct user agents.
     pub fn new(cache_entries: usize) -> Self {
-        Enricher { bots: isbot::Bots::default(), parser: woothee::parser::Parser::new(), cache: quick_cache::sync::Cache::new(cache_entries.max(1)) }
+        Enricher {
+            bots: isbot::Bots::default(),
+            parser: woothee::parser::Parser::new(),
+            cache: quick_cache::sync::Cache::new(cache_entries.max(1)),
+            no_user_agent: Arc::new(Agent { bot: Some(reason::NO_USER_AGENT), ..Agent::default() }),
+        }
     }
 
     /// The agent of a batch sent with `user_agent` (`None`: no header) whose
     /// tracker reported `webdriver`.
     pub fn agent(&self, user_agent: Option<&str>, webdriver: bool) -> Arc<Agent> {
         let parsed = match user_agent {
-            None => Arc::new(Agent { bot: Some(reason::NO_USER_AGENT), ..Agent::default() }),
+            None => self.no_user_agent.clone(),
             Some(ua) => match self.cache.get(ua) {
                 Some(a) => a,
                 None => {

@@ -139,7 +139,7 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         Some(geo) => geo.clone().watch(Duration::from_secs(config.enrich.geoip_reload_secs)),
         None => tracing::info!("No GeoIP database (enrich.geoip_db): the country, region and city columns stay NULL."),
     }
-    let (keys, limits) = (shared.keys.clone(), shared.limits.clone());
+    let (keys, limits, enricher) = (shared.keys.clone(), shared.limits.clone(), shared.enricher.clone());
     let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
     let sink_arbiter = Arbiter::new();
     let (mailbox, retry_after) = (config.http.mailbox_capacity, config.http.retry_after_secs);
@@ -161,6 +161,7 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         tracker_path: config.http.tracker_path.clone(),
         script: web::Data::new(arc_swap::ArcSwap::from_pointee(http::script::Script::build(config))),
         config: Arc::new(config.clone()),
+        enricher,
     });
     (state, sink_arbiter)
 }

@@ -677,7 +677,7 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
     let mut input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(raw));
     let gzip = input.fill_buf().map_err(|e| anyhow::anyhow!("{file}: {e}"))?.starts_with(&[0x1f, 0x8b]);
     let input: Box<dyn BufRead> = if gzip { Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(input))) } else { Box::new(input) };
-    let report = chronos::stack::postgres::block_on(chronos::import::send::run(c, input, opts, |s, _| {
+    let report = chronos::stack::postgres::block_on(chronos::import::send::run(c, input, opts, |s| {
         bar.set_message(format!("{} lines, {} events accepted, {} rejected, {} duplicate", s.lines, s.accepted, s.rejected, s.duplicate_events));
     }))
     .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;

@@ -50,10 +50,10 @@ async fn import(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
     let body = body::read_capped(payload, content_length, limit).await?;
 
     // Decompress, parse and check off the HTTP worker: a body may hold a million events.
-    let key_id = key.id.clone();
+    let (key_id, enricher) = (key.id.clone(), state.enricher.clone());
     let (checked, lines) = web::block(move || -> Result<(Vec<Item>, u64), IngestError> {
         let body = body::decode(body, encoding, limit)?;
-        let mut importer = Importer::new(&config, &key_id, now_ms());
+        let mut importer = Importer::new(&config, &key_id, now_ms(), enricher);
         let mut lines = 0;
         for line in body.split(|&b| b == b'\n') {
             lines += 1;
@@ -66,16 +66,7 @@ async fn import(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
     .map_err(|_| IngestError::Internal)??;
 
     let mut summary = Summary { lines, ..Summary::default() };
-    let mut batches = Vec::new();
-    for item in checked {
-        match item {
-            Item::Batch(b) => batches.push(b),
-            Item::Refused { line, reason } => {
-                summary.rejected += 1;
-                summary.reason(format!("line {line}: {reason}"));
-            }
-        }
-    }
+    let batches: Vec<_> = checked.into_iter().filter_map(|item| summary.take(item)).collect();
     let unavailable = |e: anyhow::Error| IngestError::StoreUnavailable { reason: format!("{e:#}"), retry_after: state.retry_after };
     let client = crate::store::connect(&state.config.postgres.url).await.map_err(unavailable)?;
     let fresh = send::fresh(Some(&client), batches, &mut HashSet::new(), &mut summary).await.map_err(unavailable)?;

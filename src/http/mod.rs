@@ -58,6 +58,8 @@ pub struct AppState {
     /// The config chronosd started with (`POST /v1/import` reads the catalog,
     /// the caps and `[import]` from it, and `postgres.url`).
     pub config: Arc<crate::config::Config>,
+    /// Receipt's enricher, shared with `POST /v1/import` (`None`: enrichment off).
+    pub enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
 /// Routes of chronosd.

@@ -28,12 +28,11 @@ pub struct ReceiptShared {
     pub max_decompressed_bytes: usize,
     pub max_reasons: usize,
     pub metrics: Arc<Metrics>,
-    pub enricher: Arc<crate::enrich::Enricher>,
+    /// `None` with `enrich.enabled = false`.
+    pub enricher: Option<Arc<crate::enrich::Enricher>>,
     pub bots: crate::config::BotPolicy,
-    /// `enrich.geoip_db`, when set.
+    /// `enrich.geoip_db`, when set and enrichment is on.
     pub geo: Option<Arc<crate::enrich::GeoIp>>,
-    /// `enrich.enabled`.
-    pub enrich: bool,
 }
 
 impl ReceiptShared {
@@ -47,11 +46,16 @@ impl ReceiptShared {
             max_decompressed_bytes: c.http.max_decompressed_bytes,
             max_reasons: c.http.max_reasons,
             metrics,
-            enricher: Arc::new(crate::enrich::Enricher::new(c.enrich.ua_cache_entries)),
+            enricher: c.enrich.enabled.then(|| Arc::new(crate::enrich::Enricher::new(c.enrich.ua_cache_entries))),
             bots: c.enrich.bots,
-            enrich: c.enrich.enabled,
             // Checked readable when the config was loaded.
-            geo: c.enrich.geoip_db.as_deref().and_then(|p| crate::enrich::GeoIp::open(p).map_err(|e| tracing::error!(error = %e, "GeoIP off.")).ok()).map(Arc::new),
+            geo: c
+                .enrich
+                .geoip_db
+                .as_deref()
+                .filter(|_| c.enrich.enabled)
+                .and_then(|p| crate::enrich::GeoIp::open(p).map_err(|e| tracing::error!(error = %e, "GeoIP off.")).ok())
+                .map(Arc::new),
         }
     }
 }
@@ -111,11 +115,9 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
         },
     })?;
     shared.limits.check_key(key.slot)?;
-    let agent = match shared.enrich {
-        true => shared.enricher.agent(msg.user_agent.as_deref(), env.webdriver),
-        false => Arc::new(crate::enrich::Agent::default()),
-    };
-    if let (Some(why), crate::config::BotPolicy::Drop) = (agent.bot, shared.bots) {
+    let agent = shared.enricher.as_ref().map(|e| e.agent(msg.user_agent.as_deref(), env.webdriver));
+    let bot = agent.as_ref().and_then(|a| a.bot);
+    if let (Some(why), crate::config::BotPolicy::Drop) = (bot, shared.bots) {
         shared.metrics.bot_events.with_label_values(&["dropped"]).inc_by(env.events.len() as u64);
         return Ok(Accepted {
             summary: BatchSummary {
@@ -128,9 +130,9 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record: None, dead_letter: None },
         });
     }
-    let place = shared.geo.as_ref().filter(|_| shared.enrich).and_then(|g| g.lookup(msg.client_ip));
+    let place = shared.geo.as_ref().and_then(|g| g.lookup(msg.client_ip));
     let validated = payload::validate_events(env.events, &shared.catalog);
-    if agent.bot.is_some() {
+    if bot.is_some() {
         shared.metrics.bot_events.with_label_values(&["flagged"]).inc_by(validated.accepted.len() as u64);
     }
     let facts = ServerFacts {
@@ -139,7 +141,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
         key_id: &key.id,
         user_agent: msg.user_agent.as_deref(),
         imported: false,
-        agent: Some(&agent),
+        agent: agent.as_deref(),
         place: place.as_ref(),
     };
     let record = encode_record(&env, &validated, &facts, &shared.catalog);

@@ -19,6 +19,7 @@
 pub mod send;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sha2::Digest;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use crate::catalog::EventCatalog;
 use crate::config::{Config, ImportConfig};
+use crate::enrich::Enricher;
 use crate::payload::{self, anonymise, encode_dead_letter, encode_record, Envelope, PayloadLimits, Rejection, ServerFacts};
 use crate::produce::OutgoingBatch;
 
@@ -83,13 +85,14 @@ pub struct Importer {
     now: i64,
     group: Option<Group>,
     out: Vec<Item>,
-    enricher: crate::enrich::Enricher,
+    /// Receipt's enricher (`None`: enrichment off).
+    enricher: Option<Arc<Enricher>>,
 }
 
 impl Importer {
     /// An import received at `now` (ms since the epoch) under key id `key_id`
-    /// (the event form's; records keep their own).
-    pub fn new(config: &Config, key_id: &str, now: i64) -> Self {
+    /// (the event form's; records keep their own), enriched by `enricher`.
+    pub fn new(config: &Config, key_id: &str, now: i64, enricher: Option<Arc<Enricher>>) -> Self {
         Importer {
             catalog: EventCatalog::from_config(&config.events, config.limits.max_string_bytes),
             limits: PayloadLimits::from_config(config),
@@ -99,7 +102,7 @@ impl Importer {
             now,
             group: None,
             out: Vec::new(),
-            enricher: crate::enrich::Enricher::new(config.enrich.ua_cache_entries),
+            enricher,
         }
     }
 
@@ -286,7 +289,7 @@ impl Importer {
         let env = Envelope::from_value(&root, &self.limits).map_err(|e| e.to_string())?;
         let mut validated = payload::validate_events(env.events, &self.catalog);
         // An import without a user agent is not a bot's for lacking one: enriched only when it has one.
-        let agent = facts.user_agent.as_deref().map(|ua| self.enricher.agent(Some(ua), false));
+        let agent = self.enricher.as_ref().zip(facts.user_agent.as_deref()).map(|(e, ua)| e.agent(Some(ua), false));
         let skew = facts.received_at - env.sent_at;
         let (lo, hi) = self.window_ms();
         validated.accepted.retain(|&i| {
@@ -373,6 +376,18 @@ impl Summary {
             self.reasons.push(r);
         }
     }
+
+    /// Counts a refused line; hands a batch back.
+    pub fn take(&mut self, item: Item) -> Option<Batch> {
+        match item {
+            Item::Batch(b) => Some(b),
+            Item::Refused { line, reason } => {
+                self.rejected += 1;
+                self.reason(format!("line {line}: {reason}"));
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -382,7 +397,7 @@ mod tests {
     const NOW: i64 = 1_764_000_000_000;
 
     fn run(config: &Config, input: &str) -> Vec<Item> {
-        let mut i = Importer::new(config, "import", NOW);
+        let mut i = Importer::new(config, "import", NOW, Some(Arc::new(Enricher::new(100))));
         for (n, l) in input.lines().enumerate() {
             i.line(n as u64 + 1, l.as_bytes());
         }

@@ -13,7 +13,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::{Batch, Importer, Item, Summary};
+use super::{Batch, Importer, Summary};
 use crate::config::Config;
 use crate::produce::kafka::{max_record_bytes, now_ms, producer_config};
 
@@ -51,8 +51,8 @@ pub struct Report {
 }
 
 /// Reads `input` line by line and imports it; `progress` is called now and
-/// then with the tally so far and the bytes read.
-pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut progress: impl FnMut(&Summary, u64)) -> Result<Report> {
+/// then with the tally so far (the CLI's bar counts the bytes itself).
+pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut progress: impl FnMut(&Summary)) -> Result<Report> {
     let started = Instant::now();
     let client = match opts.dry_run {
         true => None,
@@ -62,11 +62,12 @@ pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut p
         true => None,
         false => Some(Producer::new(config)?),
     };
-    let mut importer = Importer::new(config, &opts.key_id, now_ms());
+    let enricher = config.enrich.enabled.then(|| std::sync::Arc::new(crate::enrich::Enricher::new(config.enrich.ua_cache_entries)));
+    let mut importer = Importer::new(config, &opts.key_id, now_ms(), enricher);
     let mut summary = Summary::default();
     let (mut seen, mut sent) = (HashSet::new(), Vec::new());
     let mut pending = Vec::new();
-    let (mut line, mut bytes, mut number) = (Vec::new(), 0u64, 0u64);
+    let (mut line, mut number) = (Vec::new(), 0u64);
     loop {
         line.clear();
         let n = input.read_until(b'\n', &mut line).with_context(|| format!("reading line {}", number + 1))?;
@@ -74,18 +75,9 @@ pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut p
             importer.finish();
         } else {
             number += 1;
-            bytes += n as u64;
             importer.line(number, &line);
         }
-        for item in importer.drain() {
-            match item {
-                Item::Batch(b) => pending.push(b),
-                Item::Refused { line, reason } => {
-                    summary.rejected += 1;
-                    summary.reason(format!("line {line}: {reason}"));
-                }
-            }
-        }
+        pending.extend(importer.drain().filter_map(|item| summary.take(item)));
         if pending.len() >= CHUNK || (n == 0 && !pending.is_empty()) {
             for b in fresh(client.as_ref(), std::mem::take(&mut pending), &mut seen, &mut summary).await? {
                 if let Some(p) = producer.as_mut() {
@@ -99,14 +91,14 @@ pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut p
         }
         if number % 1024 == 0 {
             summary.lines = number;
-            progress(&summary, bytes);
+            progress(&summary);
         }
     }
     if let Some(p) = producer.as_mut() {
         p.finish().await?;
     }
     summary.lines = number;
-    progress(&summary, bytes);
+    progress(&summary);
     let produced_in = started.elapsed();
     let stored_in = match (opts.wait, client.as_ref()) {
         (Some(limit), Some(client)) => Some(wait_stored(client, &sent, limit).await? + produced_in),

@@ -109,12 +109,10 @@ async fn erase_locked(
     // The archive first: a cut-short erasure leaves the raw rows to find again.
     if let Ok(target) = archiver.target() {
         let records = archive::list(&*client).await?;
-        let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file()).collect();
+        // A user with no session has nothing in any file.
+        let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file() && !set.is_empty()).collect();
         for (i, m) in files.iter().enumerate() {
             progress(&format!("archive file {} of {}: {}", i + 1, files.len(), m.location));
-            if set.is_empty() {
-                break;
-            }
             if let Some(removed) = rewrite(client, archiver, m, &set).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
                 done.archived_rows += removed;
                 done.files.push(m.location.clone());

@@ -156,11 +156,7 @@ struct Buffer {
     batch_ids: HashSet<Uuid>,
     /// The imported ones among them (their claims are kept for good).
     imported: HashSet<Uuid>,
-    /// (session, user) → first and last event time (ms), for `chronos.identities`.
-    identities: std::collections::HashMap<(String, String), (i64, i64)>,
-    /// The last key of `identities` (the record being walked).
-    last_identity: Option<(String, String)>,
-    /// One piece of a visit per record, for `chronos.sessions`.
+    /// One piece of a visit per record, for `chronos.sessions` and `chronos.identities`.
     pieces: crate::store::sessions::Pieces,
     views: Accumulator,
     /// Dead letters with the offset of their record.
@@ -183,8 +179,6 @@ impl Buffer {
             tuples: (0..types).map(|_| BytesMut::new()).collect(),
             batch_ids: HashSet::new(),
             imported: HashSet::new(),
-            identities: std::collections::HashMap::new(),
-            last_identity: None,
             pieces: Default::default(),
             views,
             dead: Vec::new(),
@@ -249,20 +243,6 @@ impl Visit for IntoBuffer<'_> {
                 let ty = &self.types[table];
                 let at = ty.attributes.iter().position(|a| &*a.name == "referrer");
                 piece.referrer = at.and_then(|i| row.attrs.get(i).copied().flatten()).and_then(|v| v.as_str()).map(str::to_string);
-            }
-        }
-        if let Some(user) = row.user_id {
-            // A record's events share their session and user: one key made per record, not per event.
-            let b = &mut *self.buffer;
-            if b.last_identity.as_ref().is_none_or(|(s, u)| s != row.session_id || u != user) {
-                b.last_identity = Some((row.session_id.to_string(), user.to_string()));
-            }
-            let key = b.last_identity.as_ref().expect("set above");
-            match b.identities.get_mut(key) {
-                Some(seen) => *seen = (seen.0.min(row.time), seen.1.max(row.time)),
-                None => {
-                    b.identities.insert(key.clone(), (row.time, row.time));
-                }
             }
         }
         self.buffer.events += 1;
@@ -780,7 +760,7 @@ async fn commit(
         shared.metrics.view_groups.inc_by(groups);
         shared.metrics.view_seconds.observe(started.elapsed().as_secs_f64());
     }
-    internals.upsert_identities(&tx, &buffer.identities).await?;
+    internals.upsert_identities(&tx, &buffer.pieces.pieces).await?;
     crate::store::sessions::apply(&tx, &buffer.pieces.pieces, shared.session_gap_ms).await?;
     internals.insert_dead_letters(&tx, topic, partition, &buffer.dead).await?;
     tx.commit().await?;

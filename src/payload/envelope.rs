@@ -60,13 +60,7 @@ impl<'v> Envelope<'v> {
         let batch = field("batch")?.as_str().ok_or_else(|| invalid("batch", "expected a UUID string"))?;
         let batch_id = Uuid::try_parse(batch).map_err(|_| invalid("batch", "expected a UUID string"))?;
         let sent_at = plausible_ms(field("sent_at")?).map_err(|m| invalid("sent_at", m))?;
-        let session = field("session")?.as_str().ok_or_else(|| invalid("session", "expected a string"))?;
-        if session.is_empty() || session.len() > limits.max_session_bytes {
-            return Err(invalid("session", format!("must be 1 to {} bytes", limits.max_session_bytes)));
-        }
-        if !session.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid("session", "must be printable ASCII"));
-        }
+        let session = id_field("session", field("session")?, limits)?;
         let page = field("page")?;
         check_page(page, limits)?;
         let events = field("events")?.as_array().ok_or_else(|| invalid("events", "expected an array"))?;
@@ -79,25 +73,25 @@ impl<'v> Envelope<'v> {
                 format!("{} events is over the limit of {} per batch", events.len(), limits.max_events),
             ));
         }
-        let user = match obj.get("user") {
-            None => None,
-            Some(v) => {
-                let u = v.as_str().ok_or_else(|| invalid("user", "expected a string"))?;
-                if u.is_empty() || u.len() > limits.max_session_bytes {
-                    return Err(invalid("user", format!("must be 1 to {} bytes", limits.max_session_bytes)));
-                }
-                if !u.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(invalid("user", "must be printable ASCII"));
-                }
-                Some(u)
-            }
-        };
+        let user = obj.get("user").map(|v| id_field("user", v, limits)).transpose()?;
         let webdriver = match obj.get("webdriver") {
             None => false,
             Some(v) => v.as_bool().ok_or_else(|| invalid("webdriver", "expected true or false"))?,
         };
         Ok(Envelope { key, batch_id, sent_at, session, page, events: events.as_slice(), webdriver, user })
     }
+}
+
+/// A session or user id: 1 to `max_session_bytes` bytes of printable ASCII.
+fn id_field<'v>(path: &str, v: &'v Value<'v>, limits: &PayloadLimits) -> Result<&'v str, PayloadError> {
+    let id = v.as_str().ok_or_else(|| invalid(path, "expected a string"))?;
+    if id.is_empty() || id.len() > limits.max_session_bytes {
+        return Err(invalid(path, format!("must be 1 to {} bytes", limits.max_session_bytes)));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(path, "must be printable ASCII"));
+    }
+    Ok(id)
 }
 
 /// A time in ms since the epoch between 2000 and 2100.

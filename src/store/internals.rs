@@ -127,18 +127,25 @@ impl Internals {
         sink.finish().await
     }
 
-    /// Records which user each session was and when (ms since the epoch):
-    /// first and last seen only widen, so a record loaded again changes nothing.
-    pub async fn upsert_identities(&self, tx: &Transaction<'_>, seen: &std::collections::HashMap<(String, String), (i64, i64)>) -> Result<u64, Error> {
+    /// Records which user each session was and when, from the records'
+    /// pieces (each has one session, user and span): first and last seen only
+    /// widen, so a record loaded again changes nothing.
+    pub async fn upsert_identities(&self, tx: &Transaction<'_>, pieces: &[super::sessions::Piece]) -> Result<u64, Error> {
+        let mut seen: std::collections::HashMap<(&str, &str), (i64, i64)> = std::collections::HashMap::new();
+        for p in pieces {
+            let Some(user) = p.user_id.as_deref() else { continue };
+            let span = seen.entry((p.session_id.as_str(), user)).or_insert((p.start, p.end));
+            *span = (span.0.min(p.start), span.1.max(p.end));
+        }
         if seen.is_empty() {
             return Ok(0);
         }
         let (mut sessions, mut users, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((s, u), (f, l)) in seen {
-            sessions.push(s.as_str());
-            users.push(u.as_str());
-            firsts.push(*f);
-            lasts.push(*l);
+            sessions.push(s);
+            users.push(u);
+            firsts.push(f);
+            lasts.push(l);
         }
         tx.execute(&self.identities, &[&sessions, &users, &firsts, &lasts]).await
     }

@@ -9,8 +9,6 @@
 //! within a gap of (widening its start and entry URL). Sessions do not split
 //! at midnight: one row runs as long as its events keep coming.
 
-use std::collections::HashMap;
-
 use tokio_postgres::{Error, Transaction};
 
 /// What one record contributes: its events' span and counts, and the batch's facts.
@@ -201,24 +199,22 @@ impl Pieces {
         }
         self.pieces.last_mut().expect("pushed above")
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
-    }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
 /// Sessions per id in the order given (tests).
-pub fn by_session(v: &[Visit]) -> HashMap<&str, Vec<&Visit>> {
+fn by_session(v: &[Visit]) -> HashMap<&str, Vec<&Visit>> {
     let mut m: HashMap<&str, Vec<&Visit>> = HashMap::new();
     for x in v {
         m.entry(x.first.session_id.as_str()).or_default().push(x);
     }
     m
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     const MIN: i64 = 60_000;
 

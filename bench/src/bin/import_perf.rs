@@ -34,7 +34,7 @@ fn main() -> Result<()> {
     let (pg_cpu, d_cpu, own_cpu) = (children_cpu_secs(postmaster), cpu_secs(chronosd.pid()), cpu_secs(std::process::id() as i32));
     let opts = Options { key_id: "import".into(), dry_run: false, wait: Some(Duration::from_secs(1800)) };
     let started = Instant::now();
-    let report = block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &opts, |s, _| {
+    let report = block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &opts, |s| {
         eprint!("\r{} lines read, {} accepted, {:.0} s", s.lines, s.accepted, started.elapsed().as_secs_f64());
     }))?;
     eprintln!();
@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     anyhow::ensure!(rows == events as i64 && distinct == rows, "PostgreSQL holds {rows} rows, {distinct} distinct, for {events} events");
 
     let again_started = Instant::now();
-    let again = block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &Options { wait: None, ..opts.clone() }, |_, _| {}))?;
+    let again = block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &Options { wait: None, ..opts.clone() }, |_| {}))?;
     let again_secs = again_started.elapsed().as_secs_f64();
     anyhow::ensure!(again.summary.accepted == 0 && again.summary.duplicate_events as usize == events, "second run: {:?}", again.summary);
     std::thread::sleep(Duration::from_secs(3));
