@@ -67,7 +67,8 @@ fn users_land_on_every_event_and_identities_are_kept_once() {
 fn identify_and_reset_in_chromium() {
     let site_port = free_port();
     let extra = format!(
-        "[[keys]]\nid = \"browser\"\nkey = \"wk_identity_0123456789ab\"\norigins = [\"http://127.0.0.1:{site_port}\"]\n\n[tracker]\nkey_id = \"browser\"\nflush_interval_ms = 500\n"
+        "[[keys]]\nid = \"browser\"\nkey = \"wk_identity_0123456789ab\"\norigins = [\"http://127.0.0.1:{site_port}\"]\n\n[tracker]\nkey_id = \"browser\"\nflush_interval_ms = 500\n\n\
+         [events.identify]\nattributes = [{{ name = \"plan\", type = \"text\", max_len = 32 }}]\n"
     );
     let mut toml = String::new();
     let s = start_loading(1, |kafka, url| {
@@ -79,7 +80,7 @@ fn identify_and_reset_in_chromium() {
     let bundle = dir.path().join("chronos.js");
     std::fs::write(&bundle, client().get(d.url("/chronos.js")).send().unwrap().text().unwrap()).unwrap();
     let options = chronos::tracker::init_options(&chronos::config::Config::from_toml(&toml).unwrap()).unwrap();
-    let result = run_pageview(d, &bundle, &options, site_port, &[("IDENTIFY", "u_browser_1")]);
+    let result = run_pageview(d, &bundle, &options, site_port, &[("IDENTIFY", "u_browser_1"), ("IDENTIFY_TRAITS", r#"{"plan":"pro"}"#)]);
     let (first, identified, after) = (result["session"].as_str().unwrap(), result["identified_session"].as_str().unwrap(), result["reset_session"].as_str().unwrap());
     assert_eq!(first, identified, "identify keeps the session");
     assert_ne!(identified, after, "reset starts a new session");
@@ -92,6 +93,9 @@ fn identify_and_reset_in_chromium() {
     assert_eq!(by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{after}'")), vec![None], "after reset: no user");
     assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{first}' AND user_id = 'u_browser_1'")), 1);
     assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{after}'")), 0);
+    let traits = query(url, "SELECT session_id, user_id, plan FROM events.identify");
+    let traits: Vec<(String, Option<String>, Option<String>)> = traits.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(traits, vec![(first.to_string(), Some("u_browser_1".into()), Some("pro".into()))], "identify's traits, one event of the identified user");
 }
 
 #[test]

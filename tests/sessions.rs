@@ -55,3 +55,103 @@ fn visits_split_at_idle_gaps_and_count_each_batch_once() {
         "40 minutes idle split v-1; the batches posted twice counted once"
     );
 }
+
+/// Holds `LOCK TABLE chronos.sessions IN EXCLUSIVE MODE` (reads pass, the
+/// loaders' `FOR UPDATE` and writes wait) on its own connection until the
+/// returned sender is dropped or sent to.
+fn hold_sessions_lock(url: &str) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked) = std::sync::mpsc::channel::<()>();
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        chronos::stack::postgres::block_on(async move {
+            let mut client = chronos::store::connect(&url).await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            tx.batch_execute("LOCK TABLE chronos.sessions IN EXCLUSIVE MODE").await.unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || released.recv()).await;
+            tx.rollback().await.unwrap();
+        })
+    });
+    locked.recv_timeout(Duration::from_secs(30)).expect("took the lock");
+    release
+}
+
+/// Backends waiting for a lock they were refused.
+fn lock_waits(url: &str) -> i64 {
+    count(url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+}
+
+#[test]
+fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again() {
+    let mut toml = String::new();
+    let mut stack = start_loading(2, |kafka, url| {
+        toml = config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS);
+        toml.clone()
+    });
+    let url = stack.url.clone();
+    let c = client();
+    let t0 = now_ms() - 120 * MIN;
+    let page = |s: usize, k: i64| at(&format!("x-{s}"), &format!("https://shop.example.com/p{k}"), t0 + k * MIN);
+    let send = |d: &Chronosd, b: &serde_json::Value| {
+        let (status, body, _) = post(&c, d, b, "198.51.100.4");
+        assert_eq!(status, 200, "{body}");
+    };
+    let pageviews = || count(&url, "SELECT count(*) FROM events.pageviews");
+
+    // 1. Three visits, minutes 0–3, stored.
+    let first: Vec<_> = (0..3).flat_map(|s| (0..4).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    for b in &first {
+        send(&stack.d, b);
+    }
+    stack.d.wait_until("the first part loaded", Duration::from_secs(60), || pageviews() == 12);
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.sessions"), 3);
+
+    // 2. Minutes 4–7 reach the loaders, whose transaction then waits for the
+    //    sessions table; chronosd dies there, so that transaction never commits
+    //    and the restarted loaders read those records again.
+    let release = hold_sessions_lock(&url);
+    let second: Vec<_> = (0..3).flat_map(|s| (4..8).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    for b in &second {
+        send(&stack.d, b);
+    }
+    stack.d.wait_until("a loader waiting for the sessions table", Duration::from_secs(60), || lock_waits(&url) > 0);
+    stack.d.kill9();
+    drop(release);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while lock_waits(&url) > 0 {
+        assert!(std::time::Instant::now() < until, "the dead loader's backend still waits");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pageviews(), 12, "the interrupted transaction stored nothing (its events come again after the restart)");
+
+    // 3. Restarted: minutes 8–9, a visit after 40 idle minutes, and one batch of
+    //    each earlier part posted again (a tracker retry).
+    stack.d = Chronosd::start(&toml);
+    stack.d.wait_ready(Duration::from_secs(60));
+    let mut third: Vec<_> = (0..3).flat_map(|s| (8..10).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    third.push(at("x-0", "https://shop.example.com/later", t0 + 49 * MIN));
+    third.push(first[1].clone());
+    third.push(second[2].clone());
+    for b in &third {
+        send(&stack.d, b);
+    }
+    stack.d.wait_until("every batch loaded", Duration::from_secs(90), || pageviews() == 31);
+
+    let rows = query(
+        &url,
+        "SELECT session_id, events, pageviews, entry_url, exit_url, round(extract(epoch FROM duration) / 60)::bigint
+         FROM chronos.sessions ORDER BY session_id, started_at",
+    );
+    let got: Vec<(String, i64, i64, Option<String>, Option<String>, i64)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect();
+    let p = |k: &str| Some(format!("https://shop.example.com/{k}"));
+    let whole = |s: &str| (s.to_string(), 60, 10, p("p0"), p("p9"), 9);
+    assert_eq!(
+        got,
+        vec![whole("x-0"), ("x-0".into(), 6, 1, p("later"), p("later"), 0), whole("x-1"), whole("x-2")],
+        "each visit counts every batch once across the crash, the re-read and the retries"
+    );
+    assert_eq!(pageviews(), 31);
+}

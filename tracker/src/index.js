@@ -370,9 +370,11 @@ export const optOut = () => {
  * ASCII characters; prefer it to an e-mail address): every later event of the
  * tab carries it, and chronosd records which sessions were this user's.
  * Events captured before the call are sent first, without it. With a custom
- * event type `identify` in the catalog, `traits` (by attribute name) are
- * recorded as one such event. Returns false for an id the server would refuse.
+ * event type `identify` in the catalog, `traits` (by attribute name, like
+ * `track`) are recorded as one such event; without it they are not sent, and
+ * the console says so once. Returns false for an id the server would refuse.
  */
+let warnedTraits = false;
 export const identify = (userId, traits) => {
   const id = userId == null ? '' : String(userId);
   if (!id || id.length > 128 || !/^[\x21-\x7e]+$/.test(id)) return false;
@@ -381,7 +383,13 @@ export const identify = (userId, traits) => {
     user = id;
     store('sessionStorage', 'chronos.user', id);
   }
-  if (traits && types && types.identify) track('identify', traits);
+  if (traits) {
+    if (types && types.identify) track('identify', traits);
+    else if (!warnedTraits) {
+      warnedTraits = true;
+      console.warn('Chronos: identify traits not recorded: the catalog has no [events.identify] type to hold them');
+    }
+  }
   return true;
 };
 

@@ -7,7 +7,7 @@
 // Env: CHRONOS_JS (the bundle the site serves as /chronos.js), OPTIONS
 // (Chronos.init options as JSON), SITE_PORT, SPKI (optional: base64 SHA-256
 // of the certificate's public key), CHROMIUM, IDENTIFY (optional: a user id;
-// then the page also calls chronos.identify(IDENTIFY), clicks, flushes,
+// then the page also calls chronos.identify(IDENTIFY, IDENTIFY_TRAITS as JSON if set), clicks, flushes,
 // calls chronos.reset(), clicks and flushes, and reports both sessions).
 // Prints `RESULT {"session": …, "statuses": […]}` on the last line.
 import { chromium } from 'playwright-core';
@@ -52,7 +52,8 @@ try {
       if (statuses.length < n) await fail(`${n - statuses.length} batch(es) never answered`);
     };
     const before = statuses.length;
-    if (!(await page.evaluate((u) => chronos.identify(u), process.env.IDENTIFY))) await fail('identify refused the user id');
+    const traits = process.env.IDENTIFY_TRAITS ? JSON.parse(process.env.IDENTIFY_TRAITS) : undefined;
+    if (!(await page.evaluate(([u, t]) => chronos.identify(u, t), [process.env.IDENTIFY, traits]))) await fail('identify refused the user id');
     if (await page.evaluate(() => chronos.identify('has a space'))) await fail('identify took an id with a space');
     await page.mouse.click(210, 210);
     await page.evaluate(() => chronos.flush());

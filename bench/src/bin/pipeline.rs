@@ -8,6 +8,12 @@
 //!       at 0 missing / 0 duplicated;
 //! prints (c)/(a) and (d)/min(a, b), chronosd's RSS, and where the CPU went
 //! per step; writes a Markdown report with `--out`.
+//!
+//! Phase x is an A/B of two chronosd configs in one run (loaders off, as in (c)):
+//! A with `--set`, B with `--set` and `--compare`, both running on the same stack,
+//! stepped through the same offered rates with the order alternated at each rate
+//! (A B, B A, …) so that drift of the machine falls on both; it reports each
+//! config's highest rate kept up and chronosd's CPU per accepted event.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,8 +55,9 @@ struct Args {
     /// chronosd config override, `section.key=value` (repeatable), e.g. kafka.linger_ms=2.
     #[arg(long = "set")]
     sets: Vec<String>,
-    /// Which measurements to run: any of a, b, c, d (a and b run together), and h
-    /// (chronosd's HTTP path with a discard sink instead of the broker).
+    /// Which measurements to run: any of a, b, c, d (a and b run together), h
+    /// (chronosd's HTTP path with a discard sink instead of the broker) and x
+    /// (the A/B of `--compare`; not in the default).
     #[arg(long, default_value = "abhcd")]
     phases: String,
     /// Offered rates of (d), events/s, comma-separated; default 0.6, 0.8 and 1.0 × min(a, b, c).
@@ -62,6 +69,13 @@ struct Args {
     /// Seconds of traffic at --start-rate before (c), not recorded (broker JIT warm-up).
     #[arg(long, default_value_t = 30.0)]
     warmup_secs: f64,
+    /// Phase x: the overrides that make config B from config A (repeatable), e.g.
+    /// `--phases x --compare enrich.enabled=false`.
+    #[arg(long = "compare")]
+    compare: Vec<String>,
+    /// Phase x: each offered rate is this factor above the one before.
+    #[arg(long, default_value_t = 1.25)]
+    compare_factor: f64,
     /// Apache Kafka nodes: 1 (one combined node) or 3 (a cluster; topics with
     /// replication 3 and min.insync.replicas 2).
     #[arg(long, default_value_t = 1)]
@@ -200,6 +214,14 @@ fn main() -> anyhow::Result<()> {
         drop(d);
     }
 
+    // (x): A/B of two configs in one run.
+    let mut ab_summary = None;
+    if args.phases.contains('x') {
+        let (section, summary) = compare(&args, &bin_dir, &stack)?;
+        out.push_str(&section);
+        ab_summary = Some(summary);
+    }
+
     // (d): loaders on, the end-to-end rate with --verify.
     let mut best_e2e: Option<f64> = None;
     if args.phases.contains('d') {
@@ -275,7 +297,12 @@ fn main() -> anyhow::Result<()> {
             kept_up.map_or("none".into(), |r| format!("{r:.0}"))
         ));
     }
-    summary.push_str(&format!("chronosd RSS, highest seen (loaders off and on): {rss_max:.0} MiB\n"));
+    if let Some(ab) = &ab_summary {
+        summary.push_str(ab);
+    }
+    if rss_max > 0.0 {
+        summary.push_str(&format!("chronosd RSS, highest seen (loaders off and on): {rss_max:.0} MiB\n"));
+    }
     println!("{summary}");
     if let Some(path) = &args.out {
         let command = std::env::var("PERF_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
@@ -288,6 +315,92 @@ fn main() -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Phase x: configs A (`--set`) and B (`--set` + `--compare`) side by side, loaders
+/// off, stepped up together by `--compare-factor` from `--start-rate` until both
+/// fall behind; at each rate both run one step, in alternating order. Returns the
+/// report's section and the summary lines.
+fn compare(args: &Args, bin_dir: &Path, stack: &PerfStack) -> anyhow::Result<(String, String)> {
+    anyhow::ensure!(!args.compare.is_empty(), "phase x compares two configs: give B's difference with --compare section.key=value");
+    anyhow::ensure!(args.compare_factor > 1.0, "--compare-factor must be above 1, got {}", args.compare_factor);
+    let b_sets: Vec<String> = args.sets.iter().chain(&args.compare).cloned().collect();
+    let mut daemons = Vec::new();
+    for sets in [&args.sets, &b_sets] {
+        let (config, text) = stack.config(stack::port(), false, sets)?;
+        daemons.push(Chronosd::start(bin_dir, stack.dir.path(), &config, &text)?);
+    }
+    let targets: Vec<Target> = daemons.iter().map(|d| Target { pid: d.pid(), url: d.url() }).collect();
+    let names = ["A", "B"];
+    if args.warmup_secs > 0.0 {
+        for (t, name) in targets.iter().zip(names) {
+            eprintln!("  warm-up {name}: {} s at {:.0} events/s (not recorded)", args.warmup_secs / 2.0, args.start_rate);
+            step(args, bin_dir, stack, t, args.start_rate, args.warmup_secs / 2.0, None)?;
+        }
+    }
+    // (rate, [A's step, B's step])
+    let mut rows: Vec<(f64, [Step; 2])> = Vec::new();
+    let mut rate = args.start_rate;
+    for round in 0.. {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut got: [Option<Step>; 2] = [None, None];
+        for i in order {
+            std::thread::sleep(Duration::from_secs(2));
+            eprint!("  {} ", names[i]);
+            got[i] = Some(step(args, bin_dir, stack, &targets[i], rate, args.step_secs, None)?);
+        }
+        let [Some(a), Some(b)] = got else { unreachable!("both configs ran") };
+        let neither = !a.kept_up && !b.kept_up;
+        rows.push((rate, [a, b]));
+        if neither || rate > 5e6 {
+            break;
+        }
+        rate *= args.compare_factor;
+    }
+    drop(daemons);
+
+    // chronosd's CPU per accepted event, µs: its cores during the step over the accepted rate.
+    let per_event = |s: &Step| if s.report.accepted_rate > 0.0 { s.cpu.chronosd / s.report.accepted_rate * 1e6 } else { f64::NAN };
+    let mut t = format!(
+        "## (x) A/B in one run, loaders off ({} s per step, order alternated at each rate; \
+         kept up = all 2xx and accepted ≥ 97 % of offered; pass = kept up and p99 ≤ {} ms)\n\n\
+         A: {}\n\nB: A with {}\n\n\
+         | offered ev/s | A accepted | A p99 ms | A chronosd µs CPU/event | A | B accepted | B p99 ms | B chronosd µs CPU/event | B |\n\
+         |---:|---:|---:|---:|:-:|---:|---:|---:|:-:|\n",
+        args.step_secs,
+        args.max_p99_ms,
+        if args.sets.is_empty() { "the defaults".to_string() } else { format!("`{}`", args.sets.join("`, `")) },
+        format!("`{}`", args.compare.join("`, `"))
+    );
+    let verdict = |s: &Step| if s.pass { "pass" } else if s.kept_up { "kept up" } else { "fell behind" };
+    for (rate, [a, b]) in &rows {
+        t.push_str(&format!(
+            "| {rate:.0} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} |\n",
+            a.report.accepted_rate, a.report.latency_ms.p99, per_event(a), verdict(a),
+            b.report.accepted_rate, b.report.latency_ms.p99, per_event(b), verdict(b)
+        ));
+    }
+    let best = |i: usize| rows.iter().filter(|(_, s)| s[i].kept_up).map(|(r, _)| *r).fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    // CPU per event compared only where both kept up (where one fell behind, its
+    // queueing costs CPU the other did not pay).
+    let both: Vec<(f64, f64)> = rows.iter().filter(|(_, s)| s[0].kept_up && s[1].kept_up).map(|(_, s)| (per_event(&s[0]), per_event(&s[1]))).collect();
+    let mean = |f: fn(&(f64, f64)) -> f64| both.iter().map(f).sum::<f64>() / both.len() as f64;
+    let fmt = |r: Option<f64>| r.map_or("none".into(), |r| format!("{r:.0}"));
+    let mut summary = format!("(x) A/B, highest rate kept up: A {} · B {} events/s", fmt(best(0)), fmt(best(1)));
+    if let (Some(a), Some(b)) = (best(0), best(1)) {
+        summary.push_str(&format!("   B/A = {:.2}", b / a));
+    }
+    summary.push('\n');
+    if !both.is_empty() {
+        let (a, b) = (mean(|p| p.0), mean(|p| p.1));
+        summary.push_str(&format!(
+            "(x) A/B, chronosd CPU per accepted event (mean of the {} rates both kept up): A {a:.2} µs · B {b:.2} µs   B/A = {:.2}\n",
+            both.len(),
+            b / a
+        ));
+    }
+    t.push_str(&format!("\n```\n{summary}```\n"));
+    Ok((t, summary))
 }
 
 /// Where loadgen sends and whose CPU and memory count as chronosd's.
