@@ -105,6 +105,12 @@ pub struct CopyRun {
     /// One transaction per this many events (each with its own COPY per
     /// table), as the loaders' flushes; `None`: one transaction for all.
     pub flush_events: Option<usize>,
+    /// The page once per batch instead of in every row: each batch claimed
+    /// with its page in a `batches (batch_id uuid PRIMARY KEY, metadata jsonb)`
+    /// table (in place of `seen_batches`; implies `claim_batches`), and `{}` in
+    /// the rows' metadata column (an empty jsonb still costs a little per row,
+    /// so this is an upper bound of what such rows would cost).
+    pub page_per_batch: bool,
 }
 
 /// What a COPY run took: wall seconds, and PostgreSQL's CPU seconds.
@@ -118,6 +124,8 @@ pub struct CopyCost {
 struct Flush {
     per_table: Vec<BytesMut>,
     batch_ids: Vec<uuid::Uuid>,
+    /// Each batch's page, aligned with `batch_ids` (`page_per_batch` only).
+    pages: Vec<String>,
     events: usize,
 }
 
@@ -130,9 +138,13 @@ struct Encode<'c> {
 impl Visit for Encode<'_> {
     fn batch(&mut self, batch_id: uuid::Uuid, _imported: bool) -> bool {
         self.flush.batch_ids.push(batch_id);
+        self.flush.pages.push(String::new());
         true
     }
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
+        if let Some(page) = self.flush.pages.last_mut().filter(|p| p.is_empty()) {
+            page.push_str(metadata);
+        }
         let metadata = self.metadata.unwrap_or(metadata);
         encode_row(&mut self.flush.per_table[table], &self.catalog.types()[table], row, &batch_id, metadata);
         self.flush.events += 1;
@@ -147,9 +159,10 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let statements: Vec<String> = catalog.types().iter().map(chronos::store::internals::copy_statement).collect();
     let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
-    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), events: 0 };
+    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Vec::new(), events: 0 };
     let mut flushes = vec![];
-    let mut e = Encode { catalog: &catalog, metadata: run.metadata, flush: new_flush() };
+    let metadata = if run.page_per_batch { Some("{}") } else { run.metadata };
+    let mut e = Encode { catalog: &catalog, metadata, flush: new_flush() };
     for r in records {
         walk(&mut r.value.clone(), &catalog, policy, &mut e).map_err(|e| anyhow::anyhow!(e))?;
         if run.flush_events.is_some_and(|n| e.flush.events >= n) {
@@ -174,12 +187,19 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
                 .await?;
         }
         client.batch_execute(&format!("CREATE TABLE {schema}.seen_batches (LIKE chronos.seen_batches INCLUDING ALL)")).await?;
+        client.batch_execute(&format!("CREATE TABLE {schema}.batches (batch_id uuid PRIMARY KEY, metadata jsonb NOT NULL)")).await?;
         let claim = format!("INSERT INTO {schema}.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id");
+        let claim_with_page = format!(
+            "INSERT INTO {schema}.batches (batch_id, metadata) SELECT b, coalesce(nullif(p, ''), '{{}}')::jsonb FROM unnest($1::uuid[], $2::text[]) AS u(b, p) \
+             ON CONFLICT DO NOTHING RETURNING batch_id"
+        );
         let cpu0 = crate::stack::children_cpu_secs(postmaster);
         let t = Instant::now();
         for f in &flushes {
             let tx = client.transaction().await?;
-            if run.claim_batches {
+            if run.page_per_batch {
+                tx.query(&claim_with_page, &[&f.batch_ids, &f.pages]).await?;
+            } else if run.claim_batches {
                 tx.query(&claim, &[&f.batch_ids]).await?;
             }
             for (i, stmt) in statements.iter().enumerate() {

@@ -11,6 +11,8 @@
 //!   (a2) … into tables with the event tables' index on `time`;
 //!   (a3) … plus each batch id claimed in a seen-batches table (its index);
 //!   (a4) … plus one transaction per `load.flush_rows` events (commits);
+//!   (a5) (a4) with the page once per batch: claimed with its batch id in a
+//!        `batches` table, `{}` in each row (what storing it once would save);
 //!   (b0) the loaders (chronos::load) without continuous views, into a fresh
 //!        database, from start until every row is committed;
 //!   (b)  the loaders with the default views.
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         ("(a2) … (a) + the index on time", CopyRun { indexes: true, ..CopyRun::default() }),
         ("(a3) … (a2) + batch ids claimed", CopyRun { indexes: true, claim_batches: true, ..CopyRun::default() }),
         ("(a4) … (a3) + a commit per flush_rows", CopyRun { indexes: true, claim_batches: true, flush_events: flush, ..CopyRun::default() }),
+        ("(a5) … (a4) with the page once per batch", CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() }),
     ];
     let mut copy_secs = f64::MAX;
     for (name, run) in variants {
