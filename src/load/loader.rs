@@ -588,9 +588,6 @@ impl PartitionLoader {
             None => self.partition.watermarks().await?.0,
         };
         self.seek_at(from).await?;
-        // The first idle check comes soon after a seek: records forwarded to
-        // the main queue show here as no records at all.
-        self.last_record_at = Instant::now().checked_sub(IDLE_CHECK - FIRST_IDLE_CHECK).unwrap_or_else(Instant::now);
         Ok(from)
     }
 
@@ -601,7 +598,8 @@ impl PartitionLoader {
         let (_, high) = self.partition.watermarks().await?;
         let next = self.cursor.next();
         if high > next {
-            tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, next, high, "No records delivered though the partition has some; seeking again.");
+            let queued = self.partition.queued();
+            tracing::info!(topic = %self.partition.topic, partition = self.partition.partition, next, high, ?queued, "No records delivered though the partition has some; seeking again.");
             self.seek_again(next).await?;
         }
         Ok(())
@@ -618,6 +616,12 @@ impl PartitionLoader {
     async fn seek_at(&mut self, from: i64) -> anyhow::Result<()> {
         self.partition.seek(from).await?;
         self.cursor = Cursor::at(from, Instant::now());
+        // The idle check comes soon after every seek, a repeated one included:
+        // a seek made while librdkafka is still applying the assignment can
+        // leave the partition not fetching (no records, an empty queue; seen
+        // for one or two seeks in a row right after an assignment), and only
+        // another seek starts it.
+        self.last_record_at = Instant::now().checked_sub(IDLE_CHECK - FIRST_IDLE_CHECK).unwrap_or_else(Instant::now);
         Ok(())
     }
 

@@ -88,6 +88,11 @@ impl Partition {
         .await
     }
 
+    /// Records and events waiting in this partition's queue (see [`queued`]).
+    pub fn queued(&self) -> Option<usize> {
+        queued(&self.consumer, &self.topic, self.partition)
+    }
+
     /// Tells Kafka the next offset too (lag tools read it; PostgreSQL holds the truth).
     pub fn commit(&self, next: i64) {
         if let Err(e) = self.consumer.commit(&one_partition(&self.topic, self.partition, Some(next)), CommitMode::Async) {
@@ -113,6 +118,22 @@ pub fn unforward(consumer: &Consumer, topic: &str, partition: i32) {
             rdkafka::bindings::rd_kafka_queue_forward(q, std::ptr::null_mut());
             rdkafka::bindings::rd_kafka_queue_destroy(q);
         }
+    }
+}
+
+/// How many records and events wait in the partition's queue (librdkafka's
+/// count; for the log when a loader finds its partition silent).
+pub fn queued(consumer: &Consumer, topic: &str, partition: i32) -> Option<usize> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    // SAFETY: as in `unforward`: the handle got here is released here.
+    unsafe {
+        let q = rdkafka::bindings::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition);
+        if q.is_null() {
+            return None;
+        }
+        let n = rdkafka::bindings::rd_kafka_queue_length(q);
+        rdkafka::bindings::rd_kafka_queue_destroy(q);
+        Some(n)
     }
 }
 

@@ -19,6 +19,7 @@
 //! It also samples what the loaders' PostgreSQL backends are doing (average
 //! number of backends per state or wait event).
 //! Usage: cargo run --release -p chronos-bench --bin loader_perf -- [batches] [partitions]
+//! (the loaders log to stderr; `CHRONOS_LOG=chronos=debug` shows their timeline)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ use chronos_bench::stack::{self, PerfStack};
 use chronos_bench::records;
 
 fn main() -> anyhow::Result<()> {
+    // The loaders' own log on stderr (CHRONOS_LOG / RUST_LOG filter, default info).
+    chronos::telemetry::init_logging();
     let batches: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(2000);
     let partitions: i32 = std::env::args().nth(2).map(|a| a.parse()).transpose()?.unwrap_or(2);
     let stack = PerfStack::start()?;
