@@ -132,13 +132,17 @@ struct Flush {
 struct Encode<'c> {
     catalog: &'c chronos::catalog::EventCatalog,
     metadata: Option<&'static str>,
+    /// Keep each batch's page in `Flush::pages` (`page_per_batch`).
+    keep_pages: bool,
     flush: Flush,
 }
 
 impl Visit for Encode<'_> {
     fn batch(&mut self, batch_id: uuid::Uuid, _imported: bool) -> bool {
         self.flush.batch_ids.push(batch_id);
-        self.flush.pages.push(String::new());
+        if self.keep_pages {
+            self.flush.pages.push(String::new());
+        }
         true
     }
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
@@ -162,7 +166,7 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Vec::new(), events: 0 };
     let mut flushes = vec![];
     let metadata = if run.page_per_batch { Some("{}") } else { run.metadata };
-    let mut e = Encode { catalog: &catalog, metadata, flush: new_flush() };
+    let mut e = Encode { catalog: &catalog, metadata, keep_pages: run.page_per_batch, flush: new_flush() };
     for r in records {
         walk(&mut r.value.clone(), &catalog, policy, &mut e).map_err(|e| anyhow::anyhow!(e))?;
         if run.flush_events.is_some_and(|n| e.flush.events >= n) {

@@ -107,33 +107,31 @@ impl Partition {
 /// split, the partition's records would reach the main queue, not its loader.
 /// Touches only the forwarding (not the queue's wake-up callback).
 pub fn unforward(consumer: &Consumer, topic: &str, partition: i32) {
-    let Ok(topic) = std::ffi::CString::new(topic) else {
-        return;
-    };
-    // SAFETY: the client outlives this call; the queue handle got here is
-    // released here, and the queue itself lives on in librdkafka.
-    unsafe {
-        let q = rdkafka::bindings::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition);
-        if !q.is_null() {
-            rdkafka::bindings::rd_kafka_queue_forward(q, std::ptr::null_mut());
-            rdkafka::bindings::rd_kafka_queue_destroy(q);
-        }
-    }
+    // SAFETY: a null destination is how librdkafka is told to stop forwarding.
+    with_queue(consumer, topic, partition, |q| unsafe { rdkafka::bindings::rd_kafka_queue_forward(q, std::ptr::null_mut()) });
 }
 
 /// How many records and events wait in the partition's queue (librdkafka's
 /// count; for the log when a loader finds its partition silent).
 pub fn queued(consumer: &Consumer, topic: &str, partition: i32) -> Option<usize> {
+    // SAFETY: reads the queue's count only.
+    with_queue(consumer, topic, partition, |q| unsafe { rdkafka::bindings::rd_kafka_queue_length(q) })
+}
+
+/// Runs `f` on a handle of librdkafka's queue for the partition (`None` when
+/// librdkafka has none), released after.
+fn with_queue<T>(consumer: &Consumer, topic: &str, partition: i32, f: impl FnOnce(*mut rdkafka::bindings::rd_kafka_queue_t) -> T) -> Option<T> {
     let topic = std::ffi::CString::new(topic).ok()?;
-    // SAFETY: as in `unforward`: the handle got here is released here.
+    // SAFETY: the client outlives this call; the queue handle got here is
+    // released here, and the queue itself lives on in librdkafka.
     unsafe {
         let q = rdkafka::bindings::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition);
         if q.is_null() {
             return None;
         }
-        let n = rdkafka::bindings::rd_kafka_queue_length(q);
+        let out = f(q);
         rdkafka::bindings::rd_kafka_queue_destroy(q);
-        Some(n)
+        Some(out)
     }
 }
 

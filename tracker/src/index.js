@@ -365,6 +365,8 @@ export const optOut = () => {
   bufferBytes = 0;
 };
 
+// identify warns once per page about traits it cannot record.
+let warnedTraits = false;
 /**
  * Names the user of this tab (an opaque id of the site's, 1-128 printable
  * ASCII characters; prefer it to an e-mail address): every later event of the
@@ -374,7 +376,6 @@ export const optOut = () => {
  * `track`) are recorded as one such event; without it they are not sent, and
  * the console says so once. Returns false for an id the server would refuse.
  */
-let warnedTraits = false;
 export const identify = (userId, traits) => {
   const id = userId == null ? '' : String(userId);
   if (!id || id.length > 128 || !/^[\x21-\x7e]+$/.test(id)) return false;

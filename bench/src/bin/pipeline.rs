@@ -100,6 +100,29 @@ struct Step {
     pass: bool,
 }
 
+impl Step {
+    /// The step's verdict as the report tables print it (see [`VERDICTS`]).
+    fn verdict(&self) -> &'static str {
+        if self.pass {
+            "pass"
+        } else if self.kept_up {
+            "kept up"
+        } else {
+            "fell behind"
+        }
+    }
+}
+
+/// What the verdicts mean, for a report section's heading.
+fn verdicts(max_p99_ms: f64) -> String {
+    format!("kept up = all 2xx and accepted ≥ 97 % of offered; pass = kept up and p99 ≤ {max_p99_ms} ms")
+}
+
+/// The highest of `rates`, if any.
+fn highest(rates: impl Iterator<Item = f64>) -> Option<f64> {
+    rates.reduce(f64::max)
+}
+
 #[derive(Default, Clone, Copy)]
 struct Cpu {
     chronosd: f64,
@@ -207,8 +230,10 @@ fn main() -> anyhow::Result<()> {
         steps.sort_by(|a, b| a.report.rate.total_cmp(&b.report.rate));
         rss_max = steps.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
         out.push_str(&format!(
-            "## (c) HTTP → Kafka, loaders off ({} s per step, {} connections; kept up = all 2xx and accepted ≥ 97 % of offered; pass = kept up and p99 ≤ {} ms)\n\n",
-            args.step_secs, args.connections, args.max_p99_ms
+            "## (c) HTTP → Kafka, loaders off ({} s per step, {} connections; {})\n\n",
+            args.step_secs,
+            args.connections,
+            verdicts(args.max_p99_ms)
         ));
         out.push_str(&table(&steps, false));
         drop(d);
@@ -362,25 +387,23 @@ fn compare(args: &Args, bin_dir: &Path, stack: &PerfStack) -> anyhow::Result<(St
     // chronosd's CPU per accepted event, µs: its cores during the step over the accepted rate.
     let per_event = |s: &Step| if s.report.accepted_rate > 0.0 { s.cpu.chronosd / s.report.accepted_rate * 1e6 } else { f64::NAN };
     let mut t = format!(
-        "## (x) A/B in one run, loaders off ({} s per step, order alternated at each rate; \
-         kept up = all 2xx and accepted ≥ 97 % of offered; pass = kept up and p99 ≤ {} ms)\n\n\
+        "## (x) A/B in one run, loaders off ({} s per step, order alternated at each rate; {})\n\n\
          A: {}\n\nB: A with {}\n\n\
          | offered ev/s | A accepted | A p99 ms | A chronosd µs CPU/event | A | B accepted | B p99 ms | B chronosd µs CPU/event | B |\n\
          |---:|---:|---:|---:|:-:|---:|---:|---:|:-:|\n",
         args.step_secs,
-        args.max_p99_ms,
+        verdicts(args.max_p99_ms),
         if args.sets.is_empty() { "the defaults".to_string() } else { format!("`{}`", args.sets.join("`, `")) },
         format!("`{}`", args.compare.join("`, `"))
     );
-    let verdict = |s: &Step| if s.pass { "pass" } else if s.kept_up { "kept up" } else { "fell behind" };
     for (rate, [a, b]) in &rows {
         t.push_str(&format!(
             "| {rate:.0} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} |\n",
-            a.report.accepted_rate, a.report.latency_ms.p99, per_event(a), verdict(a),
-            b.report.accepted_rate, b.report.latency_ms.p99, per_event(b), verdict(b)
+            a.report.accepted_rate, a.report.latency_ms.p99, per_event(a), a.verdict(),
+            b.report.accepted_rate, b.report.latency_ms.p99, per_event(b), b.verdict()
         ));
     }
-    let best = |i: usize| rows.iter().filter(|(_, s)| s[i].kept_up).map(|(r, _)| *r).fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    let best = |i: usize| highest(rows.iter().filter(|(_, s)| s[i].kept_up).map(|(r, _)| *r));
     // CPU per event compared only where both kept up (where one fell behind, its
     // queueing costs CPU the other did not pay).
     let both: Vec<(f64, f64)> = rows.iter().filter(|(_, s)| s[0].kept_up && s[1].kept_up).map(|(_, s)| (per_event(&s[0]), per_event(&s[1]))).collect();
@@ -463,7 +486,7 @@ fn ladder(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, start
         low /= 2.0;
         run(low, &mut steps)?;
     }
-    let best_pass = steps.iter().filter(|s| s.pass).map(|s| s.report.rate).fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.max(r))));
+    let best_pass = highest(steps.iter().filter(|s| s.pass).map(|s| s.report.rate));
     Ok((steps, lo, best_pass))
 }
 
@@ -577,7 +600,7 @@ fn table(steps: &[Step], e2e: bool) -> String {
                 v.missing,
                 v.duplicated
             )),
-            _ => t.push_str(if s.pass { " pass |\n" } else if s.kept_up { " kept up |\n" } else { " fell behind |\n" }),
+            _ => t.push_str(&format!(" {} |\n", s.verdict())),
         }
     }
     t
