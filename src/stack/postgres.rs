@@ -203,8 +203,22 @@ impl PostgresServer {
 
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) -> Result<()> {
+        // The port opens before the server accepts sessions ("the database
+        // system is starting up"): wait for the log line that says it does,
+        // one more than before the restart.
+        const READY: &str = "database system is ready to accept connections";
+        let log = self.spec.log.clone();
+        let readies = || std::fs::read_to_string(&log).map_or(0, |l| l.matches(READY).count());
+        let before = readies();
         self.stop();
         self.child = self.spec.start(RunAs::postgres_if_root()?, Lifetime::Owned)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while readies() <= before {
+            if std::time::Instant::now() > deadline {
+                bail!("PostgreSQL restarted but did not say it accepts connections within 30 s; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(())
     }
 }
