@@ -117,10 +117,10 @@ fn archive_file(s: &Setup, table: &str, ago: i64) -> PathBuf {
 fn old_day_relations(s: &Setup, layout: Layout, ago: i64) -> i64 {
     let d = chronos::lifecycle::day_str(s.today - ago);
     match layout {
-        Layout::Native => count(&s.url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events' AND tablename = 'clicks_p{}'", d.replace('-', ""))),
+        Layout::Native => count(&s.url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = 'clicks_p{}'", d.replace('-', ""))),
         Layout::Hypertable => count(
             &s.url,
-            &format!("SELECT count(*) FROM show_chunks('events.clicks', older_than => timestamptz '{d} 00:00:00+00' + interval '1 day', newer_than => timestamptz '{d} 00:00:00+00')"),
+            &format!("SELECT count(*) FROM show_chunks('events_raw.clicks', older_than => timestamptz '{d} 00:00:00+00' + interval '1 day', newer_than => timestamptz '{d} 00:00:00+00')"),
         ),
     }
 }
@@ -148,6 +148,15 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok, "{out}");
     assert_eq!(query(&s.url, view_rows)[0].get::<_, String>(0), view_before, "views keep their aggregates");
+    // The pages of batches no row is left of are deleted (the run allows for
+    // events up to load.max_future_secs after receipt, and a day).
+    let pages_on = |ago: i64| {
+        let d = chronos::lifecycle::day_str(s.today - ago);
+        count(&s.url, &format!("SELECT count(*) FROM chronos.batches WHERE received_at >= timestamptz '{d} 00:00:00+00' AND received_at < timestamptz '{d} 00:00:00+00' + interval '1 day'"))
+    };
+    assert!(out.contains("chronos.batches: 550 pages of batches received before"), "{out}");
+    assert_eq!(pages_on(15), 0, "no row of them is left");
+    assert_eq!((pages_on(5), pages_on(4), pages_on(1)), (550, 550, 550), "within a day of the oldest row allowed for: kept");
     assert!(out.contains(&format!("events.clicks {}: 500 rows archived to", chronos::lifecycle::day_str(s.today - 4))), "{out}");
     for ago in [4, 5, 15] {
         assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "{ago} days ago left PostgreSQL");
@@ -222,11 +231,13 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let (ok, out) = cli(&s, &["archive", "restore", "--table", "clicks", "--from", &chronos::lifecycle::day_str(s.today - 15)]);
     assert!(ok, "{out}");
     assert_eq!(snapshot(&s.url, "clicks", s.today, 15), before[2]);
+    assert_eq!(pages_on(15), 50, "the restored rows' pages are back");
 
     // Restored days are kept by the schedule until restore_keep_days passes.
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok && out.contains(&format!("events.clicks {to}: restored, kept until")), "{out}");
     assert_eq!(rows_on(&s.url, "clicks", s.today, 4), 500);
+    assert_eq!(pages_on(15), 50, "a restored day keeps its pages");
     query(&s.url, "UPDATE chronos.archives SET restored_until = now() - interval '1 second' WHERE restored_until IS NOT NULL");
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok && out.contains(&format!("events.clicks {to}: 500 rows dropped (archived before)")), "{out}");

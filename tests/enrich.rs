@@ -80,8 +80,9 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
     let flagged = d.metric("chronos_bot_events_total{action=\"flagged\"}").unwrap_or_default();
     assert_eq!(flagged, 30.0, "5 bot batches of 6 events");
 
-    // A table made before the columns existed gets them back online.
-    execute_batch(&url, "ALTER TABLE events.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type");
+    // A table made before the columns existed gets them back online (and
+    // its presented table shows them again).
+    execute_batch(&url, "DROP VIEW events.mouse_moves; ALTER TABLE events_raw.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type");
     let out = chronos_cli(&d.config_path(), &["install-pipeline"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let cols = count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events' AND table_name = 'mouse_moves' AND column_name IN ('is_bot', 'browser', 'device_type')");

@@ -110,11 +110,14 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
         assert_eq!(status, 200, "{body}");
     }
     d.wait_until("every batch loaded", Duration::from_secs(60), || count(&url, "SELECT count(*) FROM events.pageviews") == 4);
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id IN ('a-1', 'a-2')"), 3);
     let out = chronos_cli(&d.config_path(), &["erase", "--user", "u_9", "--by", "dpo@example.com"]);
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("user u_9: 2 sessions") && text.contains("erased sessions: 18 raw events"), "{text}");
-    assert!(text.contains("2 identities (session → user), 2 visits"), "{text}");
+    assert!(text.contains("2 identities (session → user), 2 visits, 3 batch pages"), "{text}");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id IN ('a-1', 'a-2')"), 0, "their pages (URLs, titles) too");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id = 'b-1'"), 1);
     assert_eq!(count(url, "SELECT count(*) FROM chronos.sessions WHERE session_id IN ('a-1', 'a-2')"), 0, "their visits too");
     assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id IN ('a-1', 'a-2')"), 0, "the anonymous batch of a-1 too");
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);

@@ -102,6 +102,12 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
     wait_for_events(&url, expected, Duration::from_secs(60), &d);
     assert_eq!(count(&url, &distinct_sql()), expected, "no (batch, position) twice");
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.seen_batches"), 40);
+    // Each batch's page is stored once, not in its rows.
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.batches"), 40);
+    assert_eq!(count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events_raw' AND column_name = 'metadata'"), 0);
+    let pages = query(&url, &format!("SELECT metadata::text, session_id FROM chronos.batches WHERE batch_id = '{}'", sent[7]["batch"].as_str().unwrap()));
+    assert_eq!(serde_json::from_str::<Value>(&pages[0].get::<_, String>(0)).unwrap(), sent[7]["page"]);
+    assert_eq!(pages[0].get::<_, String>(1), sent[7]["session"].as_str().unwrap());
 
     // Every attribute and metadata field, for every type, against what was sent.
     let b = &sent[5];
@@ -270,8 +276,10 @@ fn implausible_event_times_are_stored_clamped_and_flagged(layout: Layout) {
         let client = chronos::store::connect(&plain).await.unwrap();
         client.batch_execute(sql).await.unwrap();
         client.batch_execute(sql).await.unwrap();
-        let n: i64 = client.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'events'", &[]).await.unwrap().get(0);
-        assert_eq!(n, 12, "six event tables, each with its default partition");
+        let n: i64 = client.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 12, "six raw event tables, each with its default partition");
+        let n: i64 = client.query_one("SELECT count(*) FROM pg_views WHERE schemaname = 'events'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 6, "six presented tables");
     });
 }
 
@@ -544,7 +552,109 @@ fn new_database(url: &str, name: &str) -> String {
     format!("{}/{name}", url.rsplit_once('/').unwrap().0)
 }
 
-const EVENT_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'";
+const EVENT_RELATIONS: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events_raw'";
+
+/// Event tables of the version before `chronos.batches` (the page in every
+/// row of `events."<type>"`, tests/data/schema-page-per-row.sql), with rows:
+/// made hypertables as that version did for `Layout::Hypertable`.
+fn old_event_tables(url: &str, layout: Layout, today: &str) {
+    execute_batch(url, include_str!("data/schema-page-per-row.sql"));
+    match layout {
+        // Today's partitions, as that version made them at install.
+        Layout::Native => execute_batch(
+            url,
+            &["clicks", "pageviews"]
+                .map(|t| {
+                    format!(
+                        "CREATE TABLE events.{t}_p{} PARTITION OF events.{t} FOR VALUES FROM ('{today} 00:00:00+00') TO (timestamptz '{today} 00:00:00+00' + interval '1 day');",
+                        today.replace('-', "")
+                    )
+                })
+                .concat(),
+        ),
+        Layout::Hypertable => execute_batch(
+            url,
+            "CREATE EXTENSION IF NOT EXISTS timescaledb;
+             DO $$ DECLARE t text; BEGIN
+               FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = 'events' AND c.relkind = 'p' LOOP
+                 EXECUTE format('CREATE TABLE events.%I (LIKE events.%I INCLUDING DEFAULTS)', t || '_h', t);
+                 EXECUTE format('DROP TABLE events.%I CASCADE', t);
+                 EXECUTE format('ALTER TABLE events.%I RENAME TO %I', t || '_h', t);
+                 PERFORM create_hypertable(format('events.%I', t)::regclass, 'time', chunk_time_interval => interval '24 hours', create_default_indexes => false);
+                 EXECUTE format('CREATE INDEX %I ON events.%I USING brin (time)', t || '_time', t);
+               END LOOP;
+             END $$;",
+        ),
+    }
+    // Three batches of 4 clicks and one pageview, each batch with its page in every row.
+    execute_batch(
+        url,
+        &format!(
+            "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip, metadata, element, buttons, x, y)
+             SELECT t, t, t, false, 'old-' || (i / 4), md5('old' || (i / 4))::uuid, i % 4, 'k', NULL,
+                    jsonb_build_object('url', 'https://old.example/' || (i / 4), 'title', 'Old \"' || (i / 4) || '\"'), 'A', 0, i, i
+             FROM generate_series(0, 11) i, LATERAL (SELECT timestamptz '{today} 00:00:00+00' + i * interval '1 minute') s(t);
+             INSERT INTO events.pageviews (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, metadata, navigation)
+             VALUES (timestamptz '{today} 00:00:00+00' + interval '1 hour', now(), now(), false, 'old-y', md5('old-y')::uuid, 0, 'k', '{{\"url\": \"https://old.example/y\"}}', 'load');"
+        ),
+    );
+}
+
+fn tables_of_the_version_before_batches_move_to_events_raw_with_their_pages(layout: Layout) {
+    let pg = postgres(layout);
+    let url = pg.server.url();
+    let today: String = query(&url, "SELECT to_char((now() AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')")[0].get(0);
+    old_event_tables(&url, layout, &today);
+    let before = query(&url, "SELECT batch_id::text, position, metadata::text FROM events.clicks ORDER BY 1, 2");
+    assert_eq!(before.len(), 12);
+
+    let kafka = Kafka::start(1);
+    let (ok, out) = install_with(&kafka, &url, &layout.load(""));
+    assert!(ok, "{out}");
+    layout.assert_tables(&url);
+    // The raw rows moved, without their page; the presented table shows the page again.
+    assert_eq!(count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events_raw' AND column_name = 'metadata'"), 0);
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_views WHERE schemaname = 'events'"), 6);
+    assert_eq!(count(&url, "SELECT count(*) FROM events_raw.clicks"), 12);
+    let after = query(&url, "SELECT batch_id::text, position, metadata::text FROM events.clicks ORDER BY 1, 2");
+    let rows = |r: &[tokio_postgres::Row]| r.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1), r.get::<_, String>(2))).collect::<Vec<_>>();
+    assert_eq!(rows(&after), rows(&before), "every row with its page");
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.batches"), 4, "one page per batch");
+    assert_eq!(query(&url, "SELECT metadata->>'url' FROM events.pageviews")[0].get::<_, String>(0), "https://old.example/y");
+    if layout == Layout::Native {
+        let part = format!("clicks_p{}", today.replace('-', ""));
+        assert_eq!(count(&url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = '{part}'")), 1, "its partitions moved too");
+        assert_eq!(count(&url, &format!("SELECT count(*) FROM events_raw.{part}")), 12);
+    }
+    // Installing again changes nothing.
+    let (ok, out) = install_with(&kafka, &url, &layout.load(""));
+    assert!(ok, "{out}");
+    assert_eq!(rows(&query(&url, "SELECT batch_id::text, position, metadata::text FROM events.clicks ORDER BY 1, 2")), rows(&before));
+
+    // Writes to a presented table reach the raw table and the batch's page.
+    execute_batch(
+        &url,
+        "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, metadata, element, buttons, x, y)
+         VALUES (now(), now(), now(), false, 'typed', md5('typed')::uuid, 0, 'k', '{\"url\": \"https://typed.example/\"}', 'A', 0, 1, 2);
+         UPDATE events.clicks SET x = 10, metadata = '{\"url\": \"https://typed.example/2\"}' WHERE session_id = 'typed';
+         DELETE FROM events.clicks WHERE session_id = 'old-0';",
+    );
+    assert_eq!(query(&url, "SELECT x::text || ' ' || (metadata->>'url') FROM events.clicks WHERE session_id = 'typed'")[0].get::<_, String>(0), "10 https://typed.example/2");
+    assert_eq!(count(&url, "SELECT count(*) FROM events_raw.clicks WHERE session_id = 'typed' AND x = 10"), 1);
+    assert_eq!(count(&url, "SELECT count(*) FROM events_raw.clicks"), 9);
+
+    // chronosd loads into the moved tables.
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), ""));
+    d.wait_ready(Duration::from_secs(30));
+    let b = batch("after-move", 12);
+    let (s, body, _) = post(&client(), &d, &b, "198.51.100.77");
+    assert_eq!(s, 200, "{body}");
+    d.wait_until("the batch loaded", Duration::from_secs(30), || count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'after-move'") == 2);
+    let page = query(&url, "SELECT DISTINCT metadata::text FROM events.clicks WHERE session_id = 'after-move'");
+    assert_eq!(page.len(), 1);
+    assert_eq!(serde_json::from_str::<Value>(&page[0].get::<_, String>(0)).unwrap(), b["page"]);
+}
 
 #[test]
 fn timescaledb_installed_but_not_preloaded_falls_back_on_auto_and_refuses_on_always() {
@@ -631,13 +741,13 @@ fn timescaledb_modes_on_a_preloading_server_give_hypertables_with_the_configured
     Layout::Hypertable.assert_tables(&url);
     let intervals = count(
         &url,
-        "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND time_interval = interval '6 hours'",
+        "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events_raw' AND time_interval = interval '6 hours'",
     );
     assert_eq!(intervals, 6, "every hypertable chunked by 6 hours");
     // A new width applies to new chunks of existing hypertables.
     let (ok, out) = install_with(&kafka, &url, "chunk_interval_hours = 48");
     assert!(ok, "{out}");
-    assert_eq!(count(&url, "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND time_interval = interval '48 hours'"), 6);
+    assert_eq!(count(&url, "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events_raw' AND time_interval = interval '48 hours'"), 6);
 
     // Partition upkeep leaves hypertables alone: no daily partitions appear.
     let before = count(&url, EVENT_RELATIONS);
@@ -656,7 +766,7 @@ fn timescaledb_modes_on_a_preloading_server_give_hypertables_with_the_configured
         before,
         "no relation added to hypertables"
     );
-    assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events' AND tablename LIKE '%\\_p2%'"), 0);
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename LIKE '%\\_p2%'"), 0);
 
     // Hypertables on a server that stopped preloading: refused, naming the fix.
     pg.spec.preload_timescaledb = false;
@@ -762,4 +872,5 @@ on_both_layouts!(
     dead_letters_are_listed_and_replayed_once_the_catalog_knows_them,
     records_waiting_in_kafka_are_loaded_with_no_further_traffic,
     sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing,
+    tables_of_the_version_before_batches_move_to_events_raw_with_their_pages,
 );

@@ -85,13 +85,18 @@ struct Collect<'c> {
     catalog: &'c chronos::catalog::EventCatalog,
     seen: Vec<Seen>,
     rejected: usize,
+    /// Each batch's page, as the loaders store it once per batch.
+    pages: Vec<String>,
 }
 
 impl Visit for Collect<'_> {
-    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
+    fn page(&mut self, page: &chronos::load::decode::BatchPage<'_>) {
+        self.pages.push(page.metadata.to_string());
+    }
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid) {
         let ty = &self.catalog.types()[table];
         let mut buf = bytes::BytesMut::new();
-        encode_row(&mut buf, ty, row, &batch_id, metadata);
+        encode_row(&mut buf, ty, row, &batch_id);
         let attrs = row.attrs.iter().map(|v| v.map_or(Value::Null, |v| serde_json::to_value(v).unwrap())).collect();
         self.seen.push(Seen { type_name: ty.name.to_string(), position: row.position, client_time: row.client_time, attrs, fields: tuple_fields(&buf) });
     }
@@ -159,14 +164,18 @@ proptest! {
     #[test]
     fn encoded_records_decode_to_the_same_events(events in proptest::collection::vec(event(), 1..60), title in text(200)) {
         let shared = shared();
-        let a = read_batch(&shared, receive(batch(events.clone(), title).to_string().into_bytes())).unwrap();
+        let a = read_batch(&shared, receive(batch(events.clone(), title.clone()).to_string().into_bytes())).unwrap();
         let mut record = a.batch.record.unwrap();
         let catalog = &shared.catalog;
-        let mut c = Collect { catalog, seen: Vec::new(), rejected: 0 };
+        let mut c = Collect { catalog, seen: Vec::new(), rejected: 0, pages: Vec::new() };
         let policy = TimePolicy { max_past_ms: i64::MAX / 4, max_future_ms: i64::MAX / 4 };
         walk(&mut record, catalog, policy, &mut c).unwrap();
         prop_assert_eq!(c.rejected, 0);
         prop_assert_eq!(c.seen.len(), events.len());
+        prop_assert_eq!(c.pages.len(), 1);
+        let page: Value = serde_json::from_str(&c.pages[0]).unwrap();
+        prop_assert_eq!(&page["title"], &json!(title));
+        prop_assert_eq!(&page["url"], &json!("https://example.com/"));
         let base = chronos::store::schema::BASE_COLUMNS.len();
         for (i, (sent, seen)) in events.iter().zip(&c.seen).enumerate() {
             let sent = sent.as_array().unwrap();

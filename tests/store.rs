@@ -124,8 +124,18 @@ fn copy_rows_loads_decoded_tuples_into_their_table() {
         let decoded = decode_batch(&mut buf, &catalog, TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 }).unwrap();
         let t = &decoded.tables[0];
         let tx = client.transaction().await.unwrap();
+        // The batch's page once, then its rows.
+        let mut pages = chronos::store::internals::Pages::default();
+        pages.push(decoded.batch_id, now, "s", decoded.page.as_deref().unwrap());
+        assert_eq!(internals.store_pages(&tx, &pages).await.unwrap(), 1);
+        assert_eq!(internals.store_pages(&tx, &pages).await.unwrap(), 0, "a page stored before is kept");
         assert_eq!(internals.copy_rows(&tx, t.table, &t.tuples).await.unwrap(), 2);
         tx.commit().await.unwrap();
+        assert_eq!(
+            client.query_one("SELECT (extract(epoch FROM received_at) * 1000)::bigint FROM chronos.batches", &[]).await.unwrap().get::<_, i64>(0),
+            now,
+            "received_at to the millisecond"
+        );
         let rows = client.query("SELECT element, x, selector, metadata->>'url' FROM events.clicks ORDER BY x", &[]).await.unwrap();
         let got: Vec<(String, i64, Option<String>, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         assert_eq!(
@@ -183,10 +193,10 @@ fn maintenance_reconnects_after_postgres_restarts() {
             .await
             .unwrap()
             .get(0);
-        client.batch_execute(&format!("DROP TABLE events.{tomorrow}")).await.unwrap();
+        client.batch_execute(&format!("DROP TABLE events_raw.{tomorrow}")).await.unwrap();
         client.batch_execute("INSERT INTO chronos.seen_batches (batch_id, seen_at) VALUES (gen_random_uuid(), now() - interval '2 hours')").await.unwrap();
         assert_eq!(m.run_once().await.expect("the maintenance connection is opened again"), 1);
-        let back = client.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = 'events' AND tablename = $1", &[&tomorrow]).await.unwrap();
+        let back = client.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = $1", &[&tomorrow]).await.unwrap();
         assert!(back.is_some(), "{tomorrow} created again after the restart");
     });
 }

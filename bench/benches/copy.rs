@@ -76,7 +76,7 @@ fn bench_decode(cr: &mut Criterion) {
     g.throughput(Throughput::Elements(5000));
     g.bench_function("encode_only_100_records", |b| {
         b.iter(|| {
-            let mut v = Walk { catalog: &catalog, tuples: BytesMut::new(), views: None };
+            let mut v = Walk { catalog: &catalog, tuples: BytesMut::new(), pages: Default::default(), views: None };
             for _ in 0..100 {
                 walk(&mut record.clone(), &catalog, policy, &mut v).unwrap();
             }
@@ -85,7 +85,7 @@ fn bench_decode(cr: &mut Criterion) {
     });
     g.bench_function("encode_and_default_views_100_records", |b| {
         b.iter(|| {
-            let mut v = Walk { catalog: &catalog, tuples: BytesMut::new(), views: Some(chronos::views::Accumulator::new(set.clone())) };
+            let mut v = Walk { catalog: &catalog, tuples: BytesMut::new(), pages: Default::default(), views: Some(chronos::views::Accumulator::new(set.clone())) };
             for _ in 0..100 {
                 walk(&mut record.clone(), &catalog, policy, &mut v).unwrap();
             }
@@ -99,12 +99,17 @@ fn bench_decode(cr: &mut Criterion) {
 struct Walk<'c> {
     catalog: &'c chronos::catalog::EventCatalog,
     tuples: BytesMut,
+    /// Each batch's page, as a loader keeps it for `chronos.batches`.
+    pages: chronos::store::internals::Pages,
     views: Option<chronos::views::Accumulator>,
 }
 
 impl Visit for Walk<'_> {
-    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
-        encode_row(&mut self.tuples, &self.catalog.types()[table], row, &batch_id, metadata);
+    fn page(&mut self, page: &chronos::load::decode::BatchPage<'_>) {
+        self.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
+    }
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid) {
+        encode_row(&mut self.tuples, &self.catalog.types()[table], row, &batch_id);
         if let Some(v) = &mut self.views {
             v.add(table, row);
         }

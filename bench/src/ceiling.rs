@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
 use chronos::load::copy::{HEADER, TRAILER};
-use chronos::load::decode::{encode_row, walk, DeadLetter, TimePolicy, Visit};
+use chronos::load::decode::{encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use chronos::views::expr::Row;
 use chronos::stack::postgres::block_on;
 use futures_util::SinkExt;
@@ -96,8 +96,6 @@ pub fn copy_ceiling(config: &Config, records: &[BatchRecord]) -> anyhow::Result<
 /// A variant of the COPY ceiling, to price one part of a loaded row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyRun {
-    /// Page metadata stored as this JSON instead of the record's page.
-    pub metadata: Option<&'static str>,
     /// The tables with the event tables' indexes (the index on `time`).
     pub indexes: bool,
     /// Claim each record's batch id in `chronos.seen_batches` too, as the loaders do.
@@ -105,11 +103,8 @@ pub struct CopyRun {
     /// One transaction per this many events (each with its own COPY per
     /// table), as the loaders' flushes; `None`: one transaction for all.
     pub flush_events: Option<usize>,
-    /// The page once per batch instead of in every row: each batch claimed
-    /// with its page in a `batches (batch_id uuid PRIMARY KEY, metadata jsonb)`
-    /// table (in place of `seen_batches`; implies `claim_batches`), and `{}` in
-    /// the rows' metadata column (an empty jsonb still costs a little per row,
-    /// so this is an upper bound of what such rows would cost).
+    /// Each batch's page stored once in a copy of `chronos.batches`, with
+    /// the loaders' statement (the rows never hold it).
     pub page_per_batch: bool,
 }
 
@@ -124,14 +119,13 @@ pub struct CopyCost {
 struct Flush {
     per_table: Vec<BytesMut>,
     batch_ids: Vec<uuid::Uuid>,
-    /// Each batch's page, aligned with `batch_ids` (`page_per_batch` only).
-    pages: Vec<String>,
+    /// Each batch's page (`page_per_batch` only).
+    pages: chronos::store::internals::Pages,
     events: usize,
 }
 
 struct Encode<'c> {
     catalog: &'c chronos::catalog::EventCatalog,
-    metadata: Option<&'static str>,
     /// Keep each batch's page in `Flush::pages` (`page_per_batch`).
     keep_pages: bool,
     flush: Flush,
@@ -140,17 +134,15 @@ struct Encode<'c> {
 impl Visit for Encode<'_> {
     fn batch(&mut self, batch_id: uuid::Uuid, _imported: bool) -> bool {
         self.flush.batch_ids.push(batch_id);
-        if self.keep_pages {
-            self.flush.pages.push(String::new());
-        }
         true
     }
-    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid, metadata: &str) {
-        if let Some(page) = self.flush.pages.last_mut().filter(|p| p.is_empty()) {
-            page.push_str(metadata);
+    fn page(&mut self, page: &BatchPage<'_>) {
+        if self.keep_pages {
+            self.flush.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
         }
-        let metadata = self.metadata.unwrap_or(metadata);
-        encode_row(&mut self.flush.per_table[table], &self.catalog.types()[table], row, &batch_id, metadata);
+    }
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid) {
+        encode_row(&mut self.flush.per_table[table], &self.catalog.types()[table], row, &batch_id);
         self.flush.events += 1;
     }
     fn reject(&mut self, _: DeadLetter) {}
@@ -163,10 +155,9 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let statements: Vec<String> = catalog.types().iter().map(chronos::store::internals::copy_statement).collect();
     let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
-    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Vec::new(), events: 0 };
+    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Default::default(), events: 0 };
     let mut flushes = vec![];
-    let metadata = if run.page_per_batch { Some("{}") } else { run.metadata };
-    let mut e = Encode { catalog: &catalog, metadata, keep_pages: run.page_per_batch, flush: new_flush() };
+    let mut e = Encode { catalog: &catalog, keep_pages: run.page_per_batch, flush: new_flush() };
     for r in records {
         walk(&mut r.value.clone(), &catalog, policy, &mut e).map_err(|e| anyhow::anyhow!(e))?;
         if run.flush_events.is_some_and(|n| e.flush.events >= n) {
@@ -191,20 +182,19 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
                 .await?;
         }
         client.batch_execute(&format!("CREATE TABLE {schema}.seen_batches (LIKE chronos.seen_batches INCLUDING ALL)")).await?;
-        client.batch_execute(&format!("CREATE TABLE {schema}.batches (batch_id uuid PRIMARY KEY, metadata jsonb NOT NULL)")).await?;
+        client.batch_execute(&format!("CREATE TABLE {schema}.batches (LIKE chronos.batches INCLUDING ALL)")).await?;
         let claim = format!("INSERT INTO {schema}.seen_batches (batch_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING batch_id");
-        let claim_with_page = format!(
-            "INSERT INTO {schema}.batches (batch_id, metadata) SELECT b, coalesce(nullif(p, ''), '{{}}')::jsonb FROM unnest($1::uuid[], $2::text[]) AS u(b, p) \
-             ON CONFLICT DO NOTHING RETURNING batch_id"
-        );
+        let store_pages = chronos::store::internals::INSERT_PAGES.replace("chronos.batches", &format!("{schema}.batches"));
         let cpu0 = crate::stack::children_cpu_secs(postmaster);
         let t = Instant::now();
         for f in &flushes {
             let tx = client.transaction().await?;
-            if run.page_per_batch {
-                tx.query(&claim_with_page, &[&f.batch_ids, &f.pages]).await?;
-            } else if run.claim_batches {
+            if run.claim_batches {
                 tx.query(&claim, &[&f.batch_ids]).await?;
+            }
+            if run.page_per_batch {
+                let p = &f.pages;
+                tx.execute(&store_pages, &[&p.batch_ids, &p.received_at, &p.session_ids, &p.metadata]).await?;
             }
             for (i, stmt) in statements.iter().enumerate() {
                 if f.per_table[i].is_empty() {

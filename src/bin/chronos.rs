@@ -734,7 +734,7 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     println!("erased {what}: {raw} raw events ({})", done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
     println!("  {} archived events in {} files rewritten", done.archived_rows, done.files.len());
     println!("  {} dead letters", done.dead_letters);
-    println!("  {} identities (session → user), {} visits", done.identities, done.visits);
+    println!("  {} identities (session → user), {} visits, {} batch pages", done.identities, done.visits, done.pages);
     for (v, n) in &done.view_rows {
         println!("  {n} rows of view {v} (keyed by session_id)");
     }

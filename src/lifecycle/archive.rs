@@ -205,6 +205,9 @@ pub struct Archiver {
     target: Option<Target>,
     raw_days: u32,
     keep_days: u32,
+    /// How far after its batch's receipt an event's time can be (live or
+    /// imported), in seconds: what `prune_pages` allows for.
+    max_future_secs: u64,
     pub(crate) spool: PathBuf,
 }
 
@@ -218,6 +221,7 @@ impl Archiver {
             target,
             raw_days: config.retention.raw_days,
             keep_days: config.retention.restore_keep_days,
+            max_future_secs: config.load.max_future_secs.max(config.import.max_future_secs),
             spool: std::env::temp_dir(),
         })
     }
@@ -249,6 +253,11 @@ impl Archiver {
             if let Err(e) = self.run_table(client, &ty.name, cutoff, &mut report).await {
                 report.errors.push(format!("events.{}: {e:#}", ty.name));
             }
+        }
+        match prune_pages(client, catalog, cutoff, self.max_future_secs).await {
+            Ok((0, _)) => {}
+            Ok((n, before)) => report.lines.push(format!("chronos.batches: {n} pages of batches received before {before} deleted (no row of them is left)")),
+            Err(e) => report.errors.push(format!("chronos.batches: {e:#}")),
         }
         client.execute("SELECT pg_advisory_unlock($1)", &[&RUN_LOCK]).await?;
         Ok(Some(report))
@@ -461,11 +470,36 @@ impl Archiver {
     }
 }
 
+/// Deletes the pages (`chronos.batches`) of batches no raw row can be of any
+/// more: every row left is at or after `cutoff`, or at the oldest time found
+/// before it (a day kept restored, or one whose archiving failed), and an
+/// event's time is at most `max_future_secs` after its batch's receipt, so a
+/// batch received more than that (and a day of margin) before the oldest
+/// row has none. Returns the pages deleted and the time before which.
+async fn prune_pages(client: &Client, catalog: &EventCatalog, cutoff: i64, max_future_secs: u64) -> Result<(u64, String)> {
+    let mut oldest = format!("{}", ts(cutoff));
+    for ty in catalog.types() {
+        let t = raw_table(&ty.name);
+        oldest = format!("least({oldest}, (SELECT min(time) FROM {t} WHERE time < {}))", ts(cutoff));
+    }
+    let before: String = client
+        .query_one(&format!("SELECT to_char(({oldest}) - make_interval(secs => $1) - interval '1 day', 'YYYY-MM-DD HH24:MI:SSOF')"), &[&(max_future_secs as f64)])
+        .await?
+        .get(0);
+    let n = client.execute("DELETE FROM chronos.batches WHERE received_at < $1::text::timestamptz", &[&before]).await?;
+    Ok((n, before))
+}
+
+/// `events_raw."<table>"`: where a day's rows are counted, dropped and restored.
+fn raw_table(table: &str) -> String {
+    format!("{}.{}", schema::RAW_SCHEMA, ident(table))
+}
+
 /// Days before `cutoff` that `table` has: native day partitions (empty ones
 /// too, by their `schema::day_partition_name`) and days with rows (the default partition,
 /// hypertable chunks).
 async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -> Result<Vec<i64>> {
-    let t = format!("events.{}", ident(table));
+    let t = raw_table(table);
     let mut days: std::collections::BTreeSet<i64> = client
         .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)", &[&t])
         .await?
@@ -486,7 +520,7 @@ async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -
 }
 
 pub(crate) async fn rows_of_day(client: &impl GenericClient, table: &str, day: i64) -> Result<i64> {
-    Ok(client.query_one(&format!("SELECT count(*) FROM events.{} WHERE {}", ident(table), day_range(day)), &[]).await?.get(0))
+    Ok(client.query_one(&format!("SELECT count(*) FROM {} WHERE {}", raw_table(table), day_range(day)), &[]).await?.get(0))
 }
 
 /// Drops a day from PostgreSQL when it holds exactly `expected` rows: its
@@ -494,7 +528,7 @@ pub(crate) async fn rows_of_day(client: &impl GenericClient, table: &str, day: i
 /// any other rows of the day deleted; all in one transaction that also marks
 /// the record dropped.
 async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> Result<()> {
-    let t = format!("events.{}", ident(table));
+    let t = raw_table(table);
     let tx = client.transaction().await?;
     let n = rows_of_day(&tx, table, day).await?;
     if n != expected {
@@ -502,7 +536,7 @@ async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> 
     }
     let native = tx.query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&t]).await?.is_some();
     if native {
-        let part = format!("events.{}", ident(&schema::day_partition_name(table, day)));
+        let part = format!("{}.{}", schema::RAW_SCHEMA, ident(&schema::day_partition_name(table, day)));
         if tx.query_opt("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&part]).await?.is_some() {
             tx.batch_execute(&format!("ALTER TABLE {t} DETACH PARTITION {part}; DROP TABLE {part};")).await?;
         }
@@ -557,8 +591,27 @@ pub(crate) async fn restore_file(client: &mut Client, table: &str, table_columns
         }
     }
     writer.finish().await?;
-    let t = format!("events.{}", ident(table));
-    let exprs: Vec<String> = file_columns.iter().map(|c| c.restore_expr("s")).collect();
+    // The page of each batch goes to chronos.batches (kept when there),
+    // the rest of the row to the raw table.
+    if let Some(page) = file_columns.iter().find(|c| c.name == "metadata") {
+        let of = |name: &str| file_columns.iter().find(|c| c.name == name).map(|c| c.restore_expr("s"));
+        if let (Some(received_at), Some(session_id)) = (of("received_at"), of("session_id")) {
+            tx.execute(
+                &format!(
+                    "INSERT INTO chronos.batches (batch_id, received_at, session_id, metadata)
+                     SELECT DISTINCT ON (s.batch_id) s.batch_id::uuid, {received_at}, {session_id}, {} FROM chronos_restore s
+                     ORDER BY s.batch_id ON CONFLICT DO NOTHING",
+                    page.restore_expr("s")
+                ),
+                &[],
+            )
+            .await?;
+        }
+    }
+    let t = raw_table(table);
+    let raw_columns: Vec<&columns::Column> = file_columns.iter().filter(|c| c.name != "metadata").collect();
+    let names: Vec<String> = raw_columns.iter().map(|c| ident(&c.name)).collect();
+    let exprs: Vec<String> = raw_columns.iter().map(|c| c.restore_expr("s")).collect();
     let added = tx
         .execute(
             &format!(

@@ -96,14 +96,17 @@ impl Column {
     }
 }
 
-/// The columns of `events.<table>`, in table order.
+/// The columns of `events.<table>` (the raw table with each row's page), in
+/// its order; nullable as in the raw table (the page never is).
 pub async fn of_table(client: &impl GenericClient, table: &str) -> Result<Vec<Column>> {
     let rows = client
         .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
-             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(NOT r.attnotnull, a.attname <> 'metadata')
+             FROM pg_attribute a
+             LEFT JOIN pg_attribute r ON r.attrelid = to_regclass($2) AND r.attname = a.attname AND NOT r.attisdropped
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            &[&format!("events.{}", ident(table))],
+            &[&format!("events.{}", ident(table)), &format!("{}.{}", crate::store::schema::RAW_SCHEMA, ident(table))],
         )
         .await?;
     if rows.is_empty() {

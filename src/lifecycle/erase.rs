@@ -32,6 +32,8 @@ pub struct Erased {
     pub identities: u64,
     /// Rows of `chronos.sessions` (visits) deleted.
     pub visits: u64,
+    /// Batch pages (`chronos.batches`: the URLs and titles the rows showed) deleted.
+    pub pages: u64,
 }
 
 /// Whose events to erase.
@@ -89,7 +91,7 @@ async fn sessions_of(client: &Client, catalog: &EventCatalog, subject: Subject<'
         Subject::User(u) => u,
     };
     let mut parts = vec!["SELECT session_id FROM chronos.identities WHERE user_id = $1".to_string()];
-    parts.extend(catalog.types().iter().map(|t| format!("SELECT session_id FROM events.{} WHERE user_id = $1", ident(&t.name))));
+    parts.extend(catalog.types().iter().map(|t| format!("SELECT session_id FROM {} WHERE user_id = $1", crate::store::schema::table(t))));
     let rows = client.query(&format!("SELECT DISTINCT session_id FROM ({}) s ORDER BY 1", parts.join(" UNION ")), &[&user]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -133,9 +135,10 @@ async fn erase_locked(
     let tx = client.transaction().await?;
     for ty in catalog.types() {
         progress(&format!("events.{}", ty.name));
-        let n = tx.execute(&format!("DELETE FROM events.{} WHERE session_id = ANY($1)", ident(&ty.name)), &[&sessions]).await?;
+        let n = tx.execute(&format!("DELETE FROM {} WHERE session_id = ANY($1)", crate::store::schema::table(ty)), &[&sessions]).await?;
         done.raw.push((ty.name.to_string(), n));
     }
+    done.pages = tx.execute("DELETE FROM chronos.batches WHERE session_id = ANY($1)", &[&sessions]).await?;
     for session in &sessions {
         done.dead_letters += tx
             .execute(

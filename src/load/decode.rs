@@ -60,11 +60,24 @@ pub trait Visit {
     fn batch(&mut self, _batch_id: Uuid, _imported: bool) -> bool {
         true
     }
-    /// A loadable event of catalog type `table`; `metadata` is the record's
-    /// page as JSON text (made once per record).
-    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str);
+    /// The batch's facts stored once per batch (`chronos.batches`), when
+    /// `batch` took it; called once, before its events.
+    fn page(&mut self, _page: &BatchPage<'_>) {}
+    /// A loadable event of catalog type `table`.
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid);
     /// An event that cannot be loaded.
     fn reject(&mut self, letter: DeadLetter);
+}
+
+/// What `chronos.batches` keeps of a batch: its page once, not in every row.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPage<'a> {
+    pub batch_id: Uuid,
+    /// Milliseconds since the Unix epoch.
+    pub received_at: i64,
+    pub session_id: &'a str,
+    /// The record's `page` as JSON text.
+    pub metadata: &'a str,
 }
 
 /// How a walk over a record ended.
@@ -78,7 +91,7 @@ pub enum Walked {
 
 /// Appends the binary COPY tuple of one event to `buf`, in the column order
 /// of `store::internals::copy_statement`.
-pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_id: &Uuid, metadata: &str) {
+pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_id: &Uuid) {
     let mut t = TupleWriter::begin(buf, (BASE_COLUMNS.len() + ty.attributes.len()) as u16);
     t.timestamp_ms(row.time);
     t.timestamp_ms(row.client_time);
@@ -92,7 +105,6 @@ pub fn encode_row(buf: &mut BytesMut, ty: &EventType, row: &Row<'_, '_>, batch_i
         Some(ip) => t.text(ip),
         None => t.null(),
     }
-    t.jsonb(metadata);
     t.bool(row.bot.is_some());
     let geo = |k: &str| row.geo.and_then(|g| g.get(k)).and_then(|v| v.as_str());
     for v in [
@@ -147,6 +159,8 @@ pub struct DecodedBatch {
     pub tables: Vec<TableRows>,
     pub dead: Vec<DeadLetter>,
     pub events: usize,
+    /// The batch's page as JSON text, as `chronos.batches` stores it.
+    pub page: Option<String>,
 }
 
 /// Decodes a batch record into COPY tuples (the buffer is parsed in place).
@@ -156,16 +170,20 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
         tables: Vec<TableRows>,
         dead: Vec<DeadLetter>,
         events: usize,
+        page: Option<String>,
     }
     impl Visit for Collect<'_> {
-        fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
+        fn page(&mut self, page: &BatchPage<'_>) {
+            self.page = Some(page.metadata.to_string());
+        }
+        fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid) {
             let found = self.tables.iter().position(|t| t.table == table);
             let i = found.unwrap_or_else(|| {
                 self.tables.push(TableRows { table, rows: 0, tuples: BytesMut::with_capacity(4096) });
                 self.tables.len() - 1
             });
             let rows = &mut self.tables[i];
-            encode_row(&mut rows.tuples, &self.types[table], row, &batch_id, metadata);
+            encode_row(&mut rows.tuples, &self.types[table], row, &batch_id);
             rows.rows += 1;
             self.events += 1;
         }
@@ -173,11 +191,11 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
             self.dead.push(letter);
         }
     }
-    let mut c = Collect { types: catalog.types(), tables: Vec::new(), dead: Vec::new(), events: 0 };
+    let mut c = Collect { types: catalog.types(), tables: Vec::new(), dead: Vec::new(), events: 0, page: None };
     let batch_id = match walk(buf, catalog, policy, &mut c)? {
         Walked::Loaded(id) | Walked::Skipped(id) => id,
     };
-    Ok(DecodedBatch { batch_id, tables: c.tables, dead: c.dead, events: c.events })
+    Ok(DecodedBatch { batch_id, tables: c.tables, dead: c.dead, events: c.events, page: c.page })
 }
 
 /// Parses a batch record (in place) and reports to `visit` each loadable
@@ -211,6 +229,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
         return Ok(Walked::Skipped(batch_id));
     }
     let metadata = serde_json::to_string(page).unwrap_or_else(|_| "{}".into());
+    visit.page(&BatchPage { batch_id, received_at, session_id: session, metadata: &metadata });
 
     let context = context_of(&root);
     let types = catalog.types();
@@ -279,7 +298,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
             geo,
             user_id,
         };
-        visit.event(table, &row, batch_id, &metadata);
+        visit.event(table, &row, batch_id);
     }
     Ok(Walked::Loaded(batch_id))
 }

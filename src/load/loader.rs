@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
-use super::decode::{decode_dead_letter, encode_row, walk, DeadLetter, TimePolicy, Visit};
+use super::decode::{decode_dead_letter, encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use super::partition::Partition;
 use crate::catalog::{EventCatalog, EventType};
-use crate::store::internals::{stored_offset, Internals};
+use crate::store::internals::{stored_offset, Internals, Pages};
 use crate::telemetry::Metrics;
 use crate::views::expr::Row;
 use crate::views::{Accumulator, Registry};
@@ -156,6 +156,8 @@ struct Buffer {
     batch_ids: HashSet<Uuid>,
     /// The imported ones among them (their claims are kept for good).
     imported: HashSet<Uuid>,
+    /// Their pages, once per batch.
+    pages: Pages,
     /// One piece of a visit per record, for `chronos.sessions` and `chronos.identities`.
     pieces: crate::store::sessions::Pieces,
     views: Accumulator,
@@ -179,6 +181,7 @@ impl Buffer {
             tuples: (0..types).map(|_| BytesMut::new()).collect(),
             batch_ids: HashSet::new(),
             imported: HashSet::new(),
+            pages: Pages::default(),
             pieces: Default::default(),
             views,
             dead: Vec::new(),
@@ -213,8 +216,12 @@ impl Visit for IntoBuffer<'_> {
         fresh
     }
 
-    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid, metadata: &str) {
-        encode_row(&mut self.buffer.tuples[table], &self.types[table], row, &batch_id, metadata);
+    fn page(&mut self, page: &BatchPage<'_>) {
+        self.buffer.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
+    }
+
+    fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid) {
+        encode_row(&mut self.buffer.tuples[table], &self.types[table], row, &batch_id);
         self.buffer.views.add(table, row);
         let piece = self.buffer.pieces.of(batch_id, || {
             let geo = |k: &str| row.geo.and_then(|g| g.get(k)).and_then(|v| v.as_str()).map(str::to_string);
@@ -753,6 +760,7 @@ async fn commit(
             return Ok(Committed::Rewind(why, expected, seen));
         }
     }
+    internals.store_pages(&tx, &buffer.pages).await?;
     let mut rows = 0;
     for (table, tuples) in buffer.tuples.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
         rows += internals.copy_rows(&tx, table, tuples).await?;

@@ -1,5 +1,6 @@
 //! What one loader transaction writes, statement by statement: the batch ids
-//! it claims (`chronos.seen_batches`), the COPY into each event table, its
+//! it claims (`chronos.seen_batches`), their pages (`chronos.batches`), the
+//! COPY into each raw event table, its
 //! dead letters, and the partition's next offset, fenced on the offset the
 //! loader started from. The tables are created by `schema::INTERNALS`; the
 //! loader (`load::loader`) calls these in turn inside one transaction.
@@ -23,6 +24,10 @@ const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 const CLAIM_BATCHES: &str =
     "INSERT INTO chronos.seen_batches (batch_id, kept) SELECT * FROM unnest($1::uuid[], $2::bool[]) ON CONFLICT DO NOTHING RETURNING batch_id";
+
+pub const INSERT_PAGES: &str = "INSERT INTO chronos.batches (batch_id, received_at, session_id, metadata)
+     SELECT b, 'epoch'::timestamptz + r * interval '1 millisecond', s, m::jsonb FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(b, r, s, m)
+     ON CONFLICT DO NOTHING";
 
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
      SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
@@ -66,9 +71,31 @@ pub fn copy_statement(ty: &EventType) -> String {
     format!("COPY {} ({}) FROM STDIN (FORMAT binary)", table(ty), cols.join(", "))
 }
 
+/// The pages of a flush's batches, once per batch (`chronos.batches`), as
+/// the arrays `Internals::store_pages` sends.
+#[derive(Debug, Default)]
+pub struct Pages {
+    pub batch_ids: Vec<Uuid>,
+    /// Milliseconds since the Unix epoch.
+    pub received_at: Vec<i64>,
+    pub session_ids: Vec<String>,
+    /// Each page as JSON text.
+    pub metadata: Vec<String>,
+}
+
+impl Pages {
+    pub fn push(&mut self, batch_id: Uuid, received_at: i64, session_id: &str, metadata: &str) {
+        self.batch_ids.push(batch_id);
+        self.received_at.push(received_at);
+        self.session_ids.push(session_id.to_string());
+        self.metadata.push(metadata.to_string());
+    }
+}
+
 /// The loader's statements, prepared on one connection.
 pub struct Internals {
     claim_batches: Statement,
+    pages: Statement,
     identities: Statement,
     dead_letters: Statement,
     advance_offset: Statement,
@@ -81,17 +108,18 @@ impl Internals {
     pub async fn prepare(client: &Client, catalog: &EventCatalog) -> Result<Self, Error> {
         let copies: Vec<String> = catalog.types().iter().map(copy_statement).collect();
         let (fixed, copy) = futures_util::future::try_join(
-            futures_util::future::try_join4(
+            futures_util::future::try_join5(
                 client.prepare(CLAIM_BATCHES),
                 client.prepare(INSERT_DEAD_LETTERS),
                 client.prepare(ADVANCE_OFFSET),
                 client.prepare(UPSERT_IDENTITIES),
+                client.prepare(INSERT_PAGES),
             ),
             futures_util::future::try_join_all(copies.iter().map(|sql| client.prepare(sql))),
         )
         .await?;
-        let (claim_batches, dead_letters, advance_offset, identities) = fixed;
-        Ok(Internals { claim_batches, identities, dead_letters, advance_offset, copy })
+        let (claim_batches, dead_letters, advance_offset, identities, pages) = fixed;
+        Ok(Internals { claim_batches, pages, identities, dead_letters, advance_offset, copy })
     }
 
     /// Records `ids` as seen, those in `kept` (imported batches) for good;
@@ -105,6 +133,15 @@ impl Internals {
         let keep: Vec<bool> = ids.iter().map(|id| kept.contains(id)).collect();
         let rows = tx.query(&self.claim_batches, &[&ids, &keep]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Stores each batch's page once (`chronos.batches`), keeping one stored
+    /// before. Returns the pages added.
+    pub async fn store_pages(&self, tx: &Transaction<'_>, pages: &Pages) -> Result<u64, Error> {
+        if pages.batch_ids.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(&self.pages, &[&pages.batch_ids, &pages.received_at, &pages.session_ids, &pages.metadata]).await
     }
 
     /// Streams binary COPY tuples (without header or trailer) into the table

@@ -69,11 +69,18 @@ pub async fn install(
         "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)",
     )
     .await?;
+    // The layout first: touching hypertables (any DDL, once TimescaleDB is
+    // in the database) on a server that no longer preloads it ends the session.
     let (layout, warning) = layout(&tx, load).await?;
     tracing::info!(?layout, "Event tables layout.");
-    tx.batch_execute(&schema::install_sql(catalog, today(), load.partitions_past_days, load.partitions_ahead_days, layout))
+    let old: i64 = tx.query_one(OLD_EVENT_TABLES, &[]).await?.get(0);
+    tx.batch_execute(schema::INTERNALS).await.context("applying the schema (schema chronos)")?;
+    if old > 0 {
+        tracing::info!(tables = old, "Moved the event tables of an earlier version to events_raw, their pages to chronos.batches.");
+    }
+    tx.batch_execute(&schema::tables_sql(catalog, today(), load.partitions_past_days, load.partitions_ahead_days, layout))
         .await
-        .context("applying the schema")?;
+        .context("applying the schema (event tables)")?;
     tx.commit().await?;
     check_column_types(client, catalog).await?;
     let (added, rebuilt) = crate::views::install(client, catalog).await.context("installing the continuous views")?;
@@ -85,6 +92,12 @@ pub async fn install(
     }
     Ok(Installed { layout, warning })
 }
+
+/// Event tables of an earlier version (the page in every row), which
+/// `chronos.move_event_tables()` moves.
+const OLD_EVENT_TABLES: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+     WHERE s.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'metadata' AND NOT a.attisdropped)";
 
 /// What to do when TimescaleDB is installed but not preloaded (it cannot be
 /// created then, and touching it ends the session).
@@ -144,13 +157,15 @@ async fn layout(
     }, None))
 }
 
-/// The event tables in schema `events`: (partitioned, plain), partitions not counted.
+/// The raw event tables (schema `events_raw`, or `events` for tables of an
+/// earlier version, where it holds only views now): (partitioned, plain),
+/// partitions not counted.
 async fn event_tables(client: &impl tokio_postgres::GenericClient) -> Result<(i64, i64)> {
     let r = client
         .query_one(
             "SELECT count(*) FILTER (WHERE c.relkind = 'p'), count(*) FILTER (WHERE c.relkind = 'r')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+             WHERE n.nspname IN ('events_raw', 'events') AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
             &[],
         )
         .await?;
@@ -168,7 +183,7 @@ pub async fn layout_summary(client: &Client) -> Result<String> {
         let parts: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'",
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events_raw'",
                 &[],
             )
             .await?
@@ -180,8 +195,8 @@ pub async fn layout_summary(client: &Client) -> Result<String> {
     let row = client
         .query_one(
             "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
-                    (SELECT min(extract(epoch FROM time_interval))::bigint FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events'),
-                    (SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'events')",
+                    (SELECT min(extract(epoch FROM time_interval))::bigint FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events_raw'),
+                    (SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'events_raw')",
             &[],
         )
         .await
@@ -201,7 +216,7 @@ pub async fn check_column_types(client: &Client, catalog: &EventCatalog) -> Resu
     let rows = client
         .query(
             "SELECT table_name, column_name, CASE WHEN data_type = 'ARRAY' THEN udt_name ELSE data_type END
-             FROM information_schema.columns WHERE table_schema = 'events'",
+             FROM information_schema.columns WHERE table_schema = 'events_raw'",
             &[],
         )
         .await?;

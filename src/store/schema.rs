@@ -19,7 +19,6 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("position", "integer NOT NULL"),
     ("key_id", "text NOT NULL"),
     ("client_ip", "text"),
-    ("metadata", "jsonb NOT NULL"),
     // Enrichment at receipt (`crate::enrich`); tables made before get them by
     // `ALTER TABLE … ADD COLUMN` (`ENRICHMENT_COLUMNS`).
     ("is_bot", "boolean NOT NULL DEFAULT false"),
@@ -38,7 +37,21 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
 
 /// The base columns added after the first release: added online to tables
 /// made before (old rows read `false` / NULL).
-pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 10..21;
+pub const ENRICHMENT_COLUMNS: std::ops::Range<usize> = 9..20;
+
+/// The schema of the raw event tables (what the loaders COPY into).
+pub const RAW_SCHEMA: &str = "events_raw";
+
+/// The columns of the presented tables `events."<type>"` before the
+/// attributes: the raw table's base columns with the batch's page
+/// (`metadata`, from `chronos.batches`) after `client_ip`, where the raw
+/// tables of earlier versions held it in every row.
+pub fn presented_base_columns() -> Vec<&'static str> {
+    let mut cols: Vec<&str> = BASE_COLUMNS.iter().map(|(n, _)| *n).collect();
+    let at = cols.iter().position(|c| *c == "client_ip").expect("client_ip is a base column") + 1;
+    cols.insert(at, "metadata");
+    cols
+}
 
 /// SQL type of an attribute.
 pub fn sql_type(ty: AttrType) -> &'static str {
@@ -56,15 +69,108 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `events."<type>"`.
+/// `events_raw."<type>"`: the raw table (COPY target, partitions, chunks).
 pub fn table(ty: &EventType) -> String {
+    format!("{RAW_SCHEMA}.{}", ident(&ty.name))
+}
+
+/// `events."<type>"`: the raw table with each row's page, as users query it.
+pub fn view(ty: &EventType) -> String {
     format!("events.{}", ident(&ty.name))
 }
 
 /// The internal tables (schema `chronos`).
 pub const INTERNALS: &str = r#"
 CREATE SCHEMA IF NOT EXISTS events;
+CREATE SCHEMA IF NOT EXISTS events_raw;
 CREATE SCHEMA IF NOT EXISTS chronos;
+-- Each loaded batch's page, once: the raw rows of events_raw do not repeat it
+-- (it was the largest part of a row's cost, perf/loader.md), and the tables
+-- users query, events."<type>", join it back (chronos.present_event_table).
+-- Pruned by retention once no raw row can be of the batch (src/lifecycle).
+CREATE TABLE IF NOT EXISTS chronos.batches (
+    batch_id uuid PRIMARY KEY,
+    received_at timestamptz NOT NULL,
+    session_id text NOT NULL,
+    metadata jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_received_at ON chronos.batches USING brin (received_at);
+-- Writes to a presented table go to its raw table and its batch's page:
+-- INSERT, UPDATE and DELETE on events."<type>" keep working.
+CREATE OR REPLACE FUNCTION chronos.write_event_row() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+    raw text := format('events_raw.%I', TG_TABLE_NAME);
+    cols text;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        EXECUTE format('DELETE FROM %s WHERE time = $1 AND batch_id = $2 AND position = $3', raw) USING OLD.time, OLD.batch_id, OLD.position;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    INSERT INTO chronos.batches (batch_id, received_at, session_id, metadata)
+        VALUES (NEW.batch_id, NEW.received_at, NEW.session_id, coalesce(NEW.metadata, '{}'))
+        ON CONFLICT (batch_id) DO UPDATE SET metadata = EXCLUDED.metadata
+        WHERE TG_OP = 'UPDATE' AND chronos.batches.metadata IS DISTINCT FROM EXCLUDED.metadata;
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+        FROM pg_attribute WHERE attrelid = raw::regclass AND attnum > 0 AND NOT attisdropped;
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)', raw, cols, cols, raw) USING to_jsonb(NEW);
+    RETURN NEW;
+END $f$;
+-- events."<type>": the raw table's columns in its order, with the page
+-- (metadata) after client_ip; made again only when the raw table gained a
+-- column (a view is replaced under a lock every reader waits for).
+CREATE OR REPLACE FUNCTION chronos.present_event_table(name text) RETURNS void LANGUAGE plpgsql AS $f$
+DECLARE
+    raw regclass := format('events_raw.%I', name)::regclass;
+    want text[];
+    have text[];
+    cols text;
+BEGIN
+    SELECT array_agg(attname::text ORDER BY attnum) INTO want FROM pg_attribute WHERE attrelid = raw AND attnum > 0 AND NOT attisdropped;
+    want := array_cat(want[:array_position(want, 'client_ip')], ARRAY['metadata']) || want[array_position(want, 'client_ip') + 1:];
+    SELECT array_agg(attname::text ORDER BY attnum) INTO have FROM pg_attribute
+        WHERE attrelid = to_regclass(format('events.%I', name)) AND attnum > 0 AND NOT attisdropped;
+    IF have IS NOT DISTINCT FROM want THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(CASE WHEN c = 'metadata' THEN 'b.metadata' ELSE 'r.' || quote_ident(c) END, ', ') INTO cols FROM unnest(want) AS c;
+    EXECUTE format('CREATE OR REPLACE VIEW events.%I AS SELECT %s FROM events_raw.%I r LEFT JOIN chronos.batches b ON b.batch_id = r.batch_id', name, cols, name);
+    EXECUTE format('ALTER VIEW events.%I ALTER COLUMN is_bot SET DEFAULT false', name);
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = format('events.%I', name)::regclass AND tgname = 'write_through') THEN
+        EXECUTE format('CREATE TRIGGER write_through INSTEAD OF INSERT OR UPDATE OR DELETE ON events.%I FOR EACH ROW EXECUTE FUNCTION chronos.write_event_row()', name);
+    END IF;
+END $f$;
+-- Event tables of versions before chronos.batches (events."<type>" tables
+-- with the page in every row) move to events_raw, their pages to
+-- chronos.batches, and their metadata column is dropped; their native
+-- partitions move with them. Does nothing when there are none.
+CREATE OR REPLACE FUNCTION chronos.move_event_tables() RETURNS integer LANGUAGE plpgsql AS $f$
+DECLARE
+    t record;
+    p record;
+    moved integer := 0;
+BEGIN
+    FOR t IN SELECT c.oid, c.relname::text AS name FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+             WHERE s.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'metadata' AND NOT a.attisdropped)
+    LOOP
+        FOR p IN SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace s ON s.oid = c.relnamespace
+                 WHERE i.inhparent = t.oid AND s.nspname = 'events'
+        LOOP
+            EXECUTE format('ALTER TABLE events.%I SET SCHEMA events_raw', p.name);
+        END LOOP;
+        EXECUTE format('ALTER TABLE events.%I SET SCHEMA events_raw', t.name);
+        EXECUTE format('INSERT INTO chronos.batches (batch_id, received_at, session_id, metadata)
+                        SELECT DISTINCT ON (batch_id) batch_id, received_at, session_id, metadata FROM events_raw.%I
+                        ORDER BY batch_id, time ON CONFLICT DO NOTHING', t.name);
+        EXECUTE format('ALTER TABLE events_raw.%I DROP COLUMN metadata', t.name);
+        RAISE NOTICE 'moved events.% to events_raw.% (pages to chronos.batches)', t.name, t.name;
+        moved := moved + 1;
+    END LOOP;
+    RETURN moved;
+END $f$;
+SELECT chronos.move_event_tables();
 CREATE TABLE IF NOT EXISTS chronos.offsets (
     consumer_group text NOT NULL,
     topic text NOT NULL,
@@ -213,7 +319,7 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
     match layout {
         Layout::Native => {
             sql.push_str("\n) PARTITION BY RANGE (time);\n");
-            let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
+            let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
         }
         Layout::Hypertable { chunk_hours } => {
             sql.push_str("\n);\n");
@@ -223,12 +329,12 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
             let name = ty.name.replace('\'', "''");
             let _ = writeln!(
                 sql,
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events' AND hypertable_name = '{name}') THEN \
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = '{RAW_SCHEMA}' AND hypertable_name = '{name}') THEN \
                  PERFORM create_hypertable('{regclass}', 'time', chunk_time_interval => interval '{chunk_hours} hours', create_default_indexes => false); END IF; END $$;"
             );
             let _ = writeln!(
                 sql,
-                "DO $$ BEGIN IF (SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events' AND hypertable_name = '{name}' AND column_name = 'time') \
+                "DO $$ BEGIN IF (SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_schema = '{RAW_SCHEMA}' AND hypertable_name = '{name}' AND column_name = 'time') \
                  IS DISTINCT FROM interval '{chunk_hours} hours' THEN PERFORM set_chunk_time_interval('{regclass}', interval '{chunk_hours} hours'); END IF; END $$;"
             );
         }
@@ -246,6 +352,7 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
     // almost nothing, where a B-tree insert cost PostgreSQL about as much as
     // the rest of the row (perf/loader.md). Tables made before keep their index.
     let _ = writeln!(sql, "CREATE INDEX IF NOT EXISTS {} ON {t} USING brin (time);", ident(&format!("{}_time", ty.name)));
+    let _ = writeln!(sql, "SELECT chronos.present_event_table('{}');", ty.name.replace('\'', "''"));
     sql
 }
 
@@ -270,7 +377,7 @@ pub fn day_partition_ddl(ty: &EventType, day: i64) -> String {
     let (y2, m2, d2) = civil_from_days(day + 1);
     let name = day_partition_name(&ty.name, day);
     format!(
-        "CREATE TABLE IF NOT EXISTS events.{} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
+        "CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
         ident(&name),
         table(ty)
     )
@@ -296,6 +403,13 @@ pub fn static_sql(catalog: &EventCatalog) -> String {
 /// (native layout) or as hypertables.
 pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64, layout: Layout) -> String {
     let mut sql = String::from(INTERNALS);
+    sql.push_str(&tables_sql(catalog, today, past_days, ahead_days, layout));
+    sql
+}
+
+/// `install_sql` without `INTERNALS`: the event tables and their presented views.
+pub fn tables_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64, layout: Layout) -> String {
+    let mut sql = String::new();
     let native = layout == Layout::Native;
     if !native {
         sql.push_str("CREATE EXTENSION IF NOT EXISTS timescaledb;\n");
@@ -354,12 +468,12 @@ mod tests {
         );
         assert!(sql.contains("CREATE EXTENSION IF NOT EXISTS timescaledb;"));
         assert!(!sql.contains("PARTITION"), "{sql}");
-        assert!(sql.contains("\"selector\" text\n);\nDO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events' AND hypertable_name = 'clicks') THEN"), "{sql}");
-        assert!(sql.contains("PERFORM create_hypertable('events.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', create_default_indexes => false)"), "{sql}");
-        assert!(sql.contains("IS DISTINCT FROM interval '6 hours' THEN PERFORM set_chunk_time_interval('events.\"clicks\"', interval '6 hours')"), "{sql}");
+        assert!(sql.contains("\"selector\" text\n);\nDO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events_raw' AND hypertable_name = 'clicks') THEN"), "{sql}");
+        assert!(sql.contains("PERFORM create_hypertable('events_raw.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', create_default_indexes => false)"), "{sql}");
+        assert!(sql.contains("IS DISTINCT FROM interval '6 hours' THEN PERFORM set_chunk_time_interval('events_raw.\"clicks\"', interval '6 hours')"), "{sql}");
         assert_eq!(sql.matches("create_hypertable(").count(), catalog.types().len());
         let native = install_sql(&catalog, 20_418, 8, 7, Layout::Native);
-        assert!(!native.contains("timescaledb") && native.contains("PARTITION OF events.\"clicks\" DEFAULT"));
+        assert!(!native.contains("timescaledb") && native.contains("PARTITION OF events_raw.\"clicks\" DEFAULT"));
     }
 
     #[test]
@@ -375,10 +489,10 @@ mod tests {
         let catalog = EventCatalog::from_config(&built_in_events(), 100);
         let clicks = catalog.get("clicks").unwrap();
         let ddl = event_table_ddl(clicks);
-        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS events.\"clicks\" (\n    \"time\" timestamptz NOT NULL,"), "{ddl}");
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS events_raw.\"clicks\" (\n    \"time\" timestamptz NOT NULL,"), "{ddl}");
         assert!(ddl.contains("\"selector\" text\n) PARTITION BY RANGE (time);"), "{ddl}");
-        assert!(ddl.contains("attrelid = 'events.\"clicks\"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events.\"clicks\" ADD COLUMN \"buttons\" bigint; END IF;"), "{ddl}");
-        assert!(ddl.contains("ALTER TABLE events.\"clicks\" ADD COLUMN \"is_bot\" boolean NOT NULL DEFAULT false;"), "{ddl}");
+        assert!(ddl.contains("attrelid = 'events_raw.\"clicks\"'::regclass AND attname = 'buttons' AND NOT attisdropped) THEN ALTER TABLE events_raw.\"clicks\" ADD COLUMN \"buttons\" bigint; END IF;"), "{ddl}");
+        assert!(ddl.contains("ALTER TABLE events_raw.\"clicks\" ADD COLUMN \"is_bot\" boolean NOT NULL DEFAULT false;"), "{ddl}");
         assert!(!ddl.contains("IF NOT EXISTS \"buttons\""), "no ALTER that locks the table when the column is there");
         assert!(day_partition_ddl(clicks, 20_418).contains("FROM ('2025-11-26 00:00:00+00') TO ('2025-11-27 00:00:00+00')"));
     }

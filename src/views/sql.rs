@@ -16,7 +16,7 @@ use super::expr::{literal, Expr, SqlType};
 use super::parse::{Agg, Output, Source, ViewDef};
 use super::state::{Key, Partial, State};
 use crate::catalog::EventCatalog;
-use crate::store::schema::{ident, BASE_COLUMNS};
+use crate::store::schema::{ident, presented_base_columns};
 
 /// t-digest compression of percentile states (≈ 1% error on the tails).
 pub const TDIGEST_COMPRESSION: i32 = 100;
@@ -358,13 +358,13 @@ pub fn upsert_params(view: &ViewDef, partial: &Partial, shard: i32) -> Vec<Param
 /// The rows a view reads, as SQL: the event table, or every table for `events`.
 fn source_sql(view: &ViewDef, catalog: &EventCatalog) -> String {
     match view.source {
-        Source::Type(t) => crate::store::schema::table(&catalog.types()[t]),
+        Source::Type(t) => crate::store::schema::view(&catalog.types()[t]),
         Source::All => {
-            let base: Vec<String> = BASE_COLUMNS.iter().map(|(n, _)| ident(n)).collect();
+            let base: Vec<String> = presented_base_columns().into_iter().map(ident).collect();
             let parts: Vec<String> = catalog
                 .types()
                 .iter()
-                .map(|t| format!("SELECT {}::text AS \"type\", {} FROM {}", literal(&t.name), base.join(", "), crate::store::schema::table(t)))
+                .map(|t| format!("SELECT {}::text AS \"type\", {} FROM {}", literal(&t.name), base.join(", "), crate::store::schema::view(t)))
                 .collect();
             format!("({}) AS e", parts.join(" UNION ALL "))
         }

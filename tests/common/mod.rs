@@ -608,13 +608,13 @@ impl Layout {
         let native = count(
             url,
             "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events'",
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'events_raw'",
         );
         let hyper = count(
             url,
             "SELECT CASE WHEN to_regclass('timescaledb_information.hypertables') IS NULL THEN 0
              ELSE (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = 'events' AND c.relkind = 'r' AND NOT c.relispartition) END",
+                   WHERE n.nspname = 'events_raw' AND c.relkind = 'r' AND NOT c.relispartition) END",
         );
         match self {
             Layout::Native => assert!(
@@ -622,7 +622,7 @@ impl Layout {
                 "native layout wanted: {native} partitioned, {hyper} plain tables"
             ),
             Layout::Hypertable => {
-                let listed = count(url, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events'");
+                let listed = count(url, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events_raw'");
                 assert!(
                     native == 0 && hyper > 0 && listed == hyper,
                     "hypertables wanted: {native} partitioned, {hyper} plain, {listed} hypertables"

@@ -50,33 +50,38 @@ fn main() -> Result<()> {
                 let n = STEP.min(rows - done);
                 client
                     .batch_execute(&format!(
-                        "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip,
-                                                    metadata, element, buttons, x, y, selector)
+                        "INSERT INTO events_raw.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip,
+                                                        element, buttons, x, y, selector)
                          SELECT t, t - (random() * 900)::int * interval '1 ms', t + (20 + random() * 200)::int * interval '1 ms', false,
                                 md5('s' || (i / 50)), md5((i / 25)::text)::uuid, (i % 25)::int, 'web',
                                 '198.51.' || (i / 50 % 250) || '.' || (i / 12500 % 250),
-                                jsonb_build_object('url', 'https://shop.example.com/p/' || p, 'title', 'Product ' || p || ' | Shop',
-                                                   'language', 'en-GB', 'cookies_enabled', true, 'viewport', '1280x800'),
                                 CASE WHEN i % 3 = 0 THEN 'A' ELSE 'BUTTON' END, 1, (random() * 1280)::int, (random() * 800)::int,
                                 'main > div.product:nth-child(' || (random() * 40)::int || ') > button'
                          FROM generate_series({done}, {done} + {n} - 1) i,
-                              LATERAL (SELECT {start} + i * interval '1 second' * 86399 / {rows}, (hashint4(i / 10) & 4095)) s(t, p)"
+                              LATERAL (SELECT {start} + i * interval '1 second' * 86399 / {rows}) s(t);
+                         -- Each batch's page once, as the loaders store it.
+                         INSERT INTO chronos.batches (batch_id, received_at, session_id, metadata)
+                         SELECT md5(b::text)::uuid, {start} + b * 25 * interval '1 second' * 86399 / {rows}, md5('s' || (b / 2)),
+                                jsonb_build_object('url', 'https://shop.example.com/p/' || p, 'title', 'Product ' || p || ' | Shop',
+                                                   'language', 'en-GB', 'cookies_enabled', true, 'viewport', '1280x800')
+                         FROM generate_series({done} / 25, ({done} + {n} - 1) / 25) b, LATERAL (SELECT hashint4(b) & 4095) s(p)
+                         ON CONFLICT DO NOTHING"
                     ))
                     .await?;
                 done += n;
                 eprint!("\r{name}: {done} of {rows} rows inserted");
             }
             eprintln!();
-            client.batch_execute("VACUUM ANALYZE events.clicks").await?;
+            client.batch_execute("VACUUM ANALYZE events_raw.clicks; VACUUM ANALYZE chronos.batches").await?;
             client.batch_execute("CHECKPOINT").await?;
             let (y, m, d) = chronos::store::schema::civil_from_days(day);
             let pg_bytes: i64 = match mode {
                 Timescale::Never => client
-                    .query_one(&format!("SELECT pg_total_relation_size('events.clicks_p{y:04}{m:02}{d:02}')"), &[])
+                    .query_one(&format!("SELECT pg_total_relation_size('events_raw.clicks_p{y:04}{m:02}{d:02}') + pg_total_relation_size('chronos.batches')"), &[])
                     .await?
                     .get(0),
                 _ => client
-                    .query_one("SELECT sum(pg_total_relation_size(c))::bigint FROM show_chunks('events.clicks') c", &[])
+                    .query_one("SELECT sum(pg_total_relation_size(c))::bigint + pg_total_relation_size('chronos.batches') FROM show_chunks('events_raw.clicks') c", &[])
                     .await?
                     .get(0),
             };

@@ -7,12 +7,11 @@
 //! PostgreSQL's CPU per event:
 //!   (c)  the broker's own consume ceiling: a plain rdkafka consumer;
 //!   (a)  the raw COPY ceiling: the same rows, pre-encoded, in one transaction;
-//!   (a1) … with page metadata `{}` (what the jsonb per row costs);
 //!   (a2) … into tables with the event tables' index on `time`;
 //!   (a3) … plus each batch id claimed in a seen-batches table (its index);
 //!   (a4) … plus one transaction per `load.flush_rows` events (commits);
-//!   (a5) (a4) with the page once per batch: claimed with its batch id in a
-//!        `batches` table, `{}` in each row (what storing it once would save);
+//!   (a5) … plus each batch's page once in a copy of `chronos.batches`:
+//!        what the loaders write (the rows do not hold the page);
 //!   (b0) the loaders (chronos::load) without continuous views, into a fresh
 //!        database, from start until every row is committed;
 //!   (b)  the loaders with the default views.
@@ -53,16 +52,15 @@ fn main() -> anyhow::Result<()> {
     let flush = Some(config.load.flush_rows);
     let variants = [
         ("(a)  raw COPY ceiling, one transaction", CopyRun::default()),
-        ("(a1) … page metadata {} instead of the page", CopyRun { metadata: Some("{}"), ..CopyRun::default() }),
         ("(a2) … (a) + the index on time", CopyRun { indexes: true, ..CopyRun::default() }),
         ("(a3) … (a2) + batch ids claimed", CopyRun { indexes: true, claim_batches: true, ..CopyRun::default() }),
         ("(a4) … (a3) + a commit per flush_rows", CopyRun { indexes: true, claim_batches: true, flush_events: flush, ..CopyRun::default() }),
-        ("(a5) … (a4) with the page once per batch", CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() }),
+        ("(a5) … (a4) + each batch's page once", CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() }),
     ];
     let mut copy_secs = f64::MAX;
     for (name, run) in variants {
         let c = ceiling::copy_run(&config, &recs, run, postmaster)?;
-        if run.metadata.is_none() && !run.indexes {
+        if !run.indexes {
             copy_secs = c.secs;
         }
         println!("{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event", rows / c.secs, us(c.pg_cpu_secs));
