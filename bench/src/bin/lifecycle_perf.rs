@@ -72,7 +72,9 @@ fn main() -> Result<()> {
                 eprint!("\r{name}: {done} of {rows} rows inserted");
             }
             eprintln!();
-            client.batch_execute("VACUUM ANALYZE events_raw.clicks; VACUUM ANALYZE chronos.batches").await?;
+            // One statement each: several in one query run as one transaction, which VACUUM refuses.
+            client.batch_execute("VACUUM ANALYZE events_raw.clicks").await?;
+            client.batch_execute("VACUUM ANALYZE chronos.batches").await?;
             client.batch_execute("CHECKPOINT").await?;
             let (y, m, d) = chronos::store::schema::civil_from_days(day);
             let pg_bytes: i64 = match mode {
