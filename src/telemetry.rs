@@ -1,7 +1,7 @@
 //! Metrics (Prometheus text at `/metrics`) and log set-up. Metric names are
 //! constants here, all prefixed `chronos_`, with low-cardinality labels.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub const HTTP_REQUESTS: &str = "chronos_http_requests_total";
 pub const EVENTS_ACCEPTED: &str = "chronos_events_accepted_total";
@@ -20,6 +20,7 @@ pub const KAFKA_TX_ERRORS: &str = "chronos_kafka_tx_errors";
 pub const KAFKA_PRODUCE_REQUESTS: &str = "chronos_kafka_produce_requests";
 pub const LOAD_EVENTS: &str = "chronos_load_events_total";
 pub const LOAD_FLUSH_SECONDS: &str = "chronos_load_flush_seconds";
+pub const LOAD_WAIT_SECONDS: &str = "chronos_load_wait_seconds_total";
 pub const LOAD_FLUSH_RETRIES: &str = "chronos_load_flush_retries_total";
 pub const LOAD_CONSUMER_LAG: &str = "chronos_load_consumer_lag_records";
 pub const LOAD_RESTARTS: &str = "chronos_load_restarts_total";
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub kafka_produce_requests: IntGauge,
     pub load_events: IntCounter,
     pub load_flush_seconds: Histogram,
+    /// Seconds the loaders of a topic waited, by what on: `records` (queue empty) or `commit` (buffer due).
+    pub load_wait_seconds: CounterVec,
     pub load_flush_retries: IntCounter,
     pub load_consumer_lag: IntGaugeVec,
     pub load_restarts: IntCounterVec,
@@ -101,6 +104,13 @@ impl Metrics {
             load_flush_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(LOAD_FLUSH_SECONDS, "Duration of one loader transaction (COPY + offsets + commit).")
                     .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            load_wait_seconds: reg!(CounterVec::new(
+                Opts::new(
+                    LOAD_WAIT_SECONDS,
+                    "Seconds the loaders spent waiting, summed over loaders: on records (their partition queue empty) or on commit (the buffer due while the commit before it runs or waits to be retried)."
+                ),
+                &["topic", "on"]
             )),
             load_flush_retries: reg!(IntCounter::new(LOAD_FLUSH_RETRIES, "Loader flushes retried after a PostgreSQL error.")),
             bot_events: reg!(IntCounterVec::new(

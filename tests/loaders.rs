@@ -162,6 +162,11 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // What the loaders waited on is exported: here their queues, empty
+    // between the test's posts (a buffer due by time waits for no commit).
+    let waited = d.metric(&format!("chronos_load_wait_seconds_total{{on=\"records\",topic=\"{}\"}}", kafka.topic));
+    assert!(waited.is_some_and(|s| s > 1.0), "{waited:?}");
+
     // Offsets live in PostgreSQL, per partition.
     let stored = count(&url, "SELECT coalesce(sum(next_offset), 0)::bigint FROM chronos.offsets WHERE topic NOT LIKE 'dead%'");
     assert_eq!(stored, 41, "every record of the events topic is accounted for");

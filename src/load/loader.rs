@@ -468,6 +468,7 @@ impl PartitionLoader {
             let flush_at = self.buffer.first_at.map(|t| t + Duration::from_millis(self.shared.flush_ms));
             let retry_at = self.retry.as_ref().map(|(_, at)| *at);
             let idle_at = self.last_record_at + IDLE_CHECK;
+            let waiting = Instant::now();
             tokio::select! {
                 done = async { self.inflight.as_mut().expect("checked").await }, if self.inflight.is_some() => {
                     self.inflight = None;
@@ -482,6 +483,8 @@ impl PartitionLoader {
                 _ = sleep_until(flush_at), if !due => {}
                 _ = tokio::time::sleep_until(idle_at.into()), if !due => self.check_idle().await?,
             }
+            let on = if due { "commit" } else { "records" };
+            self.shared.metrics.load_wait_seconds.with_label_values(&[&self.partition.topic, on]).inc_by(waiting.elapsed().as_secs_f64());
         }
     }
 

@@ -154,6 +154,13 @@ fn load(
         if let Some((at, n)) = first {
             waits.push_str(&format!("\n     first commit after {at:.2} s; {:.0} events/s after it", (rows - n as f64) / (secs - at)));
         }
+        // What the loaders themselves waited on, as a share of their time (one loader per partition).
+        let on = |what: &str| metrics.load_wait_seconds.with_label_values(&[&config.kafka.topic, what]).get() / (secs * f64::from(partitions));
+        waits.push_str(&format!(
+            "\n     loaders waiting (share of {partitions} loaders' time): on records (queue empty) {:.2}, on their commit (buffer due) {:.2}",
+            on("records"),
+            on("commit")
+        ));
         anyhow::Ok((secs, pg1 - pg0, own1 - own0, waits))
     })
 }
