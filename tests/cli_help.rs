@@ -81,3 +81,24 @@ fn every_command_has_help() {
         assert!(out.status.success() && !stdout(&out).is_empty(), "`chronos {cmd} --help`");
     }
 }
+
+/// `chronos … | head` closes the pipe early: chronos ends quietly, as other
+/// command-line tools do, instead of panicking on the next write.
+#[test]
+fn a_closed_stdout_pipe_ends_chronos_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // closed before chronos writes: its first write fails
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chronos"))
+        .current_dir(dir.path())
+        .env_remove("CHRONOS_CONFIG")
+        .args(["install-pipeline", "--print-sql"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}

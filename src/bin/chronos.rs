@@ -233,6 +233,13 @@ enum DeadLetterCmd {
 }
 
 fn main() {
+    // `chronos status | head -3`: end quietly when the reader closes the
+    // pipe, as other command-line tools do (Rust ignores SIGPIPE, so every
+    // later print would panic on the broken pipe).
+    // SAFETY: called first thing, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("chronos: {e:#}");
         std::process::exit(1);
