@@ -88,7 +88,6 @@ BEGIN
     END LOOP;
     RETURN moved;
 END $f$;
-SELECT chronos.move_event_tables();
 CREATE TABLE IF NOT EXISTS chronos.offsets (
     consumer_group text NOT NULL,
     topic text NOT NULL,
@@ -206,6 +205,7 @@ CREATE TABLE IF NOT EXISTS chronos.erasures (
     dead_letters bigint NOT NULL,
     view_rows bigint NOT NULL
 );
+SELECT chronos.move_event_tables();
 CREATE TABLE IF NOT EXISTS events_raw."clicks" (
     "time" timestamptz NOT NULL,
     "client_time" timestamptz NOT NULL,

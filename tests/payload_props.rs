@@ -90,8 +90,8 @@ struct Collect<'c> {
 }
 
 impl Visit for Collect<'_> {
-    fn page(&mut self, page: &chronos::load::decode::BatchPage<'_>) {
-        self.pages.push(page.metadata.to_string());
+    fn page(&mut self, page: chronos::load::decode::BatchPage<'_>) {
+        self.pages.push(page.metadata);
     }
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid) {
         let ty = &self.catalog.types()[table];

@@ -126,7 +126,7 @@ fn copy_rows_loads_decoded_tuples_into_their_table() {
         let tx = client.transaction().await.unwrap();
         // The batch's page once, then its rows.
         let mut pages = chronos::store::internals::Pages::default();
-        pages.push(decoded.batch_id, now, "s", decoded.page.as_deref().unwrap());
+        pages.push(decoded.batch_id, now, "s", decoded.page.clone().unwrap());
         assert_eq!(internals.store_pages(&tx, &pages).await.unwrap(), 1);
         assert_eq!(internals.store_pages(&tx, &pages).await.unwrap(), 0, "a page stored before is kept");
         assert_eq!(internals.copy_rows(&tx, t.table, &t.tuples).await.unwrap(), 2);

@@ -105,7 +105,7 @@ struct Walk<'c> {
 }
 
 impl Visit for Walk<'_> {
-    fn page(&mut self, page: &chronos::load::decode::BatchPage<'_>) {
+    fn page(&mut self, page: chronos::load::decode::BatchPage<'_>) {
         self.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
     }
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: uuid::Uuid) {

@@ -136,7 +136,7 @@ impl Visit for Encode<'_> {
         self.flush.batch_ids.push(batch_id);
         true
     }
-    fn page(&mut self, page: &BatchPage<'_>) {
+    fn page(&mut self, page: BatchPage<'_>) {
         if self.keep_pages {
             self.flush.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
         }

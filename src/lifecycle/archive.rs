@@ -479,7 +479,7 @@ impl Archiver {
 async fn prune_pages(client: &Client, catalog: &EventCatalog, cutoff: i64, max_future_secs: u64) -> Result<(u64, String)> {
     let mut oldest = format!("{}", ts(cutoff));
     for ty in catalog.types() {
-        let t = raw_table(&ty.name);
+        let t = schema::table(ty);
         oldest = format!("least({oldest}, (SELECT min(time) FROM {t} WHERE time < {}))", ts(cutoff));
     }
     let before: String = client
@@ -490,16 +490,11 @@ async fn prune_pages(client: &Client, catalog: &EventCatalog, cutoff: i64, max_f
     Ok((n, before))
 }
 
-/// `events_raw."<table>"`: where a day's rows are counted, dropped and restored.
-fn raw_table(table: &str) -> String {
-    format!("{}.{}", schema::RAW_SCHEMA, ident(table))
-}
-
 /// Days before `cutoff` that `table` has: native day partitions (empty ones
 /// too, by their `schema::day_partition_name`) and days with rows (the default partition,
 /// hypertable chunks).
 async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -> Result<Vec<i64>> {
-    let t = raw_table(table);
+    let t = schema::raw(table);
     let mut days: std::collections::BTreeSet<i64> = client
         .query("SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)", &[&t])
         .await?
@@ -520,7 +515,7 @@ async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -
 }
 
 pub(crate) async fn rows_of_day(client: &impl GenericClient, table: &str, day: i64) -> Result<i64> {
-    Ok(client.query_one(&format!("SELECT count(*) FROM {} WHERE {}", raw_table(table), day_range(day)), &[]).await?.get(0))
+    Ok(client.query_one(&format!("SELECT count(*) FROM {} WHERE {}", schema::raw(table), day_range(day)), &[]).await?.get(0))
 }
 
 /// Drops a day from PostgreSQL when it holds exactly `expected` rows: its
@@ -528,7 +523,7 @@ pub(crate) async fn rows_of_day(client: &impl GenericClient, table: &str, day: i
 /// any other rows of the day deleted; all in one transaction that also marks
 /// the record dropped.
 async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> Result<()> {
-    let t = raw_table(table);
+    let t = schema::raw(table);
     let tx = client.transaction().await?;
     let n = rows_of_day(&tx, table, day).await?;
     if n != expected {
@@ -536,7 +531,7 @@ async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> 
     }
     let native = tx.query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&t]).await?.is_some();
     if native {
-        let part = format!("{}.{}", schema::RAW_SCHEMA, ident(&schema::day_partition_name(table, day)));
+        let part = schema::raw(&schema::day_partition_name(table, day));
         if tx.query_opt("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&part]).await?.is_some() {
             tx.batch_execute(&format!("ALTER TABLE {t} DETACH PARTITION {part}; DROP TABLE {part};")).await?;
         }
@@ -608,7 +603,7 @@ pub(crate) async fn restore_file(client: &mut Client, table: &str, table_columns
             .await?;
         }
     }
-    let t = raw_table(table);
+    let t = schema::raw(table);
     let raw_columns: Vec<&columns::Column> = file_columns.iter().filter(|c| c.name != "metadata").collect();
     let names: Vec<String> = raw_columns.iter().map(|c| ident(&c.name)).collect();
     let exprs: Vec<String> = raw_columns.iter().map(|c| c.restore_expr("s")).collect();

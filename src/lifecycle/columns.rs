@@ -106,7 +106,7 @@ pub async fn of_table(client: &impl GenericClient, table: &str) -> Result<Vec<Co
              LEFT JOIN pg_attribute r ON r.attrelid = to_regclass($2) AND r.attname = a.attname AND NOT r.attisdropped
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            &[&format!("events.{}", ident(table)), &format!("{}.{}", crate::store::schema::RAW_SCHEMA, ident(table))],
+            &[&format!("events.{}", ident(table)), &crate::store::schema::raw(table)],
         )
         .await?;
     if rows.is_empty() {

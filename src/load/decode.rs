@@ -62,7 +62,7 @@ pub trait Visit {
     }
     /// The batch's facts stored once per batch (`chronos.batches`), when
     /// `batch` took it; called once, before its events.
-    fn page(&mut self, _page: &BatchPage<'_>) {}
+    fn page(&mut self, _page: BatchPage<'_>) {}
     /// A loadable event of catalog type `table`.
     fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid);
     /// An event that cannot be loaded.
@@ -70,14 +70,14 @@ pub trait Visit {
 }
 
 /// What `chronos.batches` keeps of a batch: its page once, not in every row.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BatchPage<'a> {
     pub batch_id: Uuid,
     /// Milliseconds since the Unix epoch.
     pub received_at: i64,
     pub session_id: &'a str,
-    /// The record's `page` as JSON text.
-    pub metadata: &'a str,
+    /// The record's `page` as JSON text (made for the visitor to keep).
+    pub metadata: String,
 }
 
 /// How a walk over a record ended.
@@ -173,8 +173,8 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
         page: Option<String>,
     }
     impl Visit for Collect<'_> {
-        fn page(&mut self, page: &BatchPage<'_>) {
-            self.page = Some(page.metadata.to_string());
+        fn page(&mut self, page: BatchPage<'_>) {
+            self.page = Some(page.metadata);
         }
         fn event(&mut self, table: usize, row: &Row<'_, '_>, batch_id: Uuid) {
             let found = self.tables.iter().position(|t| t.table == table);
@@ -229,7 +229,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
         return Ok(Walked::Skipped(batch_id));
     }
     let metadata = serde_json::to_string(page).unwrap_or_else(|_| "{}".into());
-    visit.page(&BatchPage { batch_id, received_at, session_id: session, metadata: &metadata });
+    visit.page(BatchPage { batch_id, received_at, session_id: session, metadata });
 
     let context = context_of(&root);
     let types = catalog.types();

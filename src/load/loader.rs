@@ -216,7 +216,7 @@ impl Visit for IntoBuffer<'_> {
         fresh
     }
 
-    fn page(&mut self, page: &BatchPage<'_>) {
+    fn page(&mut self, page: BatchPage<'_>) {
         self.buffer.pages.push(page.batch_id, page.received_at, page.session_id, page.metadata);
     }
 
@@ -388,12 +388,22 @@ pub struct PartitionLoader {
     scratch: Vec<u8>,
     /// This partition is of the dead-letter topic.
     dead_letters: bool,
+    /// `chronos_load_wait_seconds_total` of this loader's topic.
+    waited: Waited,
+}
+
+/// The wait counters of one topic's loaders, looked up once per loader.
+struct Waited {
+    records: prometheus::Counter,
+    commit: prometheus::Counter,
 }
 
 impl PartitionLoader {
     pub fn new(shared: Arc<LoaderShared>, partition: Arc<Partition>, stop: watch::Receiver<Stop>) -> Self {
         let buffer = Buffer::current(&shared);
         let dead_letters = partition.topic == shared.dead_letter_topic;
+        let wait = |on: &str| shared.metrics.load_wait_seconds.with_label_values(&[&partition.topic, on]);
+        let waited = Waited { records: wait("records"), commit: wait("commit") };
         PartitionLoader {
             shared,
             partition,
@@ -412,6 +422,7 @@ impl PartitionLoader {
             last_record_at: Instant::now(),
             scratch: Vec::new(),
             dead_letters,
+            waited,
         }
     }
 
@@ -483,8 +494,8 @@ impl PartitionLoader {
                 _ = sleep_until(flush_at), if !due => {}
                 _ = tokio::time::sleep_until(idle_at.into()), if !due => self.check_idle().await?,
             }
-            let on = if due { "commit" } else { "records" };
-            self.shared.metrics.load_wait_seconds.with_label_values(&[&self.partition.topic, on]).inc_by(waiting.elapsed().as_secs_f64());
+            let on = if due { &self.waited.commit } else { &self.waited.records };
+            on.inc_by(waiting.elapsed().as_secs_f64());
         }
     }
 
@@ -742,15 +753,16 @@ async fn commit(
     let Db { client, internals, upserts } = Db::connected(db, shared).await?;
     let next = buffer.next;
     let tx = client.transaction().await?;
-    let ids: Vec<Uuid> = buffer.batch_ids.iter().copied().collect();
+    // Every batch taken has its page, in the order taken.
+    let ids = &buffer.pages.batch_ids;
     let (advanced, fresh, views) = futures_util::future::try_join3(
         internals.advance_offset(&tx, &shared.group, topic, partition, expected, next),
-        internals.claim_batches(&tx, &ids, &buffer.imported),
+        internals.claim_batches(&tx, ids, &buffer.imported),
         shared.views.lock_current(&tx, &shared.catalog),
     )
     .await?;
     let found = Found { advanced, generation: views.generation, fresh: &fresh };
-    match found.verdict(buffer, &ids) {
+    match found.verdict(buffer, ids) {
         Verdict::Commit => {}
         Verdict::Rewind(Rewind::Fenced) => {
             tx.rollback().await?;

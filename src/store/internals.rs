@@ -84,11 +84,11 @@ pub struct Pages {
 }
 
 impl Pages {
-    pub fn push(&mut self, batch_id: Uuid, received_at: i64, session_id: &str, metadata: &str) {
+    pub fn push(&mut self, batch_id: Uuid, received_at: i64, session_id: &str, metadata: String) {
         self.batch_ids.push(batch_id);
         self.received_at.push(received_at);
         self.session_ids.push(session_id.to_string());
-        self.metadata.push(metadata.to_string());
+        self.metadata.push(metadata);
     }
 }
 

@@ -73,8 +73,8 @@ pub async fn install(
     // in the database) on a server that no longer preloads it ends the session.
     let (layout, warning) = layout(&tx, load).await?;
     tracing::info!(?layout, "Event tables layout.");
-    let old: i64 = tx.query_one(OLD_EVENT_TABLES, &[]).await?.get(0);
     tx.batch_execute(schema::INTERNALS).await.context("applying the schema (schema chronos)")?;
+    let old: i32 = tx.query_one(schema::MOVE_EVENT_TABLES, &[]).await.context("moving the event tables of an earlier version")?.get(0);
     if old > 0 {
         tracing::info!(tables = old, "Moved the event tables of an earlier version to events_raw, their pages to chronos.batches.");
     }
@@ -92,12 +92,6 @@ pub async fn install(
     }
     Ok(Installed { layout, warning })
 }
-
-/// Event tables of an earlier version (the page in every row), which
-/// `chronos.move_event_tables()` moves.
-const OLD_EVENT_TABLES: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
-     WHERE s.nspname = 'events' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'metadata' AND NOT a.attisdropped)";
 
 /// What to do when TimescaleDB is installed but not preloaded (it cannot be
 /// created then, and touching it ends the session).

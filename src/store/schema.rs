@@ -71,7 +71,12 @@ pub fn ident(name: &str) -> String {
 
 /// `events_raw."<type>"`: the raw table (COPY target, partitions, chunks).
 pub fn table(ty: &EventType) -> String {
-    format!("{RAW_SCHEMA}.{}", ident(&ty.name))
+    raw(&ty.name)
+}
+
+/// `events_raw."<name>"`: a raw table or one of its partitions, by name.
+pub fn raw(name: &str) -> String {
+    format!("{RAW_SCHEMA}.{}", ident(name))
 }
 
 /// `events."<type>"`: the raw table with each row's page, as users query it.
@@ -170,7 +175,6 @@ BEGIN
     END LOOP;
     RETURN moved;
 END $f$;
-SELECT chronos.move_event_tables();
 CREATE TABLE IF NOT EXISTS chronos.offsets (
     consumer_group text NOT NULL,
     topic text NOT NULL,
@@ -290,6 +294,10 @@ CREATE TABLE IF NOT EXISTS chronos.erasures (
 );
 "#;
 
+/// Runs `chronos.move_event_tables()` (defined by `INTERNALS`): after
+/// `INTERNALS`, before the event tables' DDL. Returns the tables moved.
+pub const MOVE_EVENT_TABLES: &str = "SELECT chronos.move_event_tables();\n";
+
 /// How event tables are split by time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -319,7 +327,7 @@ pub fn event_table_ddl_as(ty: &EventType, layout: Layout) -> String {
     match layout {
         Layout::Native => {
             sql.push_str("\n) PARTITION BY RANGE (time);\n");
-            let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{} PARTITION OF {t} DEFAULT;", ident(&format!("{}_default", ty.name)));
+            let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {} PARTITION OF {t} DEFAULT;", raw(&format!("{}_default", ty.name)));
         }
         Layout::Hypertable { chunk_hours } => {
             sql.push_str("\n);\n");
@@ -377,8 +385,8 @@ pub fn day_partition_ddl(ty: &EventType, day: i64) -> String {
     let (y2, m2, d2) = civil_from_days(day + 1);
     let name = day_partition_name(&ty.name, day);
     format!(
-        "CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
-        ident(&name),
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ('{y:04}-{m:02}-{d:02} 00:00:00+00') TO ('{y2:04}-{m2:02}-{d2:02} 00:00:00+00');",
+        raw(&name),
         table(ty)
     )
 }
@@ -393,6 +401,7 @@ pub fn day_partition_name(table: &str, day: i64) -> String {
 /// day they are created): what sql/schema.sql holds for the built-in catalog.
 pub fn static_sql(catalog: &EventCatalog) -> String {
     let mut sql = String::from(INTERNALS);
+    sql.push_str(MOVE_EVENT_TABLES);
     for ty in catalog.types() {
         sql.push_str(&event_table_ddl(ty));
     }
@@ -403,6 +412,7 @@ pub fn static_sql(catalog: &EventCatalog) -> String {
 /// (native layout) or as hypertables.
 pub fn install_sql(catalog: &EventCatalog, today: i64, past_days: i64, ahead_days: i64, layout: Layout) -> String {
     let mut sql = String::from(INTERNALS);
+    sql.push_str(MOVE_EVENT_TABLES);
     sql.push_str(&tables_sql(catalog, today, past_days, ahead_days, layout));
     sql
 }
