@@ -18,6 +18,12 @@ pub struct SentBatch {
     pub done_ms: u32,
 }
 
+/// Accepted batch ids the wait probes per statement: the oldest still pending.
+/// Loaders take each partition in order, so the oldest are loaded first and a
+/// probe finds most of a chunk loaded or little of it; one that is not loaded
+/// yet costs an index probe, and a chunk costs a millisecond or two.
+const WAIT_CHUNK: i64 = 500;
+
 /// Checks `events.<type>` for each of `types` against `batches`: waits (at most
 /// `timeout`) until every accepted batch is loaded, counts, then waits `settle`
 /// and counts again so late duplicates show.
@@ -38,13 +44,7 @@ pub async fn verify(
     for b in batches {
         data.push_str(&format!("{}\t{}\n", b.id, b.accepted));
     }
-    {
-        use futures_util::SinkExt;
-        let sink = client.copy_in::<_, bytes::Bytes>("COPY loadgen_sent FROM STDIN").await?;
-        let mut sink = std::pin::pin!(sink);
-        sink.send(bytes::Bytes::from(data)).await?;
-        sink.as_mut().finish().await?;
-    }
+    copy_in(&client, "COPY loadgen_sent FROM STDIN", data).await?;
     client.batch_execute("ANALYZE loadgen_sent").await?;
     let expected: i64 = client.query_one("SELECT coalesce(sum(accepted), 0)::bigint FROM loadgen_sent", &[]).await?.get(0);
     let union = types
@@ -68,29 +68,53 @@ pub async fn verify(
             wait_secs: started.elapsed().as_secs_f64(),
         })
     };
-    // Waiting costs the pipeline nothing: the loaders record every loaded batch id in
-    // `chronos.seen_batches` (primary key) in the same transaction as its rows, so an
-    // index lookup of the accepted ids says when everything is in; the row check runs
-    // once that is so (or the wait gave up). Without that table, poll the rows.
+    // The wait must cost the pipeline next to nothing: it runs on the same
+    // PostgreSQL while the loaders work. The loaders record every loaded batch
+    // id in `chronos.seen_batches` (primary key) in the same transaction as its
+    // rows, so the wait probes that index for the accepted ids in the order they were answered,
+    // a chunk at a time from the oldest still pending (see `WAIT_CHUNK`), and
+    // the row check runs once none is left (or the wait gave up). Joining all
+    // accepted ids against the table on every poll instead took a quarter of a
+    // core in `perf/pipeline` (d). Without that table, poll the rows.
     let seen_table: bool = client
         .query_one("SELECT to_regclass('chronos.seen_batches') IS NOT NULL", &[])
         .await?
         .get(0);
     let v = if seen_table {
-        let accepted: i64 = client.query_one("SELECT count(*) FROM loadgen_sent WHERE accepted > 0", &[]).await?.get(0);
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE loadgen_pending (seq integer PRIMARY KEY, batch_id uuid NOT NULL);
+                 SET enable_hashjoin = off; SET enable_mergejoin = off",
+            )
+            .await?;
+        let mut accepted: Vec<&SentBatch> = batches.iter().filter(|b| b.accepted > 0).collect();
+        accepted.sort_by_key(|b| b.done_ms);
+        let mut data = String::with_capacity(accepted.len() * 48);
+        for (seq, b) in accepted.iter().enumerate() {
+            data.push_str(&format!("{seq}\t{}\n", b.id));
+        }
+        copy_in(&client, "COPY loadgen_pending FROM STDIN", data).await?;
+        client.batch_execute("ANALYZE loadgen_pending").await?;
+        let mut pending: i64 = client.query_one("SELECT count(*) FROM loadgen_pending", &[]).await?.get(0);
+        let probe = client
+            .prepare(&format!(
+                "DELETE FROM loadgen_pending p \
+                 WHERE p.seq IN (SELECT seq FROM loadgen_pending ORDER BY seq LIMIT {WAIT_CHUNK}) \
+                   AND EXISTS (SELECT 1 FROM chronos.seen_batches b WHERE b.batch_id = p.batch_id)"
+            ))
+            .await?;
         let all_in = loop {
-            let seen: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM loadgen_sent s JOIN chronos.seen_batches b USING (batch_id) WHERE s.accepted > 0",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if seen >= accepted || started.elapsed() >= timeout {
+            if pending == 0 || started.elapsed() >= timeout {
                 break started.elapsed().as_secs_f64();
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let loaded = client.execute(&probe, &[]).await? as i64;
+            pending -= loaded;
+            // A whole chunk loaded: the next one may be too, probe it now.
+            if loaded < WAIT_CHUNK && pending > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         };
+        client.batch_execute("RESET enable_hashjoin; RESET enable_mergejoin").await?;
         let mut v = count().await?;
         v.wait_secs = all_in;
         v
@@ -109,4 +133,14 @@ pub async fn verify(
     drop(client);
     let _ = conn.await;
     Ok(v)
+}
+
+/// Sends `data` (COPY text format) with `statement`.
+async fn copy_in(client: &tokio_postgres::Client, statement: &str, data: String) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    let sink = client.copy_in::<_, bytes::Bytes>(statement).await?;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from(data)).await?;
+    sink.as_mut().finish().await?;
+    Ok(())
 }
