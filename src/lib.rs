@@ -13,6 +13,8 @@
 //! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in PostgreSQL), limits,
 //!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
 //! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
+//! - [`record`]: the Kafka record v1 defined once — formats, headers, field names, the dead letters'
+//!   batch context, and the event `Row` the loaders and views read (a leaf: it uses no other module).
 //! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
 //! - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition (its own queue),
 //!   COPY BINARY encoding, dead-letter replay.
@@ -36,6 +38,7 @@ pub mod enrich;
 pub mod http;
 pub mod import;
 pub mod payload;
+pub mod record;
 pub mod produce;
 pub mod shutdown;
 pub mod load;

@@ -494,6 +494,7 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them(layout: Layo
     let c = client();
     let mut b = batch("replay", 1);
     b["events"] = json!([["signups", now_ms(), "pro"], ["mouse_moves", now_ms(), 1, 2]]);
+    b["user"] = json!("u-replay");
     let (s, body, _) = post(&c, &d, &b, "198.51.100.9");
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["rejected"], 1);
@@ -526,10 +527,29 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them(layout: Layo
         assert!(Instant::now() < until, "replayed event never loaded\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let r = &query(&url, "SELECT plan, session_id, metadata->>'url' FROM events.signups")[0];
+    let r = &query(&url, "SELECT plan, session_id, metadata->>'url', user_id, client_ip FROM events.signups")[0];
     assert_eq!(r.get::<_, String>(0), "pro");
     assert_eq!(r.get::<_, String>(1), "replay");
     assert_eq!(r.get::<_, String>(2), b["page"]["url"].as_str().unwrap());
+    assert_eq!(r.get::<_, String>(3), "u-replay", "the replay keeps the batch's user");
+    assert_eq!(r.get::<_, String>(4), "198.51.100.0");
+    // A consumer written from docs/kafka-record.md, which takes only records
+    // whose `chronos-format` is `batch.v1`, sees the replayed event too, with
+    // the original batch's key, write key and receive time.
+    let records = kafka.read_all(&kafka.topic, 2, Duration::from_secs(30));
+    assert_eq!(records.len(), 2, "the batch's record and the replayed one");
+    let batch_format: Vec<_> = records.iter().filter(|r| r.headers.get("chronos-format").map(String::as_str) == Some("batch.v1")).collect();
+    assert_eq!(batch_format.len(), 2, "every record says its format: {:?}", records.iter().map(|r| &r.headers).collect::<Vec<_>>());
+    let (original, replayed) = match batch_format[0].value["events"][0][0] == "signups" {
+        true => (batch_format[1], batch_format[0]),
+        false => (batch_format[0], batch_format[1]),
+    };
+    assert_eq!(replayed.value["events"][0][0], "signups");
+    assert_eq!(replayed.key.as_deref(), Some("replay"));
+    for h in ["content-type", "chronos-key-id", "chronos-received-at"] {
+        assert_eq!(replayed.headers.get(h), original.headers.get(h), "header {h}");
+    }
+    assert_eq!(replayed.value["received_at"], original.value["received_at"]);
     // Nothing left to replay; the event is stored once.
     assert!(cli(&["dead-letters", "replay"]).contains("replayed 0 dead letter(s)"));
     assert!(!cli(&["dead-letters", "list"]).contains("signups"));

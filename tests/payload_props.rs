@@ -7,7 +7,7 @@ use chronos::http::body::Encoding;
 use chronos::http::error::IngestError;
 use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
 use chronos::load::decode::{encode_row, walk, DeadLetter, TimePolicy, Visit};
-use chronos::views::expr::Row;
+use chronos::record::Row;
 use chronos::telemetry::Metrics;
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -10,7 +10,7 @@ use chronos::http::body::Encoding;
 use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
 use bytes::BytesMut;
 use chronos::load::decode::{decode_batch, encode_row, walk, DeadLetter, TimePolicy, Visit};
-use chronos::views::expr::Row;
+use chronos::record::Row;
 use chronos::telemetry::Metrics;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -8,32 +8,21 @@ use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
 use chronos::load::copy::{HEADER, TRAILER};
 use chronos::load::decode::{encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
-use chronos::views::expr::Row;
+use chronos::record::{self, Row};
 use chronos::stack::postgres::block_on;
 use futures_util::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use crate::records::BatchRecord;
 
-/// A plain rdkafka producer with the same settings chronosd's producer gets from `k`.
+/// A plain rdkafka producer (no Chronos code on its path) with chronosd's own
+/// producer settings for `k` (`producer_config`), less its statistics.
 pub fn plain_producer(k: &KafkaConfig) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
-        .set("socket.nagle.disable", "true")
-        .set("acks", "all")
-        .set("enable.idempotence", k.idempotence.to_string())
-        .set("compression.type", &k.compression)
-        .set("linger.ms", k.linger_ms.to_string())
-        .set("max.in.flight.requests.per.connection", k.max_in_flight.to_string())
-        .set("batch.num.messages", k.batch_num_messages.to_string())
-        .set("batch.size", k.batch_bytes.to_string())
-        .set("queue.buffering.max.messages", k.queue_max_messages.to_string())
-        .set("queue.buffering.max.kbytes", k.queue_max_kbytes.to_string())
-        .set("message.timeout.ms", "60000")
-        .create()?)
+    let mut cc = chronos::produce::kafka::producer_config(k, 16 << 20);
+    cc.set("client.id", "chronos-perf").set("statistics.interval.ms", "0");
+    Ok(cc.create()?)
 }
 
 /// Seconds to produce every record to `topic` and have each acknowledged (acks=all),
@@ -45,12 +34,7 @@ pub fn broker_produce(k: &KafkaConfig, topic: &str, records: &[BatchRecord], wit
     block_on(async {
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
-            let received_at = r.received_at.to_string();
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header { key: "chronos-format", value: Some("batch.v1") })
-                .insert(Header { key: "content-type", value: Some("application/json") })
-                .insert(Header { key: "chronos-key-id", value: Some("perf") })
-                .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
+            let headers = record::headers(record::FORMAT_BATCH, "perf", r.received_at);
             let record = FutureRecord::to(topic).key(&r.key).payload(&r.value);
             let record = if with_headers { record.headers(headers) } else { record };
             pending.push(producer.send(record, Duration::from_secs(60)));

@@ -31,6 +31,7 @@ use crate::config::{Config, ImportConfig};
 use crate::enrich::Enricher;
 use crate::payload::{self, anonymise, encode_dead_letter, encode_record, Envelope, PayloadLimits, Rejection, ServerFacts};
 use crate::produce::OutgoingBatch;
+use crate::record::{self, field as f};
 
 /// Namespace of the batch ids derived from an import's lines (UUID v5).
 const NAMESPACE: Uuid = Uuid::from_u128(0x6368_726f_6e6f_5000_8000_696d_706f_7274);
@@ -236,29 +237,29 @@ impl Importer {
 
     /// A record-form line: its events put into the catalog's attribute order.
     fn record(&self, number: u64, obj: Map<String, Value>) -> Result<Item, String> {
-        if obj.contains_key("stage") {
+        if obj.contains_key(f::STAGE) {
             return Err("a dead-letter record (dead_letter.v1): replay dead letters with `chronos dead-letters replay`".into());
         }
-        if obj.get("v").and_then(Value::as_u64) != Some(1) {
+        if obj.get(f::V).and_then(Value::as_u64) != Some(record::VERSION) {
             return Err("`v`: unsupported record version (this import reads Kafka record v1)".into());
         }
         let get = |k: &str| obj.get(k).ok_or_else(|| format!("`{k}`: missing (a Kafka record v1 has it)"));
         let int = |k: &str| get(k)?.as_i64().ok_or_else(|| format!("`{k}`: expected an integer"));
         let text = |k: &str| get(k)?.as_str().ok_or_else(|| format!("`{k}`: expected a string"));
-        let (received_at, key_id) = (int("received_at")?, text("key_id")?.to_string());
-        let client_ip = match obj.get("client_ip") {
+        let (received_at, key_id) = (int(f::RECEIVED_AT)?, text(f::KEY_ID)?.to_string());
+        let client_ip = match obj.get(f::CLIENT_IP) {
             None | Some(Value::Null) => None,
             Some(v) => Some(anonymise(v.as_str().and_then(|s| s.parse().ok()).ok_or("`client_ip`: expected an IP address as a string")?)),
         };
-        let user_agent = obj.get("user_agent").and_then(Value::as_str).map(|s| s.chars().take(payload::MAX_USER_AGENT_CHARS).collect());
-        let schema = get("schema")?.as_object().ok_or("`schema`: expected an object")?;
-        let events = get("events")?.as_array().ok_or("`events`: expected an array")?;
+        let user_agent = obj.get(f::USER_AGENT).and_then(Value::as_str).map(|s| s.chars().take(payload::MAX_USER_AGENT_CHARS).collect());
+        let schema = get(f::SCHEMA)?.as_object().ok_or("`schema`: expected an object")?;
+        let events = get(f::EVENTS)?.as_array().ok_or("`events`: expected an array")?;
         let events: Vec<Value> = events.iter().map(|e| self.reorder(e, schema)).collect();
         let mut wire = serde_json::json!({
-            "v": 1, "key": "import", "batch": get("batch_id")?, "sent_at": get("sent_at")?,
-            "session": get("session_id")?, "page": get("page")?, "events": events,
+            "v": 1, "key": "import", "batch": get(f::BATCH_ID)?, "sent_at": get(f::SENT_AT)?,
+            "session": get(f::SESSION_ID)?, "page": get(f::PAGE)?, "events": events,
         });
-        if let Some(u) = obj.get("user_id").filter(|u| !u.is_null()) {
+        if let Some(u) = obj.get(f::USER_ID).filter(|u| !u.is_null()) {
             wire["user"] = u.clone();
         }
         let facts = Facts { received_at, client_ip, key_id, user_agent };

@@ -14,7 +14,7 @@ use super::copy::TupleWriter;
 use crate::catalog::{AttrType, EventCatalog, EventType};
 use crate::store::schema::BASE_COLUMNS;
 pub use crate::store::internals::DeadLetter;
-use crate::views::expr::Row;
+use crate::record::{self, field as f, Row};
 
 /// How event times are corrected and clamped.
 #[derive(Debug, Clone, Copy)]
@@ -41,10 +41,11 @@ impl TimePolicy {
     }
 }
 
-/// The batch facts of a record, as the JSON `context` of its dead letters.
+/// The batch facts of a record, as the JSON `context` of its dead letters
+/// (`record::context_fields`: what a replay needs to rebuild the record).
 fn context_of(root: &Value<'_>) -> Option<String> {
     let mut ctx = serde_json::Map::new();
-    for k in ["session_id", "key_id", "sent_at", "received_at", "client_ip", "user_agent", "page"] {
+    for &k in record::context_fields() {
         if let Some(v) = root.get(k) {
             ctx.insert(k.to_string(), serde_json::to_value(v).ok()?);
         }
@@ -205,26 +206,27 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
 pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &mut impl Visit) -> Result<Walked, String> {
     let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
     let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
-    if field("v")?.as_u64() != Some(1) {
-        return Err("unsupported record version (this loader reads v1)".into());
+    let optional = |name: &str| root.get(name);
+    if field(f::V)?.as_u64() != Some(record::VERSION) {
+        return Err(format!("unsupported record version (this loader reads v{})", record::VERSION));
     }
-    let batch_id = field("batch_id")?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?;
-    let session = field("session_id")?.as_str().ok_or("`session_id` is not a string")?;
-    let key_id = field("key_id")?.as_str().ok_or("`key_id` is not a string")?;
-    let sent_at = field("sent_at")?.as_i64().ok_or("`sent_at` is not an integer")?;
-    let received_at = field("received_at")?.as_i64().ok_or("`received_at` is not an integer")?;
-    let client_ip = root.get("client_ip").and_then(|v| v.as_str());
-    let imported = root.get("imported").and_then(|v| v.as_bool()) == Some(true);
-    let bot = root.get("bot").and_then(|v| v.as_str());
-    let agent = root.get("agent").filter(|a| a.is_object());
-    let geo = root.get("geo").filter(|g| g.is_object());
-    let user_id = root.get("user_id").and_then(|v| v.as_str());
-    let page = field("page")?;
+    let batch_id = field(f::BATCH_ID)?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?;
+    let session = field(f::SESSION_ID)?.as_str().ok_or("`session_id` is not a string")?;
+    let key_id = field(f::KEY_ID)?.as_str().ok_or("`key_id` is not a string")?;
+    let sent_at = field(f::SENT_AT)?.as_i64().ok_or("`sent_at` is not an integer")?;
+    let received_at = field(f::RECEIVED_AT)?.as_i64().ok_or("`received_at` is not an integer")?;
+    let client_ip = optional(f::CLIENT_IP).and_then(|v| v.as_str());
+    let imported = optional(f::IMPORTED).and_then(|v| v.as_bool()) == Some(true);
+    let bot = optional(f::BOT).and_then(|v| v.as_str());
+    let agent = optional(f::AGENT).filter(|a| a.is_object());
+    let geo = optional(f::GEO).filter(|g| g.is_object());
+    let user_id = optional(f::USER_ID).and_then(|v| v.as_str());
+    let page = field(f::PAGE)?;
     if page.as_object().is_none() {
         return Err("`page` is not an object".into());
     }
-    let schema = field("schema")?.as_object().ok_or("`schema` is not an object")?;
-    let events = field("events")?.as_array().ok_or("`events` is not an array")?;
+    let schema = field(f::SCHEMA)?.as_object().ok_or("`schema` is not an object")?;
+    let events = field(f::EVENTS)?.as_array().ok_or("`events` is not an array")?;
     if !visit.batch(batch_id, imported) {
         return Ok(Walked::Skipped(batch_id));
     }

@@ -32,7 +32,7 @@ use super::partition::Partition;
 use crate::catalog::{EventCatalog, EventType};
 use crate::store::internals::{stored_offset, Internals, Pages};
 use crate::telemetry::Metrics;
-use crate::views::expr::Row;
+use crate::record::Row;
 use crate::views::{Accumulator, Registry};
 
 /// Wait before a failed loader is started again.

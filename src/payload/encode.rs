@@ -236,6 +236,12 @@ mod tests {
             place: None,
         };
         let record = encode_record(&env, &validated, &facts, &catalog).unwrap();
+        // The fields present come in `record::COMMON`'s order, then schema and events.
+        let text = std::str::from_utf8(&record).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":"));
+        let order: Vec<usize> = crate::record::COMMON.iter().chain(&["schema", "events"]).filter_map(|k| at(k)).collect();
+        assert_eq!(order.len(), 11, "{text}");
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "fields out of order: {text}");
         let r: serde_json::Value = serde_json::from_slice(&record).unwrap();
         assert_eq!(r["v"], 1);
         assert_eq!(r["batch_id"], "0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e");

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::kafka::{classify, Disposition, StatsContext};
 use super::ProducerHealth;
 use crate::http::error::IngestError;
+use crate::record;
 
 /// Where records go.
 pub enum Sink {
@@ -79,13 +79,8 @@ impl OutgoingBatch {
     /// The Kafka record of `payload` (its events record, or its dead letter
     /// when `dead_letter`) for `topic`: key and headers as docs/kafka-record.md says.
     pub fn record_to<'a>(&'a self, topic: &'a str, dead_letter: bool, payload: &'a [u8]) -> FutureRecord<'a, str, [u8]> {
-        let kind = if dead_letter { "dead_letter.v1" } else { "batch.v1" };
-        let received_at = self.received_at.to_string();
-        let headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header { key: "chronos-format", value: Some(kind) })
-            .insert(Header { key: "content-type", value: Some("application/json") })
-            .insert(Header { key: "chronos-key-id", value: Some(self.key_id.as_str()) })
-            .insert(Header { key: "chronos-received-at", value: Some(received_at.as_str()) });
+        let format = if dead_letter { record::FORMAT_DEAD_LETTER } else { record::FORMAT_BATCH };
+        let headers = record::headers(format, &self.key_id, self.received_at);
         FutureRecord::to(topic).key(self.session.as_str()).payload(payload).headers(headers)
     }
 }

@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use simd_json::prelude::*;
-use simd_json::BorrowedValue as Value;
 
 use crate::store::schema::ident;
+use crate::record::Row;
 
 /// SQL type of an expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,36 +199,6 @@ impl Scalar<'_> {
             Scalar::Float(f) => Some(*f),
             _ => None,
         }
-    }
-}
-
-/// One event as the views see it.
-pub struct Row<'r, 'v> {
-    pub type_name: &'r str,
-    pub time: i64,
-    pub client_time: i64,
-    pub received_at: i64,
-    pub time_flagged: bool,
-    pub session_id: &'r str,
-    pub position: i32,
-    pub key_id: &'r str,
-    pub client_ip: Option<&'r str>,
-    pub page: &'r Value<'v>,
-    pub attrs: &'r [Option<&'r Value<'v>>],
-    /// Why the batch was taken for a bot's (`None`: a browser's).
-    pub bot: Option<&'r str>,
-    /// The record's parsed user agent (`agent`), when it has one.
-    pub agent: Option<&'r Value<'v>>,
-    /// The record's `geo` (country, region, city), when it has one.
-    pub geo: Option<&'r Value<'v>>,
-    /// The user the site named (`chronos.identify`), when it did.
-    pub user_id: Option<&'r str>,
-}
-
-impl<'r> Row<'r, '_> {
-    /// A field of the record's `agent` object (`browser`, `os`, `device`, …).
-    pub fn agent_field(&self, name: &str) -> Option<&'r str> {
-        self.agent.and_then(|a| a.get(name)).and_then(|v| v.as_str())
     }
 }
 

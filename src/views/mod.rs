@@ -277,7 +277,7 @@ impl Accumulator {
         self.set.generation
     }
 
-    pub fn add(&mut self, type_index: usize, row: &expr::Row<'_, '_>) {
+    pub fn add(&mut self, type_index: usize, row: &crate::record::Row<'_, '_>) {
         for (v, p) in self.set.views.iter().zip(self.partials.iter_mut()) {
             p.add(&v.def, type_index, row);
         }

@@ -6,7 +6,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::HashTable;
 
-use super::expr::{Row, Scalar, SqlType};
+use super::expr::{Scalar, SqlType};
+use crate::record::Row;
 use super::parse::{Agg, Source, ViewDef};
 
 /// An owned group key or distinct value. Floats are normalised so that
