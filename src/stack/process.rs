@@ -86,14 +86,28 @@ pub fn spawn(mut cmd: Command, log: &Path, run_as: Option<RunAs>, lifetime: Life
     cmd.spawn().with_context(|| format!("starting {program}"))
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid runs. A zombie (killed, not yet reaped
+/// by its parent: after `kill -9`, until init or whoever adopted it waits
+/// for it) does not, though `kill(pid, 0)` still succeeds for it.
 pub fn alive(pid: i32) -> bool {
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    !matches!(state(pid), Some('Z' | 'X'))
+}
+
+/// The process's state letter from `/proc/<pid>/stat` (`R`, `S`, `Z`, …);
+/// `None` where there is no `/proc`.
+fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// Sends `signal`, then waits up to `grace` for the process to go; SIGKILL after.
 /// Returns whether it stopped within the grace period.
 pub fn stop_pid(pid: i32, signal: i32, grace: Duration) -> bool {
+    reap(pid);
     if !alive(pid) {
         return true;
     }
@@ -219,4 +233,27 @@ pub fn bin_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_child_not_yet_reaped_is_not_alive() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(alive(pid));
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Not waited for: a zombie, which `kill(pid, 0)` still finds.
+        let until = Instant::now() + Duration::from_secs(10);
+        while state(pid) != Some('Z') {
+            assert!(Instant::now() < until, "no zombie: state {:?}", state(pid));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(unsafe { libc::kill(pid, 0) }, 0);
+        assert!(!alive(pid), "a zombie counts as stopped");
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
 }
