@@ -96,10 +96,20 @@ impl Args {
 }
 
 /// The whole command: run, then verify when asked (the result is in
-/// `report.verify`). What `main` and the tests call.
+/// `report.verify`). What the tests call.
 pub async fn execute(args: &Args) -> anyhow::Result<run::Outcome> {
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    execute_until(args, stop).await
+}
+
+/// [`execute`], stopping early when `stop` turns true (what `main` does on
+/// SIGINT or SIGTERM): the report then covers what was sent, unverified.
+pub async fn execute_until(args: &Args, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<run::Outcome> {
     let opts = args.options()?;
-    let mut outcome = run::run(&opts).await?;
+    let mut outcome = run::run_until(&opts, stop).await?;
+    if outcome.report.interrupted {
+        return Ok(outcome);
+    }
     if let Some(url) = &args.verify {
         let types = opts.mix.types();
         let v = verify::verify(

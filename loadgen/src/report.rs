@@ -78,7 +78,15 @@ pub struct Report {
     pub duration_secs: f64,
     /// From the first intended send to the last response, s.
     pub elapsed_secs: f64,
+    /// Requests sent.
     pub requests: u64,
+    /// Requests the schedule had for the duration.
+    pub scheduled: u64,
+    /// Scheduled requests not sent: due after an interrupt, or not sent by
+    /// the end of the duration because the server answered too slowly.
+    pub missed: u64,
+    /// Stopped early by SIGINT or SIGTERM (no verification then).
+    pub interrupted: bool,
     pub events_sent: u64,
     /// Events the server said it accepted (sum of `accepted` of 2xx responses).
     pub events_accepted: u64,
@@ -108,15 +116,26 @@ impl Report {
         let st = &self.statuses;
         let mut out = format!(
             "target {} · offered {:.0} events/s in batches of {} over {} connections for {:.0} s\n\
-             sent {} requests ({} events, {:.1} MB) in {:.2} s; accepted {} events = {:.0} events/s\n\
+             sent {} of {} scheduled requests ({} events, {:.1} MB) in {:.2} s; accepted {} events = {:.0} events/s\n\
              status: 2xx {} · 4xx {} · 503 {} · other 5xx {} · no response {}\n\
              latency from intended send (ms): p50 {:.2} · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}\n\
              service time (ms):               p50 {:.2} · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}\n",
             self.target, self.rate, self.batch_size, self.connections, self.duration_secs,
-            self.requests, self.events_sent, self.bytes_sent as f64 / 1e6, self.elapsed_secs, self.events_accepted, self.accepted_rate,
+            self.requests, self.scheduled, self.events_sent, self.bytes_sent as f64 / 1e6, self.elapsed_secs, self.events_accepted, self.accepted_rate,
             st.ok, st.client_error, st.unavailable, st.server_error, st.failed,
             l.p50, l.p90, l.p99, l.p999, l.max, s.p50, s.p90, s.p99, s.p999, s.max,
         );
+        if self.missed > 0 {
+            out.push_str(&format!(
+                "missed {} requests ({:.1} %): {}; the latencies are of the requests sent\n",
+                self.missed,
+                100.0 * self.missed as f64 / self.scheduled.max(1) as f64,
+                if self.interrupted { "not sent before the interrupt" } else { "not sent by the end of the duration (the server answered too slowly)" }
+            ));
+        }
+        if self.interrupted {
+            out.push_str("interrupted (SIGINT or SIGTERM): a partial report, not verified\n");
+        }
         if let Some(v) = &self.verify {
             out.push_str(&format!(
                 "verify: {} accepted events · missing {} · duplicated {} · stored without 2xx {} · waited {:.1} s · {}\n",

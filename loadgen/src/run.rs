@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, ORIGIN, USER_AGENT};
 use hyper::{Method, Request};
+use tokio::sync::watch;
 
 use crate::payload::{batch_id, session_id, Mix, Template};
 use crate::report::{Percentiles, Report, Statuses};
@@ -95,8 +96,20 @@ struct ConnectionResult {
     last_done: Instant,
 }
 
-/// Runs the schedule to the end and returns what happened.
+/// How long answers still in flight when a run is interrupted may take.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the schedule to its end and returns what happened.
 pub async fn run(opts: &Options) -> anyhow::Result<Outcome> {
+    let (_never, stop) = watch::channel(false);
+    run_until(opts, stop).await
+}
+
+/// Runs the schedule until the end of its duration, or until `stop` turns
+/// true (SIGINT, SIGTERM): no request is sent after either, answers in
+/// flight then get their `--timeout` (at the end) or [`STOP_GRACE`] (when
+/// stopped), and the requests not sent count as missed in the report.
+pub async fn run_until(opts: &Options, stop: watch::Receiver<bool>) -> anyhow::Result<Outcome> {
     anyhow::ensure!(opts.rate > 0.0 && opts.batch_size > 0 && opts.connections > 0, "rate, batch size and connections must be above 0");
     let (addr, host, path) = parse_target(&opts.target).await?;
     let run = fastrand::u64(..);
@@ -120,7 +133,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Outcome> {
     });
     let counters = Arc::new(Counters::default());
     let tasks: Vec<_> = (0..plan.connections)
-        .map(|c| tokio::spawn(connection(c, plan.clone(), counters.clone())))
+        .map(|c| tokio::spawn(connection(c, plan.clone(), counters.clone(), stop.clone())))
         .collect();
     let progress = opts.progress.then(|| tokio::spawn(progress(plan.clone(), counters.clone())));
 
@@ -141,6 +154,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let c = &counters;
     let elapsed = last_done.saturating_duration_since(plan.schedule.start).as_secs_f64();
     let events_accepted = c.events_accepted.load(Relaxed);
+    let sent = c.sent.load(Relaxed);
     let report = Report {
         target: opts.target.clone(),
         rate: opts.rate,
@@ -148,8 +162,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Outcome> {
         connections: opts.connections,
         duration_secs: opts.duration.as_secs_f64(),
         elapsed_secs: elapsed,
-        requests: plan.schedule.requests,
-        events_sent: plan.schedule.requests * opts.batch_size as u64,
+        requests: sent,
+        scheduled: plan.schedule.requests,
+        missed: plan.schedule.requests - sent,
+        interrupted: *stop.borrow(),
+        events_sent: sent * opts.batch_size as u64,
         events_accepted,
         accepted_rate: if elapsed > 0.0 { events_accepted as f64 / elapsed } else { 0.0 },
         bytes_sent: c.bytes.load(Relaxed),
@@ -189,8 +206,16 @@ async fn parse_target(target: &str) -> anyhow::Result<(SocketAddr, String, Strin
     Ok((addr, host.to_string(), path))
 }
 
-/// One keep-alive connection sending requests `c`, `c + connections`, … each at its due time.
-async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>) -> ConnectionResult {
+/// Resolves once `stop` is true (never, when its sender is gone while false).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One keep-alive connection sending requests `c`, `c + connections`, … each
+/// at its due time, until the schedule's end or `stop`.
+async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>, mut stop: watch::Receiver<bool>) -> ConnectionResult {
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     let mut latency = histogram();
     let mut service = histogram();
@@ -199,13 +224,28 @@ async fn connection(c: u64, plan: Arc<Plan>, counters: Arc<Counters>) -> Connect
     for n in plan.schedule.for_connection(c, plan.connections) {
         let due = plan.schedule.due(n);
         if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        // A connection that fell behind stops at the end too: what it could
+        // not send on time is missed, not sent at the server's pace later.
+        if *stop.borrow() || Instant::now() >= plan.schedule.end {
+            break;
         }
         let id = batch_id(plan.run, n);
         let request = plan.request(n, &id);
         let sent = Instant::now();
         counters.sent.fetch_add(1, Relaxed);
-        let answer = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request)).await;
+        let answer = {
+            let answer = tokio::time::timeout(plan.timeout, send(&plan, &mut sender, request));
+            tokio::pin!(answer);
+            tokio::select! {
+                a = &mut answer => a,
+                _ = stopped(&mut stop) => tokio::time::timeout(STOP_GRACE, &mut answer).await.unwrap_or_else(Err),
+            }
+        };
         let done = Instant::now();
         last_done = done;
         let (from_due, service_time) = latencies(due, sent, done);

@@ -12,6 +12,8 @@ pub struct Schedule {
     pub interval_ns: f64,
     /// Requests in the run.
     pub requests: u64,
+    /// The end of the run's duration: nothing is sent after it.
+    pub end: Instant,
 }
 
 impl Schedule {
@@ -22,6 +24,7 @@ impl Schedule {
             start,
             interval_ns: 1e9 / per_sec,
             requests: (per_sec * duration.as_secs_f64()).round() as u64,
+            end: start + duration,
         }
     }
 

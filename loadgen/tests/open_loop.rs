@@ -14,6 +14,11 @@ use loadgen::run::{run, Options};
 
 /// Answers every batch with 200 and its event count; request `stall_at` waits `stall` first.
 fn server(stall_at: u64, stall: Duration) -> (u16, Arc<AtomicU64>) {
+    slow_server(stall_at, stall, Duration::ZERO)
+}
+
+/// `server`, each answer taking `every` too.
+fn slow_server(stall_at: u64, stall: Duration, every: Duration) -> (u16, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(AtomicU64::new(0));
@@ -21,13 +26,13 @@ fn server(stall_at: u64, stall: Duration) -> (u16, Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let counter = counter.clone();
-            std::thread::spawn(move || serve(stream.unwrap(), counter, stall_at, stall));
+            std::thread::spawn(move || serve(stream.unwrap(), counter, stall_at, stall, every));
         }
     });
     (port, seen)
 }
 
-fn serve(mut s: TcpStream, counter: Arc<AtomicU64>, stall_at: u64, stall: Duration) {
+fn serve(mut s: TcpStream, counter: Arc<AtomicU64>, stall_at: u64, stall: Duration, every: Duration) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
@@ -56,6 +61,7 @@ fn serve(mut s: TcpStream, counter: Arc<AtomicU64>, stall_at: u64, stall: Durati
         if counter.fetch_add(1, Ordering::SeqCst) == stall_at {
             std::thread::sleep(stall);
         }
+        std::thread::sleep(every);
         let reply = format!(r#"{{"ok":true,"batch_id":"{}","accepted":{events},"rejected":0,"reasons":[]}}"#, body["batch"].as_str().unwrap());
         let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
         if s.write_all(response.as_bytes()).is_err() {
@@ -125,4 +131,56 @@ async fn a_closed_port_counts_failures_not_successes() {
     assert_eq!(out.report.statuses.failed, out.report.requests);
     assert_eq!(out.report.statuses.ok, 0);
     assert!(out.batches.iter().all(|b| b.accepted == 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_too_slow_for_the_rate_ends_the_run_at_its_duration_with_the_rest_missed() {
+    // 200 requests/s on one connection for 2 s, answered in 100 ms each: about
+    // 20 can be sent on time. The run ends at 2 s, not when the 400th is answered (40 s).
+    let (port, seen) = slow_server(u64::MAX, Duration::ZERO, Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let out = run(&options(port)).await.unwrap();
+    let took = started.elapsed();
+    let r = &out.report;
+    assert!(took < Duration::from_millis(2600), "the run took {took:?}");
+    assert_eq!(r.scheduled, 400);
+    assert!((15..=25).contains(&r.requests), "{r:?}");
+    assert_eq!(r.requests + r.missed, r.scheduled);
+    assert_eq!(seen.load(Ordering::SeqCst), r.requests, "the server saw exactly the requests sent");
+    assert_eq!(r.statuses.ok, r.requests);
+    assert!(!r.interrupted);
+    assert!(r.text().contains("not sent by the end of the duration"), "{}", r.text());
+    let json: serde_json::Value = serde_json::to_value(r).unwrap();
+    assert_eq!(json["missed"], r.missed);
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_run_and_print_the_partial_report() {
+    for (name, signal) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+        let (port, seen) = server(u64::MAX, Duration::ZERO);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["--rate", "2000", "--duration", "60", "--batch-size", "10", "--connections", "2"])
+            .args(["--target", &format!("http://127.0.0.1:{port}"), "--key", "wk_test_0123456789abcdef", "--json", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let signalled = std::time::Instant::now();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        assert!(signalled.elapsed() < Duration::from_secs(4), "{name}: stopping took {:?}", signalled.elapsed());
+        assert_eq!(out.status.code(), Some(128 + signal), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("loadgen: {name}: stopping")));
+        let r: loadgen::report::Report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        assert!(r.interrupted, "{name}");
+        assert_eq!(r.scheduled, 12_000);
+        // About 1.5 s of 200 requests/s were sent and answered; the rest is missed.
+        assert!((200..=400).contains(&r.requests), "{name}: {r:?}");
+        assert_eq!(r.requests + r.missed, r.scheduled);
+        assert_eq!(r.statuses.ok, r.requests, "{name}: every request sent was answered");
+        assert_eq!(seen.load(Ordering::SeqCst), r.requests);
+        assert_eq!(r.events_accepted, r.requests * 10);
+    }
 }
