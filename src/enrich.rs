@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 
+use crate::watch::modified;
+
 /// Why a batch is taken for a bot's (stored as `bot_reason`).
 pub mod reason {
     /// The tracker reported `navigator.webdriver` (Selenium, Playwright, Puppeteer).
@@ -181,10 +183,6 @@ pub struct GeoIp {
     path: PathBuf,
     reader: ArcSwapOption<maxminddb::Reader<Vec<u8>>>,
     loaded: std::sync::Mutex<Option<SystemTime>>,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl GeoIp {

@@ -4,50 +4,76 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data's path:
+//! The modules in layers, each using only the layers below it (no module
+//! cycles: `tests/layering.rs` fails when one comes back, and when a module
+//! below is missing here):
 //!
-//! - [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot.
-//! - [`reload`]: the config file watched: changed write keys and `[tracker]` count without a restart.
-//! - [`secret`]: secret settings (`Secret` never prints; `…_file` settings read at load).
-//! - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
-//! - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in PostgreSQL), limits,
-//!   the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`.
-//! - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
-//! - [`record`]: the Kafka record v1 defined once — formats, headers, field names, the dead letters'
-//!   batch context, and the event `Row` the loaders and views read (a leaf: it uses no other module).
-//! - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up.
-//! - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition (its own queue),
-//!   COPY BINARY encoding, dead-letter replay.
-//! - [`lifecycle`]: retention — old days to Parquet (verified), then dropped; list, verify, restore; export; erasure.
-//! - [`store`]: PostgreSQL — schema from the catalog, partitions, the statements a loader transaction runs (`internals`), maintenance.
-//! - [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd);
-//!   the integration tests use the same helpers.
-//! - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
-//! - [`telemetry`]: metric names, the registry, logging.
-//! - [`shutdown`]: SIGTERM and SIGINT.
-//! - [`systemd`]: `Type=notify` messages (READY=1, WATCHDOG=1, STOPPING=1) when run by systemd.
+//! 1. **Leaves**, using no other module:
+//!    - [`catalog`]: the event catalog (event types and typed attributes) inside the config.
+//!    - [`record`]: the Kafka record v1 defined once — formats, headers, field names, the dead
+//!      letters' batch context, and the event `Row` the loaders and views read.
+//!    - [`origin`]: write keys' origin patterns and the `Origin` header they match.
+//!    - [`secret`]: secret settings (`Secret` never prints; `…_file` settings read at load).
+//!    - [`clock`]: the wall clock in ms since the epoch, as records and tables keep it.
+//!    - [`watch`]: a file's modification time, what the file watchers compare.
+//!    - [`telemetry`]: metric names, the registry, logging.
+//!    - [`shutdown`]: SIGTERM and SIGINT.
+//!    - [`probe`]: GET on chronosd's own port (liveness and readiness probes).
+//! 2. **Helpers of the config**: [`enrich`] (user agent, GeoIP, bots at receipt), [`tls`] (the
+//!    HTTPS certificate, reloaded when it changes), [`systemd`] (`Type=notify`: READY=1,
+//!    WATCHDOG=1, STOPPING=1).
+//! 3. [`config`]: the one typed configuration (TOML + `CHRONOS_*` env), validated at boot, one
+//!    file per section.
+//! 4. **The data's path**, each below what uses it:
+//!    - [`payload`]: wire format v1 — parse (simd-json), validate, encode the Kafka record.
+//!    - [`produce`]: Kafka — producer settings, the `KafkaSink` actor, topic set-up; its own
+//!      `ProduceError` (what happened, whether to retry).
+//!    - [`store`]: PostgreSQL — schema from the catalog, partitions, COPY BINARY encoding, the
+//!      statements a loader transaction runs (`internals`), maintenance.
+//!    - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
+//!    - [`views`]: the continuous views — their SQL, the in-memory aggregation a loader does in
+//!      the walk that builds its COPY rows, and their install.
+//!    - [`import`]: historical import (`chronos import`, `POST /v1/import`).
+//!    - [`lifecycle`]: retention — old days to Parquet (verified), then dropped; list, verify,
+//!      restore; export; erasure.
+//!    - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition
+//!      (its own queue), dead-letter replay.
+//!    - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in
+//!      PostgreSQL), limits, the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`; the one
+//!      mapping of every failure to a status.
+//!    - [`reload`]: the config file watched: changed write keys and `[tracker]` count without a restart.
+//! 5. [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd), also what
+//!    the integration tests and benchmarks start. Developer tooling: no module above uses it
+//!    (the layering test checks that). It stays in this library because the `chronos` CLI,
+//!    which shares this package, and the tests and benchmarks all need it; a crate of its own
+//!    would need the CLI in a package of its own too.
 //!
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
-pub mod lifecycle;
 pub mod catalog;
-pub mod config;
-pub mod reload;
-pub mod secret;
-pub mod enrich;
-pub mod http;
-pub mod import;
-pub mod payload;
 pub mod record;
-pub mod produce;
-pub mod shutdown;
-pub mod load;
-pub mod stack;
-pub mod store;
+pub mod origin;
+pub mod secret;
+pub mod clock;
+pub mod watch;
 pub mod telemetry;
-pub mod views;
-pub mod tracker;
+pub mod shutdown;
+pub mod probe;
+pub mod enrich;
+pub mod tls;
 pub mod systemd;
+pub mod config;
+pub mod payload;
+pub mod produce;
+pub mod store;
+pub mod tracker;
+pub mod views;
+pub mod import;
+pub mod lifecycle;
+pub mod load;
+pub mod http;
+pub mod reload;
+pub mod stack;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -115,7 +141,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<load::LoaderHandle> {
     let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let mut client = store::connect(&config.postgres.url).await?;
-    store::install(&mut client, &catalog, &config.load).await?;
+    install(&mut client, &catalog, &config.load).await?;
     let retention = Duration::from_secs(config.load.seen_batches_retention_hours * 3600);
     let maintenance = store::Maintenance::new(&config.postgres.url, catalog.clone(), config.load.partitions_ahead_days, retention);
     drop(client);
@@ -126,13 +152,18 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     load::start(config, metrics)
 }
 
-/// `configured` threads, or one per core when 0.
-pub(crate) fn threads(configured: usize) -> usize {
-    if configured > 0 {
-        configured
-    } else {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+/// Installs the whole pipeline's schema idempotently: the storage
+/// (`store::install_tables`), then the continuous views over it.
+pub async fn install(client: &mut tokio_postgres::Client, catalog: &catalog::EventCatalog, load: &config::LoadConfig) -> anyhow::Result<store::Installed> {
+    let installed = store::install_tables(client, catalog, load).await?;
+    let (added, rebuilt) = views::install(client, catalog).await.context("installing the continuous views")?;
+    if added > 0 {
+        tracing::info!(views = added, "Created the default continuous views.");
     }
+    if !rebuilt.is_empty() {
+        tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
+    }
+    Ok(installed)
 }
 
 /// Builds the shared state and actors around a sink (Kafka, or discard for benchmarks).
@@ -143,10 +174,10 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         None => tracing::info!("No GeoIP database (enrich.geoip_db): the country, region and city columns stay NULL."),
     }
     let (keys, limits, enricher) = (shared.keys.clone(), shared.limits.clone(), shared.enricher.clone());
-    let receipts = ReceiptPool::start(shared, threads(config.http.receipt_threads), config.http.mailbox_capacity);
+    let receipts = ReceiptPool::start(shared, config::threads(config.http.receipt_threads), config.http.mailbox_capacity);
     let sink_arbiter = Arbiter::new();
-    let (mailbox, retry_after) = (config.http.mailbox_capacity, config.http.retry_after_secs);
-    let sink = Supervisor::start_in_arbiter(&sink_arbiter.handle(), move |_| KafkaSink::new(sink, mailbox, retry_after));
+    let mailbox = config.http.mailbox_capacity;
+    let sink = Supervisor::start_in_arbiter(&sink_arbiter.handle(), move |_| KafkaSink::new(sink, mailbox));
     let state = web::Data::new(AppState {
         receipts,
         sink,
@@ -196,12 +227,12 @@ pub async fn serve(
     }
     let app_state = state.clone();
     let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
-        .workers(threads(config.http.workers))
+        .workers(config::threads(config.http.workers))
         .disable_signals()
         .shutdown_timeout(config.http.shutdown_grace_secs);
     let https = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => {
-            let certs = http::tls::CertStore::open(cert, key).map_err(anyhow::Error::msg)?;
+            let certs = tls::CertStore::open(cert, key).map_err(anyhow::Error::msg)?;
             certs.watch(Duration::from_secs(config.http.tls_reload_secs), state.metrics.tls_reloads.clone());
             Some(certs.acceptor().map_err(anyhow::Error::msg)?)
         }

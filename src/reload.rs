@@ -6,13 +6,14 @@
 //! restart, and the log says so. A file that does not load changes nothing:
 //! the error is logged and the running config stays.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::http::script::Script;
 use crate::http::AppState;
+use crate::watch::modified;
 
 /// What a changed file changes in the running chronosd.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,11 +48,6 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Applied) {
     applied.keys = new.keys.clone();
     applied.tracker = new.tracker.clone();
     (applied, Applied { keys_changed, tracker_changed, needs_restart })
-}
-
-/// A file's modification time (what the file watchers compare).
-pub fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Checks `path` every `every` on a thread of its own, for the life of the process.

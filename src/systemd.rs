@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::stack::process::chronosd_get;
+use crate::probe::chronosd_get;
 
 /// How often readiness is checked before READY=1.
 const READY_POLL: Duration = Duration::from_millis(100);

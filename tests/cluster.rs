@@ -101,7 +101,7 @@ fn chronosd_on(kafka: &Kafka, url: &str, load: &str) -> Chronosd {
 
 fn assert_up(d: &Chronosd) {
     assert!(chronos::stack::process::alive(d.pid()), "chronosd exited\n{}", d.log_text());
-    let (code, _) = chronos::stack::process::http_get(d.addr, "/healthz", Duration::from_secs(5)).unwrap();
+    let (code, _) = chronos::probe::http_get(d.addr, "/healthz", Duration::from_secs(5)).unwrap();
     assert_eq!(code, 200);
 }
 

@@ -113,7 +113,7 @@ fn broker_outage_gives_503_with_bounded_memory_then_recovers() {
     // Readiness reports the broker down.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = chronos::stack::process::http_get(d.addr, "/readyz", Duration::from_secs(3)).unwrap();
+        let (code, body) = chronos::probe::http_get(d.addr, "/readyz", Duration::from_secs(3)).unwrap();
         if code == 503 {
             assert!(body.contains("\"broker_up\":false"), "{body}");
             break;

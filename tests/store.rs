@@ -31,7 +31,7 @@ where
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut client = chronos::store::connect(&server.url()).await.unwrap();
-        chronos::store::install(
+        chronos::install(
             &mut client,
             &catalog(),
             &chronos::config::LoadConfig {

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use chronos::stack::process::{free_port, http_get};
+use chronos::probe::http_get;
+use chronos::stack::process::free_port;
 use common::*;
 
 const UNIT: &str = "docs/systemd/chronosd.service";

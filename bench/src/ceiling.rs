@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
-use chronos::load::copy::{HEADER, TRAILER};
+use chronos::store::copy::{HEADER, TRAILER};
 use chronos::load::decode::{encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use chronos::record::{self, Row};
 use chronos::stack::postgres::block_on;
@@ -154,7 +154,7 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let schema = format!("ceiling_{}", uuid::Uuid::new_v4().simple());
     block_on(async {
         let mut client = chronos::store::connect(&config.postgres.url).await?;
-        chronos::store::install(&mut client, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..config.load.clone() }).await?;
+        chronos::install(&mut client, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..config.load.clone() }).await?;
         client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
         for ty in catalog.types() {
             client

@@ -52,9 +52,7 @@ pub fn records(config: &Config, bodies: Vec<Vec<u8>>) -> anyhow::Result<Vec<Batc
         .collect()
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
+pub use chronos::clock::now_ms;
 
 fn fastrand_seed() -> u64 {
     u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap())

@@ -322,7 +322,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let installed = chronos::stack::postgres::block_on(async {
                 let mut client = chronos::store::connect(&c.postgres.url).await?;
-                chronos::store::install(&mut client, &catalog, &c.load).await
+                chronos::install(&mut client, &catalog, &c.load).await
             })?;
             if let Some(w) = &installed.warning {
                 eprintln!("warning: {w}");

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::payload::PayloadError;
+use crate::produce::ProduceError;
 
 /// A request refused; nothing of it was kept.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +56,17 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// What a batch the producer could not store means for its request:
+    /// 503 with `retry_after` while a retry may help, 500 when it cannot.
+    pub fn produce(e: ProduceError, retry_after: u64) -> Self {
+        match e {
+            ProduceError::Saturated => IngestError::Overloaded { retry_after },
+            ProduceError::Timeout => IngestError::BrokerTimeout { retry_after },
+            ProduceError::Unavailable(reason) => IngestError::BrokerUnavailable { reason, retry_after },
+            ProduceError::Rejected(reason) => IngestError::BrokerRejected(reason),
+        }
+    }
+
     /// Stable machine-readable code, also the `status` label of the request metric.
     pub fn code(&self) -> &'static str {
         use IngestError::*;
@@ -133,5 +145,33 @@ impl ResponseError for IngestError {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         res.json(json!({ "ok": false, "error": detail }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_produce_error_is_503_with_retry_after_while_a_retry_may_help_and_500_when_not() {
+        let errors = [
+            ProduceError::Saturated,
+            ProduceError::Timeout,
+            ProduceError::Unavailable("leader not available".into()),
+            ProduceError::Rejected("message too large".into()),
+        ];
+        for e in errors {
+            let retryable = e.retryable();
+            let mapped = IngestError::produce(e.clone(), 7);
+            let res = mapped.error_response();
+            if retryable {
+                assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+                assert_eq!(res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("7"), "{e:?}");
+            } else {
+                assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR, "{e:?}");
+                assert!(res.headers().get(header::RETRY_AFTER).is_none(), "{e:?}");
+            }
+        }
+        assert!(IngestError::produce(ProduceError::Unavailable("leader not available".into()), 1).to_string().contains("leader not available"));
     }
 }

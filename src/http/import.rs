@@ -17,7 +17,7 @@ use super::error::IngestError;
 use super::{header_str, AppState};
 use crate::config::KeyKind;
 use crate::import::{send, Importer, Item, Summary};
-use crate::produce::kafka::now_ms;
+use crate::clock::now_ms;
 use crate::produce::Produce;
 
 pub const PATH: &str = "/v1/import";
@@ -77,11 +77,12 @@ async fn import(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
         let sent = tokio::time::timeout_at(deadline, state.sink.send(Produce(b.outgoing))).await;
         let p = sent
             .map_err(|_| IngestError::Overloaded { retry_after: state.retry_after })?
-            .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })??;
+            .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })?
+            .map_err(|e| IngestError::produce(e, state.retry_after))?;
         pending.push(p);
     }
     for p in pending {
-        p.acknowledged(deadline, state.retry_after).await?;
+        p.acknowledged(deadline).await.map_err(|e| IngestError::produce(e, state.retry_after))?;
     }
     state.metrics.events_accepted.inc_by(summary.accepted);
     state.metrics.events_rejected.inc_by(summary.rejected);

@@ -15,7 +15,6 @@ pub mod limits;
 pub mod receipt;
 pub mod script;
 pub mod stored_keys;
-pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use self::body::Encoding;
 use self::error::IngestError;
 use self::limits::RateLimits;
 use self::receipt::{Accepted, BatchSummary, Receive, ReceiptPool};
-use crate::produce::kafka::now_ms;
+use crate::clock::now_ms;
 use crate::produce::sink::InFlight;
 use crate::produce::{KafkaSink, Produce, ProducerHealth};
 use crate::telemetry::Metrics;
@@ -160,9 +159,10 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
     let sent = tokio::time::timeout_at(deadline, state.sink.send(Produce(batch))).await;
     let pending = sent
         .map_err(|_| overloaded())?
-        .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })??;
+        .map_err(|_| IngestError::ShuttingDown { retry_after: state.retry_after })?
+        .map_err(|e| IngestError::produce(e, state.retry_after))?;
     let enqueued_at = pending.enqueued_at;
-    pending.acknowledged(deadline, state.retry_after).await?;
+    pending.acknowledged(deadline).await.map_err(|e| IngestError::produce(e, state.retry_after))?;
 
     state.metrics.produce_latency.observe(enqueued_at.elapsed().as_secs_f64());
     state.metrics.batches_produced.inc();

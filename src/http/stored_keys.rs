@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use super::auth::{KeyRing, OriginPattern, WriteKey};
-use crate::config::KeyKind;
+use super::auth::{KeyRing, WriteKey};
+use crate::config::{id_problem, origins_problems, secret_problem, KeyKind, OriginsProblem};
 
 /// The table (made by the first `chronos keys` command or chronosd start). It
 /// holds each key's SHA-256, never the key: `chronos keys create` prints the
@@ -54,24 +54,21 @@ pub fn generate() -> String {
     format!("wk_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Checks a key before it is stored, with the rules of `[[keys]]` in the config.
+/// Checks a key before it is stored, with the rules of `[[keys]]` in the
+/// config (`config::id_problem`, …), phrased for `chronos keys add`.
 pub fn check(id: &str, key: &str, origins: &[String], allow_no_origin: bool, kind: KeyKind) -> Result<(), String> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("id `{id}` must be 1-64 letters, digits, - _ ."));
+    if let Some(p) = id_problem(id) {
+        return Err(format!("id {p}"));
     }
-    if key.len() < 16 || key.len() > 256 || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("the key must be 16-256 printable ASCII characters".into());
+    if let Some(p) = secret_problem(key) {
+        return Err(format!("the key {p}"));
     }
-    if kind == KeyKind::Server && !origins.is_empty() {
-        return Err("a server key takes no --origin (it is refused from pages, which send an Origin)".into());
+    match origins_problems(kind, origins, allow_no_origin).into_iter().next() {
+        None => Ok(()),
+        Some(OriginsProblem::ServerKeyWithOrigins) => Err("a server key takes no --origin (it is refused from pages, which send an Origin)".into()),
+        Some(OriginsProblem::Unusable) => Err("no --origin and no --allow-no-origin: this key could never be used".into()),
+        Some(OriginsProblem::Pattern { index, error }) => Err(format!("origin `{}`: {error}", origins[index])),
     }
-    if kind == KeyKind::Browser && origins.is_empty() && !allow_no_origin {
-        return Err("no --origin and no --allow-no-origin: this key could never be used".into());
-    }
-    for o in origins {
-        OriginPattern::parse(o).map_err(|e| format!("origin `{o}`: {e}"))?;
-    }
-    Ok(())
 }
 
 /// Creates the table if missing: once per `chronos keys` command and at chronosd

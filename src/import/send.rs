@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::{Batch, Importer, Summary};
 use crate::config::Config;
-use crate::produce::kafka::{max_record_bytes, now_ms, producer_config};
+use crate::clock::now_ms;
+use crate::produce::kafka::{max_record_bytes, producer_config};
 
 /// The batches of `$1` stored before: their events (the loaders' claim) or,
 /// for a batch whose every event was rejected, its dead letters.

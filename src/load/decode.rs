@@ -10,7 +10,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 use uuid::Uuid;
 
-use super::copy::TupleWriter;
+use crate::store::copy::TupleWriter;
 use crate::catalog::{AttrType, EventCatalog, EventType};
 use crate::store::schema::BASE_COLUMNS;
 pub use crate::store::internals::DeadLetter;

@@ -11,7 +11,6 @@
 //! by the next owner, and the offset fence keeps a late commit out.
 
 pub mod consumer;
-pub mod copy;
 pub mod decode;
 pub mod loader;
 pub mod partition;
@@ -99,7 +98,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         metrics: metrics.clone(),
         views: crate::views::Registry::default(),
     });
-    let arbiters: Vec<Arbiter> = (0..crate::threads(config.load.threads)).map(|_| Arbiter::new()).collect();
+    let arbiters: Vec<Arbiter> = (0..crate::config::threads(config.load.threads)).map(|_| Arbiter::new()).collect();
     let mut cc = crate::produce::kafka::base_client_config(&config.kafka);
     cc.set("group.id", &config.load.group_id)
         .set("client.id", "chronosd-loader")

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -12,6 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 
+use crate::clock::now_ms;
 use crate::config::KafkaConfig;
 use crate::telemetry::Metrics;
 
@@ -60,10 +60,6 @@ impl ProducerHealth {
         }
         stuck || fatal
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// librdkafka client context: turns statistics into metrics and health.

@@ -5,4 +5,4 @@ pub mod kafka;
 pub mod sink;
 
 pub use kafka::{create_producer, ProducerHealth, StatsContext};
-pub use sink::{KafkaSink, OutgoingBatch, Pending, Produce, Sink};
+pub use sink::{KafkaSink, OutgoingBatch, Pending, Produce, ProduceError, Sink};

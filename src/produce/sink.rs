@@ -10,7 +10,6 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::kafka::{classify, Disposition, StatsContext};
 use super::ProducerHealth;
-use crate::http::error::IngestError;
 use crate::record;
 
 /// Where records go.
@@ -89,7 +88,7 @@ impl OutgoingBatch {
 pub struct Produce(pub OutgoingBatch);
 
 impl Message for Produce {
-    type Result = Result<Pending, IngestError>;
+    type Result = Result<Pending, ProduceError>;
 }
 
 /// One record's acknowledgement.
@@ -107,7 +106,7 @@ pub struct Pending {
 
 impl Pending {
     /// Resolves when the broker acknowledged every record, or fails (never early).
-    pub async fn acknowledged(self, deadline: tokio::time::Instant, retry_after: u64) -> Result<(), IngestError> {
+    pub async fn acknowledged(self, deadline: tokio::time::Instant) -> Result<(), ProduceError> {
         let wait = async {
             for ack in self.acks {
                 if let Ack::Kafka(fut) = ack {
@@ -123,13 +122,10 @@ impl Pending {
                                     h.note_state_error();
                                 }
                             }
-                            return Err(to_ingest_error(&err, retry_after));
+                            return Err(produce_error(&err));
                         }
                         Err(_canceled) => {
-                            return Err(IngestError::BrokerUnavailable {
-                                reason: "producer closed".into(),
-                                retry_after,
-                            })
+                            return Err(ProduceError::Unavailable("producer closed".into()))
                         }
                     }
                 }
@@ -138,20 +134,44 @@ impl Pending {
         };
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(result) => result,
-            Err(_) => Err(IngestError::BrokerTimeout { retry_after }),
+            Err(_) => Err(ProduceError::Timeout),
         }
     }
 }
 
-fn to_ingest_error(err: &rdkafka::error::KafkaError, retry_after: u64) -> IngestError {
+/// Why a batch did not reach Kafka: what happened, and whether trying again
+/// may help ([`ProduceError::retryable`]). The HTTP layer turns it into a status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// The producer's local queue is full: retry soon.
+    #[error("the producer queue is full")]
+    Saturated,
+    /// The broker did not acknowledge by the deadline.
+    #[error("the broker did not acknowledge in time")]
+    Timeout,
+    /// The broker cannot store it now (down, leaderless, refused the
+    /// producer's state); it may pass.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The broker refused it for good (too large, not authorised…).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl ProduceError {
+    /// Whether the same batch may be stored if sent again.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ProduceError::Rejected(_))
+    }
+}
+
+fn produce_error(err: &rdkafka::error::KafkaError) -> ProduceError {
     match classify(err) {
-        Disposition::Saturated => IngestError::Overloaded { retry_after },
-        Disposition::Transient | Disposition::ProducerState => {
-            IngestError::BrokerUnavailable { reason: err.to_string(), retry_after }
-        }
+        Disposition::Saturated => ProduceError::Saturated,
+        Disposition::Transient | Disposition::ProducerState => ProduceError::Unavailable(err.to_string()),
         Disposition::Permanent => {
             tracing::error!(error = %err, "Broker refused a batch for good; it was not stored.");
-            IngestError::BrokerRejected(err.to_string())
+            ProduceError::Rejected(err.to_string())
         }
     }
 }
@@ -160,21 +180,20 @@ fn to_ingest_error(err: &rdkafka::error::KafkaError, retry_after: u64) -> Ingest
 pub struct KafkaSink {
     sink: Sink,
     mailbox_capacity: usize,
-    retry_after: u64,
 }
 
 impl KafkaSink {
-    pub fn new(sink: Sink, mailbox_capacity: usize, retry_after: u64) -> Self {
-        KafkaSink { sink, mailbox_capacity, retry_after }
+    pub fn new(sink: Sink, mailbox_capacity: usize) -> Self {
+        KafkaSink { sink, mailbox_capacity }
     }
 
-    fn enqueue(&self, dead_letters: bool, batch: &OutgoingBatch, payload: &[u8]) -> Result<Ack, IngestError> {
+    fn enqueue(&self, dead_letters: bool, batch: &OutgoingBatch, payload: &[u8]) -> Result<Ack, ProduceError> {
         let Sink::Kafka { producer, topic, dead_letter_topic, .. } = &self.sink else { return Ok(Ack::Ready) };
         let topic = if dead_letters { dead_letter_topic } else { topic };
         producer
             .send_result(batch.record_to(topic, dead_letters, payload))
             .map(Ack::Kafka)
-            .map_err(|(err, _)| to_ingest_error(&err, self.retry_after))
+            .map_err(|(err, _)| produce_error(&err))
     }
 }
 
@@ -193,7 +212,7 @@ impl Supervised for KafkaSink {
 }
 
 impl Handler<Produce> for KafkaSink {
-    type Result = Result<Pending, IngestError>;
+    type Result = Result<Pending, ProduceError>;
 
     fn handle(&mut self, Produce(batch): Produce, _ctx: &mut Context<Self>) -> Self::Result {
         self.sink.recover();

@@ -249,7 +249,7 @@ impl Stack {
                     Service::Chronosd => {
                         let a = self.config.http.listen;
                         let https = self.config.http.tls_cert.is_some();
-                        let probe = match process::chronosd_get(a, "/readyz", Duration::from_secs(2), https) {
+                        let probe = match crate::probe::chronosd_get(a, "/readyz", Duration::from_secs(2), https) {
                             Ok((200, _)) => Ok("ready".to_string()),
                             Ok((code, body)) => Ok(format!("not ready ({code}): {}", body.trim())),
                             Err(e) => Err(e.to_string()),

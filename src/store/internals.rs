@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::schema::{ident, table, BASE_COLUMNS};
 use crate::catalog::{EventCatalog, EventType};
-use crate::load::copy::{HEADER, TRAILER};
+use super::copy::{HEADER, TRAILER};
 
 /// COPY data is sent in pieces of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;

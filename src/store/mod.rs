@@ -1,6 +1,7 @@
 //! PostgreSQL storage: schema from the catalog (install, evolution, daily
 //! partitions) and the internals the loaders use.
 
+pub mod copy;
 pub mod internals;
 pub mod schema;
 pub mod sessions;
@@ -44,7 +45,7 @@ pub fn redact(url: &str) -> String {
 
 /// Today as days since the Unix epoch (UTC).
 pub fn today() -> i64 {
-    crate::produce::kafka::now_ms() / 86_400_000
+    crate::clock::now_ms() / crate::clock::DAY_MS
 }
 
 /// What `install` did.
@@ -56,9 +57,11 @@ pub struct Installed {
     pub warning: Option<String>,
 }
 
-/// Applies the whole schema idempotently, under an advisory lock so that two
-/// chronosd starting together do not race on CREATE … IF NOT EXISTS.
-pub async fn install(
+/// Applies the storage schema idempotently (schema `chronos`, the event
+/// tables and their presenting views), under an advisory lock so that two
+/// chronosd starting together do not race on CREATE … IF NOT EXISTS. The
+/// continuous views come after, from `crate::install`.
+pub async fn install_tables(
     client: &mut Client,
     catalog: &EventCatalog,
     load: &crate::config::LoadConfig,
@@ -83,13 +86,6 @@ pub async fn install(
         .context("applying the schema (event tables)")?;
     tx.commit().await?;
     check_column_types(client, catalog).await?;
-    let (added, rebuilt) = crate::views::install(client, catalog).await.context("installing the continuous views")?;
-    if added > 0 {
-        tracing::info!(views = added, "Created the default continuous views.");
-    }
-    if !rebuilt.is_empty() {
-        tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
-    }
     Ok(Installed { layout, warning })
 }
 

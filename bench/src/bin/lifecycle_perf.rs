@@ -42,7 +42,7 @@ fn main() -> Result<()> {
             config.retention.archive = dir.path().join(format!("archive-{name}")).display().to_string();
             let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
             let mut client = chronos::store::connect(&url).await?;
-            chronos::store::install(&mut client, &catalog, &config.load).await?;
+            chronos::install(&mut client, &catalog, &config.load).await?;
 
             let start = format!("timestamptz '{} 00:00:00+00'", day_str(day));
             let mut done = 0;

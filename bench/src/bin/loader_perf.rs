@@ -104,7 +104,7 @@ fn load(
         chronos::store::connect(&admin).await?.batch_execute(&format!("CREATE DATABASE {db}")).await?;
         let mut c = chronos::store::connect(&url).await?;
         c.batch_execute("SET client_min_messages = warning").await?;
-        chronos::store::install(&mut c, &catalog, &config.load).await?;
+        chronos::install(&mut c, &catalog, &config.load).await?;
         if !with_views {
             for v in chronos::views::list(&c).await? {
                 chronos::views::drop(&mut c, &v.name).await?;

@@ -592,7 +592,7 @@ fn step(args: &Args, bin_dir: &Path, stack: &PerfStack, target: &Target, rate: f
 /// every `kafka.statistics_interval_ms`), from its /metrics.
 fn produce_counters(url: &str) -> Option<(f64, f64)> {
     let addr = url.strip_prefix("http://")?.parse().ok()?;
-    let (status, body) = chronos::stack::process::http_get(addr, "/metrics", Duration::from_secs(2)).ok()?;
+    let (status, body) = chronos::probe::http_get(addr, "/metrics", Duration::from_secs(2)).ok()?;
     if status != 200 {
         return None;
     }

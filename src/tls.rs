@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::reload::modified;
+use crate::watch::modified;
 
 use arc_swap::ArcSwap;
 use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslContext, SslMethod};

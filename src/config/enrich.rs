@@ -1,0 +1,57 @@
+//! `[enrich]`: what chronosd adds to a batch at receipt (user agent, GeoIP, bots).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::positive;
+
+/// Enrichment at receipt (docs/enrichment.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichConfig {
+    /// Off: no bot detection, user-agent parsing or GeoIP (the columns stay
+    /// false/NULL); for measuring what enrichment costs.
+    pub enabled: bool,
+    /// `flag` (default): bots' events are stored with `is_bot` and
+    /// `bot_reason`; `drop`: they are answered 200 and not stored.
+    pub bots: BotPolicy,
+    /// Distinct user agents whose parse is kept (bounded cache).
+    pub ua_cache_entries: usize,
+    /// A MaxMind-format City database (GeoLite2-City.mmdb): country, region
+    /// and city of the client IP, looked up before it is anonymised. None:
+    /// those columns stay NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_db: Option<PathBuf>,
+    /// How often the database file is checked for a new version, in seconds.
+    pub geoip_reload_secs: u64,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig { enabled: true, bots: BotPolicy::Flag, ua_cache_entries: 10_000, geoip_db: None, geoip_reload_secs: 60 }
+    }
+}
+
+/// What happens to a bot's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotPolicy {
+    Flag,
+    Drop,
+}
+
+impl EnrichConfig {
+    /// What is wrong with `[enrich]`, each naming its key.
+    pub(super) fn errors(&self, errors: &mut Vec<String>) {
+        positive(
+            errors,
+            [("enrich.ua_cache_entries", self.ua_cache_entries as u64), ("enrich.geoip_reload_secs", self.geoip_reload_secs)],
+        );
+        if let Some(db) = &self.geoip_db {
+            if let Err(e) = crate::enrich::GeoIp::open(db) {
+                errors.push(e);
+            }
+        }
+    }
+}
