@@ -37,8 +37,7 @@ pub const RESERVED_COLUMNS: &[&str] = &[
 ];
 
 /// Names of the six event types the tracker captures on its own.
-pub const BUILT_IN: [&str; 6] =
-    ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+pub const BUILT_IN: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
 
 /// Type of one event attribute (the SQL type follows from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +111,7 @@ pub fn built_in_events() -> BTreeMap<String, EventTypeConfig> {
     use AttrType::*;
     let on = |attributes| EventTypeConfig { enabled: true, attributes };
     let mut m = BTreeMap::new();
-    m.insert(
-        "pageviews".into(),
-        on(vec![attr("navigation", Text, false, Some(16)), attr("referrer", Text, true, Some(2048))]),
-    );
+    m.insert("pageviews".into(), on(vec![attr("navigation", Text, false, Some(16)), attr("referrer", Text, true, Some(2048))]));
     m.insert(
         "clicks".into(),
         on(vec![
@@ -126,15 +122,9 @@ pub fn built_in_events() -> BTreeMap<String, EventTypeConfig> {
             attr("selector", Text, true, Some(512)),
         ]),
     );
-    m.insert(
-        "link_clicks".into(),
-        on(vec![attr("link_text", Text, true, Some(512)), attr("target_url", Text, true, Some(2048))]),
-    );
+    m.insert("link_clicks".into(), on(vec![attr("link_text", Text, true, Some(512)), attr("target_url", Text, true, Some(2048))]));
     m.insert("mouse_moves".into(), on(vec![coord("x"), coord("y")]));
-    m.insert(
-        "key_presses".into(),
-        on(vec![attr("key", Text, true, Some(32)), attr("element", Text, false, Some(64))]),
-    );
+    m.insert("key_presses".into(), on(vec![attr("key", Text, true, Some(32)), attr("element", Text, false, Some(64))]));
     m.insert(
         "form_submissions".into(),
         on(vec![
@@ -216,9 +206,7 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     if !first_ok || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        return Err(format!(
-            "`{name}` is not a valid name: use lower-case letters, digits and `_`, starting with a letter"
-        ));
+        return Err(format!("`{name}` is not a valid name: use lower-case letters, digits and `_`, starting with a letter"));
     }
     if name.len() > 48 {
         return Err(format!("`{name}` is longer than 48 bytes"));

@@ -51,29 +51,29 @@
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
 pub mod catalog;
-pub mod record;
-pub mod origin;
-pub mod secret;
 pub mod clock;
-pub mod watch;
-pub mod telemetry;
-pub mod shutdown;
-pub mod probe;
-pub mod enrich;
-pub mod tls;
-pub mod systemd;
 pub mod config;
-pub mod payload;
-pub mod produce;
-pub mod store;
-pub mod tracker;
-pub mod views;
+pub mod enrich;
+pub mod http;
 pub mod import;
 pub mod lifecycle;
 pub mod load;
-pub mod http;
+pub mod origin;
+pub mod payload;
+pub mod probe;
+pub mod produce;
+pub mod record;
 pub mod reload;
+pub mod secret;
+pub mod shutdown;
 pub mod stack;
+pub mod store;
+pub mod systemd;
+pub mod telemetry;
+pub mod tls;
+pub mod tracker;
+pub mod views;
+pub mod watch;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -154,7 +154,11 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
 
 /// Installs the whole pipeline's schema idempotently: the storage
 /// (`store::install_tables`), then the continuous views over it.
-pub async fn install(client: &mut tokio_postgres::Client, catalog: &catalog::EventCatalog, load: &config::LoadConfig) -> anyhow::Result<store::Installed> {
+pub async fn install(
+    client: &mut tokio_postgres::Client,
+    catalog: &catalog::EventCatalog,
+    load: &config::LoadConfig,
+) -> anyhow::Result<store::Installed> {
     let installed = store::install_tables(client, catalog, load).await?;
     let (added, rebuilt) = views::install(client, catalog).await.context("installing the continuous views")?;
     if added > 0 {

@@ -35,9 +35,7 @@ impl OriginPattern {
             Some(b) => (true, b.to_string()),
             None => (false, host.clone()),
         };
-        let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
+        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if bare.is_empty() || !bare.split('.').all(label_ok) {
             return Err(format!("`{text}`: expected a host name such as example.com or *.example.com"));
         }

@@ -37,9 +37,7 @@ impl Notifier {
         let watchdog = sd_notify::watchdog_enabled();
         let flag = stop.clone();
         let probe = probe_addr(listen);
-        let spawned = std::thread::Builder::new()
-            .name("sd-notify".into())
-            .spawn(move || notify_loop(Probe { addr: probe, https }, watchdog, &flag));
+        let spawned = std::thread::Builder::new().name("sd-notify".into()).spawn(move || notify_loop(Probe { addr: probe, https }, watchdog, &flag));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "Cannot start the systemd notifier thread; READY=1 will not be sent.");
         }

@@ -31,11 +31,9 @@ pub struct CertStore {
 /// belong together; errors name the setting.
 pub fn load_context(cert: &Path, key: &Path) -> Result<SslContext, String> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| format!("OpenSSL: {e}"))?;
-    b.set_certificate_chain_file(cert)
-        .map_err(|e| format!("http.tls_cert: {} is not a PEM certificate chain: {e}", cert.display()))?;
+    b.set_certificate_chain_file(cert).map_err(|e| format!("http.tls_cert: {} is not a PEM certificate chain: {e}", cert.display()))?;
     let pem = std::fs::read(key).map_err(|e| format!("http.tls_key: cannot read {}: {e}", key.display()))?;
-    let pkey = openssl::pkey::PKey::private_key_from_pem(&pem)
-        .map_err(|_| format!("http.tls_key: {} is not a PEM private key", key.display()))?;
+    let pkey = openssl::pkey::PKey::private_key_from_pem(&pem).map_err(|_| format!("http.tls_key: {} is not a PEM private key", key.display()))?;
     let mismatch = |_| format!("http.tls_key: {} is not the key of the certificate in {}", key.display(), cert.display());
     b.set_private_key(&pkey).map_err(mismatch)?;
     b.check_private_key().map_err(mismatch)?;

@@ -22,18 +22,18 @@ pub const BUNDLE: &str = include_str!("../tracker/dist/chronos.min.js");
 pub fn init_options(config: &Config) -> Result<serde_json::Value, String> {
     let t = &config.tracker;
     let key = if t.key_id.is_empty() {
-        config.keys.iter().find(|k| !k.origins.is_empty()).ok_or(
-            "no write key for browsers: add a [[keys]] entry with `origins` (or name one in tracker.key_id)",
-        )?
+        config
+            .keys
+            .iter()
+            .find(|k| !k.origins.is_empty())
+            .ok_or("no write key for browsers: add a [[keys]] entry with `origins` (or name one in tracker.key_id)")?
     } else {
         config.keys.iter().find(|k| k.id == t.key_id).ok_or(format!("tracker.key_id: no [[keys]] entry has id `{}`", t.key_id))?
     };
     let endpoint = if t.endpoint.is_empty() {
         let listen = config.http.listen;
         if listen.ip().is_unspecified() {
-            return Err(format!(
-                "tracker.endpoint: set the URL browsers reach chronosd at (http.listen is {listen}, which browsers cannot use)"
-            ));
+            return Err(format!("tracker.endpoint: set the URL browsers reach chronosd at (http.listen is {listen}, which browsers cannot use)"));
         }
         match listen.ip() {
             IpAddr::V4(_) => format!("http://{listen}"),
@@ -128,8 +128,7 @@ mod tests {
 
     #[test]
     fn bad_tracker_settings_name_their_key() {
-        let err = config("[tracker]\nendpoint = \"c.example.com\"\nkey_id = \"nope\"\nmouse_interval_ms = 0\nmax_events = 5000\n")
-            .unwrap_err();
+        let err = config("[tracker]\nendpoint = \"c.example.com\"\nkey_id = \"nope\"\nmouse_interval_ms = 0\nmax_events = 5000\n").unwrap_err();
         for key in ["tracker.endpoint", "tracker.key_id: no [[keys]] entry has id `nope`", "tracker.mouse_interval_ms", "tracker.max_events"] {
             assert!(err.contains(key), "{key} in {err}");
         }
@@ -152,10 +151,8 @@ mod tests {
                 (name.to_string(), attrs)
             })
             .collect();
-        let catalog: std::collections::BTreeMap<String, Vec<String>> = crate::catalog::built_in_events()
-            .into_iter()
-            .map(|(name, t)| (name, t.attributes.into_iter().map(|a| a.name).collect()))
-            .collect();
+        let catalog: std::collections::BTreeMap<String, Vec<String>> =
+            crate::catalog::built_in_events().into_iter().map(|(name, t)| (name, t.attributes.into_iter().map(|a| a.name).collect())).collect();
         assert_eq!(tracker, catalog);
     }
 
@@ -163,10 +160,7 @@ mod tests {
     #[test]
     fn committed_bundle_equals_a_fresh_build() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tracker");
-        assert!(
-            root.join("node_modules/esbuild").exists(),
-            "tracker/node_modules is missing: run `npm ci --prefix tracker` (or .ci/setup)"
-        );
+        assert!(root.join("node_modules/esbuild").exists(), "tracker/node_modules is missing: run `npm ci --prefix tracker` (or .ci/setup)");
         let out = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("node")
             .arg("build.mjs")

@@ -190,7 +190,9 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     let (ok, out) = cli(&s, &["views", "add", views.to_str().unwrap(), "--backfill"]);
     let (first, last) = (chronos::lifecycle::day_str(s.today - 15), chronos::lifecycle::day_str(s.today - 4));
     assert!(
-        ok && out.contains(&format!("note: not counted in clicks_by_day: events.clicks has 3 archived days from {first} to {last} (1500 rows) that are not in PostgreSQL")),
+        ok && out.contains(&format!(
+            "note: not counted in clicks_by_day: events.clicks has 3 archived days from {first} to {last} (1500 rows) that are not in PostgreSQL"
+        )),
         "{out}"
     );
     assert_eq!(count(&s.url, "SELECT sum(n)::bigint FROM views.clicks_by_day"), 500, "the kept day only");
@@ -300,7 +302,15 @@ fn a_run_cut_after_any_step_is_finished_exactly_by_the_next(layout: Layout) {
         assert!(ok, "after {step}: {out}");
         assert_eq!(rows_on(&s.url, "clicks", s.today, ago), 0, "after {step}: {out}");
         let day = chronos::lifecycle::day_str(s.today - ago);
-        assert_eq!(count(&s.url, &format!("SELECT count(*) FROM chronos.archives WHERE table_name = 'clicks' AND day = '{day}' AND rows = 300 AND dropped_at IS NOT NULL")), 1);
+        assert_eq!(
+            count(
+                &s.url,
+                &format!(
+                    "SELECT count(*) FROM chronos.archives WHERE table_name = 'clicks' AND day = '{day}' AND rows = 300 AND dropped_at IS NOT NULL"
+                )
+            ),
+            1
+        );
         assert!(!archive_file(&s, "clicks", ago).with_extension("parquet.tmp").exists(), "after {step}: no temporary file left");
         let (ok, out) = cli(&s, &["archive", "verify"]);
         assert!(ok, "after {step}: {out}");
@@ -332,8 +342,6 @@ fn chronosd_archives_on_its_schedule(layout: Layout) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
-
-
 
 fn export_to(s: &Setup, from: i64, to: i64, format: &str, out: &str, types: &str) -> (bool, String, String) {
     let (from, to) = (chronos::lifecycle::day_str(s.today - from), chronos::lifecycle::day_str(s.today - to));
@@ -370,7 +378,8 @@ fn exports_read_postgres_and_the_archive_alike(layout: Layout) {
         assert_eq!(before.lines().count(), 800);
         assert_eq!(before, after, "{t}: the archive exports what PostgreSQL did");
     }
-    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(dir.join("after/clicks.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.join("after/clicks.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["type"], "clicks");
     assert_eq!(first["metadata"]["n"], 0, "metadata as JSON: {first}");
     assert!(first["time"].as_str().unwrap().ends_with("T00:00:00.000000Z"), "{first}");
@@ -491,7 +500,10 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     assert!(count(&s.url, &format!("SELECT count(*) FROM views.clicks_by_session WHERE session_id = '{ERASED}'")) > 0);
     // Archived days holding the session, and others.
     insert_day(&s.url, s.today, 5, 300);
-    query(&s.url, &format!("UPDATE events.clicks SET session_id = '{ERASED}' WHERE session_id IN ('s-3', 's-4') AND time < now() - interval '4 days'"));
+    query(
+        &s.url,
+        &format!("UPDATE events.clicks SET session_id = '{ERASED}' WHERE session_id IN ('s-3', 's-4') AND time < now() - interval '4 days'"),
+    );
     query(&s.url, &format!("UPDATE events.form_submissions SET session_id = '{ERASED}' WHERE position = 0 AND time < now() - interval '4 days' AND metadata = '{{}}' AND fields[5]::int % 10 = 0"));
     let old_erased = count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{ERASED}' AND time < now() - interval '4 days'"));
     assert!(old_erased > 0);

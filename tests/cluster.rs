@@ -35,8 +35,23 @@ const BATCH: &str = "20";
 fn loadgen(target: String, secs: u32) -> JoinHandle<loadgen::run::Outcome> {
     std::thread::spawn(move || {
         run_loadgen(&[
-            "--rate", RATE, "--duration", &secs.to_string(), "--batch-size", BATCH, "--connections", "16",
-            "--target", &target, "--key", KEY, "--origin", ORIGIN, "--timeout", "15", "--quiet",
+            "--rate",
+            RATE,
+            "--duration",
+            &secs.to_string(),
+            "--batch-size",
+            BATCH,
+            "--connections",
+            "16",
+            "--target",
+            &target,
+            "--key",
+            KEY,
+            "--origin",
+            ORIGIN,
+            "--timeout",
+            "15",
+            "--quiet",
         ])
     })
 }
@@ -164,7 +179,11 @@ fn a_broker_killed_restarted_and_a_rolling_restart_under_load_lose_and_duplicate
     }
     eprintln!(
         "kill -9 of node {victim}: leadership moved in {:.1} s; {}; {} × 2xx of {}; restarted node back in the ISR {:.1} s after its start",
-        moved.as_secs_f64(), a.describe(), a.ok, crash.batches.len(), rejoined.as_secs_f64()
+        moved.as_secs_f64(),
+        a.describe(),
+        a.ok,
+        crash.batches.len(),
+        rejoined.as_secs_f64()
     );
 
     // 2. Rolling restart, one node at a time (SIGTERM: controlled shutdown),
@@ -191,7 +210,8 @@ fn a_broker_killed_restarted_and_a_rolling_restart_under_load_lose_and_duplicate
     }
     eprintln!(
         "rolling restart of 3 nodes in {:.1} s under load ({} loadgen runs of 10 s): {unavailable} × 503; {ok} × 2xx of {sent}",
-        took.as_secs_f64(), roll.len()
+        took.as_secs_f64(),
+        roll.len()
     );
 
     let mut runs = vec![&crash];

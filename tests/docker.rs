@@ -359,7 +359,8 @@ fn grafana_mounts_its_provisioning_and_dashboards() {
             assert!(read("docker/timescaledb/grafana-reader.psql").contains("CREATE ROLE grafana_reader"));
         }
     }
-    let init: Vec<String> = volumes(&svcs["timescaledb"]).into_iter().filter(|(_, t)| t.starts_with("/docker-entrypoint-initdb.d/")).map(|(s, _)| s).collect();
+    let init: Vec<String> =
+        volumes(&svcs["timescaledb"]).into_iter().filter(|(_, t)| t.starts_with("/docker-entrypoint-initdb.d/")).map(|(s, _)| s).collect();
     assert!(init.iter().any(|s| s.ends_with(".sh")) && init.iter().any(|s| s.ends_with("grafana-reader.psql")), "{init:?}");
 }
 

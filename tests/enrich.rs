@@ -15,7 +15,8 @@ use common::*;
 use serde_json::json;
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
-const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
+const IPHONE: &str =
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 const HEADLESS: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36";
 
@@ -61,7 +62,8 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
         assert_eq!(body["accepted"], 6, "{session}: {body}");
     }
     wait_rows(&url, "SELECT count(*) FROM events.pageviews", 7, &d);
-    let rows = query(&url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
+    let rows =
+        query(&url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
     let got: Vec<(String, bool, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> =
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
     let row = |s: &str| got.iter().find(|r| r.0 == s).unwrap_or_else(|| panic!("no row of {s}: {got:?}")).clone();
@@ -82,7 +84,10 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
 
     // A table made before the columns existed gets them back online (and
     // its presented table shows them again).
-    execute_batch(&url, "DROP VIEW events.mouse_moves; ALTER TABLE events_raw.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type");
+    execute_batch(
+        &url,
+        "DROP VIEW events.mouse_moves; ALTER TABLE events_raw.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type",
+    );
     let out = chronos_cli(&d.config_path(), &["install-pipeline"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let cols = count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events' AND table_name = 'mouse_moves' AND column_name IN ('is_bot', 'browser', 'device_type')");
@@ -150,7 +155,14 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
     assert_eq!(place("paris"), (s("FR"), s("Île-de-France"), s("Paris"), s("203.0.113.0")));
     assert_eq!(place("brussels"), (s("BE"), s("Brussels"), s("Brussels"), s("203.0.113.0")));
     assert_eq!(place("nowhere"), (None, None, None, s("198.51.100.0")));
-    assert_eq!(count(&url, "SELECT count(*) FROM events.pageviews WHERE client_ip LIKE '%.77' OR client_ip LIKE '%.1' OR metadata::text LIKE '%203.0.113.77%'"), 0, "the full IP is never stored");
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM events.pageviews WHERE client_ip LIKE '%.77' OR client_ip LIKE '%.1' OR metadata::text LIKE '%203.0.113.77%'"
+        ),
+        0,
+        "the full IP is never stored"
+    );
 
     // A new database replaces the file: the next batches follow it, without a restart.
     write_city_db(&db, &[("203.0.113.64/28", "DE", "Berlin", "Berlin")]);

@@ -149,10 +149,9 @@ fn a_key_added_to_the_config_file_counts_and_the_served_tracker_follows_without_
     };
     assert_eq!(send(new_key), 401);
     // The operator adds a key, points the tracker at it and changes a setting that needs a restart.
-    let rotated = format!(
-        "{toml}\n[[keys]]\nid = \"shop-2027\"\nkey = \"{new_key}\"\norigins = [\"shop.example.com\"]\n\n[tracker]\nkey_id = \"shop-2027\"\n"
-    )
-    .replace("linger_ms = 2", "linger_ms = 3");
+    let rotated =
+        format!("{toml}\n[[keys]]\nid = \"shop-2027\"\nkey = \"{new_key}\"\norigins = [\"shop.example.com\"]\n\n[tracker]\nkey_id = \"shop-2027\"\n")
+            .replace("linger_ms = 2", "linger_ms = 3");
     std::fs::write(d.config_path(), &rotated).unwrap();
     let until = Instant::now() + Duration::from_secs(15);
     while send(new_key) != 200 {

@@ -64,8 +64,7 @@ fn accepted_batches_are_in_kafka_as_documented() {
     }
     assert_eq!(records.iter().find(|r| r.value["batch_id"] == "x").map(|_| ()), None);
     // Same session → same partition (ordered per session).
-    let parts: std::collections::HashSet<i32> =
-        records.iter().filter(|r| r.key.as_deref() == Some("session-3")).map(|r| r.partition).collect();
+    let parts: std::collections::HashSet<i32> = records.iter().filter(|r| r.key.as_deref() == Some("session-3")).map(|r| r.partition).collect();
     assert_eq!(parts.len(), 1);
 
     let m = records.iter().find(|r| r.value["batch_id"] == mixed["batch"]).unwrap();
@@ -141,7 +140,8 @@ max_events = 10
     let (s, body, h) = post_raw(&c, &d, b.to_string().into(), &[("Origin", "https://evil.test"), ("X-Forwarded-For", "192.0.2.2")]);
     error_of(s, &body, 403, "origin_not_allowed");
     assert!(h.get("access-control-allow-origin").is_none(), "no CORS grant for a foreign origin");
-    let (s, body, _) = post_raw(&c, &d, batch("s", 1).to_string().into(), &[("Origin", "https://a.blog.example.com"), ("X-Forwarded-For", "192.0.2.2")]);
+    let (s, body, _) =
+        post_raw(&c, &d, batch("s", 1).to_string().into(), &[("Origin", "https://a.blog.example.com"), ("X-Forwarded-For", "192.0.2.2")]);
     assert_eq!(s, 200, "{body}");
     // 403: no Origin header with a browser key; the server-side key allows it.
     let (s, body, _) = post_raw(&c, &d, batch("s", 2).to_string().into(), &[("X-Forwarded-For", "192.0.2.3")]);
@@ -179,7 +179,8 @@ max_events = 10
     error_of(s, &body, 400, "bad_gzip");
     let (s, body, _) = post_raw(&c, &d, b"{}".to_vec(), &[("Content-Encoding", "br"), ("Origin", ORIGIN), ("X-Forwarded-For", "192.0.2.5")]);
     error_of(s, &body, 415, "unsupported_encoding");
-    let (s, body, _) = post_raw(&c, &d, b"{}".to_vec(), &[("Content-Type", "multipart/form-data"), ("Origin", ORIGIN), ("X-Forwarded-For", "192.0.2.5")]);
+    let (s, body, _) =
+        post_raw(&c, &d, b"{}".to_vec(), &[("Content-Type", "multipart/form-data"), ("Origin", ORIGIN), ("X-Forwarded-For", "192.0.2.5")]);
     error_of(s, &body, 415, "unsupported_media_type");
 
     // 400: malformed JSON names the byte offset; envelope errors name the field.
@@ -222,7 +223,12 @@ max_events = 10
     assert_eq!(s, 200);
 
     // CORS preflight: allowed origins only.
-    let res = c.request(reqwest::Method::OPTIONS, d.url("/v1/batch")).header("Origin", ORIGIN).header("Access-Control-Request-Method", "POST").send().unwrap();
+    let res = c
+        .request(reqwest::Method::OPTIONS, d.url("/v1/batch"))
+        .header("Origin", ORIGIN)
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .unwrap();
     assert_eq!(res.status().as_u16(), 204);
     assert_eq!(res.headers()["access-control-allow-origin"], ORIGIN);
     assert!(res.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));

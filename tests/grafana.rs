@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::{block_on, PostgresServer};
 use chronos::probe::http_get;
+use chronos::stack::postgres::{block_on, PostgresServer};
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::{json, Value};
@@ -171,9 +171,7 @@ fn expand_macros(sql: &str, r: Range, timescaledb: bool) -> Result<String, Strin
             "timeTo" => to.clone(),
             "timeGroup" => want(2).and_then(|_| group(&args))?,
             "timeGroupAlias" => want(2).and_then(|_| group(&args))? + " AS \"time\"",
-            "unixEpochFilter" => {
-                want(1).map(|_| format!("{c} >= {} AND {c} <= {}", r.from_ms / 1000, r.to_ms / 1000, c = args[0]))?
-            }
+            "unixEpochFilter" => want(1).map(|_| format!("{c} >= {} AND {c} <= {}", r.from_ms / 1000, r.to_ms / 1000, c = args[0]))?,
             "unixEpochFrom" => (r.from_ms / 1000).to_string(),
             "unixEpochTo" => (r.to_ms / 1000).to_string(),
             other => return Err(format!("undefined macro: $__{other}")),
@@ -421,26 +419,17 @@ fn every_dashboard_panel_runs_on_posted_events() {
 
 /// Metric names and `by (…)` labels of a PromQL expression exist in chronosd's `/metrics`.
 fn check_promql(title: &str, expr: &str, metrics: &str) {
-    let names: Vec<&str> = expr
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("chronos_"))
-        .collect();
+    let names: Vec<&str> = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("chronos_")).collect();
     assert!(!names.is_empty(), "{title}: no chronos_ metric in `{expr}`");
     for name in &names {
         let base = name.trim_end_matches("_bucket");
-        assert!(
-            metrics.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))),
-            "{title}: `{name}` is not exported by chronosd's /metrics"
-        );
+        assert!(metrics.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))), "{title}: `{name}` is not exported by chronosd's /metrics");
     }
     let mut rest = expr;
     while let Some(i) = rest.find("by (") {
         let close = rest[i..].find(')').unwrap() + i;
         for label in rest[i + 4..close].split(',').map(str::trim).filter(|l| *l != "le") {
-            let found = metrics
-                .lines()
-                .filter(|l| names.iter().any(|n| l.starts_with(n)))
-                .any(|l| l.contains(&format!("{label}=\"")));
+            let found = metrics.lines().filter(|l| names.iter().any(|n| l.starts_with(n))).any(|l| l.contains(&format!("{label}=\"")));
             assert!(found, "{title}: label `{label}` of `{expr}` is on none of {names:?} in /metrics");
         }
         rest = &rest[close..];

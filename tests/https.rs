@@ -33,18 +33,13 @@ fn curl(port: u16, ca: &Path, path: &str, post: Option<&str>) -> (u16, String, S
 
 /// The `[http]` lines that turn HTTPS on.
 fn https_keys(certs: &certs::Certs) -> String {
-    format!(
-        "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_reload_secs = 1\n",
-        certs.server_crt.display(),
-        certs.server_key.display()
-    )
+    format!("[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_reload_secs = 1\n", certs.server_crt.display(), certs.server_key.display())
 }
 
 fn metric(port: u16, ca: &Path, name: &str) -> f64 {
     let (_, text, _) = curl(port, ca, "/metrics", None);
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
-
 
 #[test]
 fn batches_over_verified_https_and_a_renewed_certificate_counts_without_a_restart() {
@@ -64,7 +59,8 @@ fn batches_over_verified_https_and_a_renewed_certificate_counts_without_a_restar
     assert_eq!(code, 200, "{answer} {err}");
     assert!(answer.contains("\"accepted\":6"), "{answer}");
     // Plain HTTP on the HTTPS port gets no answer a client could take for one.
-    let plain = Command::new("curl").args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"]).arg(d.url("/readyz")).output().unwrap();
+    let plain =
+        Command::new("curl").args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"]).arg(d.url("/readyz")).output().unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
     // Another CA does not vouch for it.
     let (code, _, err) = curl(port, &renewed.ca, "/readyz", None);

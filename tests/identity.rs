@@ -52,7 +52,11 @@ fn users_land_on_every_event_and_identities_are_kept_once() {
     let (f1, l1) = span("s-1", "u_42");
     let (f2, l2) = span("s-2", "u_7");
     assert_eq!(ids, vec![("s-1".into(), "u_42".into(), f1, l1), ("s-2".into(), "u_7".into(), f2, l2)]);
-    assert_eq!(count(&url, "SELECT round(extract(epoch FROM last_seen - first_seen))::bigint FROM chronos.identities WHERE session_id = 's-1'"), 8, "the two batches, 8 s apart");
+    assert_eq!(
+        count(&url, "SELECT round(extract(epoch FROM last_seen - first_seen))::bigint FROM chronos.identities WHERE session_id = 's-1'"),
+        8,
+        "the two batches, 8 s apart"
+    );
 
     // A user id the server would refuse names the field, and nothing is kept.
     let mut bad = with_user("s-3", Some("has space"), t0);
@@ -81,7 +85,8 @@ fn identify_and_reset_in_chromium() {
     std::fs::write(&bundle, client().get(d.url("/chronos.js")).send().unwrap().text().unwrap()).unwrap();
     let options = chronos::tracker::init_options(&chronos::config::Config::from_toml(&toml).unwrap()).unwrap();
     let result = run_pageview(d, &bundle, &options, site_port, &[("IDENTIFY", "u_browser_1"), ("IDENTIFY_TRAITS", r#"{"plan":"pro"}"#)]);
-    let (first, identified, after) = (result["session"].as_str().unwrap(), result["identified_session"].as_str().unwrap(), result["reset_session"].as_str().unwrap());
+    let (first, identified, after) =
+        (result["session"].as_str().unwrap(), result["identified_session"].as_str().unwrap(), result["reset_session"].as_str().unwrap());
     assert_eq!(first, identified, "identify keeps the session");
     assert_ne!(identified, after, "reset starts a new session");
     assert!(result["user_after_reset"].is_null(), "{result}");
@@ -89,13 +94,21 @@ fn identify_and_reset_in_chromium() {
         count(url, &format!("SELECT count(*) FROM events.clicks WHERE session_id IN ('{first}', '{after}')")) >= 3
     });
     let by = |sql: &str| query(url, sql).iter().map(|r| r.get::<_, Option<String>>(0)).collect::<Vec<_>>();
-    assert_eq!(by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{first}' ORDER BY time")), vec![None, Some("u_browser_1".to_string())], "the click before identify has no user");
+    assert_eq!(
+        by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{first}' ORDER BY time")),
+        vec![None, Some("u_browser_1".to_string())],
+        "the click before identify has no user"
+    );
     assert_eq!(by(&format!("SELECT user_id FROM events.clicks WHERE session_id = '{after}'")), vec![None], "after reset: no user");
     assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{first}' AND user_id = 'u_browser_1'")), 1);
     assert_eq!(count(url, &format!("SELECT count(*) FROM chronos.identities WHERE session_id = '{after}'")), 0);
     let traits = query(url, "SELECT session_id, user_id, plan FROM events.identify");
     let traits: Vec<(String, Option<String>, Option<String>)> = traits.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(traits, vec![(first.to_string(), Some("u_browser_1".into()), Some("pro".into()))], "identify's traits, one event of the identified user");
+    assert_eq!(
+        traits,
+        vec![(first.to_string(), Some("u_browser_1".into()), Some("pro".into()))],
+        "identify's traits, one event of the identified user"
+    );
 }
 
 #[test]
@@ -123,9 +136,18 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);
     assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'b-1' AND user_id = 'u_1'"), 1, "other users stay");
     let audit = query(&url, "SELECT subject, raw_rows, requested_by FROM chronos.erasures");
-    assert_eq!((audit[0].get::<_, String>(0), audit[0].get::<_, i64>(1), audit[0].get::<_, String>(2)), ("user".into(), 18, "dpo@example.com".into()));
+    assert_eq!(
+        (audit[0].get::<_, String>(0), audit[0].get::<_, i64>(1), audit[0].get::<_, String>(2)),
+        ("user".into(), 18, "dpo@example.com".into())
+    );
     // Neither id is kept by the audit.
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.erasures WHERE row_to_json(erasures)::text LIKE '%u_9%' OR row_to_json(erasures)::text LIKE '%a-1%'"), 0);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM chronos.erasures WHERE row_to_json(erasures)::text LIKE '%u_9%' OR row_to_json(erasures)::text LIKE '%a-1%'"
+        ),
+        0
+    );
     // Both flags together, or none, are refused naming them.
     let out = chronos_cli(&d.config_path(), &["erase", "--user", "u_1", "--session", "b-1"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));

@@ -85,10 +85,16 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
     // 600 valid events, 45 days old to now, then three bad lines.
     let (mut lines, times) = event_lines("imp", 600);
     lines.push("{not json".into());
-    lines.push(json!({"type": "clicks", "time": now_ms(), "session_id": "imp-bad", "page": {"url": "https://shop.example.com/"},
-        "element": "BUTTON", "buttons": 1, "x": "left", "y": 1}).to_string());
-    lines.push(json!({"type": "pageviews", "time": now_ms() - 90 * DAY, "session_id": "imp-bad", "page": {"url": "https://shop.example.com/"},
-        "navigation": "navigate"}).to_string());
+    lines.push(
+        json!({"type": "clicks", "time": now_ms(), "session_id": "imp-bad", "page": {"url": "https://shop.example.com/"},
+        "element": "BUTTON", "buttons": 1, "x": "left", "y": 1})
+        .to_string(),
+    );
+    lines.push(
+        json!({"type": "pageviews", "time": now_ms() - 90 * DAY, "session_id": "imp-bad", "page": {"url": "https://shop.example.com/"},
+        "navigation": "navigate"})
+        .to_string(),
+    );
     let file = dir.path().join("events.jsonl");
     write_lines(&file, &lines);
 
@@ -102,7 +108,10 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
     assert_eq!(stored(&url, "imp"), 600);
 
     // Every time as given, to the millisecond, none flagged, weeks before the partitions the loaders keep.
-    let rows = query(&url, "SELECT (extract(epoch FROM time) * 1000)::bigint, time_flagged, client_ip FROM events.pageviews WHERE session_id LIKE 'imp-%' ORDER BY time");
+    let rows = query(
+        &url,
+        "SELECT (extract(epoch FROM time) * 1000)::bigint, time_flagged, client_ip FROM events.pageviews WHERE session_id LIKE 'imp-%' ORDER BY time",
+    );
     let expected: Vec<i64> = times.iter().enumerate().filter(|(i, _)| i % 3 == 0).map(|(_, t)| *t).collect();
     assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), expected);
     assert!(rows.iter().all(|r| !r.get::<_, bool>(1)), "no imported time is flagged");
@@ -151,7 +160,10 @@ fn kafka_records_import_with_their_own_batch_ids_and_times() {
     });
     let file = dir.path().join("records.jsonl");
     write_lines(&file, &[record.to_string()]);
-    for (round, want) in [(1, "2 events accepted in 1 batches, 0 rejected, 0 duplicate"), (2, "0 events accepted in 0 batches, 0 rejected, 2 duplicate (1 batches stored before)")] {
+    for (round, want) in [
+        (1, "2 events accepted in 1 batches, 0 rejected, 0 duplicate"),
+        (2, "0 events accepted in 0 batches, 0 rejected, 2 duplicate (1 batches stored before)"),
+    ] {
         let (code, out) = run_import(&d.config_path(), &[file.to_str().unwrap(), "--wait", "60"], None);
         assert_eq!(code, 0, "round {round}: {out}");
         assert!(out.contains(want), "round {round}: {out}");
@@ -197,7 +209,11 @@ fn post_v1_import_takes_a_server_key_only_and_stores_once() {
 
     let (status, v) = send(Some(SERVER_KEY), None);
     assert_eq!(status, 200, "{v}");
-    assert_eq!((v["lines"].as_u64(), v["accepted"].as_u64(), v["batches"].as_u64(), v["rejected"].as_u64()), (Some(120), Some(120), Some(3), Some(0)), "{v}");
+    assert_eq!(
+        (v["lines"].as_u64(), v["accepted"].as_u64(), v["batches"].as_u64(), v["rejected"].as_u64()),
+        (Some(120), Some(120), Some(3), Some(0)),
+        "{v}"
+    );
     d.wait_until("the import stored", Duration::from_secs(60), || stored(&url, "http") == 120);
     let (status, v) = send(Some(SERVER_KEY), None);
     assert_eq!(status, 200, "{v}");

@@ -45,7 +45,12 @@ fn tls_kafka(partitions: i32) -> TlsKafka {
         let (plain, controller) = (node.port, node.controller_port);
         let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
         let properties = [
-            ("listeners", format!("PLAINTEXT://127.0.0.1:{plain},SSL://127.0.0.1:{ssl_port},SASL_SSL://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller}")),
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{plain},SSL://127.0.0.1:{ssl_port},SASL_SSL://127.0.0.1:{sasl_port},CONTROLLER://127.0.0.1:{controller}"
+                ),
+            ),
             ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{plain},SSL://localhost:{ssl_port},SASL_SSL://localhost:{sasl_port}")),
             ("listener.security.protocol.map", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL".into()),
             ("ssl.keystore.type", "PEM".into()),
@@ -88,7 +93,8 @@ impl TlsKafka {
     }
 }
 
-const TOTAL: &str = "SELECT (SELECT count(*) FROM events.pageviews) + (SELECT count(*) FROM events.clicks) + (SELECT count(*) FROM events.link_clicks)
+const TOTAL: &str =
+    "SELECT (SELECT count(*) FROM events.pageviews) + (SELECT count(*) FROM events.clicks) + (SELECT count(*) FROM events.link_clicks)
      + (SELECT count(*) FROM events.mouse_moves) + (SELECT count(*) FROM events.key_presses) + (SELECT count(*) FROM events.form_submissions)";
 
 /// Sends `batches` batches of 12 events and waits until PostgreSQL holds `expect` events in all.
@@ -242,7 +248,8 @@ fn a_refused_handshake_or_login_stops_the_start_and_names_the_setting() {
     assert!(text.contains("kafka.ssl_ca: set, but kafka.security_protocol = \"plaintext\" uses no TLS"), "{text}");
     let dir = temp_dir();
     let file = dir.path().join("chronos.toml");
-    let toml = tls.config(base(), &tls.ssl, &tls.ssl_keys(&tls.certs.ca)).replace("extra = { ", &format!("extra = {{ \"sasl.password\" = \"{PASSWORD}\", "));
+    let toml =
+        tls.config(base(), &tls.ssl, &tls.ssl_keys(&tls.certs.ca)).replace("extra = { ", &format!("extra = {{ \"sasl.password\" = \"{PASSWORD}\", "));
     std::fs::write(&file, toml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_chronosd")).arg("--check-config").arg(&file).output().unwrap();
     let text = output_text(&out);

@@ -14,8 +14,11 @@ use chronos::stack::process::free_port;
 use common::*;
 
 fn keys_toml(kafka: &Kafka, port: u16, pg_url: &str) -> String {
-    config_toml(kafka, port, &format!("[postgres]\nurl = \"{pg_url}\"\n"))
-        .replacen("[http]\n", "[http]\nkeys_from_postgres = true\nkeys_refresh_secs = 1\n", 1)
+    config_toml(kafka, port, &format!("[postgres]\nurl = \"{pg_url}\"\n")).replacen(
+        "[http]\n",
+        "[http]\nkeys_from_postgres = true\nkeys_refresh_secs = 1\n",
+        1,
+    )
 }
 
 /// Status of a batch sent with `key` from the allowed origin.
@@ -143,7 +146,10 @@ fn keys_stored_in_clear_by_an_older_chronos_are_hashed_in_place_and_keep_working
     let d = Chronosd::start(&keys_toml(&kafka, free_port(), &pg.url()));
     d.wait_ready(Duration::from_secs(30));
     assert_eq!(send_with(&client(), &d, secret), 200, "the converted key still works\n{}", d.log_text());
-    let columns = count(&pg.url(), "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'chronos' AND table_name = 'write_keys' AND column_name = 'key'");
+    let columns = count(
+        &pg.url(),
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'chronos' AND table_name = 'write_keys' AND column_name = 'key'",
+    );
     assert_eq!(columns, 0, "the clear-text column is gone");
     assert_eq!(count(&pg.url(), &format!("SELECT count(*) FROM chronos.write_keys w WHERE w::text LIKE '%{secret}%'")), 0);
 }

@@ -114,10 +114,8 @@ fn the_modules_depend_on_each_other_without_cycles() {
     let g = graph(&src);
     assert!(g.len() > 10, "found only {:?}", g.keys());
     if let Some(c) = cycle(&g) {
-        let steps: Vec<String> = c
-            .windows(2)
-            .map(|w| format!("  {} -> {} (in {})", w[0], w[1], g[&w[0]][&w[1]].iter().cloned().collect::<Vec<_>>().join(", ")))
-            .collect();
+        let steps: Vec<String> =
+            c.windows(2).map(|w| format!("  {} -> {} (in {})", w[0], w[1], g[&w[0]][&w[1]].iter().cloned().collect::<Vec<_>>().join(", "))).collect();
         panic!("module cycle {}:\n{}", c.join(" -> "), steps.join("\n"));
     }
 }

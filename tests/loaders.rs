@@ -26,23 +26,12 @@ fn postgres(layout: Layout) -> Pg {
 
 /// PostgreSQL, a broker with `partitions`, and chronosd (loaders on) ready on
 /// a free port, its event tables in `layout`.
-fn loading(
-    layout: Layout,
-    partitions: i32,
-    load: &str,
-    extra: &str,
-) -> (Pg, Kafka, String, u16, Chronosd) {
+fn loading(layout: Layout, partitions: i32, load: &str, extra: &str) -> (Pg, Kafka, String, u16, Chronosd) {
     let pg = postgres(layout);
     let kafka = Kafka::start(partitions);
     let url = pg.server.url();
     let port = free_port();
-    let d = Chronosd::start(&config_toml_with_pg(
-        &kafka,
-        port,
-        &url,
-        &layout.load(load),
-        extra,
-    ));
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, &layout.load(load), extra));
     d.wait_ready(Duration::from_secs(30));
     layout.assert_tables(&url);
     (pg, kafka, url, port, d)
@@ -105,7 +94,8 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
     // Each batch's page is stored once, not in its rows.
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.batches"), 40);
     assert_eq!(count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events_raw' AND column_name = 'metadata'"), 0);
-    let pages = query(&url, &format!("SELECT metadata::text, session_id FROM chronos.batches WHERE batch_id = '{}'", sent[7]["batch"].as_str().unwrap()));
+    let pages =
+        query(&url, &format!("SELECT metadata::text, session_id FROM chronos.batches WHERE batch_id = '{}'", sent[7]["batch"].as_str().unwrap()));
     assert_eq!(serde_json::from_str::<Value>(&pages[0].get::<_, String>(0)).unwrap(), sent[7]["page"]);
     assert_eq!(pages[0].get::<_, String>(1), sent[7]["session"].as_str().unwrap());
 
@@ -143,12 +133,21 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
         assert_eq!(got, want, "{sql}");
     };
     let one = |t: &str| format!("FROM events.{t} WHERE batch_id = '{id}' ORDER BY position");
-    check(&format!("SELECT element, buttons, x, y, selector {}", one("clicks")), json!({"element": "BUTTON", "buttons": 1, "x": 1, "y": 2, "selector": "main>button.buy"}));
-    check(&format!("SELECT link_text, target_url {}", one("link_clicks")), json!({"link_text": "Docs \"quoted\" é", "target_url": "https://shop.example.com/docs"}));
+    check(
+        &format!("SELECT element, buttons, x, y, selector {}", one("clicks")),
+        json!({"element": "BUTTON", "buttons": 1, "x": 1, "y": 2, "selector": "main>button.buy"}),
+    );
+    check(
+        &format!("SELECT link_text, target_url {}", one("link_clicks")),
+        json!({"link_text": "Docs \"quoted\" é", "target_url": "https://shop.example.com/docs"}),
+    );
     check(&format!("SELECT navigation, referrer {}", one("pageviews")), json!({"navigation": "load", "referrer": "https://ref.example.org/"}));
     check(&format!("SELECT x, y {}", one("mouse_moves")), json!({"x": 3, "y": 300}));
     check(&format!("SELECT key, element {}", one("key_presses")), json!({"key": null, "element": "INPUT"}));
-    check(&format!("SELECT form_id, action, fields {}", one("form_submissions")), json!({"form_id": "signup", "action": "/join", "fields": ["email", "plan"]}));
+    check(
+        &format!("SELECT form_id, action, fields {}", one("form_submissions")),
+        json!({"form_id": "signup", "action": "/join", "fields": ["email", "plan"]}),
+    );
 
     // Lag per partition is exported (and reaches 0 once everything is committed).
     let until = Instant::now() + Duration::from_secs(20);
@@ -243,12 +242,7 @@ fn kill_9_mid_load_then_restart_gives_exact_counts(layout: Layout) {
 }
 
 fn implausible_event_times_are_stored_clamped_and_flagged(layout: Layout) {
-    let (_pg, _kafka, url, _port, d) = loading(
-        layout,
-        1,
-        "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1",
-        "",
-    );
+    let (_pg, _kafka, url, _port, d) = loading(layout, 1, "max_past_secs = 3600\nmax_future_secs = 60\npartitions_past_days = 1", "");
     let c = client();
     let now = now_ms();
     let mut b = batch("clock", 1);
@@ -261,10 +255,7 @@ fn implausible_event_times_are_stored_clamped_and_flagged(layout: Layout) {
     let (s, body, _) = post(&c, &d, &b, "198.51.100.5");
     assert_eq!(s, 200, "{body}");
     wait_for_events(&url, 3, Duration::from_secs(60), &d);
-    let rows = query(
-        &url,
-        "SELECT x, time_flagged, (extract(epoch FROM time - received_at))::bigint FROM events.mouse_moves ORDER BY x",
-    );
+    let rows = query(&url, "SELECT x, time_flagged, (extract(epoch FROM time - received_at))::bigint FROM events.mouse_moves ORDER BY x");
     let got: Vec<(i64, bool, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got[0].0, 1);
     assert!(got[0].1, "far future flagged");
@@ -337,13 +328,7 @@ attributes = [
 [events.signups]
 attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", type = "int", nullable = true }]
 "#;
-    let d = Chronosd::start(&config_toml_with_pg(
-        &kafka,
-        port,
-        &url,
-        &layout.load(""),
-        events,
-    ));
+    let d = Chronosd::start(&config_toml_with_pg(&kafka, port, &url, &layout.load(""), events));
     d.wait_ready(Duration::from_secs(30));
     let mut b = batch("new", 1);
     b["events"] = json!([["mouse_moves", now_ms(), 5, 6, 0.5], ["signups", now_ms(), "pro", 3]]);
@@ -373,10 +358,7 @@ attributes = [{ name = "plan", type = "text", max_len = 32 }, { name = "seats", 
             free_port(),
             &url,
             &layout.load(""),
-            &events.replace(
-                r#"name = "seats", type = "int""#,
-                r#"name = "seats", type = "text""#,
-            ),
+            &events.replace(r#"name = "seats", type = "int""#, r#"name = "seats", type = "text""#),
         ),
     )
     .unwrap();
@@ -416,8 +398,7 @@ fn events_in_kafka(kafka: &Kafka) -> i64 {
 }
 
 fn postgres_restarted_mid_load_gives_exact_counts(layout: Layout) {
-    let (mut pg, kafka, url, _port, d) =
-        loading(layout, 2, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS);
+    let (mut pg, kafka, url, _port, d) = loading(layout, 2, "flush_rows = 200\nretry_max_ms = 500", FAST_IPS);
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
     let until = Instant::now() + Duration::from_secs(30);
@@ -447,20 +428,8 @@ fn two_chronosd_in_one_group_one_stopped_gives_exact_counts(layout: Layout) {
     let pg = postgres(layout);
     let kafka = Kafka::start(4);
     let url = pg.server.url();
-    let a = Chronosd::start(&config_toml_with_pg(
-        &kafka,
-        free_port(),
-        &url,
-        &layout.load("flush_rows = 200"),
-        FAST_IPS,
-    ));
-    let mut b = Chronosd::start(&config_toml_with_pg(
-        &kafka,
-        free_port(),
-        &url,
-        &layout.load("flush_rows = 200"),
-        FAST_IPS,
-    ));
+    let a = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load("flush_rows = 200"), FAST_IPS));
+    let mut b = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load("flush_rows = 200"), FAST_IPS));
     a.wait_ready(Duration::from_secs(30));
     b.wait_ready(Duration::from_secs(30));
     let stop = Arc::new(AtomicBool::new(false));
@@ -506,8 +475,7 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them(layout: Layo
     assert_eq!(d.terminate().code(), Some(0));
 
     // The catalog learns the event type; chronosd restarts and creates its table.
-    let events =
-        "[events.signups]\nattributes = [{ name = \"plan\", type = \"text\", max_len = 32 }]\n";
+    let events = "[events.signups]\nattributes = [{ name = \"plan\", type = \"text\", max_len = 32 }]\n";
     let toml = config_toml_with_pg(&kafka, port, &url, &layout.load(""), events);
     let d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
@@ -562,11 +530,7 @@ fn dead_letters_are_listed_and_replayed_once_the_catalog_knows_them(layout: Layo
 fn install_with(kafka: &Kafka, url: &str, load: &str) -> (bool, String) {
     let dir = temp_dir();
     let file = dir.path().join("chronos.toml");
-    std::fs::write(
-        &file,
-        config_toml_with_pg(kafka, free_port(), url, load, ""),
-    )
-    .unwrap();
+    std::fs::write(&file, config_toml_with_pg(kafka, free_port(), url, load, "")).unwrap();
     let out = chronos_cli(&file, &["install-pipeline"]);
     (out.status.success(), output_text(&out))
 }
@@ -649,7 +613,11 @@ fn tables_of_the_version_before_batches_move_to_events_raw_with_their_pages(layo
     assert_eq!(query(&url, "SELECT metadata->>'url' FROM events.pageviews")[0].get::<_, String>(0), "https://old.example/y");
     if layout == Layout::Native {
         let part = format!("clicks_p{}", today.replace('-', ""));
-        assert_eq!(count(&url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = '{part}'")), 1, "its partitions moved too");
+        assert_eq!(
+            count(&url, &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = '{part}'")),
+            1,
+            "its partitions moved too"
+        );
         assert_eq!(count(&url, &format!("SELECT count(*) FROM events_raw.{part}")), 12);
     }
     // Installing again changes nothing.
@@ -665,7 +633,10 @@ fn tables_of_the_version_before_batches_move_to_events_raw_with_their_pages(layo
          UPDATE events.clicks SET x = 10, metadata = '{\"url\": \"https://typed.example/2\"}' WHERE session_id = 'typed';
          DELETE FROM events.clicks WHERE session_id = 'old-0';",
     );
-    assert_eq!(query(&url, "SELECT x::text || ' ' || (metadata->>'url') FROM events.clicks WHERE session_id = 'typed'")[0].get::<_, String>(0), "10 https://typed.example/2");
+    assert_eq!(
+        query(&url, "SELECT x::text || ' ' || (metadata->>'url') FROM events.clicks WHERE session_id = 'typed'")[0].get::<_, String>(0),
+        "10 https://typed.example/2"
+    );
     assert_eq!(count(&url, "SELECT count(*) FROM events_raw.clicks WHERE session_id = 'typed' AND x = 10"), 1);
     assert_eq!(count(&url, "SELECT count(*) FROM events_raw.clicks"), 9);
 
@@ -675,7 +646,9 @@ fn tables_of_the_version_before_batches_move_to_events_raw_with_their_pages(layo
     let b = batch("after-move", 12);
     let (s, body, _) = post(&client(), &d, &b, "198.51.100.77");
     assert_eq!(s, 200, "{body}");
-    d.wait_until("the batch loaded", Duration::from_secs(30), || count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'after-move'") == 2);
+    d.wait_until("the batch loaded", Duration::from_secs(30), || {
+        count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'after-move'") == 2
+    });
     let page = query(&url, "SELECT DISTINCT metadata::text FROM events.clicks WHERE session_id = 'after-move'");
     assert_eq!(page.len(), 1);
     assert_eq!(serde_json::from_str::<Value>(&page[0].get::<_, String>(0)).unwrap(), b["page"]);
@@ -683,43 +656,21 @@ fn tables_of_the_version_before_batches_move_to_events_raw_with_their_pages(layo
 
 #[test]
 fn timescaledb_installed_but_not_preloaded_falls_back_on_auto_and_refuses_on_always() {
-    assert!(
-        chronos::stack::postgres::timescaledb_installed(),
-        "this test needs TimescaleDB installed (.ci/setup)"
-    );
+    assert!(chronos::stack::postgres::timescaledb_installed(), "this test needs TimescaleDB installed (.ci/setup)");
     let dir = temp_dir();
-    let pg = PostgresServer::start_with(dir.path(), false)
-        .expect("start PostgreSQL without the preload");
+    let pg = PostgresServer::start_with(dir.path(), false).expect("start PostgreSQL without the preload");
     let kafka = Kafka::start(1);
     let url = pg.url();
-    assert_eq!(
-        count(
-            &url,
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-        ),
-        1
-    );
+    assert_eq!(count(&url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"), 1);
 
-    let fix =
-        "set shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL";
+    let fix = "set shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL";
     let (ok, out) = install_with(&kafka, &url, "timescaledb = \"always\"");
-    assert!(
-        !ok && out.contains("not preloaded") && out.contains(fix),
-        "{out}"
-    );
-    assert_eq!(
-        count(&url, EVENT_RELATIONS),
-        0,
-        "a refused install creates nothing"
-    );
+    assert!(!ok && out.contains("not preloaded") && out.contains(fix), "{out}");
+    assert_eq!(count(&url, EVENT_RELATIONS), 0, "a refused install creates nothing");
 
     let (ok, out) = install_with(&kafka, &url, "timescaledb = \"auto\"");
     assert!(ok, "{out}");
-    assert_eq!(
-        out.matches(fix).count(),
-        1,
-        "one warning naming the fix:\n{out}"
-    );
+    assert_eq!(out.matches(fix).count(), 1, "one warning naming the fix:\n{out}");
     assert!(out.contains("(native daily partitions)"), "{out}");
     Layout::Native.assert_tables(&url);
 
@@ -754,15 +705,8 @@ fn timescaledb_modes_on_a_preloading_server_give_hypertables_with_the_configured
     Layout::Native.assert_tables(&never_url);
 
     // "auto" makes hypertables, chunked as configured.
-    let (ok, out) = install_with(
-        &kafka,
-        &url,
-        "timescaledb = \"auto\"\nchunk_interval_hours = 6",
-    );
-    assert!(
-        ok && out.contains("(TimescaleDB hypertables, 6-hour chunks)"),
-        "{out}"
-    );
+    let (ok, out) = install_with(&kafka, &url, "timescaledb = \"auto\"\nchunk_interval_hours = 6");
+    assert!(ok && out.contains("(TimescaleDB hypertables, 6-hour chunks)"), "{out}");
     Layout::Hypertable.assert_tables(&url);
     let intervals = count(
         &url,
@@ -772,37 +716,29 @@ fn timescaledb_modes_on_a_preloading_server_give_hypertables_with_the_configured
     // A new width applies to new chunks of existing hypertables.
     let (ok, out) = install_with(&kafka, &url, "chunk_interval_hours = 48");
     assert!(ok, "{out}");
-    assert_eq!(count(&url, "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events_raw' AND time_interval = interval '48 hours'"), 6);
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM timescaledb_information.dimensions WHERE hypertable_schema = 'events_raw' AND time_interval = interval '48 hours'"
+        ),
+        6
+    );
 
     // Partition upkeep leaves hypertables alone: no daily partitions appear.
     let before = count(&url, EVENT_RELATIONS);
-    let catalog = chronos::catalog::EventCatalog::from_config(
-        &chronos::config::Config::default().events,
-        2048,
-    );
+    let catalog = chronos::catalog::EventCatalog::from_config(&chronos::config::Config::default().events, 2048);
     block_on(async {
         let client = chronos::store::connect(&url).await.unwrap();
-        chronos::store::ensure_partitions(&client, &catalog, 7)
-            .await
-            .unwrap();
+        chronos::store::ensure_partitions(&client, &catalog, 7).await.unwrap();
     });
-    assert_eq!(
-        count(&url, EVENT_RELATIONS),
-        before,
-        "no relation added to hypertables"
-    );
+    assert_eq!(count(&url, EVENT_RELATIONS), before, "no relation added to hypertables");
     assert_eq!(count(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'events_raw' AND tablename LIKE '%\\_p2%'"), 0);
 
     // Hypertables on a server that stopped preloading: refused, naming the fix.
     pg.spec.preload_timescaledb = false;
-    pg.restart()
-        .expect("restart PostgreSQL without the preload");
+    pg.restart().expect("restart PostgreSQL without the preload");
     let (ok, out) = install_with(&kafka, &url, "");
-    assert!(
-        !ok && out.contains("the event tables are hypertables, but")
-            && out.contains("shared_preload_libraries = 'timescaledb'"),
-        "{out}"
-    );
+    assert!(!ok && out.contains("the event tables are hypertables, but") && out.contains("shared_preload_libraries = 'timescaledb'"), "{out}");
 }
 
 /// Posts `n` batches of `events` events (sessions `<prefix>-<i>`), each
@@ -827,23 +763,11 @@ fn records_waiting_in_kafka_are_loaded_with_no_further_traffic(layout: Layout) {
     let mut expected = 0;
     for round in 0..3 {
         // Receipt only: the records wait in Kafka.
-        let mut receipt = Chronosd::start(&config_toml_with_pg(
-            &kafka,
-            free_port(),
-            &url,
-            &layout.load("enabled = false"),
-            FAST_IPS,
-        ));
+        let mut receipt = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load("enabled = false"), FAST_IPS));
         receipt.wait_ready(Duration::from_secs(30));
         expected += post_batches(&c, &receipt, &format!("quiet-{round}"), 30, 10);
         assert_eq!(receipt.terminate().code(), Some(0));
-        let mut d = Chronosd::start(&config_toml_with_pg(
-            &kafka,
-            free_port(),
-            &url,
-            &layout.load(""),
-            FAST_IPS,
-        ));
+        let mut d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), FAST_IPS));
         d.wait_ready(Duration::from_secs(30));
         wait_for_events(&url, expected, Duration::from_secs(60), &d);
         assert_eq!(count(&url, &distinct_sql()), expected);
@@ -852,12 +776,7 @@ fn records_waiting_in_kafka_are_loaded_with_no_further_traffic(layout: Layout) {
 }
 
 fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing(layout: Layout) {
-    let (mut pg, kafka, url, _port, mut d) = loading(
-        layout,
-        3,
-        "shutdown_timeout_secs = 3\nretry_max_ms = 500",
-        FAST_IPS,
-    );
+    let (mut pg, kafka, url, _port, mut d) = loading(layout, 3, "shutdown_timeout_secs = 3\nretry_max_ms = 500", FAST_IPS);
     let c = client();
     let mut expected = post_batches(&c, &d, "away", 10, 20);
     wait_for_events(&url, expected, Duration::from_secs(30), &d);
@@ -873,13 +792,7 @@ fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing(la
     assert!(d.log_text().contains("Flush failed; retrying."), "the loaders were retrying:\n{}", d.log_text());
     // Nothing acknowledged is lost: the next start loads what was not committed.
     pg.server.restart().expect("restart PostgreSQL");
-    let d2 = Chronosd::start(&config_toml_with_pg(
-        &kafka,
-        free_port(),
-        &url,
-        &layout.load(""),
-        FAST_IPS,
-    ));
+    let d2 = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), FAST_IPS));
     d2.wait_ready(Duration::from_secs(30));
     wait_for_events(&url, expected, Duration::from_secs(60), &d2);
     assert_eq!(count(&url, &distinct_sql()), expected);

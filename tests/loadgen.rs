@@ -30,8 +30,25 @@ fn a_short_run_lands_every_accepted_event_exactly_once_and_verify_catches_loss_a
     // 4,000 events/s in 20-event batches (200 requests/s) for 3 s over 8 connections.
     let target = d.url("");
     let out = run_loadgen(&[
-        "--rate", "4000", "--duration", "3", "--batch-size", "20", "--connections", "8",
-        "--target", &target, "--key", KEY, "--origin", ORIGIN, "--verify", &url, "--verify-timeout", "90", "--quiet",
+        "--rate",
+        "4000",
+        "--duration",
+        "3",
+        "--batch-size",
+        "20",
+        "--connections",
+        "8",
+        "--target",
+        &target,
+        "--key",
+        KEY,
+        "--origin",
+        ORIGIN,
+        "--verify",
+        &url,
+        "--verify-timeout",
+        "90",
+        "--quiet",
     ]);
     let r = &out.report;
     let text = serde_json::to_string(r).unwrap();
@@ -55,10 +72,8 @@ fn a_short_run_lands_every_accepted_event_exactly_once_and_verify_catches_loss_a
     assert_eq!(r.exit_code(), 0);
 
     // Lose one row and duplicate another: verify must say so.
-    let lost = execute(
-        &url,
-        "DELETE FROM events.mouse_moves WHERE (batch_id, position) IN (SELECT batch_id, position FROM events.mouse_moves LIMIT 1)",
-    );
+    let lost =
+        execute(&url, "DELETE FROM events.mouse_moves WHERE (batch_id, position) IN (SELECT batch_id, position FROM events.mouse_moves LIMIT 1)");
     assert_eq!(lost, 1);
     let doubled = execute(
         &url,

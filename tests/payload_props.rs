@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chronos::config::Config;
 use chronos::http::body::Encoding;
 use chronos::http::error::IngestError;
-use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
+use chronos::http::receipt::{read_batch, ReceiptShared, Receive};
 use chronos::load::decode::{encode_row, walk, DeadLetter, TimePolicy, Visit};
 use chronos::record::Row;
 use chronos::telemetry::Metrics;
@@ -37,7 +37,8 @@ fn receive(body: Vec<u8>) -> Receive {
 /// Any string, including quotes, escapes, control characters and non-ASCII
 /// (but NUL, which PostgreSQL cannot store and receipt refuses).
 fn text(max: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 0..max).prop_map(|c| c.into_iter().collect::<String>())
+    proptest::collection::vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 0..max)
+        .prop_map(|c| c.into_iter().collect::<String>())
         .prop_filter("fits the byte cap", move |s| s.len() <= max)
 }
 
@@ -55,8 +56,7 @@ fn event() -> impl Strategy<Value = Value> {
         (time(), text(16), proptest::option::of(text(64))).prop_map(|(t, n, r)| json!(["pageviews", t, n, r])),
         (time(), text(64), 0i64..=31, coord(), coord(), proptest::option::of(text(100)))
             .prop_map(|(t, e, b, x, y, s)| json!(["clicks", t, e, b, x, y, s])),
-        (time(), proptest::option::of(text(100)), proptest::option::of(text(100)))
-            .prop_map(|(t, l, h)| json!(["link_clicks", t, l, h])),
+        (time(), proptest::option::of(text(100)), proptest::option::of(text(100))).prop_map(|(t, l, h)| json!(["link_clicks", t, l, h])),
         (time(), coord(), coord()).prop_map(|(t, x, y)| json!(["mouse_moves", t, x, y])),
         (time(), proptest::option::of(text(32)), text(64)).prop_map(|(t, k, e)| json!(["key_presses", t, k, e])),
         (time(), proptest::option::of(text(50)), proptest::option::of(text(50)), proptest::collection::vec(text(20), 0..8))
@@ -98,7 +98,13 @@ impl Visit for Collect<'_> {
         let mut buf = bytes::BytesMut::new();
         encode_row(&mut buf, ty, row, &batch_id);
         let attrs = row.attrs.iter().map(|v| v.map_or(Value::Null, |v| serde_json::to_value(v).unwrap())).collect();
-        self.seen.push(Seen { type_name: ty.name.to_string(), position: row.position, client_time: row.client_time, attrs, fields: tuple_fields(&buf) });
+        self.seen.push(Seen {
+            type_name: ty.name.to_string(),
+            position: row.position,
+            client_time: row.client_time,
+            attrs,
+            fields: tuple_fields(&buf),
+        });
     }
     fn reject(&mut self, _: DeadLetter) {
         self.rejected += 1;

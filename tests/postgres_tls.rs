@@ -110,7 +110,8 @@ fn the_loaders_store_events_over_verified_tls() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count(&url, total), 60, "exactly once");
     // Every session of chronosd is encrypted.
-    let plain = count(&url, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend' AND NOT s.ssl");
+    let plain =
+        count(&url, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend' AND NOT s.ssl");
     assert_eq!(plain, 0);
     // The CLI goes over the same URL.
     let dir = temp_dir();

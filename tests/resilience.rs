@@ -106,10 +106,7 @@ fn broker_outage_gives_503_with_bounded_memory_then_recovers() {
     eprintln!("outage codes seen: {codes:?}");
     assert!(codes.contains("overloaded"), "16 clients against an 8-record queue saturate it: {codes:?}");
     let rss_after = d.rss_kib();
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS grew from {rss_before} KiB to {rss_after} KiB during the outage"
-    );
+    assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB during the outage");
     // Readiness reports the broker down.
     let until = Instant::now() + Duration::from_secs(20);
     loop {

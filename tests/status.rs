@@ -62,17 +62,10 @@ fn status_shows_consumer_lag_and_last_minute_events() {
     let before = status(&config);
     assert_eq!(lag_of(&before, &kafka.topic), batches, "{before}");
     assert_eq!(lag_of(&before, &kafka.dead_letter_topic), 0, "{before}");
-    assert!(
-        line(&before, "ingest", "").contains(" 0 events stored in the last minute"),
-        "{before}"
-    );
+    assert!(line(&before, "ingest", "").contains(" 0 events stored in the last minute"), "{before}");
     // This server preloads TimescaleDB and load.timescaledb is "auto": hypertables.
     let tables = line(&before, "tables", "events.*");
-    assert!(
-        tables.contains("TimescaleDB 2.")
-            && tables.contains("hypertables (6 tables, 24-hour chunks"),
-        "{before}"
-    );
+    assert!(tables.contains("TimescaleDB 2.") && tables.contains("hypertables (6 tables, 24-hour chunks"), "{before}");
 
     // A loader stores them: lag 0, and the events count in the last minute.
     let loader = Chronosd::start(&toml);
@@ -86,10 +79,7 @@ fn status_shows_consumer_lag_and_last_minute_events() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let stored = batches * 12;
-    assert!(
-        line(&after, "ingest", "").contains(&format!(" {stored} events stored in the last minute")),
-        "{after}"
-    );
+    assert!(line(&after, "ingest", "").contains(&format!(" {stored} events stored in the last minute")), "{after}");
     assert!(line(&after, "ingest", "").contains(&format!("{} of them from bots (60%)", 3 * 12)), "{after}");
 }
 

@@ -34,10 +34,7 @@ where
         chronos::install(
             &mut client,
             &catalog(),
-            &chronos::config::LoadConfig {
-                timescaledb: chronos::config::Timescale::Never,
-                ..Default::default()
-            },
+            &chronos::config::LoadConfig { timescaledb: chronos::config::Timescale::Never, ..Default::default() },
         )
         .await
         .unwrap();
@@ -140,10 +137,7 @@ fn copy_rows_loads_decoded_tuples_into_their_table() {
         let got: Vec<(String, i64, Option<String>, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
         assert_eq!(
             got,
-            vec![
-                ("BUTTON".into(), 1, Some("main>b".into()), "https://x.example/".into()),
-                ("A".into(), 3, None, "https://x.example/".into())
-            ]
+            vec![("BUTTON".into(), 1, Some("main>b".into()), "https://x.example/".into()), ("A".into(), 3, None, "https://x.example/".into())]
         );
     });
 }
@@ -163,13 +157,24 @@ fn a_dead_letter_of_a_retried_batch_is_written_once() {
             raw: None,
             context: Some("{\"session_id\":\"s\"}".into()),
         };
-        let raw = DeadLetter { stage: "load", reason: "not JSON".into(), batch_id: None, position: None, event: None, raw: Some(b"{oops".to_vec()), context: None };
+        let raw = DeadLetter {
+            stage: "load",
+            reason: "not JSON".into(),
+            batch_id: None,
+            position: None,
+            event: None,
+            raw: Some(b"{oops".to_vec()),
+            context: None,
+        };
         for _ in 0..2 {
             let tx = client.transaction().await.unwrap();
             internals.insert_dead_letters(&tx, "t", 1, &[(7, letter(0)), (7, letter(2)), (8, raw.clone())]).await.unwrap();
             tx.commit().await.unwrap();
         }
-        let rows = client.query("SELECT position, \"offset\", reason, raw, context->>'session_id' FROM chronos.dead_letters ORDER BY id", &[]).await.unwrap();
+        let rows = client
+            .query("SELECT position, \"offset\", reason, raw, context->>'session_id' FROM chronos.dead_letters ORDER BY id", &[])
+            .await
+            .unwrap();
         let positions: Vec<Option<i32>> = rows.iter().map(|r| r.get(0)).collect();
         assert_eq!(positions, vec![Some(0), Some(2), None, None], "events once; an undecodable record each time it is read");
         assert_eq!(rows[1].get::<_, i64>(1), 7);
@@ -183,18 +188,21 @@ fn maintenance_reconnects_after_postgres_restarts() {
     with_schema(|mut pg, client| async move {
         let catalog = catalog();
         let mut m = chronos::store::Maintenance::new(&pg.url(), catalog, 2, Duration::from_secs(3600));
-        client.batch_execute("INSERT INTO chronos.seen_batches (batch_id, seen_at) VALUES (gen_random_uuid(), now() - interval '2 hours')").await.unwrap();
+        client
+            .batch_execute("INSERT INTO chronos.seen_batches (batch_id, seen_at) VALUES (gen_random_uuid(), now() - interval '2 hours')")
+            .await
+            .unwrap();
         assert_eq!(m.run_once().await.unwrap(), 1, "the old batch id pruned");
         pg.restart().expect("restart PostgreSQL");
         let client = chronos::store::connect(&pg.url()).await.unwrap();
         // Tomorrow's partition lost (empty, so dropping it loses nothing): upkeep makes it again.
-        let tomorrow: String = client
-            .query_one("SELECT 'clicks_p' || to_char((now() AT TIME ZONE 'UTC')::date + 1, 'YYYYMMDD')", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let tomorrow: String =
+            client.query_one("SELECT 'clicks_p' || to_char((now() AT TIME ZONE 'UTC')::date + 1, 'YYYYMMDD')", &[]).await.unwrap().get(0);
         client.batch_execute(&format!("DROP TABLE events_raw.{tomorrow}")).await.unwrap();
-        client.batch_execute("INSERT INTO chronos.seen_batches (batch_id, seen_at) VALUES (gen_random_uuid(), now() - interval '2 hours')").await.unwrap();
+        client
+            .batch_execute("INSERT INTO chronos.seen_batches (batch_id, seen_at) VALUES (gen_random_uuid(), now() - interval '2 hours')")
+            .await
+            .unwrap();
         assert_eq!(m.run_once().await.expect("the maintenance connection is opened again"), 1);
         let back = client.query_opt("SELECT 1 FROM pg_tables WHERE schemaname = 'events_raw' AND tablename = $1", &[&tomorrow]).await.unwrap();
         assert!(back.is_some(), "{tomorrow} created again after the restart");

@@ -123,11 +123,7 @@ fn unit_passes_systemd_analyze_verify() {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(UNIT)).unwrap();
     let local = dir.path().join("chronosd.service");
     std::fs::write(&local, text.replace(UNIT_BIN, env!("CARGO_BIN_EXE_chronosd"))).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&local)
-        .output()
-        .expect("systemd-analyze (package systemd, installed by .ci/setup)");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&local).output().expect("systemd-analyze (package systemd, installed by .ci/setup)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // It prints unknown keys and bad values as warnings and still exits 0.
     let own: Vec<&str> = stderr.lines().filter(|l| l.contains("chronosd.service")).collect();

@@ -34,15 +34,8 @@ fn chromium() -> String {
 /// Fails (does not skip) when the browser tool chain is missing, saying how to get it.
 fn require_browser_tools() {
     let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "node is missing: install Node.js 18+ (see .ci/setup): {node:?}"
-    );
-    assert!(
-        Path::new(&chromium()).exists(),
-        "{} is missing: `apt-get install chromium` (see .ci/setup) or set CHROMIUM",
-        chromium()
-    );
+    assert!(node.as_ref().is_ok_and(|o| o.status.success()), "node is missing: install Node.js 18+ (see .ci/setup): {node:?}");
+    assert!(Path::new(&chromium()).exists(), "{} is missing: `apt-get install chromium` (see .ci/setup) or set CHROMIUM", chromium());
     assert!(
         tracker_dir().join("node_modules/playwright-core").exists(),
         "tracker/node_modules is missing: run `npm ci --prefix tracker` (see .ci/setup)"
@@ -59,10 +52,7 @@ fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
 
 /// Rows of `sql` as JSON objects (one per row).
 fn rows(url: &str, sql: &str) -> Vec<Value> {
-    query(url, &format!("SELECT to_jsonb(r)::text FROM ({sql}) r"))
-        .iter()
-        .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
-        .collect()
+    query(url, &format!("SELECT to_jsonb(r)::text FROM ({sql}) r")).iter().map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap()).collect()
 }
 
 fn count(url: &str, sql: &str) -> i64 {
@@ -75,7 +65,11 @@ const TABLES: [&str; 8] = ["pageviews", "clicks", "link_clicks", "mouse_moves", 
 fn events_of_session(url: &str, session: &str) -> Vec<Value> {
     let union = TABLES
         .iter()
-        .map(|t| format!("SELECT '{t}' AS type, batch_id::text AS batch, metadata->>'url' AS url, client_time FROM events.{t} WHERE session_id = '{session}'"))
+        .map(|t| {
+            format!(
+                "SELECT '{t}' AS type, batch_id::text AS batch, metadata->>'url' AS url, client_time FROM events.{t} WHERE session_id = '{session}'"
+            )
+        })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     rows(url, &format!("SELECT type, batch, url FROM ({union}) u ORDER BY client_time"))
@@ -85,7 +79,6 @@ fn batch_rows(url: &str, batch: &str) -> (i64, i64) {
     let union = TABLES.iter().map(|t| format!("SELECT position FROM events.{t} WHERE batch_id = '{batch}'")).collect::<Vec<_>>().join(" UNION ALL ");
     (count(url, &format!("SELECT count(*) FROM ({union}) u")), count(url, &format!("SELECT count(DISTINCT position) FROM ({union}) u")))
 }
-
 
 #[test]
 fn tracker_in_chromium_lands_every_event_type_privately_and_exactly_once() {
@@ -181,11 +174,19 @@ flush_interval_ms = 600000
     let big = s("big_session");
     d.wait_until("the large buffers", Duration::from_secs(60), || count(&pg_url, &sql("note", &big)) >= 100);
     std::thread::sleep(Duration::from_secs(2)); // time for a duplicate to show
-    assert_eq!(count(&pg_url, "SELECT count(*) FROM chronos.dead_letters"), 0, "no event refused: {:?}", rows(&pg_url, "SELECT reason FROM chronos.dead_letters"));
+    assert_eq!(
+        count(&pg_url, "SELECT count(*) FROM chronos.dead_letters"),
+        0,
+        "no event refused: {:?}",
+        rows(&pg_url, "SELECT reason FROM chronos.dead_letters")
+    );
 
     let page = |p: &str| format!("{site}/{p}");
     let by_session = |cols: &str, t: &str, session: &str| {
-        rows(&pg_url, &format!("SELECT {cols}, metadata->>'url' AS url FROM events.{t} WHERE session_id = '{session}' ORDER BY client_time, position"))
+        rows(
+            &pg_url,
+            &format!("SELECT {cols}, metadata->>'url' AS url FROM events.{t} WHERE session_id = '{session}' ORDER BY client_time, position"),
+        )
     };
 
     // --- Multi-page site (configured bundle, sendBeacon on navigation and close).
@@ -199,7 +200,8 @@ flush_interval_ms = 600000
     );
     let buy = &r["buy"];
     let clicks = by_session("element, buttons, x, y, selector", "clicks", &site_session);
-    let click = |el: &str, x: &Value, y: &Value, sel: &str, p: &str| json!({"element": el, "buttons": 0, "x": x, "y": y, "selector": sel, "url": page(p)});
+    let click =
+        |el: &str, x: &Value, y: &Value, sel: &str, p: &str| json!({"element": el, "buttons": 0, "x": x, "y": y, "selector": sel, "url": page(p)});
     assert_eq!(clicks[0], click("BUTTON", &buy["x"], &buy["y"], "main>section.plans>button.buy.primary", "index.html"));
     assert_eq!(clicks[1], click("A", &json!(0), &json!(0), "a#empty", "index.html"), "a synthetic click on an empty link");
     assert_eq!(clicks[2]["selector"], "a#docs>span.label");
@@ -231,7 +233,9 @@ flush_interval_ms = 600000
     );
     assert_eq!(
         by_session("form_id, action, fields", "form_submissions", &site_session),
-        vec![json!({"form_id": "signup", "action": page("thanks.html"), "fields": ["name", "email", "password", "bio", "plan"], "url": page("page2.html")})]
+        vec![
+            json!({"form_id": "signup", "action": page("thanks.html"), "fields": ["name", "email", "password", "bio", "plan"], "url": page("page2.html")})
+        ]
     );
     assert_eq!(
         by_session("plan, seats", "signup", &site_session),
@@ -276,8 +280,7 @@ flush_interval_ms = 600000
         pv("hash", &spa("a?tab=2#long"), &spa("a?tab=2")),
     ]);
     assert_eq!(by_session("navigation, referrer", "pageviews", &spa_session), expected);
-    let spa_clicks: Vec<Value> =
-        by_session("selector", "clicks", &spa_session).into_iter().map(|c| json!([c["selector"], c["url"]])).collect();
+    let spa_clicks: Vec<Value> = by_session("selector", "clicks", &spa_session).into_iter().map(|c| json!([c["selector"], c["url"]])).collect();
     assert_eq!(
         spa_clicks,
         vec![

@@ -41,15 +41,7 @@ fn stack(layout: Layout) -> Stack {
     let d = Chronosd::start(&toml);
     d.wait_ready(Duration::from_secs(30));
     layout.assert_tables(&url);
-    Stack {
-        _pg_dir: pg_dir,
-        _pg: pg,
-        url,
-        kafka,
-        toml,
-        config_file,
-        d,
-    }
+    Stack { _pg_dir: pg_dir, _pg: pg, url, kafka, toml, config_file, d }
 }
 
 fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
@@ -286,7 +278,10 @@ fn check_test_views(url: &str) {
         "SELECT 'all', count(*)::text, sum(y)::text, round(avg(y), 9)::text, percentile_cont(0.9) WITHIN GROUP (ORDER BY y)::text FROM events.mouse_moves",
     );
     // Three of the default views: bots' events left out.
-    assert!(count(url, &format!("SELECT count(*) FROM ({}) e WHERE is_bot", all_events("is_bot"))) > 0, "no bot's events: the exclusion is not tested");
+    assert!(
+        count(url, &format!("SELECT count(*) FROM ({}) e WHERE is_bot", all_events("is_bot"))) > 0,
+        "no bot's events: the exclusion is not tested"
+    );
     let union_time = all_events("time, is_bot");
     assert_view_equals(
         url,
@@ -484,7 +479,10 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     std::thread::sleep(Duration::from_secs(2));
     assert!(total_events(&s.url) < sent, "a flush committed without its view");
     let log = s.d.log_text();
-    assert!(log.contains("42703: column") && log.contains("t_total_mrel") && log.contains("does not exist"), "the flush error names the cause:\n{log}");
+    assert!(
+        log.contains("42703: column") && log.contains("t_total_mrel") && log.contains("does not exist"),
+        "the flush error names the cause:\n{log}"
+    );
     let (ok, out) = cli(&s, &["install-pipeline"]);
     assert!(ok, "{out}");
     wait_for_events(&s.url, sent, &s.d);
@@ -492,7 +490,4 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     s.d.terminate();
 }
 
-on_both_layouts!(
-    views_equal_the_raw_queries_also_after_kill_9,
-    views_are_added_with_backfill_and_dropped_while_events_flow
-);
+on_both_layouts!(views_equal_the_raw_queries_also_after_kill_9, views_are_added_with_backfill_and_dropped_while_events_flow);

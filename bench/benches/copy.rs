@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use chronos::config::Config;
 use chronos::http::body::Encoding;
-use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
-use bytes::BytesMut;
+use chronos::http::receipt::{read_batch, ReceiptShared, Receive};
 use chronos::load::decode::{decode_batch, encode_row, walk, DeadLetter, TimePolicy, Visit};
 use chronos::record::Row;
 use chronos::telemetry::Metrics;
@@ -85,7 +85,12 @@ fn bench_decode(cr: &mut Criterion) {
     });
     g.bench_function("encode_and_default_views_100_records", |b| {
         b.iter(|| {
-            let mut v = Walk { catalog: &catalog, tuples: BytesMut::new(), pages: Default::default(), views: Some(chronos::views::Accumulator::new(set.clone())) };
+            let mut v = Walk {
+                catalog: &catalog,
+                tuples: BytesMut::new(),
+                pages: Default::default(),
+                views: Some(chronos::views::Accumulator::new(set.clone())),
+            };
             for _ in 0..100 {
                 walk(&mut record.clone(), &catalog, policy, &mut v).unwrap();
             }

@@ -84,11 +84,15 @@ fn rival(c: &mut Criterion) {
         let u = uap.parse(ua);
         eprintln!(
             "{ua}\n  woothee:  {} {} · {} {} · {}\n  uaparser: {} {} · {} {} · {}",
-            w.as_ref().map_or("-", |w| w.name), w.as_ref().map_or("-", |w| w.version),
-            w.as_ref().map_or("-", |w| w.os), w.as_ref().map_or("-", |w| w.os_version.as_ref()),
+            w.as_ref().map_or("-", |w| w.name),
+            w.as_ref().map_or("-", |w| w.version),
+            w.as_ref().map_or("-", |w| w.os),
+            w.as_ref().map_or("-", |w| w.os_version.as_ref()),
             w.as_ref().map_or("-", |w| w.category),
-            u.user_agent.family, u.user_agent.major.as_deref().unwrap_or("-"),
-            u.os.family, u.os.major.as_deref().unwrap_or("-"),
+            u.user_agent.family,
+            u.user_agent.major.as_deref().unwrap_or("-"),
+            u.os.family,
+            u.os.major.as_deref().unwrap_or("-"),
             u.device.family
         );
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_web::{test, App};
 use chronos::config::Config;
 use chronos::http::body::Encoding;
-use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
+use chronos::http::receipt::{read_batch, ReceiptShared, Receive};
 use chronos::produce::{ProducerHealth, Sink};
 use chronos::telemetry::Metrics;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
-use chronos::store::copy::{HEADER, TRAILER};
 use chronos::load::decode::{encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use chronos::record::{self, Row};
 use chronos::stack::postgres::block_on;
+use chronos::store::copy::{HEADER, TRAILER};
 use futures_util::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -139,7 +139,8 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let catalog = chronos::catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let statements: Vec<String> = catalog.types().iter().map(chronos::store::internals::copy_statement).collect();
     let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
-    let new_flush = || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Default::default(), events: 0 };
+    let new_flush =
+        || Flush { per_table: statements.iter().map(|_| BytesMut::new()).collect(), batch_ids: Vec::new(), pages: Default::default(), events: 0 };
     let mut flushes = vec![];
     let mut e = Encode { catalog: &catalog, keep_pages: run.page_per_batch, flush: new_flush() };
     for r in records {
@@ -154,7 +155,12 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
     let schema = format!("ceiling_{}", uuid::Uuid::new_v4().simple());
     block_on(async {
         let mut client = chronos::store::connect(&config.postgres.url).await?;
-        chronos::install(&mut client, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..config.load.clone() }).await?;
+        chronos::install(
+            &mut client,
+            &catalog,
+            &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..config.load.clone() },
+        )
+        .await?;
         client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
         for ty in catalog.types() {
             client
@@ -204,7 +210,13 @@ pub fn copy_run(config: &Config, records: &[BatchRecord], run: CopyRun, postmast
 /// The broker's own acknowledgement latency (send → ack with acks=all, chronosd's
 /// producer settings) at a modest, paced rate of `per_sec` records for `secs`:
 /// the floor under chronosd's HTTP latency.
-pub fn broker_ack_latency(k: &KafkaConfig, topic: &str, records: &[BatchRecord], per_sec: f64, secs: f64) -> anyhow::Result<loadgen::report::Percentiles> {
+pub fn broker_ack_latency(
+    k: &KafkaConfig,
+    topic: &str,
+    records: &[BatchRecord],
+    per_sec: f64,
+    secs: f64,
+) -> anyhow::Result<loadgen::report::Percentiles> {
     let producer = plain_producer(k)?;
     let n = ((per_sec * secs) as usize).min(records.len());
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chronos::config::Config;
 use chronos::http::body::Encoding;
-use chronos::http::receipt::{read_batch, Receive, ReceiptShared};
+use chronos::http::receipt::{read_batch, ReceiptShared, Receive};
 use chronos::telemetry::Metrics;
 use loadgen::payload::{batch_id, session_id, Mix, Template};
 
@@ -25,9 +25,7 @@ pub fn bodies(n: usize, batch_size: u32) -> Vec<Vec<u8>> {
     let run = fastrand_seed();
     let templates: Vec<Template> = (0..64).map(|i| Template::generate(KEY, ORIGIN, &mix, batch_size, run ^ i)).collect();
     let now = now_ms() as u64;
-    (0..n as u64)
-        .map(|i| templates[(i % 64) as usize].stamp(&batch_id(run, i), &session_id(run, i % 10_000), now))
-        .collect()
+    (0..n as u64).map(|i| templates[(i % 64) as usize].stamp(&batch_id(run, i), &session_id(run, i % 10_000), now)).collect()
 }
 
 /// The records chronosd's receipt makes of `bodies` (parse, validate, encode).

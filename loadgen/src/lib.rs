@@ -112,14 +112,7 @@ pub async fn execute_until(args: &Args, stop: tokio::sync::watch::Receiver<bool>
     }
     if let Some(url) = &args.verify {
         let types = opts.mix.types();
-        let v = verify::verify(
-            url,
-            &types,
-            &outcome.batches,
-            Duration::from_secs_f64(args.verify_timeout),
-            Duration::from_millis(1000),
-        )
-        .await?;
+        let v = verify::verify(url, &types, &outcome.batches, Duration::from_secs_f64(args.verify_timeout), Duration::from_millis(1000)).await?;
         outcome.report.verify = Some(v);
     }
     Ok(outcome)

@@ -181,8 +181,10 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-const PATHS: [&str; 8] = ["/", "/pricing", "/docs/start", "/blog/2026/11/launch", "/cart?step=2", "/products/42", "/search?q=shoes", "/account/settings"];
-const TITLES: [&str; 8] = ["Home – Shop", "Pricing", "Getting started", "We launched", "Your cart – Shop", "Trail shoe 42", "Search: shoes", "Settings"];
+const PATHS: [&str; 8] =
+    ["/", "/pricing", "/docs/start", "/blog/2026/11/launch", "/cart?step=2", "/products/42", "/search?q=shoes", "/account/settings"];
+const TITLES: [&str; 8] =
+    ["Home – Shop", "Pricing", "Getting started", "We launched", "Your cart – Shop", "Trail shoe 42", "Search: shoes", "Settings"];
 const LANGUAGES: [&str; 5] = ["en-GB", "en-US", "de-DE", "fr-FR", "ja-JP"];
 const ELEMENTS: [&str; 6] = ["BUTTON", "A", "DIV", "SPAN", "INPUT", "IMG"];
 const SELECTORS: [&str; 4] = ["main>section.plans>button.buy", "nav>ul>li:nth-child(3)>a", "#search>input", "div.card>div.body>span.price"];

@@ -120,17 +120,44 @@ impl Report {
              status: 2xx {} · 4xx {} · 503 {} · other 5xx {} · no response {}\n\
              latency from intended send (ms): p50 {:.2} · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}\n\
              service time (ms):               p50 {:.2} · p90 {:.2} · p99 {:.2} · p99.9 {:.2} · max {:.2}\n",
-            self.target, self.rate, self.batch_size, self.connections, self.duration_secs,
-            self.requests, self.scheduled, self.events_sent, self.bytes_sent as f64 / 1e6, self.elapsed_secs, self.events_accepted, self.accepted_rate,
-            st.ok, st.client_error, st.unavailable, st.server_error, st.failed,
-            l.p50, l.p90, l.p99, l.p999, l.max, s.p50, s.p90, s.p99, s.p999, s.max,
+            self.target,
+            self.rate,
+            self.batch_size,
+            self.connections,
+            self.duration_secs,
+            self.requests,
+            self.scheduled,
+            self.events_sent,
+            self.bytes_sent as f64 / 1e6,
+            self.elapsed_secs,
+            self.events_accepted,
+            self.accepted_rate,
+            st.ok,
+            st.client_error,
+            st.unavailable,
+            st.server_error,
+            st.failed,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            s.p50,
+            s.p90,
+            s.p99,
+            s.p999,
+            s.max,
         );
         if self.missed > 0 {
             out.push_str(&format!(
                 "missed {} requests ({:.1} %): {}; the latencies are of the requests sent\n",
                 self.missed,
                 100.0 * self.missed as f64 / self.scheduled.max(1) as f64,
-                if self.interrupted { "not sent before the interrupt" } else { "not sent by the end of the duration (the server answered too slowly)" }
+                if self.interrupted {
+                    "not sent before the interrupt"
+                } else {
+                    "not sent by the end of the duration (the server answered too slowly)"
+                }
             ));
         }
         if self.interrupted {

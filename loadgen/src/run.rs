@@ -113,9 +113,8 @@ pub async fn run_until(opts: &Options, stop: watch::Receiver<bool>) -> anyhow::R
     anyhow::ensure!(opts.rate > 0.0 && opts.batch_size > 0 && opts.connections > 0, "rate, batch size and connections must be above 0");
     let (addr, host, path) = parse_target(&opts.target).await?;
     let run = fastrand::u64(..);
-    let templates = (0..opts.templates.max(1))
-        .map(|i| Template::generate(&opts.key, &opts.origin, &opts.mix, opts.batch_size, run ^ i as u64))
-        .collect();
+    let templates =
+        (0..opts.templates.max(1)).map(|i| Template::generate(&opts.key, &opts.origin, &opts.mix, opts.batch_size, run ^ i as u64)).collect();
     let plan = Arc::new(Plan {
         addr,
         path,
@@ -132,9 +131,7 @@ pub async fn run_until(opts: &Options, stop: watch::Receiver<bool>) -> anyhow::R
         timeout: opts.timeout,
     });
     let counters = Arc::new(Counters::default());
-    let tasks: Vec<_> = (0..plan.connections)
-        .map(|c| tokio::spawn(connection(c, plan.clone(), counters.clone(), stop.clone())))
-        .collect();
+    let tasks: Vec<_> = (0..plan.connections).map(|c| tokio::spawn(connection(c, plan.clone(), counters.clone(), stop.clone()))).collect();
     let progress = opts.progress.then(|| tokio::spawn(progress(plan.clone(), counters.clone())));
 
     let mut latency = histogram();
@@ -289,7 +286,8 @@ impl Plan {
         let body = template.stamp(id, &session_id(self.run, session), now_ms);
         // One client IP per session, in the benchmarking range 198.18.0.0/15.
         let ip = session % 131_072;
-        let forwarded = HeaderValue::from_str(&format!("198.{}.{}.{}", 18 + (ip >> 16), (ip >> 8) & 0xff, ip & 0xff)).expect("an IP is a header value");
+        let forwarded =
+            HeaderValue::from_str(&format!("198.{}.{}.{}", 18 + (ip >> 16), (ip >> 8) & 0xff, ip & 0xff)).expect("an IP is a header value");
         Request::builder()
             .method(Method::POST)
             .uri(self.path.as_str())

@@ -20,12 +20,7 @@ impl Schedule {
     /// `rate` events/s in batches of `batch_size` for `duration`.
     pub fn new(start: Instant, rate: f64, batch_size: u32, duration: Duration) -> Schedule {
         let per_sec = rate / batch_size as f64;
-        Schedule {
-            start,
-            interval_ns: 1e9 / per_sec,
-            requests: (per_sec * duration.as_secs_f64()).round() as u64,
-            end: start + duration,
-        }
+        Schedule { start, interval_ns: 1e9 / per_sec, requests: (per_sec * duration.as_secs_f64()).round() as u64, end: start + duration }
     }
 
     /// The intended send time of request `n`.

@@ -27,19 +27,11 @@ const WAIT_CHUNK: i64 = 500;
 /// Checks `events.<type>` for each of `types` against `batches`: waits (at most
 /// `timeout`) until every accepted batch is loaded, counts, then waits `settle`
 /// and counts again so late duplicates show.
-pub async fn verify(
-    url: &str,
-    types: &[&str],
-    batches: &[SentBatch],
-    timeout: Duration,
-    settle: Duration,
-) -> anyhow::Result<Verification> {
+pub async fn verify(url: &str, types: &[&str], batches: &[SentBatch], timeout: Duration, settle: Duration) -> anyhow::Result<Verification> {
     let started = Instant::now();
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     let conn = tokio::spawn(connection);
-    client
-        .batch_execute("CREATE TEMP TABLE loadgen_sent (batch_id uuid PRIMARY KEY, accepted integer NOT NULL)")
-        .await?;
+    client.batch_execute("CREATE TEMP TABLE loadgen_sent (batch_id uuid PRIMARY KEY, accepted integer NOT NULL)").await?;
     let mut data = String::with_capacity(batches.len() * 48);
     for b in batches {
         data.push_str(&format!("{}\t{}\n", b.id, b.accepted));
@@ -47,11 +39,7 @@ pub async fn verify(
     copy_in(&client, "COPY loadgen_sent FROM STDIN", data).await?;
     client.batch_execute("ANALYZE loadgen_sent").await?;
     let expected: i64 = client.query_one("SELECT coalesce(sum(accepted), 0)::bigint FROM loadgen_sent", &[]).await?.get(0);
-    let union = types
-        .iter()
-        .map(|t| format!("SELECT batch_id, position FROM events.\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let union = types.iter().map(|t| format!("SELECT batch_id, position FROM events.\"{t}\"")).collect::<Vec<_>>().join(" UNION ALL ");
     let sql = format!(
         "SELECT count(*)::bigint, count(DISTINCT (u.batch_id, u.position))::bigint, \
                 count(DISTINCT (u.batch_id, u.position)) FILTER (WHERE u.position >= 0 AND u.position < s.accepted)::bigint \
@@ -76,10 +64,7 @@ pub async fn verify(
     // the row check runs once none is left (or the wait gave up). Joining all
     // accepted ids against the table on every poll instead took a quarter of a
     // core in `perf/pipeline` (d). Without that table, poll the rows.
-    let seen_table: bool = client
-        .query_one("SELECT to_regclass('chronos.seen_batches') IS NOT NULL", &[])
-        .await?
-        .get(0);
+    let seen_table: bool = client.query_one("SELECT to_regclass('chronos.seen_batches') IS NOT NULL", &[]).await?.get(0);
     let v = if seen_table {
         client
             .batch_execute(

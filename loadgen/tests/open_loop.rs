@@ -44,11 +44,7 @@ fn serve(mut s: TcpStream, counter: Arc<AtomicU64>, stall_at: u64, stall: Durati
             continue;
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0);
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
         while buf.len() < head_end + 4 + len {
             match s.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
@@ -172,8 +168,8 @@ fn sigint_and_sigterm_stop_the_run_and_print_the_partial_report() {
         assert!(signalled.elapsed() < Duration::from_secs(4), "{name}: stopping took {:?}", signalled.elapsed());
         assert_eq!(out.status.code(), Some(128 + signal), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("loadgen: {name}: stopping")));
-        let r: loadgen::report::Report = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{name}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let r: loadgen::report::Report =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
         assert!(r.interrupted, "{name}");
         assert_eq!(r.scheduled, 12_000);
         // About 1.5 s of 200 requests/s were sent and answered; the rest is missed.

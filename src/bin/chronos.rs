@@ -264,14 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             for s in stack.status() {
                 all_up &= s.up;
                 let pid = s.pid.map(|p| format!("pid {p}")).unwrap_or_default();
-                println!(
-                    "{:<9} {:<5} {:<28} {:<10} {}",
-                    s.service.name(),
-                    if s.up { "up" } else { "down" },
-                    s.address,
-                    pid,
-                    s.detail
-                );
+                println!("{:<9} {:<5} {:<28} {:<10} {}", s.service.name(), if s.up { "up" } else { "down" }, s.address, pid, s.detail);
             }
             print_pipeline(&stack.config);
             if !all_up {
@@ -394,7 +387,12 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
                 for k in stored_keys::list(&client).await? {
                     let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
                     let revoked = k.revoked_at.map(|r| format!(", revoked {r}")).unwrap_or_default();
-                    println!("{:<20} stored   {state:<10} {} (created {}{revoked})", k.id, access(&k.origins, k.allow_no_origin, k.kind), k.created_at);
+                    println!(
+                        "{:<20} stored   {state:<10} {} (created {}{revoked})",
+                        k.id,
+                        access(&k.origins, k.allow_no_origin, k.kind),
+                        k.created_at
+                    );
                 }
             }
             KeysCmd::Revoke { id } => {
@@ -585,11 +583,7 @@ fn manual_commands(cmd: &mut clap::Command, path: &str, out: &mut String) {
 fn print_pipeline(c: &chronos::config::Config) {
     use chronos::stack::pipeline;
     let (lag, recent, layout) = chronos::stack::postgres::block_on(async {
-        (
-            pipeline::consumer_lag(c, Duration::from_secs(5)).await,
-            pipeline::events_last_minute(c).await,
-            pipeline::table_layout(c).await,
-        )
+        (pipeline::consumer_lag(c, Duration::from_secs(5)).await, pipeline::events_last_minute(c).await, pipeline::table_layout(c).await)
     });
     match lag {
         Ok(topics) => {
@@ -612,10 +606,7 @@ fn print_pipeline(c: &chronos::config::Config) {
     }
     match layout {
         Ok(l) => println!("{:<9} {:<5} {:<28} {l}", "tables", "", "events.*"),
-        Err(e) => println!(
-            "{:<9} {:<5} {:<28} unknown: {e:#}",
-            "tables", "", "events.*"
-        ),
+        Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "tables", "", "events.*"),
     }
 }
 
@@ -676,14 +667,15 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
     };
     // Progress counts the bytes read from the file (compressed, for a gzip file).
     let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n).with_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ({eta} left)").expect("a valid template"),
-        ),
-        None => indicatif::ProgressBar::new_spinner().with_style(indicatif::ProgressStyle::with_template("{spinner} {bytes} {msg}").expect("a valid template")),
+        Some(n) => indicatif::ProgressBar::new(n)
+            .with_style(indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ({eta} left)").expect("a valid template")),
+        None => indicatif::ProgressBar::new_spinner()
+            .with_style(indicatif::ProgressStyle::with_template("{spinner} {bytes} {msg}").expect("a valid template")),
     };
     let mut input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(raw));
     let gzip = input.fill_buf().map_err(|e| anyhow::anyhow!("{file}: {e}"))?.starts_with(&[0x1f, 0x8b]);
-    let input: Box<dyn BufRead> = if gzip { Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(input))) } else { Box::new(input) };
+    let input: Box<dyn BufRead> =
+        if gzip { Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(input))) } else { Box::new(input) };
     let report = chronos::stack::postgres::block_on(chronos::import::send::run(c, input, opts, |s| {
         bar.set_message(format!("{} lines, {} events accepted, {} rejected, {} duplicate", s.lines, s.accepted, s.rejected, s.duplicate_events));
     }))
@@ -738,7 +730,10 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
         println!("user {u}: {} sessions", done.sessions);
     }
     let what = if done.sessions == 1 { "session" } else { "sessions" };
-    println!("erased {what}: {raw} raw events ({})", done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "erased {what}: {raw} raw events ({})",
+        done.raw.iter().filter(|(_, n)| *n > 0).map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
+    );
     println!("  {} archived events in {} files rewritten", done.archived_rows, done.files.len());
     println!("  {} dead letters", done.dead_letters);
     println!("  {} identities (session → user), {} visits, {} batch pages", done.identities, done.visits, done.pages);
@@ -770,7 +765,14 @@ fn day_range_args(from: &str, to: Option<&str>) -> Result<(i64, i64)> {
     Ok((from_day, to_day))
 }
 
-fn export(c: &chronos::config::Config, from: &str, to: Option<&str>, types: Vec<String>, format: chronos::lifecycle::export::Format, out: &str) -> Result<()> {
+fn export(
+    c: &chronos::config::Config,
+    from: &str,
+    to: Option<&str>,
+    types: Vec<String>,
+    format: chronos::lifecycle::export::Format,
+    out: &str,
+) -> Result<()> {
     use chronos::lifecycle::export::{self, Format, Out, Source};
     let (from, to) = day_range_args(from, to)?;
     let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
@@ -785,7 +787,9 @@ fn export(c: &chronos::config::Config, from: &str, to: Option<&str>, types: Vec<
     if matches!(out, Out::Stdout) {
         match format {
             Format::Parquet => anyhow::bail!("--format parquet writes one file per table and day: give --out DIR, not -"),
-            Format::Csv if tables.len() != 1 => anyhow::bail!("--format csv to standard output takes one event type (--types); {} given", tables.len()),
+            Format::Csv if tables.len() != 1 => {
+                anyhow::bail!("--format csv to standard output takes one event type (--types); {} given", tables.len())
+            }
             _ => {}
         }
     }

@@ -44,10 +44,7 @@ pub enum BotPolicy {
 impl EnrichConfig {
     /// What is wrong with `[enrich]`, each naming its key.
     pub(super) fn errors(&self, errors: &mut Vec<String>) {
-        positive(
-            errors,
-            [("enrich.ua_cache_entries", self.ua_cache_entries as u64), ("enrich.geoip_reload_secs", self.geoip_reload_secs)],
-        );
+        positive(errors, [("enrich.ua_cache_entries", self.ua_cache_entries as u64), ("enrich.geoip_reload_secs", self.geoip_reload_secs)]);
         if let Some(db) = &self.geoip_db {
             if let Err(e) = crate::enrich::GeoIp::open(db) {
                 errors.push(e);

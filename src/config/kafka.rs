@@ -297,9 +297,7 @@ impl KafkaConfig {
             errors.push("kafka.brokers: must name at least one host:port".into());
         }
         for (key, topic) in [("kafka.topic", &self.topic), ("kafka.dead_letter_topic", &self.dead_letter_topic)] {
-            let ok = !topic.is_empty()
-                && topic.len() <= 249
-                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            let ok = !topic.is_empty() && topic.len() <= 249 && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {
                 errors.push(format!("{key}: `{topic}` is not a valid topic name (letters, digits, . _ -)"));
             }

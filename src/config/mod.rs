@@ -14,16 +14,16 @@ use crate::secret::Secret;
 
 mod enrich;
 mod http;
-mod keys;
 mod kafka;
+mod keys;
 mod stack;
 mod storage;
 mod tracker;
 
 pub use enrich::*;
 pub use http::*;
-pub use keys::{id_problem, origins_problems, secret_problem, KeyKind, OriginsProblem, WriteKeyConfig};
 pub use kafka::*;
+pub use keys::{id_problem, origins_problems, secret_problem, KeyKind, OriginsProblem, WriteKeyConfig};
 pub use stack::*;
 pub use storage::*;
 pub use tracker::TrackerConfig;
@@ -109,9 +109,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        let mut config: Config = fig.merge(env).extract().map_err(|e| {
-            ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n"))
-        })?;
+        let mut config: Config =
+            fig.merge(env).extract().map_err(|e| ConfigError::Load(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("\n")))?;
         config.resolve_secrets()?;
         config.validate()?;
         config.source = path.map(Path::to_path_buf);
@@ -201,12 +200,7 @@ fn positive<const N: usize>(errors: &mut Vec<String>, values: [(&str, u64); N]) 
 
 fn describe(e: &figment::Error) -> String {
     let key = e.path.join(".");
-    let source = e
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .map(|s| format!(" (from {s})"))
-        .unwrap_or_default();
+    let source = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
     if key.is_empty() {
         format!("{}{source}", e.kind)
     } else {
@@ -265,7 +259,9 @@ origins = ["example.com", "*.example.org"]
         let c = with("[stack]\ndir = \"/srv/chronos\"").unwrap();
         assert_eq!(c.archive_target().unwrap(), ArchiveTarget::Url(url::Url::parse("file:///srv/chronos/archive/").unwrap()));
         assert_eq!(with("[retention]\narchive = \"off\"").unwrap().archive_target().unwrap(), ArchiveTarget::Off);
-        assert!(matches!(with("[retention]\narchive = \"s3://bucket/chronos\"").unwrap().archive_target().unwrap(), ArchiveTarget::Url(u) if u.scheme() == "s3"));
+        assert!(
+            matches!(with("[retention]\narchive = \"s3://bucket/chronos\"").unwrap().archive_target().unwrap(), ArchiveTarget::Url(u) if u.scheme() == "s3")
+        );
         for bad in [0, 5, 36] {
             let err = with(&format!("[load]\nchunk_interval_hours = {bad}")).unwrap_err().to_string();
             assert!(err.contains(&format!("load.chunk_interval_hours: {bad} must divide 24")), "{err}");

@@ -271,9 +271,6 @@ impl RetentionConfig {
 impl ImportConfig {
     /// What is wrong with `[import]`, each naming its key.
     pub(super) fn errors(&self, errors: &mut Vec<String>) {
-        positive(
-            errors,
-            [("import.batch_events", self.batch_events as u64), ("import.max_body_bytes", self.max_body_bytes as u64)],
-        );
+        positive(errors, [("import.batch_events", self.batch_events as u64), ("import.max_body_bytes", self.max_body_bytes as u64)]);
     }
 }

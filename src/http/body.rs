@@ -29,11 +29,7 @@ impl Encoding {
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_capped(
-    mut payload: web::Payload,
-    content_length: Option<usize>,
-    limit: usize,
-) -> Result<Vec<u8>, IngestError> {
+pub async fn read_capped(mut payload: web::Payload, content_length: Option<usize>, limit: usize) -> Result<Vec<u8>, IngestError> {
     if content_length.is_some_and(|n| n > limit) {
         return Err(IngestError::BodyTooLarge { limit });
     }

@@ -130,9 +130,7 @@ impl ResponseError for IngestError {
     fn error_response(&self) -> HttpResponse {
         let mut detail = json!({ "code": self.code(), "message": self.to_string() });
         match self {
-            IngestError::BodyTooLarge { limit } | IngestError::DecompressedTooLarge { limit } => {
-                detail["limit"] = json!(limit)
-            }
+            IngestError::BodyTooLarge { limit } | IngestError::DecompressedTooLarge { limit } => detail["limit"] = json!(limit),
             IngestError::Payload(PayloadError::Malformed { offset, .. }) => detail["offset"] = json!(offset),
             IngestError::Payload(PayloadError::Invalid { path, .. }) => detail["path"] = json!(path),
             _ => {}

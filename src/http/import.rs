@@ -15,16 +15,15 @@ use super::auth::OriginRefusal;
 use super::body::{self, Encoding};
 use super::error::IngestError;
 use super::{header_str, AppState};
+use crate::clock::now_ms;
 use crate::config::KeyKind;
 use crate::import::{send, Importer, Item, Summary};
-use crate::clock::now_ms;
 use crate::produce::Produce;
 
 pub const PATH: &str = "/v1/import";
 
 /// An import waits this long at least for the broker (a body holds many batches).
 const MIN_DEADLINE: Duration = Duration::from_secs(30);
-
 
 pub async fn post(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let outcome = import(&req, payload, &state).await;

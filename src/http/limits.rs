@@ -43,18 +43,16 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Counts one request from `ip`; 429 with Retry-After when over the limit.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), IngestError> {
-        self.per_ip.check_key(&ip).map_err(|not_until| IngestError::RateLimited {
-            scope: "client IP",
-            retry_after: ceil_secs(not_until.wait_time_from(self.clock.now())),
-        })
+        self.per_ip
+            .check_key(&ip)
+            .map_err(|not_until| IngestError::RateLimited { scope: "client IP", retry_after: ceil_secs(not_until.wait_time_from(self.clock.now())) })
     }
 
     /// Counts one request for the key at `index` in the key ring.
     pub fn check_key(&self, index: usize) -> Result<(), IngestError> {
-        self.per_key.check_key(&index).map_err(|not_until| IngestError::RateLimited {
-            scope: "write key",
-            retry_after: ceil_secs(not_until.wait_time_from(self.clock.now())),
-        })
+        self.per_key
+            .check_key(&index)
+            .map_err(|not_until| IngestError::RateLimited { scope: "write key", retry_after: ceil_secs(not_until.wait_time_from(self.clock.now())) })
     }
 
     /// Forgets clients whose limits are back to full (bounds memory); call periodically.

@@ -29,7 +29,7 @@ use self::auth::KeyRing;
 use self::body::Encoding;
 use self::error::IngestError;
 use self::limits::RateLimits;
-use self::receipt::{Accepted, BatchSummary, Receive, ReceiptPool};
+use self::receipt::{Accepted, BatchSummary, ReceiptPool, Receive};
 use crate::clock::now_ms;
 use crate::produce::sink::InFlight;
 use crate::produce::{KafkaSink, Produce, ProducerHealth};
@@ -95,7 +95,6 @@ async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
-
 
 /// The answer to a POST: 200 with `{"ok": true, …summary}` or the error's
 /// JSON, counted in the request metric (`ok_code` for a 200).
@@ -214,10 +213,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let queued = match tokio::time::timeout(Duration::from_secs(2), state.sink.send(InFlight)).await {
         Ok(Ok(Some(n))) => n,
         Ok(Ok(None)) => return HttpResponse::Ok().json(json!({ "ready": true, "sink": "discard" })),
-        _ => {
-            return HttpResponse::ServiceUnavailable()
-                .json(json!({ "ready": false, "reason": "the producer actor does not answer" }))
-        }
+        _ => return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "the producer actor does not answer" })),
     };
     let broker_up = state.health.broker_up(state.stats_max_age_ms);
     let saturated = queued * 10 >= state.queue_max_messages as u64 * 9;

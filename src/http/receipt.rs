@@ -109,10 +109,9 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
     key.check_origin(msg.origin.as_deref()).map_err(|refusal| match refusal {
         OriginRefusal::Missing => IngestError::MissingOrigin { key_id: key.id.clone() },
         OriginRefusal::ServerKey => IngestError::ServerKeyFromPage { key_id: key.id.clone() },
-        OriginRefusal::NotAllowed => IngestError::OriginNotAllowed {
-            origin: msg.origin.as_deref().unwrap_or_default().chars().take(256).collect(),
-            key_id: key.id.clone(),
-        },
+        OriginRefusal::NotAllowed => {
+            IngestError::OriginNotAllowed { origin: msg.origin.as_deref().unwrap_or_default().chars().take(256).collect(), key_id: key.id.clone() }
+        }
     })?;
     shared.limits.check_key(key.slot)?;
     let agent = shared.enricher.as_ref().map(|e| e.agent(msg.user_agent.as_deref(), env.webdriver));
@@ -127,7 +126,13 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
                 dropped: env.events.len(),
                 reasons: vec![format!("not stored: taken for a bot ({why}) and [enrich] bots = \"drop\"")],
             },
-            batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record: None, dead_letter: None },
+            batch: OutgoingBatch {
+                session: env.session.to_string(),
+                key_id: key.id.clone(),
+                received_at: msg.received_at,
+                record: None,
+                dead_letter: None,
+            },
         });
     }
     let place = shared.geo.as_ref().and_then(|g| g.lookup(msg.client_ip));
@@ -154,13 +159,7 @@ pub fn read_batch(shared: &ReceiptShared, msg: Receive) -> Result<Accepted, Inge
             dropped: 0,
             reasons: validated.rejected.iter().take(shared.max_reasons).map(|r| r.reason.clone()).collect(),
         },
-        batch: OutgoingBatch {
-            session: env.session.to_string(),
-            key_id: key.id.clone(),
-            received_at: msg.received_at,
-            record,
-            dead_letter,
-        },
+        batch: OutgoingBatch { session: env.session.to_string(), key_id: key.id.clone(), received_at: msg.received_at, record, dead_letter },
     })
 }
 

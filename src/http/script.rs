@@ -20,7 +20,11 @@ const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The served bundle, or why there is none.
 pub enum Script {
-    Ready { plain: Bytes, gzip: Bytes, etag: String },
+    Ready {
+        plain: Bytes,
+        gzip: Bytes,
+        etag: String,
+    },
     /// The config cannot make a bundle (e.g. no browser key): the reason.
     Unavailable(String),
 }

@@ -102,7 +102,15 @@ pub async fn list(client: &Client) -> Result<Vec<StoredKey>> {
 }
 
 /// Stores a new key. `config_ids` are the config file's key ids (an id names one key).
-pub async fn create(client: &Client, id: &str, key: &str, origins: &[String], allow_no_origin: bool, kind: KeyKind, config_ids: &[&str]) -> Result<()> {
+pub async fn create(
+    client: &Client,
+    id: &str,
+    key: &str,
+    origins: &[String],
+    allow_no_origin: bool,
+    kind: KeyKind,
+    config_ids: &[&str],
+) -> Result<()> {
     check(id, key, origins, allow_no_origin, kind).map_err(anyhow::Error::msg)?;
     if config_ids.contains(&id) {
         anyhow::bail!("id `{id}` is a key of the config file; choose another id");
@@ -124,9 +132,7 @@ pub async fn revoke(client: &Client, id: &str, config_ids: &[&str]) -> Result<()
     if config_ids.contains(&id) {
         anyhow::bail!("`{id}` is a key of the config file: remove its [[keys]] entry and restart chronosd");
     }
-    let n = client
-        .execute("UPDATE chronos.write_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", &[&id])
-        .await?;
+    let n = client.execute("UPDATE chronos.write_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", &[&id]).await?;
     if n == 0 {
         let exists = client.query_opt("SELECT 1 FROM chronos.write_keys WHERE id = $1", &[&id]).await?.is_some();
         if exists {
@@ -203,7 +209,14 @@ mod tests {
         let clone = ring.clone();
         let secret = generate();
         assert!(ring.find(&secret).is_none());
-        ring.set_stored(vec![WriteKey::stored("new".into(), super::super::auth::key_digest(&secret), &["example.com".into()], false, KeyKind::Browser, 1)]);
+        ring.set_stored(vec![WriteKey::stored(
+            "new".into(),
+            super::super::auth::key_digest(&secret),
+            &["example.com".into()],
+            false,
+            KeyKind::Browser,
+            1,
+        )]);
         let key = clone.find(&secret).expect("a clone sees the stored keys");
         assert_eq!(key.id, "new");
         assert!(key.slot > 1000, "stored slots never collide with config positions");

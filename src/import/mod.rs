@@ -151,9 +151,9 @@ impl Importer {
         };
         let time = match obj.remove("time") {
             Some(Value::Number(n)) => n.as_i64().ok_or("`time`: expected ms since the Unix epoch as an integer")?,
-            Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
-                .map_err(|e| format!("`time`: {s:?} is not an RFC 3339 time ({e})"))?
-                .timestamp_millis(),
+            Some(Value::String(s)) => {
+                chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| format!("`time`: {s:?} is not an RFC 3339 time ({e})"))?.timestamp_millis()
+            }
             Some(_) => return Err("`time`: expected ms since the Unix epoch or an RFC 3339 string".into()),
             None => return Err("`time`: missing".into()),
         };
@@ -199,11 +199,17 @@ impl Importer {
             }
         }
         let same = self.group.as_ref().is_some_and(|g| {
-            g.session == session && g.user == user && g.page == page && g.client_ip == client_ip && g.user_agent == user_agent && g.events.len() < self.batch_events
+            g.session == session
+                && g.user == user
+                && g.page == page
+                && g.client_ip == client_ip
+                && g.user_agent == user_agent
+                && g.events.len() < self.batch_events
         });
         if !same {
             self.flush();
-            self.group = Some(Group { session, user, page, client_ip, user_agent, lines: Vec::new(), events: Vec::new(), digest: sha2::Sha256::new() });
+            self.group =
+                Some(Group { session, user, page, client_ip, user_agent, lines: Vec::new(), events: Vec::new(), digest: sha2::Sha256::new() });
         }
         let g = self.group.as_mut().expect("set above");
         g.digest.update(number.to_le_bytes());
@@ -306,7 +312,15 @@ impl Importer {
             inside
         });
         validated.rejected.sort_by_key(|r| r.index);
-        let server = ServerFacts { received_at: facts.received_at, client_ip: facts.client_ip, key_id: &facts.key_id, user_agent: facts.user_agent.as_deref(), imported: true, agent: agent.as_deref(), place: None };
+        let server = ServerFacts {
+            received_at: facts.received_at,
+            client_ip: facts.client_ip,
+            key_id: &facts.key_id,
+            user_agent: facts.user_agent.as_deref(),
+            imported: true,
+            agent: agent.as_deref(),
+            place: None,
+        };
         let record = encode_record(&env, &validated, &server, &self.catalog);
         let dead_letter = encode_dead_letter(&env, &validated, &server);
         // A record's events are all on its line; an event-form batch has one line per event.
@@ -331,7 +345,13 @@ impl Importer {
             lines: lines.len() as u64,
             accepted: validated.accepted.len(),
             rejected,
-            outgoing: OutgoingBatch { session: env.session.to_string(), key_id: facts.key_id.clone(), received_at: facts.received_at, record, dead_letter },
+            outgoing: OutgoingBatch {
+                session: env.session.to_string(),
+                key_id: facts.key_id.clone(),
+                received_at: facts.received_at,
+                record,
+                dead_letter,
+            },
         })
     }
 
@@ -495,7 +515,10 @@ mod tests {
         assert_eq!((b.len(), b[0].accepted), (1, 1), "{items:?}");
         assert_eq!(b[0].batch_id.to_string(), "0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e");
         let r = record(b[0]);
-        assert_eq!((r["key_id"].as_str(), r["received_at"].as_i64(), r["sent_at"].as_i64()), (Some("site"), Some(1763990001000), Some(1763990000500)));
+        assert_eq!(
+            (r["key_id"].as_str(), r["received_at"].as_i64(), r["sent_at"].as_i64()),
+            (Some("site"), Some(1763990001000), Some(1763990000500))
+        );
         let names: Vec<&str> = r["schema"]["clicks"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let x = names.iter().position(|n| *n == "x").unwrap();
         assert_eq!(r["events"][0][2 + x], 10, "{r}");

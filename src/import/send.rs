@@ -14,8 +14,8 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::{Batch, Importer, Summary};
-use crate::config::Config;
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::produce::kafka::{max_record_bytes, producer_config};
 
 /// The batches of `$1` stored before: their events (the loaders' claim) or,
@@ -57,7 +57,9 @@ pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut p
     let started = Instant::now();
     let client = match opts.dry_run {
         true => None,
-        false => Some(crate::store::connect(&config.postgres.url).await.context("connecting to PostgreSQL (postgres.url) to skip what is stored already")?),
+        false => Some(
+            crate::store::connect(&config.postgres.url).await.context("connecting to PostgreSQL (postgres.url) to skip what is stored already")?,
+        ),
     };
     let mut producer = match opts.dry_run {
         true => None,
@@ -153,7 +155,12 @@ impl Producer {
             .set("client.id", "chronos-import")
             .create()
             .context("creating the Kafka producer (kafka.*)")?;
-        Ok(Producer { producer, topic: config.kafka.topic.clone(), dead_letter_topic: config.kafka.dead_letter_topic.clone(), in_flight: VecDeque::new() })
+        Ok(Producer {
+            producer,
+            topic: config.kafka.topic.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            in_flight: VecDeque::new(),
+        })
     }
 
     /// Enqueues a batch's records (waiting for room when the queue is full).
@@ -191,9 +198,9 @@ impl Producer {
         let Some((line, f)) = self.in_flight.pop_front() else { return Ok(()) };
         match f.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => bail!(
-                "the broker did not take the batch of line {line}: {e}; run the same import again (batches already stored are skipped)"
-            ),
+            Ok(Err((e, _))) => {
+                bail!("the broker did not take the batch of line {line}: {e}; run the same import again (batches already stored are skipped)")
+            }
             Err(_) => bail!("the producer closed before the batch of line {line} was acknowledged"),
         }
     }
@@ -212,10 +219,7 @@ pub async fn wait_stored(client: &Client, ids: &[Uuid], limit: Duration) -> Resu
             return Ok(started.elapsed());
         }
         if started.elapsed() > limit {
-            bail!(
-                "{stored} of {} batches stored after {limit:?}: are the loaders running (load.enabled, chronos status)?",
-                ids.len()
-            );
+            bail!("{stored} of {} batches stored after {limit:?}: are the loaders running (load.enabled, chronos status)?", ids.len());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

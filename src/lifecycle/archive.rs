@@ -256,7 +256,9 @@ impl Archiver {
         }
         match prune_pages(client, catalog, cutoff, self.max_future_secs).await {
             Ok((0, _)) => {}
-            Ok((n, before)) => report.lines.push(format!("chronos.batches: {n} pages of batches received before {before} deleted (no row of them is left)")),
+            Ok((n, before)) => {
+                report.lines.push(format!("chronos.batches: {n} pages of batches received before {before} deleted (no row of them is left)"))
+            }
             Err(e) => report.errors.push(format!("chronos.batches: {e:#}")),
         }
         client.execute("SELECT pg_advisory_unlock($1)", &[&RUN_LOCK]).await?;
@@ -283,7 +285,11 @@ impl Archiver {
                     });
                 }
                 Some(r) if r.restored_until.is_some() => {
-                    report.lines.push(format!("events.{table} {}: restored, kept until {}", r.manifest.day, r.restored_until.as_deref().unwrap_or("")));
+                    report.lines.push(format!(
+                        "events.{table} {}: restored, kept until {}",
+                        r.manifest.day,
+                        r.restored_until.as_deref().unwrap_or("")
+                    ));
                 }
                 Some(r) => {
                     // Cut short after the record (resumed), or restored and expired.
@@ -360,9 +366,7 @@ impl Archiver {
                     m.max_time = s.max_time;
                     m.bytes = s.bytes as i64;
                     m.sha256 = s.sha256.clone();
-                    target
-                        .put_verified(spool.path(), &m.location, &s.sha256, s.bytes, |step| failpoint(&format!("archive:{step}")))
-                        .await?;
+                    target.put_verified(spool.path(), &m.location, &s.sha256, s.bytes, |step| failpoint(&format!("archive:{step}"))).await?;
                     target.put_small(&m.manifest_name(), serde_json::to_vec_pretty(&m)?).await?;
                     failpoint("archive:manifest");
                 }
@@ -438,8 +442,9 @@ impl Archiver {
         let target = self.target()?;
         let found = records(client, table, from, to).await?;
         let mut lines = Vec::new();
-        let not_archived =
-            |from: i64, to: i64| format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(from), day_str(to));
+        let not_archived = |from: i64, to: i64| {
+            format!("events.{table} {} to {}: not archived (still in PostgreSQL, or never had rows)", day_str(from), day_str(to))
+        };
         let mut day = from;
         let table_columns = columns::of_table(client, table).await?;
         for r in &found {
@@ -450,11 +455,17 @@ impl Archiver {
             day = d + 1;
             let m = &r.manifest;
             if !m.has_file() {
-                lines.push(format!("events.{table} {}: {}", m.day, if m.location == "off" { "dropped with archiving off: nothing to restore" } else { "had no rows" }));
+                lines.push(format!(
+                    "events.{table} {}: {}",
+                    m.day,
+                    if m.location == "off" { "dropped with archiving off: nothing to restore" } else { "had no rows" }
+                ));
                 continue;
             }
             let local = self.fetch(m, "restored").await?;
-            let added = restore_file(client, table, &table_columns, d, local.path()).await.with_context(|| format!("restoring {}", target.display(&m.location)))?;
+            let added = restore_file(client, table, &table_columns, d, local.path())
+                .await
+                .with_context(|| format!("restoring {}", target.display(&m.location)))?;
             client
                 .execute(
                     "UPDATE chronos.archives SET restored_until = now() + make_interval(days => $3) WHERE table_name = $1 AND day = ($2::text)::date",
@@ -483,7 +494,10 @@ async fn prune_pages(client: &Client, catalog: &EventCatalog, cutoff: i64, max_f
         oldest = format!("least({oldest}, (SELECT min(time) FROM {t} WHERE time < {}))", ts(cutoff));
     }
     let before: String = client
-        .query_one(&format!("SELECT to_char(({oldest}) - make_interval(secs => $1) - interval '1 day', 'YYYY-MM-DD HH24:MI:SSOF')"), &[&(max_future_secs as f64)])
+        .query_one(
+            &format!("SELECT to_char(({oldest}) - make_interval(secs => $1) - interval '1 day', 'YYYY-MM-DD HH24:MI:SSOF')"),
+            &[&(max_future_secs as f64)],
+        )
         .await?
         .get(0);
     let n = client.execute("DELETE FROM chronos.batches WHERE received_at < $1::text::timestamptz", &[&before]).await?;
@@ -507,9 +521,8 @@ async fn candidate_days(client: &impl GenericClient, table: &str, cutoff: i64) -
         })
         .filter(|d| *d < cutoff)
         .collect();
-    let with_rows = client
-        .query(&format!("SELECT DISTINCT floor(extract(epoch FROM time) / 86400)::bigint FROM {t} WHERE time < {}", ts(cutoff)), &[])
-        .await?;
+    let with_rows =
+        client.query(&format!("SELECT DISTINCT floor(extract(epoch FROM time) / 86400)::bigint FROM {t} WHERE time < {}", ts(cutoff)), &[]).await?;
     days.extend(with_rows.iter().map(|r| r.get::<_, i64>(0)));
     Ok(days.into_iter().collect())
 }
@@ -561,7 +574,13 @@ async fn drop_day(client: &mut Client, table: &str, day: i64, expected: i64) -> 
 
 /// Loads one archive file into `table` through a staging table; returns the
 /// rows added (those not there already, by batch id and position).
-pub(crate) async fn restore_file(client: &mut Client, table: &str, table_columns: &[columns::Column], day: i64, path: &std::path::Path) -> Result<u64> {
+pub(crate) async fn restore_file(
+    client: &mut Client,
+    table: &str,
+    table_columns: &[columns::Column],
+    day: i64,
+    path: &std::path::Path,
+) -> Result<u64> {
     let (file_columns, batches) = file::reader(path)?;
     for c in &file_columns {
         if !table_columns.iter().any(|t| t.name == c.name) {
@@ -571,7 +590,16 @@ pub(crate) async fn restore_file(client: &mut Client, table: &str, table_columns
     let tx = client.transaction().await?;
     let staging_cols: Vec<String> = file_columns
         .iter()
-        .map(|c| format!("{} {}", ident(&c.name), match c.staging_type().name() { "_text" => "text[]", n => n }))
+        .map(|c| {
+            format!(
+                "{} {}",
+                ident(&c.name),
+                match c.staging_type().name() {
+                    "_text" => "text[]",
+                    n => n,
+                }
+            )
+        })
         .collect();
     tx.batch_execute(&format!("CREATE TEMP TABLE chronos_restore ({}) ON COMMIT DROP", staging_cols.join(", "))).await?;
     let names: Vec<String> = file_columns.iter().map(|c| ident(&c.name)).collect();
@@ -640,7 +668,8 @@ pub async fn schedule(config: Config, catalog: EventCatalog) {
         tokio::time::sleep(wait).await;
         wait = every;
         if client.as_ref().is_none_or(Client::is_closed) {
-            client = crate::store::connect(&config.postgres.url).await.map_err(|e| tracing::warn!(error = format!("{e:#}"), "Archive run skipped.")).ok();
+            client =
+                crate::store::connect(&config.postgres.url).await.map_err(|e| tracing::warn!(error = format!("{e:#}"), "Archive run skipped.")).ok();
         }
         let Some(c) = client.as_mut() else { continue };
         match archiver.run(c, &catalog, crate::store::today()).await {

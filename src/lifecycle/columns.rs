@@ -120,8 +120,7 @@ pub fn arrow_schema(columns: &[Column]) -> Schema {
     let fields: Vec<Field> = columns
         .iter()
         .map(|c| {
-            Field::new(&c.name, c.arrow_type(), c.nullable)
-                .with_metadata([("chronos.pg_type".to_string(), c.pg_type.clone())].into_iter().collect())
+            Field::new(&c.name, c.arrow_type(), c.nullable).with_metadata([("chronos.pg_type".to_string(), c.pg_type.clone())].into_iter().collect())
         })
         .collect();
     Schema::new(fields)

@@ -172,7 +172,15 @@ async fn erase_locked(
     tx.execute(
         "INSERT INTO chronos.erasures (requested_by, subject, raw_rows, archived_rows, files_rewritten, dead_letters, view_rows)
          VALUES ($1, $7, $2, $3, $4, $5, $6)",
-        &[&by, &(raw as i64), &(done.archived_rows as i64), &(done.files.len() as i32), &(done.dead_letters as i64), &(views as i64), &if user.is_some() { "user" } else { "session" }],
+        &[
+            &by,
+            &(raw as i64),
+            &(done.archived_rows as i64),
+            &(done.files.len() as i32),
+            &(done.dead_letters as i64),
+            &(views as i64),
+            &if user.is_some() { "user" } else { "session" },
+        ],
     )
     .await?;
     tx.commit().await?;
@@ -225,7 +233,9 @@ pub async fn not_erased(config: &crate::config::Config) -> Vec<String> {
                 "Kafka topic {topic}: the session's records stay until its retention passes (retention.ms = {ms}, {:.1} days after each was written)",
                 ms as f64 / 86_400_000.0
             ),
-            Ok(None) => format!("Kafka topic {topic}: retention.ms = -1, its records are kept forever: delete the topic's old segments or set a retention"),
+            Ok(None) => {
+                format!("Kafka topic {topic}: retention.ms = -1, its records are kept forever: delete the topic's old segments or set a retention")
+            }
             Err(e) => format!("Kafka topic {topic}: the session's records stay until the topic's retention.ms passes (not read: {e})"),
         };
         lines.push(line);

@@ -156,12 +156,7 @@ fn parquet_path(spec: &Spec, table: &str, day: &str) -> Result<PathBuf> {
 
 async fn from_postgres(client: &Client, table: &str, day: i64, header: &[Column], spec: &Spec, lines: Option<&mut Lines>) -> Result<u64> {
     let select: Vec<String> = header.iter().map(Column::select_expr).collect();
-    let sql = format!(
-        "SELECT {} FROM events.{} WHERE {} ORDER BY time, batch_id, position",
-        select.join(", "),
-        ident(table),
-        day_range(day)
-    );
+    let sql = format!("SELECT {} FROM events.{} WHERE {} ORDER BY time, batch_id, position", select.join(", "), ident(table), day_range(day));
     let rows = client.query_raw(sql.as_str(), std::iter::empty::<&(dyn ToSql + Sync)>()).await?;
     match lines {
         None => {
@@ -171,7 +166,8 @@ async fn from_postgres(client: &Client, table: &str, day: i64, header: &[Column]
             let written = file::write(&path, header, meta, rows).await?.rows;
             if written == 0 {
                 std::fs::remove_file(&path)?;
-                let _ = std::fs::remove_dir(path.parent().expect("DIR/<table>")); // only when empty
+                let _ = std::fs::remove_dir(path.parent().expect("DIR/<table>"));
+                // only when empty
             }
             Ok(written as u64)
         }

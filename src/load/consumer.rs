@@ -143,7 +143,12 @@ pub fn poll_loop(consumer: Arc<Consumer>, start_loader: Box<StartLoader>, stop: 
                 if consumer.context().loaders.lock().unwrap().contains_key(&key) {
                     super::partition::unforward(&consumer, &key.0, key.1);
                 }
-                tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "Record on the main queue; read again by its loader.");
+                tracing::debug!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "Record on the main queue; read again by its loader."
+                );
             }
             Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
             None => {}

@@ -10,11 +10,11 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue as Value;
 use uuid::Uuid;
 
-use crate::store::copy::TupleWriter;
 use crate::catalog::{AttrType, EventCatalog, EventType};
-use crate::store::schema::BASE_COLUMNS;
-pub use crate::store::internals::DeadLetter;
 use crate::record::{self, field as f, Row};
+use crate::store::copy::TupleWriter;
+pub use crate::store::internals::DeadLetter;
+use crate::store::schema::BASE_COLUMNS;
 
 /// How event times are corrected and clamped.
 #[derive(Debug, Clone, Copy)]

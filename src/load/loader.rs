@@ -30,9 +30,9 @@ use uuid::Uuid;
 use super::decode::{decode_dead_letter, encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use super::partition::Partition;
 use crate::catalog::{EventCatalog, EventType};
+use crate::record::Row;
 use crate::store::internals::{stored_offset, Internals, Pages};
 use crate::telemetry::Metrics;
-use crate::record::Row;
 use crate::views::{Accumulator, Registry};
 
 /// Wait before a failed loader is started again.
@@ -716,7 +716,8 @@ impl PartitionLoader {
             }
         };
         if let Some(reason) = failed {
-            let letter = DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(payload.to_vec()), context: None };
+            let letter =
+                DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(payload.to_vec()), context: None };
             self.buffer.dead.push((offset, letter));
         }
         self.buffer.records += 1;
@@ -729,7 +730,9 @@ impl PartitionLoader {
         let (topic, partition) = (&self.partition.topic, self.partition.partition);
         match why {
             Rewind::Fenced => tracing::warn!(topic, partition, stored = ?to, "Offset moved by another loader; reading again from the stored offset."),
-            _ => tracing::info!(topic, partition, reason = why.label(), stored = ?to, "Flush dropped before commit; reading again from the stored offset."),
+            _ => {
+                tracing::info!(topic, partition, reason = why.label(), stored = ?to, "Flush dropped before commit; reading again from the stored offset.")
+            }
         }
         self.expected = to;
         self.retry = None;

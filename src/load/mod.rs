@@ -112,8 +112,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<LoaderHandle> {
         .set("max.partition.fetch.bytes", (prefetch_per_partition_kbytes(config) * 1024).to_string())
         .set("queued.max.messages.kbytes", prefetch_per_partition_kbytes(config).to_string())
         .set("statistics.interval.ms", config.kafka.statistics_interval_ms.to_string());
-    let consumer: Arc<Consumer> =
-        Arc::new(cc.create_with_context(LoadContext::new(metrics.clone())).context("creating the loader consumer")?);
+    let consumer: Arc<Consumer> = Arc::new(cc.create_with_context(LoadContext::new(metrics.clone())).context("creating the loader consumer")?);
     let topics = [config.kafka.topic.as_str(), config.kafka.dead_letter_topic.as_str()];
     consumer.subscribe(&topics).context("subscribing")?;
 

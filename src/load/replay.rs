@@ -55,9 +55,7 @@ pub struct ReplayReport {
 /// Replays every unreplayed dead letter (or only `ids`).
 pub async fn replay(config: &Config, client: &Client, ids: &[i64]) -> Result<ReplayReport> {
     let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
-    let producer: FutureProducer = crate::produce::kafka::producer_config(&config.kafka, 16 << 20)
-        .create()
-        .context("creating a producer")?;
+    let producer: FutureProducer = crate::produce::kafka::producer_config(&config.kafka, 16 << 20).create().context("creating a producer")?;
     let rows = client
         .query(
             "SELECT id, event::text, context::text FROM chronos.dead_letters
@@ -73,10 +71,7 @@ pub async fn replay(config: &Config, client: &Client, ids: &[i64]) -> Result<Rep
             Ok(replayed) => {
                 let headers = record::headers(record::FORMAT_BATCH, &replayed.key_id, replayed.received_at);
                 let delivery = producer
-                    .send(
-                        FutureRecord::to(&config.kafka.topic).key(&replayed.key).payload(&replayed.value).headers(headers),
-                        Duration::from_secs(10),
-                    )
+                    .send(FutureRecord::to(&config.kafka.topic).key(&replayed.key).payload(&replayed.value).headers(headers), Duration::from_secs(10))
                     .await;
                 if let Err((e, _)) = delivery {
                     anyhow::bail!("the broker did not take dead letter {id}: {e}");
@@ -197,10 +192,7 @@ mod tests {
         let mut seen = Seen(Vec::new());
         walk(&mut r.value, &catalog, TimePolicy { max_past_ms: 1, max_future_ms: 1 }, &mut seen).unwrap();
         // Imported: its time is kept as given, not clamped to the receive time.
-        assert_eq!(
-            seen.0,
-            [r#"s k Some("203.0.113.0") Some("u-9") Some("headless") Some("Firefox") Some("NL") false"#]
-        );
+        assert_eq!(seen.0, [r#"s k Some("203.0.113.0") Some("u-9") Some("headless") Some("Firefox") Some("NL") false"#]);
     }
 
     #[test]

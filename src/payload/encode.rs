@@ -141,12 +141,7 @@ impl Serialize for Schema<'_> {
 }
 
 /// The record of the accepted events of a batch (`None` when none was accepted).
-pub fn encode_record(
-    env: &Envelope<'_>,
-    validated: &Validated,
-    facts: &ServerFacts<'_>,
-    catalog: &EventCatalog,
-) -> Option<Vec<u8>> {
+pub fn encode_record(env: &Envelope<'_>, validated: &Validated, facts: &ServerFacts<'_>, catalog: &EventCatalog) -> Option<Vec<u8>> {
     if validated.accepted.is_empty() {
         return None;
     }
@@ -201,11 +196,7 @@ pub fn encode_dead_letter(env: &Envelope<'_>, validated: &Validated, facts: &Ser
     if validated.rejected.is_empty() {
         return None;
     }
-    let record = DeadLetterV1 {
-        common: Common::new(env, facts),
-        stage: "receipt",
-        rejected: Rejected { events: env.events, validated },
-    };
+    let record = DeadLetterV1 { common: Common::new(env, facts), stage: "receipt", rejected: Rejected { events: env.events, validated } };
     Some(serde_json::to_vec(&record).expect("serialising to a Vec cannot fail"))
 }
 
@@ -250,7 +241,7 @@ mod tests {
         assert_eq!(r["received_at"], 1_764_000_001_000i64);
         assert_eq!(r["page"]["url"], "https://x.test/é");
         assert_eq!(r["page"]["title"], "Tab \"1\"");
-        assert_eq!(r["events"], serde_json::json!([["mouse_moves",1764000000000i64,1,2],["clicks",1764000000002i64,"A",0,5,6,null]]));
+        assert_eq!(r["events"], serde_json::json!([["mouse_moves", 1764000000000i64, 1, 2], ["clicks", 1764000000002i64, "A", 0, 5, 6, null]]));
         assert_eq!(r["schema"]["mouse_moves"], serde_json::json!(["x", "y"]));
         assert_eq!(r["schema"]["clicks"][0], "element");
 

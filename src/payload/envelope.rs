@@ -68,10 +68,7 @@ impl<'v> Envelope<'v> {
             return Err(invalid("events", "must hold at least one event"));
         }
         if events.len() > limits.max_events {
-            return Err(invalid(
-                "events",
-                format!("{} events is over the limit of {} per batch", events.len(), limits.max_events),
-            ));
+            return Err(invalid("events", format!("{} events is over the limit of {} per batch", events.len(), limits.max_events)));
         }
         let user = obj.get("user").map(|v| id_field("user", v, limits)).transpose()?;
         let webdriver = match obj.get("webdriver") {

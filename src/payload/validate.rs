@@ -37,19 +37,12 @@ pub fn validate_events(events: &[Value<'_>], catalog: &EventCatalog) -> Validate
 fn check_event(event: &Value<'_>, catalog: &EventCatalog) -> Result<(), String> {
     let items = event.as_array().ok_or(": expected an array [type, client_time_ms, attributes…]")?;
     let name = items.first().and_then(|v| v.as_str()).ok_or("[0]: expected the event type as a string")?;
-    let ty = catalog
-        .get(name)
-        .ok_or_else(|| format!("[0]: unknown or disabled event type `{}`", truncate(name, 64)))?;
+    let ty = catalog.get(name).ok_or_else(|| format!("[0]: unknown or disabled event type `{}`", truncate(name, 64)))?;
     let time = items.get(1).ok_or("[1]: missing client_time_ms")?;
     plausible_ms(time).map_err(|m| format!("[1]: {m}"))?;
     let values = &items[2..];
     if values.len() > ty.attributes.len() {
-        return Err(format!(
-            ": `{}` has {} attributes but the event carries {}",
-            ty.name,
-            ty.attributes.len(),
-            values.len()
-        ));
+        return Err(format!(": `{}` has {} attributes but the event carries {}", ty.name, ty.attributes.len(), values.len()));
     }
     for (j, attr) in ty.attributes.iter().enumerate() {
         let at = j + 2;

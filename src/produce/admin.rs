@@ -19,15 +19,10 @@ pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<Str
     let min_isr = c.topic_min_insync_replicas().to_string();
     let topics: Vec<NewTopic<'_>> = [c.topic.as_str(), c.dead_letter_topic.as_str()]
         .into_iter()
-        .map(|name| {
-            NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)).set("min.insync.replicas", &min_isr)
-        })
+        .map(|name| NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)).set("min.insync.replicas", &min_isr))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
-    let results = admin
-        .create_topics(&topics, &opts)
-        .await
-        .map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
+    let results = admin.create_topics(&topics, &opts).await.map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
     let mut created = Vec::new();
     for r in results {
         match r {
@@ -266,7 +261,8 @@ mod tests {
             assert!(text.contains(hint), "{reason} → {text}");
             assert!(text.ends_with(&format!("(librdkafka: {reason})")), "{text}");
         }
-        assert!(explain_client_error(&c, "SASL authentication error").contains("kafka.sasl_username = \"chronos\" with kafka.sasl_mechanism = \"SCRAM-SHA-512\""));
+        assert!(explain_client_error(&c, "SASL authentication error")
+            .contains("kafka.sasl_username = \"chronos\" with kafka.sasl_mechanism = \"SCRAM-SHA-512\""));
     }
 
     #[test]

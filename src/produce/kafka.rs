@@ -234,14 +234,21 @@ pub fn classify(err: &KafkaError) -> Disposition {
         // A fresh producer (new producer id) gets past a broker that lost or
         // rejects this one's sequence state; `Unknown` is how some
         // Kafka-protocol brokers report it.
+        Some(Fatal | OutOfOrderSequenceNumber | InvalidProducerEpoch | UnknownProducerId | InvalidProducerIdMapping | ProducerFenced | Unknown) => {
+            Disposition::ProducerState
+        }
         Some(
-            Fatal | OutOfOrderSequenceNumber | InvalidProducerEpoch | UnknownProducerId | InvalidProducerIdMapping
-            | ProducerFenced | Unknown,
-        ) => Disposition::ProducerState,
-        Some(
-            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | TopicAuthorizationFailed
-            | ClusterAuthorizationFailed | InvalidRecord | InvalidTopic | UnsupportedVersion
-            | InvalidRequiredAcks | SaslAuthenticationFailed | Authentication,
+            MessageSizeTooLarge
+            | InvalidMessageSize
+            | InvalidMessage
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | InvalidRecord
+            | InvalidTopic
+            | UnsupportedVersion
+            | InvalidRequiredAcks
+            | SaslAuthenticationFailed
+            | Authentication,
         ) => Disposition::Permanent,
         _ => Disposition::Transient,
     }

@@ -124,9 +124,7 @@ impl Pending {
                             }
                             return Err(produce_error(&err));
                         }
-                        Err(_canceled) => {
-                            return Err(ProduceError::Unavailable("producer closed".into()))
-                        }
+                        Err(_canceled) => return Err(ProduceError::Unavailable("producer closed".into())),
                     }
                 }
             }
@@ -190,10 +188,7 @@ impl KafkaSink {
     fn enqueue(&self, dead_letters: bool, batch: &OutgoingBatch, payload: &[u8]) -> Result<Ack, ProduceError> {
         let Sink::Kafka { producer, topic, dead_letter_topic, .. } = &self.sink else { return Ok(Ack::Ready) };
         let topic = if dead_letters { dead_letter_topic } else { topic };
-        producer
-            .send_result(batch.record_to(topic, dead_letters, payload))
-            .map(Ack::Kafka)
-            .map_err(|(err, _)| produce_error(&err))
+        producer.send_result(batch.record_to(topic, dead_letters, payload)).map(Ack::Kafka).map_err(|(err, _)| produce_error(&err))
     }
 }
 

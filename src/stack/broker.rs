@@ -56,8 +56,8 @@ impl KafkaInstall {
                 bail!("KAFKA_HOME={} has no bin/kafka-server-start.sh: point it at an unpacked Apache Kafka release, or unset it to use the cached classpath", home.display());
             }
             let libs = home.join("libs");
-            let version = version_in(&libs)
-                .with_context(|| format!("KAFKA_HOME={}: no kafka_2.13-<version>.jar in {}", home.display(), libs.display()))?;
+            let version =
+                version_in(&libs).with_context(|| format!("KAFKA_HOME={}: no kafka_2.13-<version>.jar in {}", home.display(), libs.display()))?;
             return Ok(KafkaInstall { libs, version });
         }
         let libs = cache_dir.join("lib");
@@ -78,11 +78,7 @@ impl KafkaInstall {
     /// `java … -cp <libs>/* <main>` with logging configured by `log4j`.
     fn command(&self, main: &str, log4j: &Path, jvm: &[String]) -> Command {
         let mut cmd = Command::new(Self::java());
-        cmd.args(jvm)
-            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-            .arg("-cp")
-            .arg(format!("{}/*", self.libs.display()))
-            .arg(main);
+        cmd.args(jvm).arg(format!("-Dlog4j2.configurationFile={}", log4j.display())).arg("-cp").arg(format!("{}/*", self.libs.display())).arg(main);
         cmd
     }
 }
@@ -189,7 +185,9 @@ impl KafkaNode {
         if self.cluster_size < 3 {
             // Internal topics default to replication 3 (min ISR 2), which fewer nodes cannot hold.
             let rf = self.cluster_size.to_string();
-            for key in ["offsets.topic.replication.factor", "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"] {
+            for key in
+                ["offsets.topic.replication.factor", "transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"]
+            {
                 p.push((key.into(), rf.clone()));
             }
             for key in ["transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"] {

@@ -279,9 +279,7 @@ impl Stack {
 }
 
 fn port_probe(addr: SocketAddr) -> Result<String, String> {
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .map(|_| "accepting connections".to_string())
-        .map_err(|e| e.to_string())
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(|_| "accepting connections".to_string()).map_err(|e| e.to_string())
 }
 
 /// Lets other accounts traverse `dir` and its parents (they may not list or read).

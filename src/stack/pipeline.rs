@@ -34,17 +34,13 @@ pub async fn consumer_lag(config: &Config, timeout: Duration) -> Result<Vec<Topi
     let k = &config.kafka;
     let client = crate::store::connect(&config.postgres.url).await?;
     let rows = client
-        .query(
-            "SELECT topic, partition, next_offset FROM chronos.offsets WHERE consumer_group = $1",
-            &[&config.load.group_id],
-        )
+        .query("SELECT topic, partition, next_offset FROM chronos.offsets WHERE consumer_group = $1", &[&config.load.group_id])
         .await
         .context("reading chronos.offsets (run `chronos install-pipeline` if the schema is missing)")?;
     let stored: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     let (topics, brokers) = (vec![k.topic.clone(), k.dead_letter_topic.clone()], k.brokers.clone());
-    let consumer: BaseConsumer = crate::produce::kafka::base_client_config(k)
-        .create()
-        .with_context(|| format!("cannot create a Kafka client for {brokers}"))?;
+    let consumer: BaseConsumer =
+        crate::produce::kafka::base_client_config(k).create().with_context(|| format!("cannot create a Kafka client for {brokers}"))?;
     // rdkafka's metadata and watermark calls block: keep them off the runtime's thread.
     tokio::task::spawn_blocking(move || {
         topics
@@ -60,9 +56,8 @@ pub async fn consumer_lag(config: &Config, timeout: Duration) -> Result<Vec<Topi
                 let mut partitions = Vec::new();
                 let mut lag = 0;
                 for p in t.partitions() {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&topic, p.id(), timeout)
-                        .with_context(|| format!("watermarks of {topic}/{}", p.id()))?;
+                    let (low, high) =
+                        consumer.fetch_watermarks(&topic, p.id(), timeout).with_context(|| format!("watermarks of {topic}/{}", p.id()))?;
                     let next = stored.iter().find(|(tp, part, _)| *tp == topic && *part == p.id()).map(|s| s.2);
                     lag += partition_lag(low, high, next);
                     partitions.push((p.id(), high, next.unwrap_or(low).max(low)));

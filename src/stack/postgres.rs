@@ -98,12 +98,7 @@ impl PostgresSpec {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=256MB"]);
         if self.preload_timescaledb {
-            cmd.args([
-                "-c",
-                "shared_preload_libraries=timescaledb",
-                "-c",
-                "timescaledb.telemetry_level=off",
-            ]);
+            cmd.args(["-c", "shared_preload_libraries=timescaledb", "-c", "timescaledb.telemetry_level=off"]);
         }
         if self.ephemeral {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
@@ -126,9 +121,7 @@ impl PostgresSpec {
             let (client, conn) = loop {
                 match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                     Ok(c) => break c,
-                    Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
+                    Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                     Err(e) => return Err(e),
                 }
             };

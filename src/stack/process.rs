@@ -35,12 +35,7 @@ impl RunAs {
 
     /// Makes `path` (recursively) owned by this account.
     pub fn chown(&self, path: &Path) -> Result<()> {
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", self.uid, self.gid))
-            .arg(path)
-            .status()
-            .context("running chown")?;
+        let status = Command::new("chown").arg("-R").arg(format!("{}:{}", self.uid, self.gid)).arg(path).status().context("running chown")?;
         if !status.success() {
             bail!("chown of {} failed", path.display());
         }

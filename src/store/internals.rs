@@ -15,9 +15,9 @@ use futures_util::SinkExt;
 use tokio_postgres::{Client, Error, GenericClient, Statement, Transaction};
 use uuid::Uuid;
 
+use super::copy::{HEADER, TRAILER};
 use super::schema::{ident, table, BASE_COLUMNS};
 use crate::catalog::{EventCatalog, EventType};
-use super::copy::{HEADER, TRAILER};
 
 /// COPY data is sent in pieces of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
@@ -29,7 +29,8 @@ pub const INSERT_PAGES: &str = "INSERT INTO chronos.batches (batch_id, received_
      SELECT b, 'epoch'::timestamptz + r * interval '1 millisecond', s, m::jsonb FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(b, r, s, m)
      ON CONFLICT DO NOTHING";
 
-const INSERT_DEAD_LETTERS: &str = "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
+const INSERT_DEAD_LETTERS: &str =
+    "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
      SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
      FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
           AS u(s, r, o, b, p, e, w, c)

@@ -61,17 +61,10 @@ pub struct Installed {
 /// tables and their presenting views), under an advisory lock so that two
 /// chronosd starting together do not race on CREATE … IF NOT EXISTS. The
 /// continuous views come after, from `crate::install`.
-pub async fn install_tables(
-    client: &mut Client,
-    catalog: &EventCatalog,
-    load: &crate::config::LoadConfig,
-) -> Result<Installed> {
+pub async fn install_tables(client: &mut Client, catalog: &EventCatalog, load: &crate::config::LoadConfig) -> Result<Installed> {
     let tx = client.transaction().await?;
     // "already exists, skipping" notices are expected on every start.
-    tx.batch_execute(
-        "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)",
-    )
-    .await?;
+    tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)").await?;
     // The layout first: touching hypertables (any DDL, once TimescaleDB is
     // in the database) on a server that no longer preloads it ends the session.
     let (layout, warning) = layout(&tx, load).await?;
@@ -91,41 +84,24 @@ pub async fn install_tables(
 
 /// What to do when TimescaleDB is installed but not preloaded (it cannot be
 /// created then, and touching it ends the session).
-pub const PRELOAD_FIX: &str =
-    "TimescaleDB is installed in this PostgreSQL server but not preloaded, so it cannot be used: \
+pub const PRELOAD_FIX: &str = "TimescaleDB is installed in this PostgreSQL server but not preloaded, so it cannot be used: \
 set shared_preload_libraries = 'timescaledb' in postgresql.conf and restart PostgreSQL";
 
 /// The layout of the event tables: the one they already have (tables are
 /// never converted), else hypertables when TimescaleDB is wanted and can be
 /// created here (installed and preloaded). `auto` falls back to native
 /// partitions with one warning naming the fix; `always` refuses with it.
-async fn layout(
-    client: &impl tokio_postgres::GenericClient,
-    load: &crate::config::LoadConfig,
-) -> Result<(schema::Layout, Option<String>)> {
+async fn layout(client: &impl tokio_postgres::GenericClient, load: &crate::config::LoadConfig) -> Result<(schema::Layout, Option<String>)> {
     use crate::config::Timescale;
-    let hypertable = schema::Layout::Hypertable {
-        chunk_hours: load.chunk_interval_hours,
-    };
+    let hypertable = schema::Layout::Hypertable { chunk_hours: load.chunk_interval_hours };
     // Some(true): native partitions, Some(false): plain tables (hypertables).
     let existing = match event_tables(client).await? {
         (0, 0) => None,
         (native, _) => Some(native > 0),
     };
-    let available = client
-        .query_opt(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
-            &[],
-        )
-        .await?
-        .is_some();
-    let preloads: String = client
-        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
-        .await?
-        .get(0);
-    let preloaded = preloads
-        .split(',')
-        .any(|l| l.trim().trim_matches('"') == "timescaledb");
+    let available = client.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
+    let preloads: String = client.query_one("SELECT current_setting('shared_preload_libraries')", &[]).await?.get(0);
+    let preloaded = preloads.split(',').any(|l| l.trim().trim_matches('"') == "timescaledb");
     Ok((match (existing, load.timescaledb, available, preloaded) {
         (Some(true), Timescale::Always, ..) => anyhow::bail!(
             "load.timescaledb = \"always\", but the event tables already exist with native partitions; tables are never converted in place (set \"auto\" or migrate them)"
@@ -178,9 +154,7 @@ pub async fn layout_summary(client: &Client) -> Result<String> {
             )
             .await?
             .get(0);
-        return Ok(format!(
-            "native daily partitions ({native} tables, {parts} partitions)"
-        ));
+        return Ok(format!("native daily partitions ({native} tables, {parts} partitions)"));
     }
     let row = client
         .query_one(
@@ -191,13 +165,8 @@ pub async fn layout_summary(client: &Client) -> Result<String> {
         )
         .await
         .context("reading TimescaleDB's catalog")?;
-    let (version, secs, chunks): (Option<String>, Option<i64>, i64) =
-        (row.get(0), row.get(1), row.get(2));
-    Ok(format!(
-        "TimescaleDB {} hypertables ({plain} tables, {}-hour chunks, {chunks} chunks)",
-        version.unwrap_or_default(),
-        secs.unwrap_or(0) / 3600
-    ))
+    let (version, secs, chunks): (Option<String>, Option<i64>, i64) = (row.get(0), row.get(1), row.get(2));
+    Ok(format!("TimescaleDB {} hypertables ({plain} tables, {}-hour chunks, {chunks} chunks)", version.unwrap_or_default(), secs.unwrap_or(0) / 3600))
 }
 
 /// Refuses to start when a catalog attribute's type differs from its column's:
@@ -240,10 +209,7 @@ pub async fn check_column_types(client: &Client, catalog: &EventCatalog) -> Resu
 pub async fn ensure_partitions(client: &Client, catalog: &EventCatalog, ahead_days: i64) -> Result<()> {
     for ty in catalog.types() {
         // Hypertables get their chunks from TimescaleDB.
-        let native = client
-            .query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&schema::table(ty)])
-            .await?
-            .is_some();
+        let native = client.query_opt("SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass($1)", &[&schema::table(ty)]).await?.is_some();
         if !native {
             continue;
         }
@@ -313,9 +279,7 @@ impl Maintenance {
 /// imported batches' ids are kept.
 pub async fn prune_seen_batches(client: &Client, retention: Duration) -> Result<u64> {
     let secs = retention.as_secs_f64();
-    Ok(client
-        .execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1) AND NOT kept", &[&secs])
-        .await?)
+    Ok(client.execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1) AND NOT kept", &[&secs]).await?)
 }
 
 #[cfg(test)]

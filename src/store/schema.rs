@@ -469,18 +469,15 @@ mod tests {
     #[test]
     fn hypertable_layout_makes_plain_tables_with_the_configured_chunks_and_no_partitions() {
         let catalog = EventCatalog::from_config(&built_in_events(), 2048);
-        let sql = install_sql(
-            &catalog,
-            20_418,
-            8,
-            7,
-            Layout::Hypertable { chunk_hours: 6 },
-        );
+        let sql = install_sql(&catalog, 20_418, 8, 7, Layout::Hypertable { chunk_hours: 6 });
         assert!(sql.contains("CREATE EXTENSION IF NOT EXISTS timescaledb;"));
         assert!(!sql.contains("PARTITION"), "{sql}");
         assert!(sql.contains("\"selector\" text\n);\nDO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events_raw' AND hypertable_name = 'clicks') THEN"), "{sql}");
         assert!(sql.contains("PERFORM create_hypertable('events_raw.\"clicks\"', 'time', chunk_time_interval => interval '6 hours', create_default_indexes => false)"), "{sql}");
-        assert!(sql.contains("IS DISTINCT FROM interval '6 hours' THEN PERFORM set_chunk_time_interval('events_raw.\"clicks\"', interval '6 hours')"), "{sql}");
+        assert!(
+            sql.contains("IS DISTINCT FROM interval '6 hours' THEN PERFORM set_chunk_time_interval('events_raw.\"clicks\"', interval '6 hours')"),
+            "{sql}"
+        );
         assert_eq!(sql.matches("create_hypertable(").count(), catalog.types().len());
         let native = install_sql(&catalog, 20_418, 8, 7, Layout::Native);
         assert!(!native.contains("timescaledb") && native.contains("PARTITION OF events_raw.\"clicks\" DEFAULT"));

@@ -91,7 +91,8 @@ pub fn merge(mut existing: Vec<Visit>, pieces: &[Piece], gap_ms: i64) -> Vec<Vis
     let mut sorted: Vec<&Piece> = pieces.iter().collect();
     sorted.sort_by(|a, b| (&a.session_id, a.start).cmp(&(&b.session_id, b.start)));
     for p in sorted {
-        match existing.iter_mut().filter(|v| v.first.session_id == p.session_id && v.absorbs(p, gap_ms)).min_by_key(|v| (p.start - v.first.end).abs()) {
+        match existing.iter_mut().filter(|v| v.first.session_id == p.session_id && v.absorbs(p, gap_ms)).min_by_key(|v| (p.start - v.first.end).abs())
+        {
             Some(v) => v.add(p),
             None => existing.push(Visit::new(p)),
         }
@@ -169,7 +170,12 @@ pub async fn apply(tx: &Transaction<'_>, pieces: &[Piece], gap_ms: i64) -> Resul
         let sessions: Vec<&str> = rows.iter().map(|v| v.first.session_id.as_str()).collect();
         let keys: Vec<i64> = rows.iter().map(|v| v.id.unwrap_or_default()).collect();
         let (a, b, e, p) = (big(|v| v.first.start), big(|v| v.first.end), big(|v| v.first.events), big(|v| v.first.pageviews));
-        let (eu, xu, r, u) = (text(|v| v.entry_url.as_deref()), text(|v| v.exit_url.as_deref()), text(|v| v.first.referrer.as_deref()), text(|v| v.first.user_id.as_deref()));
+        let (eu, xu, r, u) = (
+            text(|v| v.entry_url.as_deref()),
+            text(|v| v.exit_url.as_deref()),
+            text(|v| v.first.referrer.as_deref()),
+            text(|v| v.first.user_id.as_deref()),
+        );
         let bots: Vec<bool> = rows.iter().map(|v| v.first.is_bot).collect();
         let (br, o, d) = (text(|v| v.first.browser.as_deref()), text(|v| v.first.os.as_deref()), text(|v| v.first.device_type.as_deref()));
         let (c, rg, ci) = (text(|v| v.first.country.as_deref()), text(|v| v.first.region.as_deref()), text(|v| v.first.city.as_deref()));
@@ -207,14 +213,14 @@ mod tests {
 
     use super::*;
 
-/// Sessions per id in the order given (tests).
-fn by_session(v: &[Visit]) -> HashMap<&str, Vec<&Visit>> {
-    let mut m: HashMap<&str, Vec<&Visit>> = HashMap::new();
-    for x in v {
-        m.entry(x.first.session_id.as_str()).or_default().push(x);
+    /// Sessions per id in the order given (tests).
+    fn by_session(v: &[Visit]) -> HashMap<&str, Vec<&Visit>> {
+        let mut m: HashMap<&str, Vec<&Visit>> = HashMap::new();
+        for x in v {
+            m.entry(x.first.session_id.as_str()).or_default().push(x);
+        }
+        m
     }
-    m
-}
 
     const MIN: i64 = 60_000;
 
@@ -230,7 +236,10 @@ fn by_session(v: &[Visit]) -> HashMap<&str, Vec<&Visit>> {
         let m = by_session(&v);
         assert_eq!(m["s"].len(), 2, "{v:?}");
         let first = m["s"][0];
-        assert_eq!((first.first.start, first.first.end, first.first.events, first.entry_url.as_deref(), first.exit_url.as_deref()), (0, 11 * MIN, 4, Some("/a"), Some("/b")));
+        assert_eq!(
+            (first.first.start, first.first.end, first.first.events, first.entry_url.as_deref(), first.exit_url.as_deref()),
+            (0, 11 * MIN, 4, Some("/a"), Some("/b"))
+        );
         assert_eq!(m["t"].len(), 1);
         // A piece that arrives late, before the visit's start but within the gap, widens it.
         let v = merge(v, &[piece("s", -5 * MIN, -4 * MIN, "/early")], gap);

@@ -57,8 +57,7 @@ pub struct Target {
 /// string (`host=… sslmode=…`).
 pub fn parse(url: &str) -> Result<Target> {
     let (rest, mode, root_cert) = take_tls_keys(url)?;
-    let mut config: tokio_postgres::Config =
-        rest.parse().map_err(|e| anyhow::anyhow!("postgres.url {}: {e}", super::redact(url)))?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| anyhow::anyhow!("postgres.url {}: {e}", super::redact(url)))?;
     config.ssl_mode(match mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -134,7 +133,9 @@ pub fn explain(e: &tokio_postgres::Error, url: &str, mode: SslMode) -> anyhow::E
     let at = super::redact(url);
     let all = format!("{text} {detail}");
     if all.contains("pg_hba.conf") && all.contains("no encryption") {
-        anyhow::anyhow!("PostgreSQL at {at} refuses connections without TLS: set sslmode=require (or verify-full with sslrootcert=…) in postgres.url ({text})")
+        anyhow::anyhow!(
+            "PostgreSQL at {at} refuses connections without TLS: set sslmode=require (or verify-full with sslrootcert=…) in postgres.url ({text})"
+        )
     } else if all.contains("certificate verify failed") {
         let why = if all.contains("mismatch") { "its certificate does not name this host" } else { "its certificate is not signed by a trusted CA" };
         anyhow::anyhow!(
@@ -142,7 +143,10 @@ pub fn explain(e: &tokio_postgres::Error, url: &str, mode: SslMode) -> anyhow::E
             mode.name()
         )
     } else if all.contains("password authentication failed") {
-        anyhow::anyhow!("PostgreSQL at {at}: {}; check postgres.password_file (or the password in postgres.url)", if detail.is_empty() { &text } else { &detail })
+        anyhow::anyhow!(
+            "PostgreSQL at {at}: {}; check postgres.password_file (or the password in postgres.url)",
+            if detail.is_empty() { &text } else { &detail }
+        )
     } else if all.contains("server does not support TLS") {
         anyhow::anyhow!("PostgreSQL at {at} does not offer TLS, but sslmode={} requires it ({text})", mode.name())
     } else {
@@ -156,8 +160,12 @@ mod tests {
 
     #[test]
     fn tls_keys_are_taken_out_of_both_forms() {
-        let (rest, mode, root) = take_tls_keys("postgres://u:p@db.example.com:5432/chronos?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
-        assert_eq!((rest.as_str(), mode, root.as_deref()), ("postgres://u:p@db.example.com:5432/chronos?application_name=x", SslMode::VerifyFull, Some(Path::new("/etc/ca.pem"))));
+        let (rest, mode, root) =
+            take_tls_keys("postgres://u:p@db.example.com:5432/chronos?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode, root.as_deref()),
+            ("postgres://u:p@db.example.com:5432/chronos?application_name=x", SslMode::VerifyFull, Some(Path::new("/etc/ca.pem")))
+        );
         let (rest, mode, root) = take_tls_keys("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem dbname=c").unwrap();
         assert_eq!((rest.as_str(), mode, root.as_deref()), ("host=db user=u dbname=c", SslMode::VerifyCa, Some(Path::new("/ca.pem"))));
         assert_eq!(take_tls_keys("postgres://u@h/db").unwrap().1, SslMode::Prefer, "libpq's default");

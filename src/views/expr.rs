@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use simd_json::prelude::*;
 
-use crate::store::schema::ident;
 use crate::record::Row;
+use crate::store::schema::ident;
 
 /// SQL type of an expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

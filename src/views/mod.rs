@@ -63,11 +63,9 @@ impl Registry {
     /// generation it sees, loading definitions when the generation moved.
     pub async fn lock_current(&self, tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<Arc<ViewSet>, tokio_postgres::Error> {
         // Pipelined, and in this order: the generation is read after the lock is held.
-        let (_, generation) = futures_util::future::try_join(
-            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]),
-            tx.query_opt(GENERATION, &[]),
-        )
-        .await?;
+        let (_, generation) =
+            futures_util::future::try_join(tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&VIEWS_LOCK]), tx.query_opt(GENERATION, &[]))
+                .await?;
         self.at(tx, generation.map(|r| r.get(0)).unwrap_or(0), catalog).await
     }
 
@@ -124,7 +122,9 @@ pub enum ViewsError {
     Exists(String),
     #[error("no view named `{0}` (chronos views list shows them)")]
     Missing(String),
-    #[error("view `{view}` needs the PostgreSQL extension `{ext}`, which this server does not have; install it (Debian: apt install postgresql-15-{ext})")]
+    #[error(
+        "view `{view}` needs the PostgreSQL extension `{ext}`, which this server does not have; install it (Debian: apt install postgresql-15-{ext})"
+    )]
     Extension { view: String, ext: &'static str },
     #[error("{0}")]
     Db(#[from] tokio_postgres::Error),

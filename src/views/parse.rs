@@ -13,8 +13,8 @@
 use std::fmt;
 
 use sqlparser::ast::{
-    self, BinaryOperator, DuplicateTreatment, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectName,
-    ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor, UnaryOperator,
+    self, BinaryOperator, DuplicateTreatment, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectName, ObjectNamePart, SelectItem,
+    SetExpr, Spanned, Statement, TableFactor, UnaryOperator,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -126,9 +126,11 @@ fn err(node: &impl Spanned, message: String) -> ViewError {
 /// Parses every view in `sql` (one or more statements separated by `;`).
 pub fn parse_views(sql: &str, catalog: &EventCatalog) -> Result<Vec<ViewDef>, ViewError> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| ViewError { view: None, at: Some((e.location.line, e.location.column)), message: e.message })?;
+    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| ViewError {
+        view: None,
+        at: Some((e.location.line, e.location.column)),
+        message: e.message,
+    })?;
     // `CREATE CONTINUOUS VIEW` is `CREATE VIEW` with one more word: drop the
     // word from the token stream (the text is never edited).
     let mut kept = Vec::with_capacity(tokens.len());
@@ -438,8 +440,9 @@ impl Scope<'_> {
         Ok(match e {
             A::Identifier(i) => self.column(e, &i.value)?,
             A::CompoundIdentifier(p) => match p.as_slice() {
-                [t, c] if matches!(&self.source, Source::Type(i) if *self.catalog.types()[*i].name == t.value)
-                    || (self.source == Source::All && t.value == ALL_EVENTS) =>
+                [t, c]
+                    if matches!(&self.source, Source::Type(i) if *self.catalog.types()[*i].name == t.value)
+                        || (self.source == Source::All && t.value == ALL_EVENTS) =>
                 {
                     self.column(e, &c.value)?
                 }
@@ -497,7 +500,10 @@ impl Scope<'_> {
                             _ => ArOp::Div,
                         };
                         if ar == ArOp::Div && !matches!(r, Expr::Lit(Lit::Int(n)) if n != 0) && !matches!(r, Expr::Lit(Lit::Float(f)) if f != 0.0) {
-                            return Err(err(right.as_ref(), format!("`{e}`: divide only by a non-zero number literal (PostgreSQL stops on division by zero)")));
+                            return Err(err(
+                                right.as_ref(),
+                                format!("`{e}`: divide only by a non-zero number literal (PostgreSQL stops on division by zero)"),
+                            ));
                         }
                         let ty = if l.ty() == SqlType::Int && r.ty() == SqlType::Int { SqlType::Int } else { SqlType::Float };
                         Expr::Arith(ar, Box::new(l), Box::new(r), ty)
@@ -551,7 +557,10 @@ impl Scope<'_> {
                     other => string_literal(other),
                 };
                 let Some(ms) = text.and_then(interval_ms) else {
-                    return Err(err(*width, format!("time_bucket width `{width}`: a fixed interval such as interval '5 minutes' (no months or years)")));
+                    return Err(err(
+                        *width,
+                        format!("time_bucket width `{width}`: a fixed interval such as interval '5 minutes' (no months or years)"),
+                    ));
                 };
                 Ok(Expr::Bucket(ms, Box::new(self.time_arg(t)?)))
             }
@@ -573,7 +582,12 @@ impl Scope<'_> {
         let ast::Expr::Function(f) = e else { return Ok(None) };
         let name = idents(&f.name).join(".").to_ascii_lowercase();
         if NOT_INCREMENTAL.contains(&name.as_str()) {
-            return Err(err(e, format!("aggregate `{name}` cannot be maintained incrementally; supported: count, sum, min, max, avg, count(DISTINCT …), percentile_cont")));
+            return Err(err(
+                e,
+                format!(
+                    "aggregate `{name}` cannot be maintained incrementally; supported: count, sum, min, max, avg, count(DISTINCT …), percentile_cont"
+                ),
+            ));
         }
         if !is_aggregate_name(&name) {
             return Ok(None);
@@ -641,7 +655,10 @@ impl Scope<'_> {
         Ok(Some(match name.as_str() {
             "count" if distinct => {
                 if !matches!(ty, SqlType::Text | SqlType::Int) {
-                    return Err(err(a, format!("count(DISTINCT {a}): only text and integer values can be counted distinctly, `{a}` is {}", ty.sql())));
+                    return Err(err(
+                        a,
+                        format!("count(DISTINCT {a}): only text and integer values can be counted distinctly, `{a}` is {}", ty.sql()),
+                    ));
                 }
                 Agg::Distinct(x)
             }
@@ -656,7 +673,10 @@ impl Scope<'_> {
             }
             "min" | "max" => {
                 if !(ty.numeric() || ty == SqlType::Time) {
-                    return Err(err(a, format!("{name}({a}): only numbers and times (text order depends on the database collation), `{a}` is {}", ty.sql())));
+                    return Err(err(
+                        a,
+                        format!("{name}({a}): only numbers and times (text order depends on the database collation), `{a}` is {}", ty.sql()),
+                    ));
                 }
                 if name == "min" {
                     Agg::Min(x)
@@ -813,11 +833,17 @@ mod tests {
     #[test]
     fn refusals_name_the_construct_and_place() {
         let cases = [
-            ("CREATE VIEW v AS SELECT element, stddev(x) FROM clicks GROUP BY element", "line 1, column 34: view `v`: aggregate `stddev` cannot be maintained incrementally"),
+            (
+                "CREATE VIEW v AS SELECT element, stddev(x) FROM clicks GROUP BY element",
+                "line 1, column 34: view `v`: aggregate `stddev` cannot be maintained incrementally",
+            ),
             ("CREATE VIEW v AS SELECT element, count(*) FROM clicks", "`element` must be in GROUP BY"),
             ("CREATE VIEW v AS SELECT nope, count(*) FROM clicks GROUP BY nope", "`clicks` has no column `nope`"),
             ("CREATE VIEW v AS SELECT count(*) FROM nowhere", "`nowhere` is not an enabled event type"),
-            ("CREATE VIEW v AS SELECT element, count(*) FROM clicks GROUP BY element HAVING count(*) > 1", "HAVING cannot be maintained incrementally"),
+            (
+                "CREATE VIEW v AS SELECT element, count(*) FROM clicks GROUP BY element HAVING count(*) > 1",
+                "HAVING cannot be maintained incrementally",
+            ),
             ("CREATE VIEW v AS SELECT x, count(*) FROM clicks c JOIN pageviews p ON true GROUP BY x", "joins cannot be maintained incrementally"),
             ("CREATE VIEW v AS SELECT count(*) FROM clicks c", "without alias"),
             ("CREATE VIEW v AS SELECT count(*) FROM clicks ORDER BY 1", "ORDER BY"),

@@ -105,11 +105,7 @@ pub fn ddl(view: &ViewDef) -> String {
                     Agg::Sum(_) => format!("sum({})", c("")),
                     Agg::Min(_) => format!("min({})", c("")),
                     Agg::Max(_) => format!("max({})", c("")),
-                    Agg::Avg(_) => format!(
-                        "CASE WHEN sum({n}) = 0 THEN NULL ELSE sum({s}) / sum({n}) END",
-                        n = c("__count"),
-                        s = c("__sum")
-                    ),
+                    Agg::Avg(_) => format!("CASE WHEN sum({n}) = 0 THEN NULL ELSE sum({s}) / sum({n}) END", n = c("__count"), s = c("__sum")),
                     Agg::Distinct(_) => format!("hll_cardinality(hll_union_agg({}))::bigint", c("__hll")),
                     Agg::Percentile(p, _) => format!("tdigest_percentile({}, {p:?}::double precision)", c("__tdigest")),
                 };
@@ -128,11 +124,7 @@ pub fn ddl(view: &ViewDef) -> String {
 }
 
 pub fn drop_sql(view_name: &str) -> String {
-    format!(
-        "DROP VIEW IF EXISTS views.{}; DROP TABLE IF EXISTS views.{};",
-        ident(view_name),
-        ident(&format!("{view_name}_mrel"))
-    )
+    format!("DROP VIEW IF EXISTS views.{}; DROP TABLE IF EXISTS views.{};", ident(view_name), ident(&format!("{view_name}_mrel")))
 }
 
 fn array_type(t: SqlType) -> &'static str {

@@ -7,8 +7,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::HashTable;
 
 use super::expr::{Scalar, SqlType};
-use crate::record::Row;
 use super::parse::{Agg, Source, ViewDef};
+use crate::record::Row;
 
 /// An owned group key or distinct value. Floats are normalised so that
 /// equal values (0.0 and -0.0) are one key, as in PostgreSQL.
@@ -242,10 +242,7 @@ impl Partial {
         let group = match self.groups.find_mut(hash, |g| g.keys.iter().zip(&keys).all(|(k, s)| k.matches(s))) {
             Some(g) => g,
             None => {
-                let g = Group {
-                    keys: keys.iter().map(Key::of).collect(),
-                    states: view.aggs.iter().map(|(_, a)| State::new(a)).collect(),
-                };
+                let g = Group { keys: keys.iter().map(Key::of).collect(), states: view.aggs.iter().map(|(_, a)| State::new(a)).collect() };
                 self.groups
                     .insert_unique(hash, g, |g| {
                         let mut h = hasher.build_hasher();

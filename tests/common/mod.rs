@@ -250,11 +250,7 @@ impl Kafka {
                 Some(Ok(m)) => {
                     let headers = m
                         .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                                .collect()
-                        })
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
                         .unwrap_or_default();
                     out.push(Record {
                         partition: m.partition(),
@@ -273,8 +269,7 @@ impl Kafka {
 
     /// Records in `topic` per the broker's high watermarks.
     pub fn count(&self, topic: &str) -> i64 {
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().unwrap();
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().unwrap();
         (0..self.partitions)
             .map(|p| {
                 let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
@@ -460,12 +455,7 @@ impl Chronosd {
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap()
     }
 }
 
@@ -617,16 +607,10 @@ impl Layout {
                    WHERE n.nspname = 'events_raw' AND c.relkind = 'r' AND NOT c.relispartition) END",
         );
         match self {
-            Layout::Native => assert!(
-                native > 0 && hyper == 0,
-                "native layout wanted: {native} partitioned, {hyper} plain tables"
-            ),
+            Layout::Native => assert!(native > 0 && hyper == 0, "native layout wanted: {native} partitioned, {hyper} plain tables"),
             Layout::Hypertable => {
                 let listed = count(url, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'events_raw'");
-                assert!(
-                    native == 0 && hyper > 0 && listed == hyper,
-                    "hypertables wanted: {native} partitioned, {hyper} plain, {listed} hypertables"
-                )
+                assert!(native == 0 && hyper > 0 && listed == hyper, "hypertables wanted: {native} partitioned, {hyper} plain, {listed} hypertables")
             }
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chronos::import::send::{run, Options};
 use chronos::stack::postgres::block_on;
-use chronos_bench::stack::{cpu_secs, children_cpu_secs, port, Chronosd, PerfStack};
+use chronos_bench::stack::{children_cpu_secs, cpu_secs, port, Chronosd, PerfStack};
 
 fn main() -> Result<()> {
     let events: usize = std::env::args().nth(1).map(|a| a.parse().context("events: a number")).transpose()?.unwrap_or(1_000_000);
@@ -59,7 +59,8 @@ fn main() -> Result<()> {
     anyhow::ensure!(rows == events as i64 && distinct == rows, "PostgreSQL holds {rows} rows, {distinct} distinct, for {events} events");
 
     let again_started = Instant::now();
-    let again = block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &Options { wait: None, ..opts.clone() }, |_| {}))?;
+    let again =
+        block_on(run(&config, BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?), &Options { wait: None, ..opts.clone() }, |_| {}))?;
     let again_secs = again_started.elapsed().as_secs_f64();
     anyhow::ensure!(again.summary.accepted == 0 && again.summary.duplicate_events as usize == events, "second run: {:?}", again.summary);
     std::thread::sleep(Duration::from_secs(3));
@@ -107,7 +108,11 @@ fn write_events(path: &std::path::Path, n: usize) -> Result<u64> {
         );
         let line = match i % 6 {
             0 => format!(r#"{{"type":"pageviews",{common},"navigation":"navigate","referrer":"https://search.example.org/?q={}"}}"#, s % 97),
-            1 => format!(r#"{{"type":"clicks",{common},"element":"BUTTON","buttons":1,"x":{},"y":{},"selector":"main > div.product > button"}}"#, i % 1280, i % 800),
+            1 => format!(
+                r#"{{"type":"clicks",{common},"element":"BUTTON","buttons":1,"x":{},"y":{},"selector":"main > div.product > button"}}"#,
+                i % 1280,
+                i % 800
+            ),
             2 => format!(r#"{{"type":"link_clicks",{common},"link_text":"Docs","target_url":"https://shop.example.com/docs"}}"#),
             3 => format!(r#"{{"type":"mouse_moves",{common},"x":{},"y":{}}}"#, i % 1280, i % 800),
             4 => format!(r#"{{"type":"key_presses",{common},"key":null,"element":"INPUT"}}"#),

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use chronos::stack::postgres::block_on;
 use chronos::telemetry::Metrics;
 use chronos_bench::ceiling::{self, CopyRun};
-use chronos_bench::stack::{self, PerfStack};
 use chronos_bench::records;
+use chronos_bench::stack::{self, PerfStack};
 
 fn main() -> anyhow::Result<()> {
     // The loaders' own log on stderr (CHRONOS_LOG / RUST_LOG filter, default info).
@@ -55,7 +55,10 @@ fn main() -> anyhow::Result<()> {
         ("(a2) … (a) + the index on time", CopyRun { indexes: true, ..CopyRun::default() }),
         ("(a3) … (a2) + batch ids claimed", CopyRun { indexes: true, claim_batches: true, ..CopyRun::default() }),
         ("(a4) … (a3) + a commit per flush_rows", CopyRun { indexes: true, claim_batches: true, flush_events: flush, ..CopyRun::default() }),
-        ("(a5) … (a4) + each batch's page once", CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() }),
+        (
+            "(a5) … (a4) + each batch's page once",
+            CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() },
+        ),
     ];
     let mut copy_secs = f64::MAX;
     for (name, run) in variants {
@@ -70,12 +73,7 @@ fn main() -> anyhow::Result<()> {
     for with_views in [false, true] {
         let (secs, pg_cpu, own_cpu, waits) = load(&stack, &recs, rows, with_views, postmaster, partitions)?;
         let name = if with_views { "(b)  loaders, default views" } else { "(b0) loaders, no views" };
-        println!(
-            "{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event, loaders {:.2} µs CPU/event",
-            rows / secs,
-            us(pg_cpu),
-            us(own_cpu)
-        );
+        println!("{name:<46} {:>9.0} events/s   PostgreSQL {:>5.2} µs CPU/event, loaders {:.2} µs CPU/event", rows / secs, us(pg_cpu), us(own_cpu));
         println!("     loader backends sampled every 10 ms: {waits}");
         loaded.push(secs);
     }

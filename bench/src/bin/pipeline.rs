@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chronos_bench::records::{self, KEY, ORIGIN};
 use chronos_bench::ceiling;
+use chronos_bench::records::{self, KEY, ORIGIN};
 use chronos_bench::stack::{self, Chronosd, PerfStack};
 use clap::Parser;
 use loadgen::report::Report;
@@ -137,8 +137,10 @@ struct Cpu {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bin_dir = std::env::current_exe()?.parent().context("binary dir")?.to_path_buf();
-    anyhow::ensure!(bin_dir.join("chronosd").is_file() && bin_dir.join("loadgen").is_file(),
-        "chronosd and loadgen must be built beside this binary (perf/pipeline builds them)");
+    anyhow::ensure!(
+        bin_dir.join("chronosd").is_file() && bin_dir.join("loadgen").is_file(),
+        "chronosd and loadgen must be built beside this binary (perf/pipeline builds them)"
+    );
     let machine = machine(args.brokers);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("{machine}\nload average before: {load_before}");
@@ -172,10 +174,23 @@ fn main() -> anyhow::Result<()> {
              (b) PostgreSQL COPY BINARY ceiling:                    {:>10.0} events/s\n\
              broker ack latency at 100 records/s (plain rdkafka): p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2} ms\n\
              for comparison, the same records without their 4 headers: produce {:.0}, consume {:.0} events/s\n",
-            recs.len(), args.batch_size, bytes as f64 / 1e6, config.kafka.partitions, config.kafka.compression, config.kafka.linger_ms,
-            p, p / args.batch_size as f64, c, c / args.batch_size as f64, b,
-            floor.p50, floor.p90, floor.p99, floor.max,
-            events / produce_bare, events / consume_bare
+            recs.len(),
+            args.batch_size,
+            bytes as f64 / 1e6,
+            config.kafka.partitions,
+            config.kafka.compression,
+            config.kafka.linger_ms,
+            p,
+            p / args.batch_size as f64,
+            c,
+            c / args.batch_size as f64,
+            b,
+            floor.p50,
+            floor.p90,
+            floor.p99,
+            floor.max,
+            events / produce_bare,
+            events / consume_bare
         );
         eprint!("{line}");
         out.push_str(&format!("## Ceilings\n\n```\n{line}```\n\n"));
@@ -196,7 +211,8 @@ fn main() -> anyhow::Result<()> {
                     let _ = stop_rx.await;
                 };
                 let health = Arc::new(chronos::produce::ProducerHealth::default());
-                chronos::serve(config, listener, chronos::produce::Sink::Discard, Arc::new(chronos::telemetry::Metrics::new()), health, shutdown).await
+                chronos::serve(config, listener, chronos::produce::Sink::Discard, Arc::new(chronos::telemetry::Metrics::new()), health, shutdown)
+                    .await
             })
         });
         let (mut steps, kept_up, pass) = ladder(&args, &bin_dir, &stack, &target, args.start_rate.max(100_000.0))?;
@@ -279,7 +295,10 @@ fn main() -> anyhow::Result<()> {
             let v = s.report.verify.clone().context("verify ran")?;
             let total = s.report.elapsed_secs + v.wait_secs;
             let e2e = s.report.events_accepted as f64 / total;
-            eprintln!("    end to end: {e2e:.0} events/s ({} events in {total:.2} s), missing {}, duplicated {}", s.report.events_accepted, v.missing, v.duplicated);
+            eprintln!(
+                "    end to end: {e2e:.0} events/s ({} events in {total:.2} s), missing {}, duplicated {}",
+                s.report.events_accepted, v.missing, v.duplicated
+            );
             if v.passed() && best_e2e.is_none_or(|b| e2e > b) {
                 best_e2e = Some(e2e);
                 e2e_budget = Some(cpu_budget(&s, e2e));
@@ -305,8 +324,12 @@ fn main() -> anyhow::Result<()> {
         let a_e2e = p.min(c);
         summary.push_str(&format!("(a) broker ceiling: produce {p:.0}, consume {c:.0} events/s\n(b) COPY ceiling: {b:.0} events/s\n"));
         match best_http {
-            Some(h) => summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: {h:.0} events/s   (c)/(a produce) = {:.2}\n", args.max_p99_ms, h / p)),
-            None if args.phases.contains('c') => summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: no step met the bound\n", args.max_p99_ms)),
+            Some(h) => {
+                summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: {h:.0} events/s   (c)/(a produce) = {:.2}\n", args.max_p99_ms, h / p))
+            }
+            None if args.phases.contains('c') => {
+                summary.push_str(&format!("(c) HTTP → Kafka, p99 ≤ {} ms: no step met the bound\n", args.max_p99_ms))
+            }
             None => {}
         }
         if let Some(k) = best_kept_up {
@@ -414,14 +437,21 @@ fn compare(args: &Args, bin_dir: &Path, stack: &PerfStack) -> anyhow::Result<(St
     for (rate, [a, b]) in &rows {
         t.push_str(&format!(
             "| {rate:.0} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} |\n",
-            a.report.accepted_rate, a.report.latency_ms.p99, per_event(a), a.verdict(),
-            b.report.accepted_rate, b.report.latency_ms.p99, per_event(b), b.verdict()
+            a.report.accepted_rate,
+            a.report.latency_ms.p99,
+            per_event(a),
+            a.verdict(),
+            b.report.accepted_rate,
+            b.report.latency_ms.p99,
+            per_event(b),
+            b.verdict()
         ));
     }
     let best = |i: usize| highest(rows.iter().filter(|(_, s)| s[i].kept_up).map(|(r, _)| *r));
     // CPU per event compared only where both kept up (where one fell behind, its
     // queueing costs CPU the other did not pay).
-    let both: Vec<(f64, f64)> = rows.iter().filter(|(_, s)| s[0].kept_up && s[1].kept_up).map(|(_, s)| (per_event(&s[0]), per_event(&s[1]))).collect();
+    let both: Vec<(f64, f64)> =
+        rows.iter().filter(|(_, s)| s[0].kept_up && s[1].kept_up).map(|(_, s)| (per_event(&s[0]), per_event(&s[1]))).collect();
     let mean = |f: fn(&(f64, f64)) -> f64| both.iter().map(f).sum::<f64>() / both.len() as f64;
     let fmt = |r: Option<f64>| r.map_or("none".into(), |r| format!("{r:.0}"));
     let mut summary = format!("(x) A/B, highest rate kept up: A {} · B {} events/s", fmt(best(0)), fmt(best(1)));
@@ -596,9 +626,7 @@ fn produce_counters(url: &str) -> Option<(f64, f64)> {
     if status != 200 {
         return None;
     }
-    let value = |name: &str| {
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-    };
+    let value = |name: &str| body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
     Some((value(chronos::telemetry::KAFKA_TX_MESSAGES)?, value(chronos::telemetry::KAFKA_PRODUCE_REQUESTS)?))
 }
 
@@ -643,17 +671,26 @@ fn table(steps: &[Step], e2e: bool) -> String {
         let l = &r.latency_ms;
         t.push_str(&format!(
             "| {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-            r.rate, r.accepted_rate, l.p50, l.p90, l.p99, l.p999, l.max, r.requests - r.statuses.ok, s.rss_mib,
-            s.cpu.chronosd, s.cpu.loadgen, s.cpu.broker, s.cpu.postgres, s.cpu.other,
+            r.rate,
+            r.accepted_rate,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            r.requests - r.statuses.ok,
+            s.rss_mib,
+            s.cpu.chronosd,
+            s.cpu.loadgen,
+            s.cpu.broker,
+            s.cpu.postgres,
+            s.cpu.other,
             s.records_per_request.map_or("–".into(), |v| format!("{v:.1}"))
         ));
         match (&r.verify, e2e) {
-            (Some(v), true) => t.push_str(&format!(
-                " {:.0} | {} | {} |\n",
-                r.events_accepted as f64 / (r.elapsed_secs + v.wait_secs),
-                v.missing,
-                v.duplicated
-            )),
+            (Some(v), true) => {
+                t.push_str(&format!(" {:.0} | {} | {} |\n", r.events_accepted as f64 / (r.elapsed_secs + v.wait_secs), v.missing, v.duplicated))
+            }
             _ => t.push_str(&format!(" {} |\n", s.verdict())),
         }
     }
@@ -662,7 +699,8 @@ fn table(steps: &[Step], e2e: bool) -> String {
 
 fn machine(brokers: usize) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -687,5 +725,10 @@ fn java_version() -> String {
 }
 
 fn date() -> String {
-    Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

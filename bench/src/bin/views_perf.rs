@@ -58,7 +58,12 @@ fn main() -> anyhow::Result<()> {
         let views = block_on(async {
             let mut c = chronos::store::connect(&url).await?;
             c.batch_execute("SET client_min_messages = warning").await?;
-            chronos::install(&mut c, &catalog, &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..cfg.load.clone() }).await?;
+            chronos::install(
+                &mut c,
+                &catalog,
+                &chronos::config::LoadConfig { partitions_past_days: 1, partitions_ahead_days: 1, ..cfg.load.clone() },
+            )
+            .await?;
             // VIEWS_ONLY=a,b keeps only those default views (to see what each costs).
             let only = std::env::var("VIEWS_ONLY").ok();
             for v in chronos::views::list(&c).await? {
