@@ -109,7 +109,7 @@ impl Enricher {
             Some(r) => Agent {
                 bot: None,
                 browser: known(r.name),
-                browser_version: known(&r.version),
+                browser_version: known(r.version),
                 os: known(r.os),
                 os_version: known(&r.os_version),
                 device: Some(match r.category {

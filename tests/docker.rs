@@ -264,6 +264,8 @@ fn chronosd_config(service: &str) -> chronos::config::Config {
         })
         .collect();
     let mut out = None;
+    // figment's own error type, returned by its closure.
+    #[allow(clippy::result_large_err)]
     figment::Jail::expect_with(|jail| {
         for (k, v) in &env {
             jail.set_env(k, v);

@@ -57,13 +57,15 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
         ("automated", Some(CHROME), true),
     ];
     for (session, ua, webdriver) in senders {
-        let (status, body) = send(&d, session, ua, webdriver);
+        let (status, body) = send(d, session, ua, webdriver);
         assert_eq!(status, 200, "{session}: {body}");
         assert_eq!(body["accepted"], 6, "{session}: {body}");
     }
-    wait_rows(&url, "SELECT count(*) FROM events.pageviews", 7, &d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", 7, d);
     let rows =
-        query(&url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
+        query(url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
+    // The columns, in the order the query selects them.
+    #[allow(clippy::type_complexity)]
     let got: Vec<(String, bool, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>)> =
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
     let row = |s: &str| got.iter().find(|r| r.0 == s).unwrap_or_else(|| panic!("no row of {s}: {got:?}")).clone();
@@ -77,22 +79,22 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
     let automated = row("automated");
     assert_eq!((automated.1, automated.2, automated.3), (true, s("webdriver"), s("Chrome")), "a browser under automation, parsed all the same");
     // Every event of a batch carries its batch's flags (every table).
-    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'googlebot' AND is_bot AND bot_reason = 'user_agent'"), 1);
-    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'chrome' AND NOT is_bot"), 1);
+    assert_eq!(count(url, "SELECT count(*) FROM events.clicks WHERE session_id = 'googlebot' AND is_bot AND bot_reason = 'user_agent'"), 1);
+    assert_eq!(count(url, "SELECT count(*) FROM events.clicks WHERE session_id = 'chrome' AND NOT is_bot"), 1);
     let flagged = d.metric("chronos_bot_events_total{action=\"flagged\"}").unwrap_or_default();
     assert_eq!(flagged, 30.0, "5 bot batches of 6 events");
 
     // A table made before the columns existed gets them back online (and
     // its presented table shows them again).
     execute_batch(
-        &url,
+        url,
         "DROP VIEW events.mouse_moves; ALTER TABLE events_raw.mouse_moves DROP COLUMN is_bot, DROP COLUMN browser, DROP COLUMN device_type",
     );
     let out = chronos_cli(&d.config_path(), &["install-pipeline"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let cols = count(&url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events' AND table_name = 'mouse_moves' AND column_name IN ('is_bot', 'browser', 'device_type')");
+    let cols = count(url, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'events' AND table_name = 'mouse_moves' AND column_name IN ('is_bot', 'browser', 'device_type')");
     assert_eq!(cols, 3);
-    assert_eq!(count(&url, "SELECT count(*) FROM events.mouse_moves WHERE is_bot"), 0, "old rows read false");
+    assert_eq!(count(url, "SELECT count(*) FROM events.mouse_moves WHERE is_bot"), 0, "old rows read false");
 }
 
 #[test]
@@ -100,16 +102,16 @@ fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
     let extra = format!("[enrich]\nbots = \"drop\"\n{FAST_IPS}");
     let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", &extra));
     let (d, url) = (&stack.d, &stack.url);
-    let (status, body) = send(&d, "crawler", Some(GOOGLEBOT), false);
+    let (status, body) = send(d, "crawler", Some(GOOGLEBOT), false);
     assert_eq!(status, 200, "{body}");
     assert_eq!((body["accepted"].as_u64(), body["dropped"].as_u64()), (Some(0), Some(6)), "{body}");
     assert!(body["reasons"][0].as_str().unwrap().contains("taken for a bot (user_agent)"), "{body}");
-    let (status, body) = send(&d, "person", Some(CHROME), false);
+    let (status, body) = send(d, "person", Some(CHROME), false);
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(6)), "{body}");
     assert!(body.get("dropped").is_none(), "{body}");
-    wait_rows(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, &d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, d);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(count(&url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'crawler'"), 0);
+    assert_eq!(count(url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'crawler'"), 0);
     assert_eq!(d.metric("chronos_bot_events_total{action=\"dropped\"}"), Some(6.0));
 }
 
@@ -143,12 +145,12 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
     let c = client();
     // The client IP comes from X-Forwarded-For because the peer (127.0.0.1) is a trusted proxy.
     for (session, ip) in [("paris", "203.0.113.77"), ("brussels", "203.0.113.1"), ("nowhere", "198.51.100.9")] {
-        let (status, body, _) = post(&c, &d, &batch(session, 6), ip);
+        let (status, body, _) = post(&c, d, &batch(session, 6), ip);
         assert_eq!(status, 200, "{body}");
     }
-    wait_rows(&url, "SELECT count(*) FROM events.pageviews", 3, &d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", 3, d);
     let place = |session: &str| -> (Option<String>, Option<String>, Option<String>, Option<String>) {
-        let r = &query(&url, &format!("SELECT country, region, city, client_ip FROM events.clicks WHERE session_id = '{session}'"))[0];
+        let r = &query(url, &format!("SELECT country, region, city, client_ip FROM events.clicks WHERE session_id = '{session}'"))[0];
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
     let s = |v: &str| Some(v.to_string());
@@ -157,7 +159,7 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
     assert_eq!(place("nowhere"), (None, None, None, s("198.51.100.0")));
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count(*) FROM events.pageviews WHERE client_ip LIKE '%.77' OR client_ip LIKE '%.1' OR metadata::text LIKE '%203.0.113.77%'"
         ),
         0,
@@ -171,9 +173,9 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
     loop {
         n += 1;
         let session = format!("moved-{n}");
-        let (status, _, _) = post(&c, &d, &batch(&session, 6), "203.0.113.77");
+        let (status, _, _) = post(&c, d, &batch(&session, 6), "203.0.113.77");
         assert_eq!(status, 200);
-        wait_rows(&url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{session}'"), 1, &d);
+        wait_rows(url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{session}'"), 1, d);
         if place(&session).0 == s("DE") {
             break;
         }

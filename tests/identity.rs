@@ -31,14 +31,14 @@ fn users_land_on_every_event_and_identities_are_kept_once() {
     let last = with_user("s-1", Some("u_42"), t0 + 9_000);
     let other = with_user("s-2", Some("u_7"), t0 + 5_000);
     for b in [&anonymous, &first, &last, &other, &first, &last] {
-        let (status, body, _) = post(&c, &d, b, "198.51.100.4");
+        let (status, body, _) = post(&c, d, b, "198.51.100.4");
         assert_eq!(status, 200, "{body}");
     }
-    d.wait_until("every batch loaded", Duration::from_secs(60), || count(&url, "SELECT count(*) FROM events.pageviews") == 4);
-    let users = query(&url, "SELECT session_id, user_id, count(*) FROM events.clicks GROUP BY 1, 2 ORDER BY 1, 2");
+    d.wait_until("every batch loaded", Duration::from_secs(60), || count(url, "SELECT count(*) FROM events.pageviews") == 4);
+    let users = query(url, "SELECT session_id, user_id, count(*) FROM events.clicks GROUP BY 1, 2 ORDER BY 1, 2");
     let got: Vec<(String, Option<String>, i64)> = users.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got, vec![("s-1".into(), Some("u_42".into()), 2), ("s-1".into(), None, 1), ("s-2".into(), Some("u_7".into()), 1)]);
-    let rows = query(&url, "SELECT session_id, user_id, first_seen::text, last_seen::text FROM chronos.identities ORDER BY 1");
+    let rows = query(url, "SELECT session_id, user_id, first_seen::text, last_seen::text FROM chronos.identities ORDER BY 1");
     let ids: Vec<(String, String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
     // First and last seen are the user's first and last stored event times (corrected), each batch counted once.
     let span = |session: &str, user: &str| -> (String, String) {
@@ -46,24 +46,24 @@ fn users_land_on_every_event_and_identities_are_kept_once() {
             .iter()
             .map(|t| format!("SELECT time FROM events.{t} WHERE session_id = '{session}' AND user_id = '{user}'"))
             .collect();
-        let r = &query(&url, &format!("SELECT min(time)::text, max(time)::text FROM ({}) e", all.join(" UNION ALL ")))[0];
+        let r = &query(url, &format!("SELECT min(time)::text, max(time)::text FROM ({}) e", all.join(" UNION ALL ")))[0];
         (r.get(0), r.get(1))
     };
     let (f1, l1) = span("s-1", "u_42");
     let (f2, l2) = span("s-2", "u_7");
     assert_eq!(ids, vec![("s-1".into(), "u_42".into(), f1, l1), ("s-2".into(), "u_7".into(), f2, l2)]);
     assert_eq!(
-        count(&url, "SELECT round(extract(epoch FROM last_seen - first_seen))::bigint FROM chronos.identities WHERE session_id = 's-1'"),
+        count(url, "SELECT round(extract(epoch FROM last_seen - first_seen))::bigint FROM chronos.identities WHERE session_id = 's-1'"),
         8,
         "the two batches, 8 s apart"
     );
 
     // A user id the server would refuse names the field, and nothing is kept.
     let mut bad = with_user("s-3", Some("has space"), t0);
-    let (status, body, _) = post(&c, &d, &bad, "198.51.100.4");
+    let (status, body, _) = post(&c, d, &bad, "198.51.100.4");
     assert_eq!((status, body["error"]["path"].as_str()), (400, Some("user")), "{body}");
     bad["user"] = json!("x".repeat(200));
-    let (status, body, _) = post(&c, &d, &bad, "198.51.100.4");
+    let (status, body, _) = post(&c, d, &bad, "198.51.100.4");
     assert_eq!((status, body["error"]["path"].as_str()), (400, Some("user")), "{body}");
 }
 
@@ -119,10 +119,10 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
     let t = now_ms() - 10_000;
     // u_9 in two sessions (one with an anonymous batch before identify), u_1 in a third.
     for b in [with_user("a-1", None, t), with_user("a-1", Some("u_9"), t), with_user("a-2", Some("u_9"), t), with_user("b-1", Some("u_1"), t)] {
-        let (status, body, _) = post(&c, &d, &b, "198.51.100.4");
+        let (status, body, _) = post(&c, d, &b, "198.51.100.4");
         assert_eq!(status, 200, "{body}");
     }
-    d.wait_until("every batch loaded", Duration::from_secs(60), || count(&url, "SELECT count(*) FROM events.pageviews") == 4);
+    d.wait_until("every batch loaded", Duration::from_secs(60), || count(url, "SELECT count(*) FROM events.pageviews") == 4);
     assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id IN ('a-1', 'a-2')"), 3);
     let out = chronos_cli(&d.config_path(), &["erase", "--user", "u_9", "--by", "dpo@example.com"]);
     let text = output_text(&out);
@@ -132,10 +132,10 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
     assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id IN ('a-1', 'a-2')"), 0, "their pages (URLs, titles) too");
     assert_eq!(count(url, "SELECT count(*) FROM chronos.batches WHERE session_id = 'b-1'"), 1);
     assert_eq!(count(url, "SELECT count(*) FROM chronos.sessions WHERE session_id IN ('a-1', 'a-2')"), 0, "their visits too");
-    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id IN ('a-1', 'a-2')"), 0, "the anonymous batch of a-1 too");
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);
-    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'b-1' AND user_id = 'u_1'"), 1, "other users stay");
-    let audit = query(&url, "SELECT subject, raw_rows, requested_by FROM chronos.erasures");
+    assert_eq!(count(url, "SELECT count(*) FROM events.clicks WHERE session_id IN ('a-1', 'a-2')"), 0, "the anonymous batch of a-1 too");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.identities WHERE user_id = 'u_9'"), 0);
+    assert_eq!(count(url, "SELECT count(*) FROM events.clicks WHERE session_id = 'b-1' AND user_id = 'u_1'"), 1, "other users stay");
+    let audit = query(url, "SELECT subject, raw_rows, requested_by FROM chronos.erasures");
     assert_eq!(
         (audit[0].get::<_, String>(0), audit[0].get::<_, i64>(1), audit[0].get::<_, String>(2)),
         ("user".into(), 18, "dpo@example.com".into())
@@ -143,7 +143,7 @@ fn erase_by_user_removes_each_of_its_sessions_whole_and_its_identities() {
     // Neither id is kept by the audit.
     assert_eq!(
         count(
-            &url,
+            url,
             "SELECT count(*) FROM chronos.erasures WHERE row_to_json(erasures)::text LIKE '%u_9%' OR row_to_json(erasures)::text LIKE '%a-1%'"
         ),
         0

@@ -105,20 +105,20 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
     assert!(out.contains("rejected: line 601: not JSON"), "{out}");
     assert!(out.contains("rejected: line 602, event[4] `x`"), "{out}");
     assert!(out.contains("rejected: line 603, event[1]: ") && out.contains("outside the import window (import.max_past_days = 60"), "{out}");
-    assert_eq!(stored(&url, "imp"), 600);
+    assert_eq!(stored(url, "imp"), 600);
 
     // Every time as given, to the millisecond, none flagged, weeks before the partitions the loaders keep.
     let rows = query(
-        &url,
+        url,
         "SELECT (extract(epoch FROM time) * 1000)::bigint, time_flagged, client_ip FROM events.pageviews WHERE session_id LIKE 'imp-%' ORDER BY time",
     );
     let expected: Vec<i64> = times.iter().enumerate().filter(|(i, _)| i % 3 == 0).map(|(_, t)| *t).collect();
     assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), expected);
     assert!(rows.iter().all(|r| !r.get::<_, bool>(1)), "no imported time is flagged");
     assert_eq!(rows[0].get::<_, Option<String>>(2).as_deref(), Some("198.51.100.0"), "client IPs anonymised");
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.dead_letters WHERE stage = 'receipt'"), 2, "the bad attribute and the old event");
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.seen_batches WHERE NOT kept"), 0, "imported batch ids are kept for good");
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.seen_batches WHERE kept"), 15);
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.dead_letters WHERE stage = 'receipt'"), 2, "the bad attribute and the old event");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.seen_batches WHERE NOT kept"), 0, "imported batch ids are kept for good");
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.seen_batches WHERE kept"), 15);
 
     // Again, and gzip-compressed through standard input: same lines, same batches, nothing sent.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -130,7 +130,7 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
         assert!(out.contains("0 events accepted in 0 batches, 1 rejected, 602 duplicate (16 batches stored before)"), "{out}");
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(stored(&url, "imp"), 600, "nothing stored twice");
+    assert_eq!(stored(url, "imp"), 600, "nothing stored twice");
 
     // A dry run checks and counts without sending.
     let (more, _) = event_lines("dry", 10);
@@ -140,7 +140,7 @@ fn chronos_import_stores_old_events_once_with_their_times_and_dead_letters_the_r
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("checked (dry run, nothing sent)") && out.contains("10 events accepted"), "{out}");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(stored(&url, "dry"), 0);
+    assert_eq!(stored(url, "dry"), 0);
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn kafka_records_import_with_their_own_batch_ids_and_times() {
         assert_eq!(code, 0, "round {round}: {out}");
         assert!(out.contains(want), "round {round}: {out}");
     }
-    let rows = query(&url, "SELECT (extract(epoch FROM time) * 1000)::bigint, key_id, x, y, selector, batch_id::text FROM events.clicks WHERE session_id = 'rec-1' ORDER BY time");
+    let rows = query(url, "SELECT (extract(epoch FROM time) * 1000)::bigint, key_id, x, y, selector, batch_id::text FROM events.clicks WHERE session_id = 'rec-1' ORDER BY time");
     assert_eq!(rows.len(), 2);
     // The loaders' clock correction, from the record's own receipt: +2.1 s.
     assert_eq!(rows[0].get::<_, i64>(0), received - 2_500 + 2_100);
@@ -205,7 +205,7 @@ fn post_v1_import_takes_a_server_key_only_and_stores_once() {
     let (status, v) = send(Some(SERVER_KEY), Some(ORIGIN));
     assert_eq!((status, v["error"]["code"].as_str()), (403, Some("server_key_from_page")), "{v}");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(stored(&url, "http"), 0, "refused requests keep nothing");
+    assert_eq!(stored(url, "http"), 0, "refused requests keep nothing");
 
     let (status, v) = send(Some(SERVER_KEY), None);
     assert_eq!(status, 200, "{v}");
@@ -214,20 +214,20 @@ fn post_v1_import_takes_a_server_key_only_and_stores_once() {
         (Some(120), Some(120), Some(3), Some(0)),
         "{v}"
     );
-    d.wait_until("the import stored", Duration::from_secs(60), || stored(&url, "http") == 120);
+    d.wait_until("the import stored", Duration::from_secs(60), || stored(url, "http") == 120);
     let (status, v) = send(Some(SERVER_KEY), None);
     assert_eq!(status, 200, "{v}");
     assert_eq!((v["accepted"].as_u64(), v["duplicate_batches"].as_u64(), v["duplicate_events"].as_u64()), (Some(0), Some(3), Some(120)), "{v}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(stored(&url, "http"), 120, "nothing stored twice");
-    let key_ids = query(&url, "SELECT DISTINCT key_id FROM events.clicks WHERE session_id LIKE 'http-%'");
+    assert_eq!(stored(url, "http"), 120, "nothing stored twice");
+    let key_ids = query(url, "SELECT DISTINCT key_id FROM events.clicks WHERE session_id LIKE 'http-%'");
     assert_eq!(key_ids.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(), vec!["importer".to_string()]);
 
     // A server key on the batch endpoint: from a back end yes, from a page no.
     let mut b = batch("srv-1", 3);
     b["key"] = json!(SERVER_KEY);
-    let (status, _, _) = post_raw(&c, &d, b.to_string().into_bytes(), &[("Content-Type", "application/json")]);
+    let (status, _, _) = post_raw(&c, d, b.to_string().into_bytes(), &[("Content-Type", "application/json")]);
     assert_eq!(status, 200);
-    let (status, v, _) = post_raw(&c, &d, b.to_string().into_bytes(), &[("Content-Type", "application/json"), ("Origin", ORIGIN)]);
+    let (status, v, _) = post_raw(&c, d, b.to_string().into_bytes(), &[("Content-Type", "application/json"), ("Origin", ORIGIN)]);
     assert_eq!((status, v["error"]["code"].as_str()), (403, Some("server_key_from_page")), "{v}");
 }

@@ -32,15 +32,17 @@ fn visits_split_at_idle_gaps_and_count_each_batch_once() {
     let visit2 = at("v-1", "https://shop.example.com/back", t0 + 50 * MIN);
     let other = at("w-1", "https://shop.example.com/w", t0);
     for b in [&visit1[0], &visit1[1], &visit2, &other, &visit1[1], &visit2] {
-        let (status, body, _) = post(&c, &d, b, "198.51.100.4");
+        let (status, body, _) = post(&c, d, b, "198.51.100.4");
         assert_eq!(status, 200, "{body}");
     }
-    d.wait_until("every batch loaded", Duration::from_secs(60), || count(&url, "SELECT count(*) FROM events.pageviews") == 4);
+    d.wait_until("every batch loaded", Duration::from_secs(60), || count(url, "SELECT count(*) FROM events.pageviews") == 4);
     let rows = query(
-        &url,
+        url,
         "SELECT session_id, events, pageviews, entry_url, exit_url, round(extract(epoch FROM duration) / 60)::bigint, referrer, browser, is_bot
          FROM chronos.sessions ORDER BY session_id, started_at",
     );
+    // The columns, in the order the query selects them.
+    #[allow(clippy::type_complexity)]
     let got: Vec<(String, i64, i64, Option<String>, Option<String>, i64, Option<String>, Option<String>, bool)> =
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8))).collect();
     let s = |v: &str| Some(v.to_string());
@@ -140,6 +142,8 @@ fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again
         "SELECT session_id, events, pageviews, entry_url, exit_url, round(extract(epoch FROM duration) / 60)::bigint
          FROM chronos.sessions ORDER BY session_id, started_at",
     );
+    // The columns, in the order the query selects them.
+    #[allow(clippy::type_complexity)]
     let got: Vec<(String, i64, i64, Option<String>, Option<String>, i64)> =
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect();
     let p = |k: &str| Some(format!("https://shop.example.com/{k}"));

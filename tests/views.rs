@@ -411,7 +411,7 @@ fn docs_recipes_run(s: &Stack) {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/views.md")).unwrap();
     let blocks: Vec<&str> = doc.split("```sql\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
     let (defs, queries): (Vec<&str>, Vec<&str>) = blocks.iter().partition(|b| b.trim_start().to_uppercase().starts_with("CREATE"));
-    assert!(defs.len() >= 1 && queries.len() >= 3, "docs/views.md lost its examples");
+    assert!(!defs.is_empty() && queries.len() >= 3, "docs/views.md lost its examples");
     let (ok, out) = add_views(s, &defs.join("\n"), &["--backfill"]);
     assert!(ok, "docs/views.md definitions: {out}");
     for q in queries {

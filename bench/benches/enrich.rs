@@ -8,6 +8,7 @@
 //!   side by side first. It needs the file: `perf/enrichment` fetches it (npm
 //!   package `uap-core`) and passes its path in `UAP_REGEXES`; without it the
 //!   bench says so and times the rest.
+//!
 //! The receipt bench's `read_batch/50_events` includes enrichment (cached).
 //!
 //! Method and results: perf/enrichment.md.

@@ -488,7 +488,7 @@ impl Archiver {
 /// batch received more than that (and a day of margin) before the oldest
 /// row has none. Returns the pages deleted and the time before which.
 async fn prune_pages(client: &Client, catalog: &EventCatalog, cutoff: i64, max_future_secs: u64) -> Result<(u64, String)> {
-    let mut oldest = format!("{}", ts(cutoff));
+    let mut oldest = ts(cutoff).to_string();
     for ty in catalog.types() {
         let t = schema::table(ty);
         oldest = format!("least({oldest}, (SELECT min(time) FROM {t} WHERE time < {}))", ts(cutoff));

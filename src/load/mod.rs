@@ -55,10 +55,7 @@ impl LoaderHandle {
         }
         self.consumer.context().stop_all(Stop::Shutdown(deadline));
         // A loader past the deadline gives up on its own; allow it a moment to.
-        let ended = match self.loaders_done.recv_deadline(deadline + Duration::from_secs(2)) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
-            _ => true,
-        };
+        let ended = !matches!(self.loaders_done.recv_deadline(deadline + Duration::from_secs(2)), Err(crossbeam_channel::RecvTimeoutError::Timeout));
         if !ended {
             tracing::warn!("Some loaders had not stopped by the shutdown deadline; their records are read again at the next start.");
         }

@@ -99,6 +99,12 @@ pub async fn events_last_minute(config: &Config) -> Result<(i64, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// The event tables' layout (`store::layout_summary`).
+pub async fn table_layout(config: &Config) -> Result<String> {
+    let client = crate::store::connect(&config.postgres.url).await?;
+    crate::store::layout_summary(&client).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::partition_lag;
@@ -111,10 +117,4 @@ mod tests {
         assert_eq!(partition_lag(8, 10, Some(4)), 2, "records deleted by retention are not lag");
         assert_eq!(partition_lag(0, 10, Some(12)), 0, "never negative");
     }
-}
-
-/// The event tables' layout (`store::layout_summary`).
-pub async fn table_layout(config: &Config) -> Result<String> {
-    let client = crate::store::connect(&config.postgres.url).await?;
-    crate::store::layout_summary(&client).await
 }

@@ -9,6 +9,7 @@
 //! 2. checks PostgreSQL holds each event exactly once (count and distinct
 //!    (batch id, position));
 //! 3. imports it again: every batch a duplicate, nothing stored twice.
+//!
 //! Method and results: perf/import.md.
 
 use std::io::{BufReader, BufWriter, Write};

@@ -55,10 +55,7 @@ fn main() -> anyhow::Result<()> {
         ("(a2) … (a) + the index on time", CopyRun { indexes: true, ..CopyRun::default() }),
         ("(a3) … (a2) + batch ids claimed", CopyRun { indexes: true, claim_batches: true, ..CopyRun::default() }),
         ("(a4) … (a3) + a commit per flush_rows", CopyRun { indexes: true, claim_batches: true, flush_events: flush, ..CopyRun::default() }),
-        (
-            "(a5) … (a4) + each batch's page once",
-            CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true, ..CopyRun::default() },
-        ),
+        ("(a5) … (a4) + each batch's page once", CopyRun { indexes: true, claim_batches: true, flush_events: flush, page_per_batch: true }),
     ];
     let mut copy_secs = f64::MAX;
     for (name, run) in variants {
@@ -147,7 +144,7 @@ fn load(
         let (pg1, own1) = (stack::children_cpu_secs(postmaster), stack::cpu_secs(me));
         handle.shutdown();
         let mut waits: Vec<(String, u64)> = waits.into_iter().collect();
-        waits.sort_by(|a, b| b.1.cmp(&a.1));
+        waits.sort_by_key(|w| std::cmp::Reverse(w.1));
         let mut waits = waits.iter().take(6).map(|(w, n)| format!("{w} {:.2}", *n as f64 / samples as f64)).collect::<Vec<_>>().join(", ");
         if let Some((at, n)) = first {
             waits.push_str(&format!("\n     first commit after {at:.2} s; {:.0} events/s after it", (rows - n as f64) / (secs - at)));

@@ -219,9 +219,7 @@ fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(());
         let _ = server.join();
         steps.sort_by(|a, b| a.report.rate.total_cmp(&b.report.rate));
-        out.push_str(&format!(
-            "## (h) chronosd's HTTP path alone: discard sink, no broker (chronos::serve in the bench process; its CPU and RSS count as chronosd's)\n\n"
-        ));
+        out.push_str("## (h) chronosd's HTTP path alone: discard sink, no broker (chronos::serve in the bench process; its CPU and RSS count as chronosd's)\n\n");
         out.push_str(&table(&steps, false));
         out.push('\n');
         best_discard = Some((kept_up, pass));
@@ -426,13 +424,13 @@ fn compare(args: &Args, bin_dir: &Path, stack: &PerfStack) -> anyhow::Result<(St
     let per_event = |s: &Step| if s.report.accepted_rate > 0.0 { s.cpu.chronosd / s.report.accepted_rate * 1e6 } else { f64::NAN };
     let mut t = format!(
         "## (x) A/B in one run, loaders off ({} s per step, order alternated at each rate; {})\n\n\
-         A: {}\n\nB: A with {}\n\n\
+         A: {}\n\nB: A with `{}`\n\n\
          | offered ev/s | A accepted | A p99 ms | A chronosd µs CPU/event | A | B accepted | B p99 ms | B chronosd µs CPU/event | B |\n\
          |---:|---:|---:|---:|:-:|---:|---:|---:|:-:|\n",
         args.step_secs,
         verdicts(args.max_p99_ms),
         if args.sets.is_empty() { "the defaults".to_string() } else { format!("`{}`", args.sets.join("`, `")) },
-        format!("`{}`", args.compare.join("`, `"))
+        args.compare.join("`, `")
     );
     for (rate, [a, b]) in &rows {
         t.push_str(&format!(
