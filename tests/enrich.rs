@@ -35,14 +35,6 @@ fn send(d: &Chronosd, session: &str, user_agent: Option<&str>, webdriver: bool) 
     (status, body)
 }
 
-fn wait_rows(url: &str, sql: &str, want: i64, d: &Chronosd) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while count(url, sql) < want {
-        assert!(Instant::now() < until, "{sql} never reached {want}\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
     let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
@@ -61,7 +53,7 @@ fn bots_are_flagged_and_stored_and_user_agents_parsed_into_columns() {
         assert_eq!(status, 200, "{session}: {body}");
         assert_eq!(body["accepted"], 6, "{session}: {body}");
     }
-    wait_rows(url, "SELECT count(*) FROM events.pageviews", 7, d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", 7, Duration::from_secs(60), d);
     let rows =
         query(url, "SELECT session_id, is_bot, bot_reason, browser, browser_version, os, device_type FROM events.pageviews ORDER BY session_id");
     // The columns, in the order the query selects them.
@@ -109,7 +101,7 @@ fn with_bots_drop_a_bots_batch_is_answered_and_not_stored() {
     let (status, body) = send(d, "person", Some(CHROME), false);
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(6)), "{body}");
     assert!(body.get("dropped").is_none(), "{body}");
-    wait_rows(url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'person'", 1, Duration::from_secs(60), d);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count(url, "SELECT count(*) FROM events.pageviews WHERE session_id = 'crawler'"), 0);
     assert_eq!(d.metric("chronos_bot_events_total{action=\"dropped\"}"), Some(6.0));
@@ -148,7 +140,7 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
         let (status, body, _) = post(&c, d, &batch(session, 6), ip);
         assert_eq!(status, 200, "{body}");
     }
-    wait_rows(url, "SELECT count(*) FROM events.pageviews", 3, d);
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", 3, Duration::from_secs(60), d);
     let place = |session: &str| -> (Option<String>, Option<String>, Option<String>, Option<String>) {
         let r = &query(url, &format!("SELECT country, region, city, client_ip FROM events.clicks WHERE session_id = '{session}'"))[0];
         (r.get(0), r.get(1), r.get(2), r.get(3))
@@ -175,7 +167,7 @@ fn geoip_fills_country_region_city_from_the_full_ip_and_follows_a_new_database()
         let session = format!("moved-{n}");
         let (status, _, _) = post(&c, d, &batch(&session, 6), "203.0.113.77");
         assert_eq!(status, 200);
-        wait_rows(url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{session}'"), 1, d);
+        wait_rows(url, &format!("SELECT count(*) FROM events.clicks WHERE session_id = '{session}'"), 1, Duration::from_secs(60), d);
         if place(&session).0 == s("DE") {
             break;
         }

@@ -37,35 +37,11 @@ fn loading(layout: Layout, partitions: i32, load: &str, extra: &str) -> (Pg, Kaf
     (pg, kafka, url, port, d)
 }
 
-const TABLES: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
-
-fn total_sql() -> String {
-    TABLES.iter().map(|t| format!("(SELECT count(*) FROM events.{t})")).collect::<Vec<_>>().join(" + ")
-}
+const TABLES: [&str; 6] = BUILT_IN_TABLES;
 
 fn distinct_sql() -> String {
     let union = TABLES.iter().map(|t| format!("SELECT batch_id, position FROM events.{t}")).collect::<Vec<_>>().join(" UNION ALL ");
     format!("SELECT count(DISTINCT (batch_id, position)) FROM ({union}) u")
-}
-
-/// Waits until the raw tables hold `n` events; fails with the count reached.
-fn wait_for_events(url: &str, n: i64, timeout: Duration, d: &Chronosd) {
-    let until = Instant::now() + timeout;
-    loop {
-        let got = count(url, &format!("SELECT {}", total_sql()));
-        if got >= n {
-            // Give a duplicate the time to show up.
-            std::thread::sleep(Duration::from_millis(1500));
-            let got = count(url, &format!("SELECT {}", total_sql()));
-            assert_eq!(got, n, "more events than sent");
-            return;
-        }
-        assert!(Instant::now() < until, "{got} of {n} events loaded\n{}", d.log_text());
-        if std::env::var_os("TRACE_GROUPS").is_some() && Instant::now() + Duration::from_secs(80) > until {
-            eprintln!("--- waiting: {got} of {n}\n{}", d.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn events_of(b: &Value) -> i64 {
@@ -88,7 +64,7 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
     // A retry of the same batch (same batch id) is stored once.
     let (s, _, _) = post(&c, &d, &sent[3], "198.51.100.77");
     assert_eq!(s, 200);
-    wait_for_events(&url, expected, Duration::from_secs(60), &d);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(60), &d);
     assert_eq!(count(&url, &distinct_sql()), expected, "no (batch, position) twice");
     assert_eq!(count(&url, "SELECT count(*) FROM chronos.seen_batches"), 40);
     // Each batch's page is stored once, not in its rows.
@@ -206,7 +182,7 @@ fn kill_9_mid_load_then_restart_gives_exact_counts(layout: Layout) {
         .collect();
     // Let loading be under way, then crash chronosd without any chance to flush.
     let until = Instant::now() + Duration::from_secs(30);
-    while count(&url, &format!("SELECT {}", total_sql())) < 500 {
+    while count(&url, &total_sql(&TABLES)) < 500 {
         assert!(Instant::now() < until, "loading never started\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -216,7 +192,7 @@ fn kill_9_mid_load_then_restart_gives_exact_counts(layout: Layout) {
         t.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let before = count(&url, &format!("SELECT {}", total_sql()));
+    let before = count(&url, &total_sql(&TABLES));
     // What must be loaded is what Kafka holds: every acknowledged batch, plus any
     // batch the broker stored just before the crash cut its HTTP answer.
     let records = kafka.read_all(&kafka.topic, acked.len(), Duration::from_secs(30));
@@ -230,7 +206,7 @@ fn kill_9_mid_load_then_restart_gives_exact_counts(layout: Layout) {
     // Restarted at once: Kafka's group coordinator expires the crashed member
     // (session.timeout.ms, 6 s here) and hands the restarted one every partition.
     let d2 = Chronosd::start(&toml);
-    wait_for_events(&url, expected, Duration::from_secs(90), &d2);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(90), &d2);
     assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates after the crash");
     let loaded_batches = count(&url, "SELECT count(DISTINCT batch_id) FROM events.mouse_moves");
     assert_eq!(loaded_batches as usize, in_kafka.len());
@@ -254,7 +230,7 @@ fn implausible_event_times_are_stored_clamped_and_flagged(layout: Layout) {
     b["sent_at"] = json!(now);
     let (s, body, _) = post(&c, &d, &b, "198.51.100.5");
     assert_eq!(s, 200, "{body}");
-    wait_for_events(&url, 3, Duration::from_secs(60), &d);
+    wait_for_events(&url, &TABLES, 3, Duration::from_secs(60), &d);
     let rows = query(&url, "SELECT x, time_flagged, (extract(epoch FROM time - received_at))::bigint FROM events.mouse_moves ORDER BY x");
     let got: Vec<(i64, bool, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got[0].0, 1);
@@ -289,7 +265,7 @@ fn invalid_events_become_dead_letters_with_their_reason(layout: Layout) {
         let (s, body, _) = post(&c, &d, &b, "198.51.100.6");
         assert_eq!(s, 200, "{body}");
     }
-    wait_for_events(&url, 2, Duration::from_secs(60), &d);
+    wait_for_events(&url, &TABLES, 2, Duration::from_secs(60), &d);
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let rows = query(&url, "SELECT stage, reason, batch_id::text, position, event::text FROM chronos.dead_letters");
@@ -314,7 +290,7 @@ fn schema_evolves_online_when_the_catalog_grows(layout: Layout) {
     let c = client();
     let (s, _, _) = post(&c, &d, &batch("old", 6), "198.51.100.8");
     assert_eq!(s, 200);
-    wait_for_events(&url, 6, Duration::from_secs(60), &d);
+    wait_for_events(&url, &TABLES, 6, Duration::from_secs(60), &d);
     assert_eq!(d.terminate().code(), Some(0));
 
     // The catalog grows: a new attribute on mouse_moves and a new event type.
@@ -402,7 +378,7 @@ fn postgres_restarted_mid_load_gives_exact_counts(layout: Layout) {
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load_in_background(vec![d.url("/v1/batch")], 2, stop.clone());
     let until = Instant::now() + Duration::from_secs(30);
-    while count(&url, &format!("SELECT {}", total_sql())) < 500 {
+    while count(&url, &total_sql(&TABLES)) < 500 {
         assert!(Instant::now() < until, "loading never started\n{}", d.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -416,7 +392,7 @@ fn postgres_restarted_mid_load_gives_exact_counts(layout: Layout) {
         t.join().unwrap();
     }
     let expected = events_in_kafka(&kafka);
-    wait_for_events(&url, expected, Duration::from_secs(90), &d);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(90), &d);
     assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates across the PostgreSQL restart");
     let retries = d.metric("chronos_load_flush_retries_total").expect("the retries metric");
     assert!(retries > 0.0, "flushes were retried while PostgreSQL was away");
@@ -453,7 +429,7 @@ fn two_chronosd_in_one_group_one_stopped_gives_exact_counts(layout: Layout) {
         t.join().unwrap();
     }
     let expected = events_in_kafka(&kafka);
-    wait_for_events(&url, expected, Duration::from_secs(120), &a);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(120), &a);
     assert_eq!(count(&url, &distinct_sql()), expected, "no duplicates after the rebalance");
     eprintln!("{expected} events loaded exactly once after one of two loaders left mid-load");
 }
@@ -769,7 +745,7 @@ fn records_waiting_in_kafka_are_loaded_with_no_further_traffic(layout: Layout) {
         assert_eq!(receipt.terminate().code(), Some(0));
         let mut d = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), FAST_IPS));
         d.wait_ready(Duration::from_secs(30));
-        wait_for_events(&url, expected, Duration::from_secs(60), &d);
+        wait_for_events(&url, &TABLES, expected, Duration::from_secs(60), &d);
         assert_eq!(count(&url, &distinct_sql()), expected);
         assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
     }
@@ -779,7 +755,7 @@ fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing(la
     let (mut pg, kafka, url, _port, mut d) = loading(layout, 3, "shutdown_timeout_secs = 3\nretry_max_ms = 500", FAST_IPS);
     let c = client();
     let mut expected = post_batches(&c, &d, "away", 10, 20);
-    wait_for_events(&url, expected, Duration::from_secs(30), &d);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(30), &d);
     // PostgreSQL goes away; more batches are accepted (into Kafka) and the
     // loaders retry their flushes. SIGTERM must not wait for PostgreSQL.
     pg.server.stop();
@@ -794,7 +770,7 @@ fn sigterm_with_postgres_away_stops_by_the_loaders_deadline_and_loses_nothing(la
     pg.server.restart().expect("restart PostgreSQL");
     let d2 = Chronosd::start(&config_toml_with_pg(&kafka, free_port(), &url, &layout.load(""), FAST_IPS));
     d2.wait_ready(Duration::from_secs(30));
-    wait_for_events(&url, expected, Duration::from_secs(60), &d2);
+    wait_for_events(&url, &TABLES, expected, Duration::from_secs(60), &d2);
     assert_eq!(count(&url, &distinct_sql()), expected);
     eprintln!("SIGTERM with PostgreSQL away took {took:?}; {expected} events loaded once after the restart");
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::{json, Value};
@@ -42,21 +42,9 @@ fn require_browser_tools() {
     );
 }
 
-fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    block_on(async move {
-        let client = chronos::store::connect(&url).await.unwrap();
-        client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
-    })
-}
-
 /// Rows of `sql` as JSON objects (one per row).
 fn rows(url: &str, sql: &str) -> Vec<Value> {
     query(url, &format!("SELECT to_jsonb(r)::text FROM ({sql}) r")).iter().map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap()).collect()
-}
-
-fn count(url: &str, sql: &str) -> i64 {
-    query(url, sql)[0].get(0)
 }
 
 const TABLES: [&str; 8] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions", "signup", "note"];

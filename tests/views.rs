@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::{json, Value};
 
-const TABLES: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+const TABLES: [&str; 6] = BUILT_IN_TABLES;
 
 struct Stack {
     _pg_dir: tempfile::TempDir,
@@ -42,19 +42,6 @@ fn stack(layout: Layout) -> Stack {
     d.wait_ready(Duration::from_secs(30));
     layout.assert_tables(&url);
     Stack { _pg_dir: pg_dir, _pg: pg, url, kafka, toml, config_file, d }
-}
-
-fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    block_on(async move {
-        let client = chronos::store::connect(&url).await.unwrap();
-        client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
-        client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}\n{e:?}"))
-    })
-}
-
-fn count(url: &str, sql: &str) -> i64 {
-    query(url, sql)[0].get(0)
 }
 
 /// Runs the `chronos` CLI with the stack's config; (exit ok, stdout + stderr).
@@ -120,21 +107,7 @@ fn all_events(cols: &str) -> String {
 }
 
 fn total_events(url: &str) -> i64 {
-    let sql = TABLES.iter().map(|t| format!("(SELECT count(*) FROM events.{t})")).collect::<Vec<_>>().join(" + ");
-    count(url, &format!("SELECT {sql}"))
-}
-
-fn wait_for_events(url: &str, n: i64, d: &Chronosd) {
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = total_events(url);
-        if got >= n {
-            assert_eq!(got, n, "more events than accepted");
-            return;
-        }
-        assert!(Instant::now() < until, "{got} of {n} events loaded\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    count(url, &total_sql(&TABLES))
 }
 
 /// Posts `batches` varied batches; returns the events accepted.
@@ -163,7 +136,7 @@ fn post_retried(s: &Stack, rng: &mut Rng, loaded: i64) {
         let (status, body, _) = post(&c, &s.d, &batch, "203.0.113.9");
         assert_eq!(status, 200, "{body}");
     }
-    wait_for_events(&s.url, loaded + 30, &s.d);
+    wait_for_events(&s.url, &TABLES, loaded + 30, Duration::from_secs(120), &s.d);
     let rewinds = |d: &Chronosd| d.metric("chronos_load_rewinds_total{reason=\"duplicates\"}").unwrap_or(0.0);
     let before = rewinds(&s.d);
     let (status, body, _) = post(&c, &s.d, &batch, "203.0.113.9");
@@ -173,7 +146,7 @@ fn post_retried(s: &Stack, rng: &mut Rng, loaded: i64) {
         assert!(Instant::now() < until, "the retried batch was never recognised as loaded\n{}", s.d.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_for_events(&s.url, loaded + 30, &s.d);
+    wait_for_events(&s.url, &TABLES, loaded + 30, Duration::from_secs(120), &s.d);
 }
 
 /// Rows of a query as text, keyed by the first `keys` columns (NULL → "∅").
@@ -377,7 +350,7 @@ fn views_equal_the_raw_queries_also_after_kill_9(layout: Layout) {
     assert!(ok, "{out}");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut sent = post_varied(&s, &mut rng, 150);
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
     check_test_views(&s.url);
     post_retried(&s, &mut rng, sent);
     check_test_views(&s.url);
@@ -398,7 +371,7 @@ fn views_equal_the_raw_queries_also_after_kill_9(layout: Layout) {
     s.d = Chronosd::start(&s.toml);
     s.d.wait_ready(Duration::from_secs(30));
     sent += post_varied(&s, &mut rng, 20);
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
     let distinct = all_events("batch_id, position");
     assert_eq!(count(&s.url, &format!("SELECT count(DISTINCT (batch_id, position)) FROM ({distinct}) u")), sent);
     check_test_views(&s.url);
@@ -424,7 +397,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     let mut s = stack(layout);
     let mut rng = Rng(7);
     let mut sent = post_varied(&s, &mut rng, 60);
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
 
     // Bad definitions are refused with where and why, and change nothing.
     let (ok, out) = add_views(&s, "CREATE CONTINUOUS VIEW good AS SELECT count(*) FROM clicks;\nCREATE CONTINUOUS VIEW bad AS\n  SELECT key, mode() WITHIN GROUP (ORDER BY key) FROM key_presses GROUP BY key;", &[]);
@@ -447,7 +420,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     let (acked, events) = poster.stop();
     assert!(acked > 0, "nothing was posted while views changed");
     sent += events;
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
     assert_total_count_and_sum(&s.url);
     assert_view_equals(
         &s.url,
@@ -470,7 +443,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     assert!(rewinds >= 1.0, "no flush met a view change ({rewinds} rewinds)");
     // The daemon is still loading after all that.
     sent += post_varied(&s, &mut rng, 5);
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
 
     // A state table of an older layout (or lost) stops every flush; install-pipeline
     // rebuilds it from the raw tables and loading resumes, exact.
@@ -485,7 +458,7 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     );
     let (ok, out) = cli(&s, &["install-pipeline"]);
     assert!(ok, "{out}");
-    wait_for_events(&s.url, sent, &s.d);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
     assert_total_count_and_sum(&s.url);
     s.d.terminate();
 }

@@ -259,79 +259,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Stop { service } => stack.stop(service)?,
-        Cmd::Status => {
-            let mut all_up = true;
-            for s in stack.status() {
-                all_up &= s.up;
-                let pid = s.pid.map(|p| format!("pid {p}")).unwrap_or_default();
-                println!("{:<9} {:<5} {:<28} {:<10} {}", s.service.name(), if s.up { "up" } else { "down" }, s.address, pid, s.detail);
-            }
-            print_pipeline(&stack.config);
-            if !all_up {
-                std::process::exit(3);
-            }
-        }
+        Cmd::Status => status(&stack),
         Cmd::Log { service, follow, lines } => print_log(&stack.log_file(service), follow, lines)?,
-        Cmd::InstallKafka => {
-            let k = &stack.config.kafka;
-            let created = chronos::stack::postgres::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
-                .map_err(|e| anyhow::anyhow!("{e}; is the broker running? (`chronos start broker`)"))?;
-            for t in [&k.topic, &k.dead_letter_topic] {
-                let state = if created.contains(t) { "created" } else { "exists" };
-                println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
-            }
-        }
-        Cmd::DeadLetters { action } => {
-            let c = &stack.config;
-            chronos::stack::postgres::block_on(async {
-                let client = chronos::store::connect(&c.postgres.url).await?;
-                match action {
-                    DeadLetterCmd::List { limit, all } => {
-                        for d in chronos::load::replay::list(&client, limit, all).await? {
-                            let replayed = if d.replayed { " (replayed)" } else { "" };
-                            println!("{:>6}  {}  {:<7}  {}{replayed}", d.id, d.at, d.stage, d.reason);
-                            if let Some(e) = d.event {
-                                println!("        {e}");
-                            }
-                        }
-                    }
-                    DeadLetterCmd::Replay { ids } => {
-                        let report = chronos::load::replay::replay(c, &client, &ids).await?;
-                        println!("replayed {} dead letter(s)", report.replayed.len());
-                        for (id, reason) in &report.still_invalid {
-                            println!("{id:>6}  still refused: {reason}");
-                        }
-                    }
-                }
-                anyhow::Ok(())
-            })?;
-        }
-        Cmd::InstallPipeline { print_sql } => {
-            let c = &stack.config;
-            let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
-            if print_sql {
-                print!("{}", chronos::store::schema::static_sql(&catalog));
-                return Ok(());
-            }
-            let installed = chronos::stack::postgres::block_on(async {
-                let mut client = chronos::store::connect(&c.postgres.url).await?;
-                chronos::install(&mut client, &catalog, &c.load).await
-            })?;
-            if let Some(w) = &installed.warning {
-                eprintln!("warning: {w}");
-            }
-            let layout = match installed.layout {
-                chronos::store::schema::Layout::Native => "native daily partitions".to_string(),
-                chronos::store::schema::Layout::Hypertable { chunk_hours } => {
-                    format!("TimescaleDB hypertables, {chunk_hours}-hour chunks")
-                }
-            };
-            println!(
-                "schema installed at {}: {} event tables in schema events ({layout}), internals in schema chronos",
-                chronos::store::redact(&c.postgres.url),
-                catalog.types().len()
-            );
-        }
+        Cmd::InstallKafka => install_kafka(&stack.config)?,
+        Cmd::DeadLetters { action } => dead_letters(&stack.config, action)?,
+        Cmd::InstallPipeline { print_sql } => install_pipeline(&stack.config, print_sql)?,
         Cmd::Archive { action } => archive(&stack.config, action)?,
         Cmd::Erase { session, user, by } => {
             let subject = match (&session, &user) {
@@ -353,6 +285,86 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Keys { action } => keys(&stack.config, action)?,
         Cmd::Help { .. } => unreachable!("answered before the config is read"),
     }
+    Ok(())
+}
+
+/// `chronos status`: one line per service, then the pipeline's figures; exit 3 when one is down.
+fn status(stack: &Stack) {
+    let mut all_up = true;
+    for s in stack.status() {
+        all_up &= s.up;
+        let pid = s.pid.map(|p| format!("pid {p}")).unwrap_or_default();
+        println!("{:<9} {:<5} {:<28} {:<10} {}", s.service.name(), if s.up { "up" } else { "down" }, s.address, pid, s.detail);
+    }
+    print_pipeline(&stack.config);
+    if !all_up {
+        std::process::exit(3);
+    }
+}
+
+/// `chronos install-kafka`: the topics, created when missing.
+fn install_kafka(c: &chronos::config::Config) -> Result<()> {
+    let k = &c.kafka;
+    let created = chronos::stack::postgres::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
+        .map_err(|e| anyhow::anyhow!("{e}; is the broker running? (`chronos start broker`)"))?;
+    for t in [&k.topic, &k.dead_letter_topic] {
+        let state = if created.contains(t) { "created" } else { "exists" };
+        println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
+    }
+    Ok(())
+}
+
+/// `chronos dead-letters list|replay`.
+fn dead_letters(c: &chronos::config::Config, action: DeadLetterCmd) -> Result<()> {
+    chronos::stack::postgres::block_on(async {
+        let client = chronos::store::connect(&c.postgres.url).await?;
+        match action {
+            DeadLetterCmd::List { limit, all } => {
+                for d in chronos::load::replay::list(&client, limit, all).await? {
+                    let replayed = if d.replayed { " (replayed)" } else { "" };
+                    println!("{:>6}  {}  {:<7}  {}{replayed}", d.id, d.at, d.stage, d.reason);
+                    if let Some(e) = d.event {
+                        println!("        {e}");
+                    }
+                }
+            }
+            DeadLetterCmd::Replay { ids } => {
+                let report = chronos::load::replay::replay(c, &client, &ids).await?;
+                println!("replayed {} dead letter(s)", report.replayed.len());
+                for (id, reason) in &report.still_invalid {
+                    println!("{id:>6}  still refused: {reason}");
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// `chronos install-pipeline [--print-sql]`.
+fn install_pipeline(c: &chronos::config::Config, print_sql: bool) -> Result<()> {
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    if print_sql {
+        print!("{}", chronos::store::schema::static_sql(&catalog));
+        return Ok(());
+    }
+    let installed = chronos::stack::postgres::block_on(async {
+        let mut client = chronos::store::connect(&c.postgres.url).await?;
+        chronos::install(&mut client, &catalog, &c.load).await
+    })?;
+    if let Some(w) = &installed.warning {
+        eprintln!("warning: {w}");
+    }
+    let layout = match installed.layout {
+        chronos::store::schema::Layout::Native => "native daily partitions".to_string(),
+        chronos::store::schema::Layout::Hypertable { chunk_hours } => {
+            format!("TimescaleDB hypertables, {chunk_hours}-hour chunks")
+        }
+    };
+    println!(
+        "schema installed at {}: {} event tables in schema events ({layout}), internals in schema chronos",
+        chronos::store::redact(&c.postgres.url),
+        catalog.types().len()
+    );
     Ok(())
 }
 

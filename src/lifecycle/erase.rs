@@ -109,64 +109,13 @@ async fn erase_locked(
     done.sessions = sessions.len();
     let set: std::collections::HashSet<String> = sessions.iter().cloned().collect();
     // The archive first: a cut-short erasure leaves the raw rows to find again.
-    if let Ok(target) = archiver.target() {
-        let records = archive::list(&*client).await?;
-        // A user with no session has nothing in any file.
-        let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file() && !set.is_empty()).collect();
-        for (i, m) in files.iter().enumerate() {
-            progress(&format!("archive file {} of {}: {}", i + 1, files.len(), m.location));
-            if let Some(removed) = rewrite(client, archiver, m, &set).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
-                done.archived_rows += removed;
-                done.files.push(m.location.clone());
-            }
-        }
-        // Objects no record names: earlier versions whose deletion was cut short.
-        let records = archive::list(&*client).await?;
-        let named: std::collections::HashSet<String> =
-            records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
-        for name in target.list().await? {
-            let ours = name.ends_with(".parquet") || name.ends_with(".manifest.json") || name.ends_with(".tmp");
-            if ours && name.contains('/') && !named.contains(&name) {
-                target.delete(&name).await?;
-                done.stale_deleted.push(name);
-            }
-        }
-    }
-    let tx = client.transaction().await?;
-    for ty in catalog.types() {
-        progress(&format!("events.{}", ty.name));
-        let n = tx.execute(&format!("DELETE FROM {} WHERE session_id = ANY($1)", crate::store::schema::table(ty)), &[&sessions]).await?;
-        done.raw.push((ty.name.to_string(), n));
-    }
-    done.pages = tx.execute("DELETE FROM chronos.batches WHERE session_id = ANY($1)", &[&sessions]).await?;
-    for session in &sessions {
-        done.dead_letters += tx
-            .execute(
-                "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
-                   OR position($1 IN coalesce(event::text, '')) > 0",
-                &[session],
-            )
-            .await?;
-    }
+    erase_archived(client, archiver, &set, &mut done, progress).await?;
     let user = match subject {
         Subject::User(u) => Some(u),
         Subject::Session(_) => None,
     };
-    done.identities = tx.execute("DELETE FROM chronos.identities WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
-    done.visits = tx.execute("DELETE FROM chronos.sessions WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
-    let keyed = tx
-        .query(
-            "SELECT table_name::text FROM information_schema.columns WHERE table_schema = 'views' AND column_name = 'session_id'
-               AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' AND table_type = 'BASE TABLE')
-             ORDER BY 1",
-            &[],
-        )
-        .await?;
-    for r in keyed {
-        let t: String = r.get(0);
-        let n = tx.execute(&format!("DELETE FROM views.{} WHERE session_id = ANY($1)", ident(&t)), &[&sessions]).await?;
-        done.view_rows.push((t.trim_end_matches("_mrel").to_string(), n));
-    }
+    let tx = client.transaction().await?;
+    delete_rows(&tx, catalog, &sessions, user, &mut done, progress).await?;
     let raw: u64 = done.raw.iter().map(|(_, n)| n).sum();
     let views: u64 = done.view_rows.iter().map(|(_, n)| n).sum();
     tx.execute(
@@ -185,6 +134,84 @@ async fn erase_locked(
     .await?;
     tx.commit().await?;
     Ok(done)
+}
+
+/// Rewrites the archive files that hold rows of `sessions` without them, and
+/// deletes the objects no record names (earlier versions whose deletion was
+/// cut short).
+async fn erase_archived(
+    client: &mut Client,
+    archiver: &Archiver,
+    sessions: &std::collections::HashSet<String>,
+    done: &mut Erased,
+    progress: &mut impl FnMut(&str),
+) -> Result<()> {
+    let Ok(target) = archiver.target() else { return Ok(()) };
+    let records = archive::list(&*client).await?;
+    // A user with no session has nothing in any file.
+    let files: Vec<&Manifest> = records.iter().map(|r| &r.manifest).filter(|m| m.has_file() && !sessions.is_empty()).collect();
+    for (i, m) in files.iter().enumerate() {
+        progress(&format!("archive file {} of {}: {}", i + 1, files.len(), m.location));
+        if let Some(removed) = rewrite(client, archiver, m, sessions).await.with_context(|| format!("rewriting {}", target.display(&m.location)))? {
+            done.archived_rows += removed;
+            done.files.push(m.location.clone());
+        }
+    }
+    // Objects no record names: earlier versions whose deletion was cut short.
+    let records = archive::list(&*client).await?;
+    let named: std::collections::HashSet<String> =
+        records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
+    for name in target.list().await? {
+        let ours = name.ends_with(".parquet") || name.ends_with(".manifest.json") || name.ends_with(".tmp");
+        if ours && name.contains('/') && !named.contains(&name) {
+            target.delete(&name).await?;
+            done.stale_deleted.push(name);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the rows of `sessions` (and of `user`'s identities and visits)
+/// from the raw tables, the batch pages, the dead letters and the views.
+async fn delete_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    catalog: &EventCatalog,
+    sessions: &[String],
+    user: Option<&str>,
+    done: &mut Erased,
+    progress: &mut impl FnMut(&str),
+) -> Result<()> {
+    for ty in catalog.types() {
+        progress(&format!("events.{}", ty.name));
+        let n = tx.execute(&format!("DELETE FROM {} WHERE session_id = ANY($1)", crate::store::schema::table(ty)), &[&sessions]).await?;
+        done.raw.push((ty.name.to_string(), n));
+    }
+    done.pages = tx.execute("DELETE FROM chronos.batches WHERE session_id = ANY($1)", &[&sessions]).await?;
+    for session in sessions {
+        done.dead_letters += tx
+            .execute(
+                "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
+                   OR position($1 IN coalesce(event::text, '')) > 0",
+                &[session],
+            )
+            .await?;
+    }
+    done.identities = tx.execute("DELETE FROM chronos.identities WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
+    done.visits = tx.execute("DELETE FROM chronos.sessions WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
+    let keyed = tx
+        .query(
+            "SELECT table_name::text FROM information_schema.columns WHERE table_schema = 'views' AND column_name = 'session_id'
+               AND table_name IN (SELECT table_name FROM information_schema.tables WHERE table_schema = 'views' AND table_type = 'BASE TABLE')
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for r in keyed {
+        let t: String = r.get(0);
+        let n = tx.execute(&format!("DELETE FROM views.{} WHERE session_id = ANY($1)", ident(&t)), &[&sessions]).await?;
+        done.view_rows.push((t.trim_end_matches("_mrel").to_string(), n));
+    }
+    Ok(())
 }
 
 /// Rewrites one archive file without the session's rows, when it has any:

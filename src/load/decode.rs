@@ -205,104 +205,128 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
 /// the continuous views both read through it, in the same walk.
 pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &mut impl Visit) -> Result<Walked, String> {
     let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
-    let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
-    let optional = |name: &str| root.get(name);
-    if field(f::V)?.as_u64() != Some(record::VERSION) {
-        return Err(format!("unsupported record version (this loader reads v{})", record::VERSION));
+    let b = Batch::of(&root)?;
+    if !visit.batch(b.id, b.imported) {
+        return Ok(Walked::Skipped(b.id));
     }
-    let batch_id = field(f::BATCH_ID)?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?;
-    let session = field(f::SESSION_ID)?.as_str().ok_or("`session_id` is not a string")?;
-    let key_id = field(f::KEY_ID)?.as_str().ok_or("`key_id` is not a string")?;
-    let sent_at = field(f::SENT_AT)?.as_i64().ok_or("`sent_at` is not an integer")?;
-    let received_at = field(f::RECEIVED_AT)?.as_i64().ok_or("`received_at` is not an integer")?;
-    let client_ip = optional(f::CLIENT_IP).and_then(|v| v.as_str());
-    let imported = optional(f::IMPORTED).and_then(|v| v.as_bool()) == Some(true);
-    let bot = optional(f::BOT).and_then(|v| v.as_str());
-    let agent = optional(f::AGENT).filter(|a| a.is_object());
-    let geo = optional(f::GEO).filter(|g| g.is_object());
-    let user_id = optional(f::USER_ID).and_then(|v| v.as_str());
-    let page = field(f::PAGE)?;
-    if page.as_object().is_none() {
-        return Err("`page` is not an object".into());
-    }
-    let schema = field(f::SCHEMA)?.as_object().ok_or("`schema` is not an object")?;
-    let events = field(f::EVENTS)?.as_array().ok_or("`events` is not an array")?;
-    if !visit.batch(batch_id, imported) {
-        return Ok(Walked::Skipped(batch_id));
-    }
-    let metadata = serde_json::to_string(page).unwrap_or_else(|_| "{}".into());
-    visit.page(BatchPage { batch_id, received_at, session_id: session, metadata });
+    let metadata = serde_json::to_string(b.page).unwrap_or_else(|_| "{}".into());
+    visit.page(BatchPage { batch_id: b.id, received_at: b.received_at, session_id: b.session, metadata });
 
     let context = context_of(&root);
     let types = catalog.types();
     let mut values: Vec<Option<&Value>> = Vec::new();
-    for (position, event) in events.iter().enumerate() {
-        let reject = |reason: String| DeadLetter {
-            stage: "load",
-            reason: format!("events[{position}]{reason}"),
-            batch_id: Some(batch_id),
-            position: Some(position as i32),
-            event: serde_json::to_string(event).ok(),
-            raw: None,
-            context: context.clone(),
-        };
-        let Some(items) = event.as_array() else {
-            visit.reject(reject(": not an array".into()));
-            continue;
-        };
-        let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
-        let Some(table) = types.iter().position(|t| &*t.name == name) else {
-            visit.reject(reject(format!("[0]: event type `{name}` is not in this loader's catalog")));
-            continue;
-        };
-        let Some(client_time) = items.get(1).and_then(|v| v.as_i64()) else {
-            visit.reject(reject("[1]: client time is not an integer".into()));
-            continue;
-        };
-        let names = schema.get(name).and_then(|n| n.as_array());
-        let ty = &types[table];
-        // Resolve every attribute before using any, so a bad value leaves no partial row.
-        values.clear();
-        let mut bad = None;
-        for a in &ty.attributes {
-            let idx = match names {
-                Some(names) => names.iter().position(|n| n.as_str() == Some(&a.name)),
-                None => None,
-            };
-            let v = idx.and_then(|i| items.get(2 + i)).filter(|v| !v.is_null());
-            if let Some(v) = v {
-                if !fits(v, a.ty) {
-                    bad = Some(format!(": `{}` does not fit column type {:?}", a.name, a.ty));
-                    break;
-                }
+    for (position, event) in b.events.iter().enumerate() {
+        let (table, client_time) = match resolve(event, b.schema, types, &mut values) {
+            Ok(found) => found,
+            Err(reason) => {
+                visit.reject(DeadLetter {
+                    stage: "load",
+                    reason: format!("events[{position}]{reason}"),
+                    batch_id: Some(b.id),
+                    position: Some(position as i32),
+                    event: serde_json::to_string(event).ok(),
+                    raw: None,
+                    context: context.clone(),
+                });
+                continue;
             }
-            values.push(v);
-        }
-        if let Some(reason) = bad {
-            visit.reject(reject(reason));
-            continue;
-        }
-        let (time, time_flagged) = policy.event_time(client_time, sent_at, received_at, imported);
+        };
+        let (time, time_flagged) = policy.event_time(client_time, b.sent_at, b.received_at, b.imported);
         let row = Row {
-            type_name: &ty.name,
+            type_name: &types[table].name,
             time,
             client_time,
-            received_at,
+            received_at: b.received_at,
             time_flagged,
-            session_id: session,
+            session_id: b.session,
             position: position as i32,
-            key_id,
-            client_ip,
-            page,
+            key_id: b.key_id,
+            client_ip: b.client_ip,
+            page: b.page,
             attrs: &values,
-            bot,
-            agent,
-            geo,
-            user_id,
+            bot: b.bot,
+            agent: b.agent,
+            geo: b.geo,
+            user_id: b.user_id,
         };
-        visit.event(table, &row, batch_id);
+        visit.event(table, &row, b.id);
     }
-    Ok(Walked::Loaded(batch_id))
+    Ok(Walked::Loaded(b.id))
+}
+
+/// What every event of a record shares: its batch's facts, and where its
+/// schema and events are.
+struct Batch<'r, 'v> {
+    id: Uuid,
+    session: &'r str,
+    key_id: &'r str,
+    sent_at: i64,
+    received_at: i64,
+    client_ip: Option<&'r str>,
+    imported: bool,
+    bot: Option<&'r str>,
+    agent: Option<&'r Value<'v>>,
+    geo: Option<&'r Value<'v>>,
+    user_id: Option<&'r str>,
+    page: &'r Value<'v>,
+    schema: &'r simd_json::borrowed::Object<'v>,
+    events: &'r [Value<'v>],
+}
+
+impl<'r, 'v> Batch<'r, 'v> {
+    /// The batch of record `root`; the error names the field that is missing or wrong.
+    fn of(root: &'r Value<'v>) -> Result<Self, String> {
+        let field = |name: &str| root.get(name).ok_or_else(|| format!("record has no `{name}`"));
+        let optional = |name: &str| root.get(name);
+        if field(f::V)?.as_u64() != Some(record::VERSION) {
+            return Err(format!("unsupported record version (this loader reads v{})", record::VERSION));
+        }
+        // Checked in this order: the error names the first field that is wrong.
+        Ok(Batch {
+            id: field(f::BATCH_ID)?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?,
+            session: field(f::SESSION_ID)?.as_str().ok_or("`session_id` is not a string")?,
+            key_id: field(f::KEY_ID)?.as_str().ok_or("`key_id` is not a string")?,
+            sent_at: field(f::SENT_AT)?.as_i64().ok_or("`sent_at` is not an integer")?,
+            received_at: field(f::RECEIVED_AT)?.as_i64().ok_or("`received_at` is not an integer")?,
+            client_ip: optional(f::CLIENT_IP).and_then(|v| v.as_str()),
+            imported: optional(f::IMPORTED).and_then(|v| v.as_bool()) == Some(true),
+            bot: optional(f::BOT).and_then(|v| v.as_str()),
+            agent: optional(f::AGENT).filter(|a| a.is_object()),
+            geo: optional(f::GEO).filter(|g| g.is_object()),
+            user_id: optional(f::USER_ID).and_then(|v| v.as_str()),
+            page: Some(field(f::PAGE)?).filter(|p| p.is_object()).ok_or("`page` is not an object")?,
+            schema: field(f::SCHEMA)?.as_object().ok_or("`schema` is not an object")?,
+            events: field(f::EVENTS)?.as_array().ok_or("`events` is not an array")?,
+        })
+    }
+}
+
+/// An event's table (index in `types`) and client time, with its attribute
+/// values put into `values` in the table's order, matched by name through
+/// the record's `schema`; or why it cannot be loaded (what follows
+/// `events[i]` in the dead letter's reason). Every attribute is resolved
+/// before any is used, so a bad value leaves no partial row.
+fn resolve<'r, 'v>(
+    event: &'r Value<'v>,
+    schema: &'r simd_json::borrowed::Object<'v>,
+    types: &[EventType],
+    values: &mut Vec<Option<&'r Value<'v>>>,
+) -> Result<(usize, i64), String> {
+    let items = event.as_array().ok_or(": not an array")?;
+    let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
+    let table = types.iter().position(|t| &*t.name == name).ok_or_else(|| format!("[0]: event type `{name}` is not in this loader's catalog"))?;
+    let client_time = items.get(1).and_then(|v| v.as_i64()).ok_or("[1]: client time is not an integer")?;
+    let names = schema.get(name).and_then(|n| n.as_array());
+    values.clear();
+    for a in &types[table].attributes {
+        let idx = names.and_then(|names| names.iter().position(|n| n.as_str() == Some(&a.name)));
+        let v = idx.and_then(|i| items.get(2 + i)).filter(|v| !v.is_null());
+        if v.is_some_and(|v| !fits(v, a.ty)) {
+            return Err(format!(": `{}` does not fit column type {:?}", a.name, a.ty));
+        }
+        values.push(v);
+    }
+    Ok((table, client_time))
 }
 
 fn fits(v: &Value<'_>, ty: AttrType) -> bool {

@@ -202,6 +202,73 @@ impl Scalar<'_> {
     }
 }
 
+impl Column {
+    /// The column's name in the event tables (`attr_names`: the attributes' names).
+    pub fn name<'a>(&self, attr_names: &[&'a str]) -> &'a str {
+        match self {
+            Column::Time => "time",
+            Column::ClientTime => "client_time",
+            Column::ReceivedAt => "received_at",
+            Column::TimeFlagged => "time_flagged",
+            Column::SessionId => "session_id",
+            Column::Position => "position",
+            Column::KeyId => "key_id",
+            Column::ClientIp => "client_ip",
+            Column::IsBot => "is_bot",
+            Column::BotReason => "bot_reason",
+            Column::Browser => "browser",
+            Column::Os => "os",
+            Column::DeviceType => "device_type",
+            Column::UserId => "user_id",
+            Column::Type => "type",
+            Column::Attr(i) => attr_names[*i],
+        }
+    }
+}
+
+impl Lit {
+    /// The literal in SQL, typed as the view's Rust side reads it.
+    pub fn to_sql(&self, out: &mut String) {
+        match self {
+            Lit::Null => out.push_str("NULL"),
+            Lit::Int(i) => {
+                let _ = write!(out, "{i}::bigint");
+            }
+            Lit::Float(f) => {
+                let _ = write!(out, "'{f:?}'::double precision");
+            }
+            Lit::Text(s) => out.push_str(&literal(s)),
+            Lit::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        }
+    }
+}
+
+impl ArOp {
+    /// The operator in SQL, with its spaces.
+    pub fn sql(self) -> &'static str {
+        match self {
+            ArOp::Add => " + ",
+            ArOp::Sub => " - ",
+            ArOp::Mul => " * ",
+            ArOp::Div => " / ",
+        }
+    }
+}
+
+impl CmpOp {
+    /// The operator in SQL, with its spaces.
+    pub fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => " = ",
+            CmpOp::NotEq => " <> ",
+            CmpOp::Lt => " < ",
+            CmpOp::LtEq => " <= ",
+            CmpOp::Gt => " > ",
+            CmpOp::GtEq => " >= ",
+        }
+    }
+}
+
 impl Expr {
     pub fn ty(&self) -> SqlType {
         match self {
@@ -243,31 +310,7 @@ impl Expr {
                 Scalar::Time(t) => Scalar::Time((t - BUCKET_ORIGIN_MS).div_euclid(*width) * width + BUCKET_ORIGIN_MS),
                 _ => Scalar::Null,
             },
-            Expr::Arith(op, a, b, ty) => {
-                let (a, b) = (a.eval(row), b.eval(row));
-                match (ty, &a, &b) {
-                    (_, Scalar::Null, _) | (_, _, Scalar::Null) => Scalar::Null,
-                    (SqlType::Int, Scalar::Int(x), Scalar::Int(y)) => {
-                        let r = match op {
-                            ArOp::Add => x.checked_add(*y),
-                            ArOp::Sub => x.checked_sub(*y),
-                            ArOp::Mul => x.checked_mul(*y),
-                            // PostgreSQL's integer division truncates toward zero, as Rust's does.
-                            ArOp::Div => x.checked_div(*y),
-                        };
-                        r.map_or(Scalar::Null, Scalar::Int)
-                    }
-                    _ => match (a.as_f64(), b.as_f64()) {
-                        (Some(x), Some(y)) => Scalar::Float(match op {
-                            ArOp::Add => x + y,
-                            ArOp::Sub => x - y,
-                            ArOp::Mul => x * y,
-                            ArOp::Div => x / y,
-                        }),
-                        _ => Scalar::Null,
-                    },
-                }
-            }
+            Expr::Arith(op, a, b, ty) => arithmetic(*op, *ty, &a.eval(row), &b.eval(row)),
             Expr::Cmp(op, a, b) => match compare(&a.eval(row), &b.eval(row)) {
                 None => Scalar::Null,
                 Some(o) => Scalar::Bool(match op {
@@ -294,25 +337,7 @@ impl Expr {
                 _ => Scalar::Null,
             },
             Expr::IsNull(e, negated) => Scalar::Bool((e.eval(row) == Scalar::Null) != *negated),
-            Expr::InList(e, list, negated) => {
-                let v = e.eval(row);
-                if v == Scalar::Null {
-                    return Scalar::Null;
-                }
-                let mut unknown = false;
-                for item in list {
-                    match compare(&v, &item.eval(row)) {
-                        Some(o) if o.is_eq() => return Scalar::Bool(!negated),
-                        None => unknown = true,
-                        _ => {}
-                    }
-                }
-                if unknown {
-                    Scalar::Null
-                } else {
-                    Scalar::Bool(*negated)
-                }
-            }
+            Expr::InList(e, list, negated) => in_list(&e.eval(row), list.iter().map(|item| item.eval(row)), *negated),
         }
     }
 
@@ -320,38 +345,11 @@ impl Expr {
     /// `attr_names` maps `Column::Attr` indexes to column names.
     pub fn to_sql(&self, attr_names: &[&str], out: &mut String) {
         match self {
-            Expr::Col(c, _) => out.push_str(&match c {
-                Column::Time => ident("time"),
-                Column::ClientTime => ident("client_time"),
-                Column::ReceivedAt => ident("received_at"),
-                Column::TimeFlagged => ident("time_flagged"),
-                Column::SessionId => ident("session_id"),
-                Column::Position => ident("position"),
-                Column::KeyId => ident("key_id"),
-                Column::ClientIp => ident("client_ip"),
-                Column::IsBot => ident("is_bot"),
-                Column::BotReason => ident("bot_reason"),
-                Column::Browser => ident("browser"),
-                Column::Os => ident("os"),
-                Column::DeviceType => ident("device_type"),
-                Column::UserId => ident("user_id"),
-                Column::Type => ident("type"),
-                Column::Attr(i) => ident(attr_names[*i]),
-            }),
+            Expr::Col(c, _) => out.push_str(&ident(c.name(attr_names))),
             Expr::Meta(k) => {
                 let _ = write!(out, "(metadata->>{})", literal(k));
             }
-            Expr::Lit(l) => match l {
-                Lit::Null => out.push_str("NULL"),
-                Lit::Int(i) => {
-                    let _ = write!(out, "{i}::bigint");
-                }
-                Lit::Float(f) => {
-                    let _ = write!(out, "'{f:?}'::double precision");
-                }
-                Lit::Text(s) => out.push_str(&literal(s)),
-                Lit::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            },
+            Expr::Lit(l) => l.to_sql(out),
             Expr::Trunc(unit, e) => {
                 let _ = write!(out, "date_trunc('{}', ", unit.name());
                 e.to_sql(attr_names, out);
@@ -365,26 +363,14 @@ impl Expr {
             Expr::Arith(op, a, b, ty) => {
                 out.push('(');
                 a.to_sql(attr_names, out);
-                out.push_str(match op {
-                    ArOp::Add => " + ",
-                    ArOp::Sub => " - ",
-                    ArOp::Mul => " * ",
-                    ArOp::Div => " / ",
-                });
+                out.push_str(op.sql());
                 b.to_sql(attr_names, out);
                 let _ = write!(out, ")::{}", ty.sql());
             }
             Expr::Cmp(op, a, b) => {
                 out.push('(');
                 a.to_sql(attr_names, out);
-                out.push_str(match op {
-                    CmpOp::Eq => " = ",
-                    CmpOp::NotEq => " <> ",
-                    CmpOp::Lt => " < ",
-                    CmpOp::LtEq => " <= ",
-                    CmpOp::Gt => " > ",
-                    CmpOp::GtEq => " >= ",
-                });
+                out.push_str(op.sql());
                 b.to_sql(attr_names, out);
                 out.push(')');
             }
@@ -435,6 +421,55 @@ impl Expr {
 /// A SQL string literal.
 pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `a op b` as PostgreSQL computes it for result type `ty`: NULL when either
+/// is NULL, integers checked (an overflow is NULL here, an error there), else
+/// as floats.
+fn arithmetic<'a>(op: ArOp, ty: SqlType, a: &Scalar<'_>, b: &Scalar<'_>) -> Scalar<'a> {
+    match (ty, a, b) {
+        (_, Scalar::Null, _) | (_, _, Scalar::Null) => Scalar::Null,
+        (SqlType::Int, Scalar::Int(x), Scalar::Int(y)) => {
+            let r = match op {
+                ArOp::Add => x.checked_add(*y),
+                ArOp::Sub => x.checked_sub(*y),
+                ArOp::Mul => x.checked_mul(*y),
+                // PostgreSQL's integer division truncates toward zero, as Rust's does.
+                ArOp::Div => x.checked_div(*y),
+            };
+            r.map_or(Scalar::Null, Scalar::Int)
+        }
+        _ => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => Scalar::Float(match op {
+                ArOp::Add => x + y,
+                ArOp::Sub => x - y,
+                ArOp::Mul => x * y,
+                ArOp::Div => x / y,
+            }),
+            _ => Scalar::Null,
+        },
+    }
+}
+
+/// `v [NOT] IN (items)` with SQL's three values: NULL when `v` is, or when no
+/// item matches and one of them is NULL.
+fn in_list<'a, 'b>(v: &Scalar<'_>, items: impl Iterator<Item = Scalar<'b>>, negated: bool) -> Scalar<'a> {
+    if *v == Scalar::Null {
+        return Scalar::Null;
+    }
+    let mut unknown = false;
+    for item in items {
+        match compare(v, &item) {
+            Some(o) if o.is_eq() => return Scalar::Bool(!negated),
+            None => unknown = true,
+            _ => {}
+        }
+    }
+    if unknown {
+        Scalar::Null
+    } else {
+        Scalar::Bool(negated)
+    }
 }
 
 fn column<'a>(row: &Row<'a, '_>, c: Column, ty: SqlType) -> Scalar<'a> {

@@ -140,67 +140,104 @@ fn array_type(t: SqlType) -> &'static str {
 /// The upsert merging one transaction's partial aggregates. Parameters come
 /// from `upsert_params`, in the same order.
 pub fn upsert(view: &ViewDef) -> String {
-    let mut cols: Vec<String> = Vec::new(); // target columns
-    let mut arrays: Vec<String> = Vec::new(); // unnest arguments
-    let mut select: Vec<String> = Vec::new();
-    let mut joins = String::new();
-    let mut sets: Vec<String> = Vec::new();
-    let mut p = 0;
-    let mut param = |t: &str| {
-        p += 1;
-        format!("${p}::{t}")
-    };
-    for (n, e) in &view.keys {
-        cols.push(ident(n));
-        arrays.push(param(array_type(e.ty())));
-        select.push(format!("u.c{}", arrays.len()));
+    let mut q = UpsertSql::default();
+    for (_, e) in &view.keys {
+        q.array(array_type(e.ty()), "");
     }
     for (i, (n, agg)) in view.aggs.iter().enumerate() {
+        q.aggregate(i, n, agg);
+    }
+    let mut cols: Vec<String> = view.keys.iter().map(|(n, _)| ident(n)).collect();
+    cols.extend(view.aggs.iter().flat_map(|(n, agg)| state_columns(n, agg)).map(|(c, _)| ident(&c)));
+    // The writer's shard: the last parameter.
+    cols.insert(0, ident(SHARD));
+    let shard = q.param("integer");
+    q.select.insert(0, shard);
+    let aliases: Vec<String> = (1..=q.arrays.len()).map(|i| format!("c{i}")).collect();
+    format!(
+        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){}\nORDER BY u.i\nON CONFLICT ({}) DO UPDATE SET {}",
+        mrel(view),
+        cols.join(", "),
+        q.select.join(", "),
+        q.arrays.join(", "),
+        aliases.join(", "),
+        q.joins,
+        key_columns(view).join(", "),
+        q.sets.join(", ")
+    )
+}
+
+/// The parts of a view's upsert, as its keys and aggregates are added.
+#[derive(Default)]
+struct UpsertSql {
+    /// `unnest` arguments: one array parameter per column of the partial states.
+    arrays: Vec<String>,
+    /// What is inserted, column by column.
+    select: Vec<String>,
+    /// Subqueries that aggregate a group's values (hll, tdigest).
+    joins: String,
+    /// `ON CONFLICT … DO UPDATE SET` merges.
+    sets: Vec<String>,
+    params: usize,
+}
+
+impl UpsertSql {
+    /// The next parameter, cast to `t`.
+    fn param(&mut self, t: &str) -> String {
+        self.params += 1;
+        format!("${}::{t}", self.params)
+    }
+
+    /// An array parameter of type `t` unnested and inserted (with `cast`).
+    fn array(&mut self, t: &str, cast: &str) {
+        let p = self.param(t);
+        self.arrays.push(p);
+        self.select.push(format!("u.c{}{cast}", self.arrays.len()));
+    }
+
+    /// The columns of aggregate `i`, `n`, and how a conflicting row merges them.
+    fn aggregate(&mut self, i: usize, n: &str, agg: &Agg) {
         let t = |suffix: &str| format!("t.{}", ident(&format!("{n}{suffix}")));
         let x = |suffix: &str| format!("EXCLUDED.{}", ident(&format!("{n}{suffix}")));
         let add_nullable = |s: &str| format!("CASE WHEN {t} IS NULL THEN {x} WHEN {x} IS NULL THEN {t} ELSE {t} + {x} END", t = t(s), x = x(s));
         match agg {
             Agg::CountStar | Agg::Count(_) => {
-                arrays.push(param("bigint[]"));
-                select.push(format!("u.c{}", arrays.len()));
-                sets.push(format!("{} = {} + {}", ident(n), t(""), x("")));
+                self.array("bigint[]", "");
+                self.sets.push(format!("{} = {} + {}", ident(n), t(""), x("")));
             }
             Agg::Sum(e) | Agg::Avg(e) => {
                 let (col, arr) = if e.ty() == SqlType::Float { ("double precision", "double precision[]") } else { ("numeric", "text[]") };
                 let sum_col = if matches!(agg, Agg::Avg(_)) { "__sum" } else { "" };
-                arrays.push(param(arr));
-                select.push(format!("u.c{}::{col}", arrays.len()));
-                sets.push(format!("{} = {}", ident(&format!("{n}{sum_col}")), add_nullable(sum_col)));
+                self.array(arr, &format!("::{col}"));
+                self.sets.push(format!("{} = {}", ident(&format!("{n}{sum_col}")), add_nullable(sum_col)));
                 if matches!(agg, Agg::Avg(_)) {
-                    arrays.push(param("bigint[]"));
-                    select.push(format!("u.c{}", arrays.len()));
-                    sets.push(format!("{} = {} + {}", ident(&format!("{n}__count")), t("__count"), x("__count")));
+                    self.array("bigint[]", "");
+                    self.sets.push(format!("{} = {} + {}", ident(&format!("{n}__count")), t("__count"), x("__count")));
                 }
             }
             Agg::Min(e) | Agg::Max(e) => {
-                arrays.push(param(array_type(e.ty())));
-                select.push(format!("u.c{}", arrays.len()));
+                self.array(array_type(e.ty()), "");
                 let f = if matches!(agg, Agg::Min(_)) { "LEAST" } else { "GREATEST" };
-                sets.push(format!("{} = {f}({}, {})", ident(n), t(""), x("")));
+                self.sets.push(format!("{} = {f}({}, {})", ident(n), t(""), x("")));
             }
             Agg::Distinct(e) => {
-                let (g, v) = (param("bigint[]"), param(array_type(e.ty())));
+                let (g, v) = (self.param("bigint[]"), self.param(array_type(e.ty())));
                 let hash = if e.ty() == SqlType::Int { "hll_hash_bigint" } else { "hll_hash_text" };
                 let _ = write!(
-                    joins,
+                    self.joins,
                     "\nLEFT JOIN (SELECT g, hll_add_agg({hash}(v)) AS v FROM unnest({g}, {v}) AS d(g, v) GROUP BY g) AS a{i} ON a{i}.g = u.i"
                 );
-                select.push(format!("COALESCE(a{i}.v, hll_empty())"));
-                sets.push(format!("{} = hll_union({}, {})", ident(&format!("{n}__hll")), t("__hll"), x("__hll")));
+                self.select.push(format!("COALESCE(a{i}.v, hll_empty())"));
+                self.sets.push(format!("{} = hll_union({}, {})", ident(&format!("{n}__hll")), t("__hll"), x("__hll")));
             }
             Agg::Percentile(..) => {
-                let (g, v, c) = (param("bigint[]"), param("double precision[]"), param("bigint[]"));
+                let (g, v, c) = (self.param("bigint[]"), self.param("double precision[]"), self.param("bigint[]"));
                 let _ = write!(
-                    joins,
+                    self.joins,
                     "\nLEFT JOIN (SELECT g, tdigest(v, c, {TDIGEST_COMPRESSION}) AS v FROM unnest({g}, {v}, {c}) AS d(g, v, c) GROUP BY g) AS a{i} ON a{i}.g = u.i"
                 );
-                select.push(format!("a{i}.v"));
-                sets.push(format!(
+                self.select.push(format!("a{i}.v"));
+                self.sets.push(format!(
                     "{} = (SELECT tdigest(d) FROM (VALUES ({}), ({})) AS m(d))",
                     ident(&format!("{n}__tdigest")),
                     t("__tdigest"),
@@ -208,22 +245,7 @@ pub fn upsert(view: &ViewDef) -> String {
                 ));
             }
         }
-        cols.extend(state_columns(n, agg).into_iter().map(|(c, _)| ident(&c)));
     }
-    // The writer's shard: the last parameter.
-    cols.insert(0, ident(SHARD));
-    select.insert(0, param("integer"));
-    let aliases: Vec<String> = (1..=arrays.len()).map(|i| format!("c{i}")).collect();
-    format!(
-        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){joins}\nORDER BY u.i\nON CONFLICT ({}) DO UPDATE SET {}",
-        mrel(view),
-        cols.join(", "),
-        select.join(", "),
-        arrays.join(", "),
-        aliases.join(", "),
-        key_columns(view).join(", "),
-        sets.join(", ")
-    )
 }
 
 /// A statement parameter.
@@ -265,86 +287,98 @@ pub fn upsert_params(view: &ViewDef, partial: &Partial, shard: i32) -> Vec<Param
         params.push(key_array(e.ty(), groups.iter().map(|g| g.keys[k].clone())));
     }
     for (a, (_, agg)) in view.aggs.iter().enumerate() {
-        let states = || groups.iter().map(move |g| &g.states[a]);
-        match agg {
-            Agg::CountStar | Agg::Count(_) => {
-                params.push(Box::new(states().map(|s| if let State::Count(n) = s { *n } else { 0 }).collect::<Vec<i64>>()))
-            }
-            Agg::Sum(_) | Agg::Avg(_) => {
-                let first = states().next();
-                match first {
-                    Some(State::SumFloat(_)) | Some(State::AvgFloat(..)) => params.push(Box::new(
-                        states()
-                            .map(|s| match s {
-                                State::SumFloat(v) => *v,
-                                State::AvgFloat(v, _) => Some(*v),
-                                _ => None,
-                            })
-                            .collect::<Vec<Option<f64>>>(),
-                    )),
-                    _ => params.push(Box::new(
-                        states()
-                            .map(|s| match s {
-                                State::SumInt(v) => v.map(|v| v.to_string()),
-                                State::AvgInt(v, _) => Some(v.to_string()),
-                                _ => None,
-                            })
-                            .collect::<Vec<Option<String>>>(),
-                    )),
-                }
-                if matches!(agg, Agg::Avg(_)) {
-                    params.push(Box::new(
-                        states()
-                            .map(|s| match s {
-                                State::AvgInt(_, n) | State::AvgFloat(_, n) => *n,
-                                _ => 0,
-                            })
-                            .collect::<Vec<i64>>(),
-                    ));
-                }
-            }
-            Agg::Min(e) | Agg::Max(e) => {
-                let t = e.ty();
-                let vals = states().map(|s| match s {
-                    State::MinInt(v) | State::MaxInt(v) => v.map_or(Key::Null, |i| if t == SqlType::Time { Key::Time(i) } else { Key::Int(i) }),
-                    State::MinFloat(v) | State::MaxFloat(v) => v.map_or(Key::Null, |f| Key::Float(f.to_bits())),
-                    _ => Key::Null,
-                });
-                params.push(key_array(t, vals.collect::<Vec<_>>().into_iter()));
-            }
-            Agg::Distinct(e) => {
-                let mut g: Vec<i64> = Vec::new();
-                let mut v: Vec<Key> = Vec::new();
-                for (i, s) in states().enumerate() {
-                    if let State::Distinct(set) = s {
-                        for k in set.iter() {
-                            g.push(i as i64 + 1);
-                            v.push(k.clone());
-                        }
-                    }
-                }
-                params.push(Box::new(g));
-                params.push(key_array(e.ty(), v.into_iter()));
-            }
-            Agg::Percentile(..) => {
-                let (mut g, mut v, mut c) = (Vec::<i64>::new(), Vec::<f64>::new(), Vec::<i64>::new());
-                for (i, s) in states().enumerate() {
-                    if let State::Percentile(m) = s {
-                        for (bits, n) in m {
-                            g.push(i as i64 + 1);
-                            v.push(f64::from_bits(*bits));
-                            c.push(*n);
-                        }
-                    }
-                }
-                params.push(Box::new(g));
-                params.push(Box::new(v));
-                params.push(Box::new(c));
-            }
-        }
+        let states: Vec<&State> = groups.iter().map(|g| &g.states[a]).collect();
+        push_agg_params(agg, &states, &mut params);
     }
     params.push(Box::new(shard));
     params
+}
+
+/// The arrays of one aggregate's partial states, one element per group (in
+/// the groups' order), as `upsert` takes them.
+fn push_agg_params(agg: &Agg, states: &[&State], params: &mut Vec<Param>) {
+    match agg {
+        Agg::CountStar | Agg::Count(_) => {
+            params.push(Box::new(states.iter().copied().map(|s| if let State::Count(n) = s { *n } else { 0 }).collect::<Vec<i64>>()))
+        }
+        Agg::Sum(_) | Agg::Avg(_) => {
+            let first = states.iter().copied().next();
+            match first {
+                Some(State::SumFloat(_)) | Some(State::AvgFloat(..)) => params.push(Box::new(
+                    states
+                        .iter()
+                        .copied()
+                        .map(|s| match s {
+                            State::SumFloat(v) => *v,
+                            State::AvgFloat(v, _) => Some(*v),
+                            _ => None,
+                        })
+                        .collect::<Vec<Option<f64>>>(),
+                )),
+                _ => params.push(Box::new(
+                    states
+                        .iter()
+                        .copied()
+                        .map(|s| match s {
+                            State::SumInt(v) => v.map(|v| v.to_string()),
+                            State::AvgInt(v, _) => Some(v.to_string()),
+                            _ => None,
+                        })
+                        .collect::<Vec<Option<String>>>(),
+                )),
+            }
+            if matches!(agg, Agg::Avg(_)) {
+                params.push(Box::new(
+                    states
+                        .iter()
+                        .copied()
+                        .map(|s| match s {
+                            State::AvgInt(_, n) | State::AvgFloat(_, n) => *n,
+                            _ => 0,
+                        })
+                        .collect::<Vec<i64>>(),
+                ));
+            }
+        }
+        Agg::Min(e) | Agg::Max(e) => {
+            let t = e.ty();
+            let vals = states.iter().copied().map(|s| match s {
+                State::MinInt(v) | State::MaxInt(v) => v.map_or(Key::Null, |i| if t == SqlType::Time { Key::Time(i) } else { Key::Int(i) }),
+                State::MinFloat(v) | State::MaxFloat(v) => v.map_or(Key::Null, |f| Key::Float(f.to_bits())),
+                _ => Key::Null,
+            });
+            params.push(key_array(t, vals.collect::<Vec<_>>().into_iter()));
+        }
+        Agg::Distinct(e) => {
+            let mut g: Vec<i64> = Vec::new();
+            let mut v: Vec<Key> = Vec::new();
+            for (i, s) in states.iter().copied().enumerate() {
+                if let State::Distinct(set) = s {
+                    for k in set.iter() {
+                        g.push(i as i64 + 1);
+                        v.push(k.clone());
+                    }
+                }
+            }
+            params.push(Box::new(g));
+            params.push(key_array(e.ty(), v.into_iter()));
+        }
+        Agg::Percentile(..) => {
+            let (mut g, mut v, mut c) = (Vec::<i64>::new(), Vec::<f64>::new(), Vec::<i64>::new());
+            for (i, s) in states.iter().copied().enumerate() {
+                if let State::Percentile(m) = s {
+                    for (bits, n) in m {
+                        g.push(i as i64 + 1);
+                        v.push(f64::from_bits(*bits));
+                        c.push(*n);
+                    }
+                }
+            }
+            params.push(Box::new(g));
+            params.push(Box::new(v));
+            params.push(Box::new(c));
+        }
+    }
 }
 
 /// The rows a view reads, as SQL: the event table, or every table for `events`.

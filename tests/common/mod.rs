@@ -481,17 +481,57 @@ pub fn execute_batch(url: &str, sql: &str) {
     })
 }
 
+/// The rows of `sql`, in a session of its own on UTC time; fails naming the statement.
 pub fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let (url, sql) = (url.to_string(), sql.to_string());
     chronos::stack::postgres::block_on(async move {
         let client = chronos::store::connect(&url).await.unwrap();
-        client.query(sql.as_str(), &[]).await.unwrap()
+        client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}\n{e:?}"))
     })
 }
 
 /// The first column of the first row of `sql` (a count).
 pub fn count(url: &str, sql: &str) -> i64 {
     query(url, sql)[0].get(0)
+}
+
+/// The built-in event types' tables.
+pub const BUILT_IN_TABLES: [&str; 6] = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+
+/// `SELECT` of the events in `events.<table>` for every one of `tables`, in all.
+pub fn total_sql(tables: &[&str]) -> String {
+    format!("SELECT {}", tables.iter().map(|t| format!("(SELECT count(*) FROM events.{t})")).collect::<Vec<_>>().join(" + "))
+}
+
+/// Waits (up to `timeout`) until `tables` hold `n` events in all, then
+/// 1.5 s more so that a late duplicate shows, and checks they hold exactly
+/// `n`; fails with the count reached and chronosd's log.
+pub fn wait_for_events(url: &str, tables: &[&str], n: i64, timeout: Duration, d: &Chronosd) {
+    let sql = total_sql(tables);
+    let until = Instant::now() + timeout;
+    loop {
+        let got = count(url, &sql);
+        if got >= n {
+            std::thread::sleep(Duration::from_millis(1500));
+            assert_eq!(count(url, &sql), n, "more events than sent");
+            return;
+        }
+        assert!(Instant::now() < until, "{got} of {n} events loaded\n{}", d.log_text());
+        if std::env::var_os("TRACE_GROUPS").is_some() && Instant::now() + Duration::from_secs(80) > until {
+            eprintln!("--- waiting: {got} of {n}\n{}", d.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (up to `timeout`) until the count `sql` reaches `want`.
+pub fn wait_rows(url: &str, sql: &str, want: i64, timeout: Duration, d: &Chronosd) {
+    let until = Instant::now() + timeout;
+    while count(url, sql) < want {
+        assert!(Instant::now() < until, "{sql} never reached {want}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// loadgen's whole command (`loadgen::execute`) with these arguments, on a runtime of its own.
