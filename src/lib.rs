@@ -19,6 +19,7 @@
 //!    - [`telemetry`]: metric names, the registry, logging.
 //!    - [`shutdown`]: SIGTERM and SIGINT.
 //!    - [`probe`]: GET on chronosd's own port (liveness and readiness probes).
+//!    - [`rt`]: `block_on`, a one-off current-thread runtime for synchronous callers (CLI, stack, tests).
 //! 2. **Helpers of the config**: [`enrich`] (user agent, GeoIP, bots at receipt), [`tls`] (the
 //!    HTTPS certificate, reloaded when it changes), [`systemd`] (`Type=notify`: READY=1,
 //!    WATCHDOG=1, STOPPING=1).
@@ -64,6 +65,7 @@ pub mod probe;
 pub mod produce;
 pub mod record;
 pub mod reload;
+pub mod rt;
 pub mod secret;
 pub mod shutdown;
 pub mod stack;

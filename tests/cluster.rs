@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::rt::block_on;
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use rdkafka::consumer::Consumer;

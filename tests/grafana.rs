@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chronos::probe::http_get;
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::rt::block_on;
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::{json, Value};

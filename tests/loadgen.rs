@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::rt::block_on;
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 use serde_json::Value;

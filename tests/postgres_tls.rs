@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::rt::block_on;
+use chronos::stack::postgres::PostgresServer;
 use chronos::stack::process::free_port;
 use common::*;
 

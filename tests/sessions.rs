@@ -66,7 +66,7 @@ fn hold_sessions_lock(url: &str) -> std::sync::mpsc::Sender<()> {
     let (locked_tx, locked) = std::sync::mpsc::channel::<()>();
     let url = url.to_string();
     std::thread::spawn(move || {
-        chronos::stack::postgres::block_on(async move {
+        chronos::rt::block_on(async move {
             let mut client = chronos::store::connect(&url).await.unwrap();
             let tx = client.transaction().await.unwrap();
             tx.batch_execute("LOCK TABLE chronos.sessions IN EXCLUSIVE MODE").await.unwrap();

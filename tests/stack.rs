@@ -98,7 +98,7 @@ controller_port = {controller}
     }
     // PostgreSQL answers on its port with the chronos database.
     let url = format!("host=127.0.0.1 port={pg} user=chronos dbname=chronos");
-    let one: i32 = chronos::stack::postgres::block_on(async move {
+    let one: i32 = chronos::rt::block_on(async move {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client.query_one("SELECT 1", &[]).await.unwrap().get(0)

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use chronos::config::{Config, KafkaConfig};
 use chronos::load::decode::{encode_row, walk, BatchPage, DeadLetter, TimePolicy, Visit};
 use chronos::record::{self, Row};
-use chronos::stack::postgres::block_on;
+use chronos::rt::block_on;
 use chronos::store::copy::{HEADER, TRAILER};
 use futures_util::SinkExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -305,7 +305,7 @@ fn status(stack: &Stack) {
 /// `chronos install-kafka`: the topics, created when missing.
 fn install_kafka(c: &chronos::config::Config) -> Result<()> {
     let k = &c.kafka;
-    let created = chronos::stack::postgres::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
+    let created = chronos::rt::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
         .map_err(|e| anyhow::anyhow!("{e}; is the broker running? (`chronos start broker`)"))?;
     for t in [&k.topic, &k.dead_letter_topic] {
         let state = if created.contains(t) { "created" } else { "exists" };
@@ -316,7 +316,7 @@ fn install_kafka(c: &chronos::config::Config) -> Result<()> {
 
 /// `chronos dead-letters list|replay`.
 fn dead_letters(c: &chronos::config::Config, action: DeadLetterCmd) -> Result<()> {
-    chronos::stack::postgres::block_on(async {
+    chronos::rt::block_on(async {
         let client = chronos::store::connect(&c.postgres.url).await?;
         match action {
             DeadLetterCmd::List { limit, all } => {
@@ -347,7 +347,7 @@ fn install_pipeline(c: &chronos::config::Config, print_sql: bool) -> Result<()> 
         print!("{}", chronos::store::schema::static_sql(&catalog));
         return Ok(());
     }
-    let installed = chronos::stack::postgres::block_on(async {
+    let installed = chronos::rt::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
         chronos::install(&mut client, &catalog, &c.load).await
     })?;
@@ -371,7 +371,7 @@ fn install_pipeline(c: &chronos::config::Config, print_sql: bool) -> Result<()> 
 fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
     use chronos::http::stored_keys;
     let config_ids: Vec<&str> = c.keys.iter().map(|k| k.id.as_str()).collect();
-    chronos::stack::postgres::block_on(async {
+    chronos::rt::block_on(async {
         let client = chronos::store::connect(&c.postgres.url).await?;
         stored_keys::install(&client).await?;
         match action {
@@ -431,7 +431,7 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
         }
         return Ok(());
     }
-    chronos::stack::postgres::block_on(async {
+    chronos::rt::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
         match action {
             ViewsCmd::List { sql } => {
@@ -594,7 +594,7 @@ fn manual_commands(cmd: &mut clap::Command, path: &str, out: &mut String) {
 /// The data-flow lines of `chronos status`; a part that cannot be read says why.
 fn print_pipeline(c: &chronos::config::Config) {
     use chronos::stack::pipeline;
-    let (lag, recent, layout) = chronos::stack::postgres::block_on(async {
+    let (lag, recent, layout) = chronos::rt::block_on(async {
         (pipeline::consumer_lag(c, Duration::from_secs(5)).await, pipeline::events_last_minute(c).await, pipeline::table_layout(c).await)
     });
     match lag {
@@ -688,7 +688,7 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
     let gzip = input.fill_buf().map_err(|e| anyhow::anyhow!("{file}: {e}"))?.starts_with(&[0x1f, 0x8b]);
     let input: Box<dyn BufRead> =
         if gzip { Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(input))) } else { Box::new(input) };
-    let report = chronos::stack::postgres::block_on(chronos::import::send::run(c, input, opts, |s| {
+    let report = chronos::rt::block_on(chronos::import::send::run(c, input, opts, |s| {
         bar.set_message(format!("{} lines, {} events accepted, {} rejected, {} duplicate", s.lines, s.accepted, s.rejected, s.duplicate_events));
     }))
     .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
@@ -724,7 +724,7 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
     let archiver = chronos::lifecycle::archive::Archiver::new(c)?;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (done, not_erased) = chronos::stack::postgres::block_on(async {
+    let (done, not_erased) = chronos::rt::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
         let done = erase::erase(&mut client, &archiver, &catalog, subject, &by, |step| {
             if terminal {
@@ -808,7 +808,7 @@ fn export(
     let archiver = chronos::lifecycle::archive::Archiver::new(c)?;
     let spec = export::Spec { from, to, tables, format, out };
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let done = chronos::stack::postgres::block_on(async {
+    let done = chronos::rt::block_on(async {
         let client = chronos::store::connect(&c.postgres.url).await?;
         client.batch_execute("SET TIME ZONE 'UTC'").await?;
         export::export(&client, &archiver, &spec, |e| {
@@ -831,7 +831,7 @@ fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
     use chronos::lifecycle::archive::{self, Archiver};
     let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
     let archiver = Archiver::new(c)?;
-    chronos::stack::postgres::block_on(async {
+    chronos::rt::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
         match action {
             ArchiveCmd::Run => {

@@ -321,7 +321,7 @@ pub fn broker_ids(brokers: &str, timeout: Duration) -> Result<Vec<i32>> {
 pub fn create_topics(kafka: &KafkaConfig, within: Duration) -> Result<()> {
     let until = Instant::now() + within;
     loop {
-        let attempt = super::postgres::block_on(crate::produce::admin::ensure_topics(kafka, Duration::from_secs(5)));
+        let attempt = crate::rt::block_on(crate::produce::admin::ensure_topics(kafka, Duration::from_secs(5)));
         match attempt {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > until => bail!("{e}"),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::process::{self, Lifetime, RunAs};
+use crate::rt::block_on;
 
 /// Where PostgreSQL's programs are: `pg_config --bindir`, else Debian's default.
 pub fn bindir() -> PathBuf {
@@ -147,11 +148,6 @@ impl PostgresSpec {
             None => true,
         }
     }
-}
-
-/// Runs a future on a private current-thread runtime (CLI and test helpers are synchronous).
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
 }
 
 /// A running PostgreSQL owned by the caller: stopped when dropped (tests).

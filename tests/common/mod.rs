@@ -283,7 +283,7 @@ impl Drop for Kafka {
     fn drop(&mut self) {
         if self.own.is_none() {
             let (bootstrap, topics, group) = (self.bootstrap.clone(), [self.topic.clone(), self.dead_letter_topic.clone()], self.group.clone());
-            chronos::stack::postgres::block_on(delete_topics_and_group(bootstrap, topics, group));
+            chronos::rt::block_on(delete_topics_and_group(bootstrap, topics, group));
         }
     }
 }
@@ -475,7 +475,7 @@ pub const FAST_IPS: &str = "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 10
 /// Runs several statements (no results).
 pub fn execute_batch(url: &str, sql: &str) {
     let (url, sql) = (url.to_string(), sql.to_string());
-    chronos::stack::postgres::block_on(async move {
+    chronos::rt::block_on(async move {
         let client = chronos::store::connect(&url).await.unwrap();
         client.batch_execute(sql.as_str()).await.unwrap()
     })
@@ -484,7 +484,7 @@ pub fn execute_batch(url: &str, sql: &str) {
 /// The rows of `sql`, in a session of its own on UTC time; fails naming the statement.
 pub fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let (url, sql) = (url.to_string(), sql.to_string());
-    chronos::stack::postgres::block_on(async move {
+    chronos::rt::block_on(async move {
         let client = chronos::store::connect(&url).await.unwrap();
         client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
         client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}\n{e:?}"))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chronos::import::send::{run, Options};
-use chronos::stack::postgres::block_on;
+use chronos::rt::block_on;
 use chronos_bench::stack::{children_cpu_secs, cpu_secs, port, Chronosd, PerfStack};
 
 fn main() -> Result<()> {

@@ -10,7 +10,8 @@ use chronos::catalog::EventCatalog;
 use chronos::config::{Config, Timescale};
 use chronos::lifecycle::archive::Archiver;
 use chronos::lifecycle::day_str;
-use chronos::stack::postgres::{block_on, PostgresServer};
+use chronos::rt::block_on;
+use chronos::stack::postgres::PostgresServer;
 
 /// Rows inserted per statement (progress is shown between them).
 const STEP: i64 = 250_000;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chronos::stack::postgres::block_on;
+use chronos::rt::block_on;
 use chronos::telemetry::Metrics;
 use chronos_bench::ceiling::broker_produce;
 use chronos_bench::records::{bodies, records};
