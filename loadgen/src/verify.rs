@@ -31,10 +31,13 @@ pub async fn verify(url: &str, types: &[&str], batches: &[SentBatch], timeout: D
     let started = Instant::now();
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     let conn = tokio::spawn(connection);
-    client.batch_execute("CREATE TEMP TABLE loadgen_sent (batch_id uuid PRIMARY KEY, accepted integer NOT NULL)").await?;
-    let mut data = String::with_capacity(batches.len() * 48);
-    for b in batches {
-        data.push_str(&format!("{}\t{}\n", b.id, b.accepted));
+    // `seq`: the order the answers came in (the wait below probes in it).
+    client.batch_execute("CREATE TEMP TABLE loadgen_sent (batch_id uuid PRIMARY KEY, accepted integer NOT NULL, seq integer NOT NULL)").await?;
+    let mut answered: Vec<&SentBatch> = batches.iter().collect();
+    answered.sort_by_key(|b| b.done_ms);
+    let mut data = String::with_capacity(batches.len() * 56);
+    for (seq, b) in answered.iter().enumerate() {
+        data.push_str(&format!("{}\t{}\t{seq}\n", b.id, b.accepted));
     }
     copy_in(&client, "COPY loadgen_sent FROM STDIN", data).await?;
     client.batch_execute("ANALYZE loadgen_sent").await?;
@@ -66,21 +69,14 @@ pub async fn verify(url: &str, types: &[&str], batches: &[SentBatch], timeout: D
     // core in `perf/pipeline` (d). Without that table, poll the rows.
     let seen_table: bool = client.query_one("SELECT to_regclass('chronos.seen_batches') IS NOT NULL", &[]).await?.get(0);
     let v = if seen_table {
+        let mut pending =
+            client.execute("CREATE TEMP TABLE loadgen_pending AS SELECT seq, batch_id FROM loadgen_sent WHERE accepted > 0", &[]).await? as i64;
         client
             .batch_execute(
-                "CREATE TEMP TABLE loadgen_pending (seq integer PRIMARY KEY, batch_id uuid NOT NULL);
+                "ALTER TABLE loadgen_pending ADD PRIMARY KEY (seq); ANALYZE loadgen_pending;
                  SET enable_hashjoin = off; SET enable_mergejoin = off",
             )
             .await?;
-        let mut accepted: Vec<&SentBatch> = batches.iter().filter(|b| b.accepted > 0).collect();
-        accepted.sort_by_key(|b| b.done_ms);
-        let mut data = String::with_capacity(accepted.len() * 48);
-        for (seq, b) in accepted.iter().enumerate() {
-            data.push_str(&format!("{seq}\t{}\n", b.id));
-        }
-        copy_in(&client, "COPY loadgen_pending FROM STDIN", data).await?;
-        client.batch_execute("ANALYZE loadgen_pending").await?;
-        let mut pending: i64 = client.query_one("SELECT count(*) FROM loadgen_pending", &[]).await?.get(0);
         let probe = client
             .prepare(&format!(
                 "DELETE FROM loadgen_pending p \

@@ -359,7 +359,7 @@ impl Importer {
     fn window_ms(&self) -> (i64, i64) {
         let lo = match self.window.max_past_days {
             0 => payload::MIN_PLAUSIBLE_MS,
-            d => self.now - i64::from(d) * 86_400_000,
+            d => self.now - i64::from(d) * crate::clock::DAY_MS,
         };
         (lo, self.now.saturating_add(self.window.max_future_secs as i64 * 1000))
     }

@@ -212,7 +212,8 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
     let metadata = serde_json::to_string(b.page).unwrap_or_else(|_| "{}".into());
     visit.page(BatchPage { batch_id: b.id, received_at: b.received_at, session_id: b.session, metadata });
 
-    let context = context_of(&root);
+    // Made for the first dead letter only: most records have none.
+    let mut context: Option<Option<String>> = None;
     let types = catalog.types();
     let mut values: Vec<Option<&Value>> = Vec::new();
     for (position, event) in b.events.iter().enumerate() {
@@ -226,7 +227,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
                     position: Some(position as i32),
                     event: serde_json::to_string(event).ok(),
                     raw: None,
-                    context: context.clone(),
+                    context: context.get_or_insert_with(|| context_of(&root)).clone(),
                 });
                 continue;
             }

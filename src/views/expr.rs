@@ -101,7 +101,7 @@ impl Unit {
 
     /// Truncates ms since the Unix epoch (UTC).
     pub fn trunc(self, ms: i64) -> i64 {
-        const DAY: i64 = 86_400_000;
+        use crate::clock::DAY_MS as DAY;
         let fixed = |step: i64| ms.div_euclid(step) * step;
         match self {
             Unit::Second => fixed(1000),
