@@ -121,6 +121,9 @@ CREATE TABLE IF NOT EXISTS chronos.dead_letters (
 );
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chronos.dead_letters'::regclass AND attname = 'context' AND NOT attisdropped) THEN
     ALTER TABLE chronos.dead_letters ADD COLUMN context jsonb; END IF; END $$;
+-- sqlstate: PostgreSQL's code when a permanent error was traced to the record
+-- (its raw bytes in raw), set aside so that its partition goes on loading.
+ALTER TABLE chronos.dead_letters ADD COLUMN IF NOT EXISTS sqlstate text;
 -- Which user (chronos.identify) each session was, from first to last event
 -- seen; the loaders keep it in the transaction that stores the events.
 CREATE TABLE IF NOT EXISTS chronos.identities (
@@ -168,6 +171,10 @@ CREATE TABLE IF NOT EXISTS chronos.views (
     created_at timestamptz NOT NULL DEFAULT now(),
     backfilled boolean NOT NULL
 );
+-- broken: why a view stopped being maintained (one of its statements failed
+-- for good); NULL while it is maintained. Drop and add it again once fixed.
+ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken text;
+ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken_at timestamptz;
 CREATE TABLE IF NOT EXISTS chronos.view_generation (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     generation bigint NOT NULL

@@ -29,6 +29,8 @@ pub const BOT_EVENTS: &str = "chronos_bot_events_total";
 pub const LOAD_REWINDS: &str = "chronos_load_rewinds_total";
 pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
 pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
+pub const LOAD_SET_ASIDE: &str = "chronos_load_set_aside_total";
+pub const VIEWS_BROKEN: &str = "chronos_views_broken_total";
 
 /// Produce latency buckets: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -63,6 +65,10 @@ pub struct Metrics {
     pub load_rewinds: IntCounterVec,
     pub view_groups: IntCounter,
     pub view_seconds: Histogram,
+    /// Records a permanent PostgreSQL error was traced to, stored as dead letters instead (by topic).
+    pub load_set_aside: IntCounterVec,
+    /// Views marked broken by this chronosd (a statement of theirs failed for good).
+    pub views_broken: IntCounterVec,
 }
 
 impl Metrics {
@@ -140,6 +146,17 @@ impl Metrics {
             view_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(VIEW_SECONDS, "Time of one transaction's view maintenance (aggregate in Rust + upserts).")
                     .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            load_set_aside: reg!(IntCounterVec::new(
+                Opts::new(
+                    LOAD_SET_ASIDE,
+                    "Records set aside by the loaders: a permanent PostgreSQL error (data, integrity, program limit) was traced to them; each is a dead letter with its raw bytes and the SQLSTATE."
+                ),
+                &["topic"]
+            )),
+            views_broken: reg!(IntCounterVec::new(
+                Opts::new(VIEWS_BROKEN, "Continuous views marked broken after one of their statements failed for good (no longer maintained until re-created)."),
+                &["view"]
             )),
             registry,
         }

@@ -156,6 +156,7 @@ fn a_dead_letter_of_a_retried_batch_is_written_once() {
             event: Some("[\"clicks\",1]".into()),
             raw: None,
             context: Some("{\"session_id\":\"s\"}".into()),
+            sqlstate: None,
         };
         let raw = DeadLetter {
             stage: "load",
@@ -165,6 +166,7 @@ fn a_dead_letter_of_a_retried_batch_is_written_once() {
             event: None,
             raw: Some(b"{oops".to_vec()),
             context: None,
+            sqlstate: None,
         };
         for _ in 0..2 {
             let tx = client.transaction().await.unwrap();

@@ -441,6 +441,10 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                 }
                 for v in views {
                     println!("{:<28} from {:<18} {:>9} rows  created {}", v.name, v.source, v.rows, v.created_at);
+                    if let Some(why) = &v.broken {
+                        println!("  BROKEN, not maintained since a statement of it failed: {why}");
+                        println!("  (fix the cause, then `chronos views drop {}` and `chronos views add FILE --backfill`)", v.name);
+                    }
                     if sql {
                         println!("  {}\n", v.definition);
                     }
@@ -594,8 +598,13 @@ fn manual_commands(cmd: &mut clap::Command, path: &str, out: &mut String) {
 /// The data-flow lines of `chronos status`; a part that cannot be read says why.
 fn print_pipeline(c: &chronos::config::Config) {
     use chronos::stack::pipeline;
-    let (lag, recent, layout) = chronos::rt::block_on(async {
-        (pipeline::consumer_lag(c, Duration::from_secs(5)).await, pipeline::events_last_minute(c).await, pipeline::table_layout(c).await)
+    let (lag, recent, layout, refused) = chronos::rt::block_on(async {
+        (
+            pipeline::consumer_lag(c, Duration::from_secs(5)).await,
+            pipeline::events_last_minute(c).await,
+            pipeline::table_layout(c).await,
+            pipeline::refused(c).await,
+        )
     });
     match lag {
         Ok(topics) => {
@@ -619,6 +628,17 @@ fn print_pipeline(c: &chronos::config::Config) {
     match layout {
         Ok(l) => println!("{:<9} {:<5} {:<28} {l}", "tables", "", "events.*"),
         Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "tables", "", "events.*"),
+    }
+    match refused {
+        Ok(r) => {
+            for (topic, n) in &r.set_aside {
+                println!("{:<9} {:<5} {:<28} {n} records set aside: PostgreSQL refused them (chronos dead-letters list)", "set-aside", "", topic);
+            }
+            for (view, why) in &r.broken_views {
+                println!("{:<9} {:<5} {:<28} broken, not maintained: {why}", "view", "", format!("views.{view}"));
+            }
+        }
+        Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "set-aside", "", ""),
     }
 }
 

@@ -79,6 +79,7 @@ impl IngestError {
             UnsupportedMediaType(_) => "unsupported_media_type",
             Payload(PayloadError::Malformed { .. }) => "malformed_json",
             Payload(PayloadError::Invalid { .. }) => "invalid_batch",
+            Payload(PayloadError::TooDeep { .. }) => "too_deep",
             UnknownKey => "unknown_key",
             OriginNotAllowed { .. } => "origin_not_allowed",
             MissingOrigin { .. } => "missing_origin",
@@ -133,6 +134,10 @@ impl ResponseError for IngestError {
             IngestError::BodyTooLarge { limit } | IngestError::DecompressedTooLarge { limit } => detail["limit"] = json!(limit),
             IngestError::Payload(PayloadError::Malformed { offset, .. }) => detail["offset"] = json!(offset),
             IngestError::Payload(PayloadError::Invalid { path, .. }) => detail["path"] = json!(path),
+            IngestError::Payload(PayloadError::TooDeep { offset, limit }) => {
+                detail["offset"] = json!(offset);
+                detail["limit"] = json!(limit);
+            }
             _ => {}
         }
         if let Some(secs) = self.retry_after() {

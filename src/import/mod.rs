@@ -114,6 +114,11 @@ impl Importer {
             return;
         }
         let refused = |reason: String| Item::Refused { line: number, reason };
+        // A line is an event (3 levels with a text_list) or a record: the
+        // record's bound covers both, checked before any value is built.
+        if let Err(d) = crate::payload::depth::check(text, crate::payload::depth::RECORD_DEPTH) {
+            return self.out.push(refused(format!("not JSON Chronos reads: {d}")));
+        }
         let value: Value = match serde_json::from_slice(text) {
             Ok(v) => v,
             Err(e) => return self.out.push(refused(format!("not JSON: {e}"))),
@@ -177,11 +182,7 @@ impl Importer {
             Some(Value::String(s)) => Some(anonymise(s.parse::<IpAddr>().map_err(|_| format!("`client_ip`: {s:?} is not an IP address"))?)),
             Some(_) => return Err("`client_ip`: expected an IP address as a string".into()),
         };
-        let user_agent = match obj.remove("user_agent") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.chars().take(payload::MAX_USER_AGENT_CHARS).collect()),
-            Some(_) => return Err("`user_agent`: expected a string".into()),
-        };
+        let user_agent = user_agent(obj.remove("user_agent").as_ref())?;
         for k in RECOMPUTED {
             obj.remove(k);
         }
@@ -253,11 +254,15 @@ impl Importer {
         let int = |k: &str| get(k)?.as_i64().ok_or_else(|| format!("`{k}`: expected an integer"));
         let text = |k: &str| get(k)?.as_str().ok_or_else(|| format!("`{k}`: expected a string"));
         let (received_at, key_id) = (int(f::RECEIVED_AT)?, text(f::KEY_ID)?.to_string());
+        // What receipt would have written: a key id by the config's rules.
+        if crate::config::id_problem(&key_id).is_some() {
+            return Err(format!("`{}`: must be 1-64 letters, digits, - _ . (a write key's id)", f::KEY_ID));
+        }
         let client_ip = match obj.get(f::CLIENT_IP) {
             None | Some(Value::Null) => None,
             Some(v) => Some(anonymise(v.as_str().and_then(|s| s.parse().ok()).ok_or("`client_ip`: expected an IP address as a string")?)),
         };
-        let user_agent = obj.get(f::USER_AGENT).and_then(Value::as_str).map(|s| s.chars().take(payload::MAX_USER_AGENT_CHARS).collect());
+        let user_agent = user_agent(obj.get(f::USER_AGENT))?;
         let schema = get(f::SCHEMA)?.as_object().ok_or("`schema`: expected an object")?;
         let events = get(f::EVENTS)?.as_array().ok_or("`events`: expected an array")?;
         let events: Vec<Value> = events.iter().map(|e| self.reorder(e, schema)).collect();
@@ -411,6 +416,20 @@ impl Summary {
     }
 }
 
+/// A line's `user_agent`, as receipt keeps a `User-Agent` header: printable
+/// (an HTTP header cannot carry control characters, and PostgreSQL's text
+/// refuses a NUL), its first `MAX_USER_AGENT_CHARS` characters.
+fn user_agent(v: Option<&Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            Err("`user_agent`: holds a control character (a User-Agent header cannot)".into())
+        }
+        Some(Value::String(s)) => Ok(Some(s.chars().take(payload::MAX_USER_AGENT_CHARS).collect())),
+        Some(_) => Err("`user_agent`: expected a string".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,5 +543,34 @@ mod tests {
         assert_eq!(r["events"][0][2 + x], 10, "{r}");
         let dead = r#"{"v":1,"batch_id":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","stage":"receipt"}"#;
         assert!(matches!(&run(&config, dead)[0], Item::Refused { reason, .. } if reason.contains("dead-letter record")));
+    }
+
+    /// What PostgreSQL would refuse later is refused at the door, naming the field.
+    #[test]
+    fn a_record_line_s_key_id_and_user_agent_pass_receipt_s_rules() {
+        let config = Config::default();
+        let line = r#"{"v":1,"batch_id":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","session_id":"s","key_id":"site","sent_at":1763990000500,"received_at":1763990001000,"user_agent":"UA","page":{"url":"https://a.test/"},"schema":{"mouse_moves":["x","y"]},"events":[["mouse_moves",1763990000000,1,2]]}"#;
+        assert_eq!(batches(&run(&config, line)).len(), 1);
+        let refused = |l: &str| match &run(&config, l)[0] {
+            Item::Refused { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        for key in [r#"k\u0000"#, "", "a b", &"k".repeat(65)] {
+            let reason = refused(&line.replace(r#""key_id":"site""#, &format!(r#""key_id":"{key}""#)));
+            assert!(reason.starts_with("`key_id`: must be 1-64"), "{key:?}: {reason}");
+        }
+        for ua in [r#"U\u0000A"#, r#"U\u001bA"#] {
+            let reason = refused(&line.replace(r#""user_agent":"UA""#, &format!(r#""user_agent":"{ua}""#)));
+            assert!(reason.starts_with("`user_agent`: holds a control character"), "{ua:?}: {reason}");
+        }
+        let event =
+            r#"{"type":"mouse_moves","time":1763990000000,"session_id":"s","page":{"url":"https://a.test/"},"x":1,"y":2,"user_agent":"a\u0000b"}"#;
+        assert!(refused(event).starts_with("`user_agent`: holds a control character"));
+        let deep = format!(
+            r#"{{"type":"mouse_moves","time":1763990000000,"session_id":"s","page":{{"url":"u"}},"x":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(refused(&deep).contains("nested deeper than 6 levels"), "{}", refused(&deep));
     }
 }

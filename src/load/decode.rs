@@ -199,12 +199,19 @@ pub fn decode_batch(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy) 
     Ok(DecodedBatch { batch_id, tables: c.tables, dead: c.dead, events: c.events, page: c.page })
 }
 
+/// Parses a record in place, no deeper than a Chronos record nests (the
+/// parser recurses: a deeper one is refused before any value is built).
+fn parse_record(buf: &mut [u8]) -> Result<simd_json::BorrowedValue<'_>, String> {
+    crate::payload::depth::check(buf, crate::payload::depth::RECORD_DEPTH).map_err(|d| format!("not a record: {d}"))?;
+    simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))
+}
+
 /// Parses a batch record (in place) and reports to `visit` each loadable
 /// event (its table index, the row, the batch id) and each event that cannot
 /// be loaded. The one place that decides which events load: the raw rows and
 /// the continuous views both read through it, in the same walk.
 pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &mut impl Visit) -> Result<Walked, String> {
-    let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
+    let root = parse_record(buf)?;
     let b = Batch::of(&root)?;
     if !visit.batch(b.id, b.imported) {
         return Ok(Walked::Skipped(b.id));
@@ -228,6 +235,7 @@ pub fn walk(buf: &mut [u8], catalog: &EventCatalog, policy: TimePolicy, visit: &
                     event: serde_json::to_string(event).ok(),
                     raw: None,
                     context: context.get_or_insert_with(|| context_of(&root)).clone(),
+                    sqlstate: None,
                 });
                 continue;
             }
@@ -342,7 +350,7 @@ fn fits(v: &Value<'_>, ty: AttrType) -> bool {
 
 /// Decodes a dead-letter record of the receipt stage into one row per rejected event.
 pub fn decode_dead_letter(buf: &mut [u8]) -> Result<Vec<DeadLetter>, String> {
-    let root = simd_json::to_borrowed_value(buf).map_err(|e| format!("not JSON: {e}"))?;
+    let root = parse_record(buf)?;
     let batch_id = root.get("batch_id").and_then(|v| v.as_str()).and_then(|s| Uuid::try_parse(s).ok());
     let context = context_of(&root);
     let rejected = root.get("rejected").and_then(|v| v.as_array()).ok_or("dead-letter record has no `rejected` array")?;
@@ -356,6 +364,7 @@ pub fn decode_dead_letter(buf: &mut [u8]) -> Result<Vec<DeadLetter>, String> {
             event: r.get("event").and_then(|e| serde_json::to_string(e).ok()),
             raw: None,
             context: context.clone(),
+            sqlstate: None,
         })
         .collect())
 }

@@ -12,6 +12,15 @@
 //! back and *rewinds*: the buffer is dropped and the partition read again
 //! from the stored offset, this time knowing it. Every such case is rare; none
 //! needs a second copy of the records.
+//!
+//! A PostgreSQL error is classified by SQLSTATE (`store::sqlstate`). A
+//! transient one retries the same buffer with backoff. A permanent one is the
+//! data's fault: a view's statement marks that view broken (the raw rows keep
+//! loading without it); any other is traced to its record by splitting the
+//! flush — the partition is read again and committed in halves of the failed
+//! range until the failing record is alone — and that record is *set aside*:
+//! read again, it becomes a dead letter with its raw bytes and the SQLSTATE,
+//! committed with the offsets like any row, so it is stored exactly once.
 
 use simd_json::prelude::{ValueAsScalar, ValueObjectAccess};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +41,7 @@ use super::partition::Partition;
 use crate::catalog::{EventCatalog, EventType};
 use crate::record::Row;
 use crate::store::internals::{stored_offset, Internals, Pages};
+use crate::store::sqlstate::{self, Class};
 use crate::telemetry::Metrics;
 use crate::views::{Accumulator, Registry};
 
@@ -135,6 +145,8 @@ pub enum Rewind {
     Duplicates,
     Gap,
     Panic,
+    /// A permanent error: read again to split the flush (or set its record aside).
+    SetAside,
 }
 
 impl Rewind {
@@ -145,6 +157,7 @@ impl Rewind {
             Rewind::Duplicates => "duplicates",
             Rewind::Gap => "gap",
             Rewind::Panic => "panic",
+            Rewind::SetAside => "set_aside",
         }
     }
 }
@@ -166,6 +179,8 @@ struct Buffer {
     events: usize,
     records: usize,
     first_at: Option<Instant>,
+    /// The offset of its first record.
+    first: Option<i64>,
     /// The offset after its last record (set when it is handed to a commit).
     next: i64,
 }
@@ -188,6 +203,7 @@ impl Buffer {
             events: 0,
             records: 0,
             first_at: None,
+            first: None,
             next: 0,
         }
     }
@@ -358,6 +374,63 @@ fn db_error(e: &anyhow::Error) -> String {
     }
 }
 
+/// Why a record is set aside when it is read again.
+#[derive(Debug, Clone)]
+struct SetAside {
+    reason: String,
+    sqlstate: Option<String>,
+}
+
+/// Offsets `from..to` of a partition hold a record a permanent error comes
+/// from: the next flushes end at the middle of what is left, until it fails alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Suspect {
+    from: i64,
+    to: i64,
+}
+
+impl Suspect {
+    /// Where the next flush ends: the middle of the range (at least one record).
+    fn split(&self) -> i64 {
+        self.from + ((self.to - self.from) / 2).max(1)
+    }
+
+    /// After a commit of records before `next`: what is left, if anything.
+    fn committed(self, next: i64) -> Option<Suspect> {
+        let from = self.from.max(next);
+        (from < self.to).then_some(Suspect { from, ..self })
+    }
+}
+
+/// What a failed commit asks for.
+#[derive(Debug)]
+enum Failure {
+    /// Try the same buffer again later.
+    Transient,
+    /// A view's statement failed for good: mark it broken.
+    View { view: String, reason: String },
+    /// The rows themselves: find the record at fault.
+    Data { reason: String, sqlstate: Option<String> },
+}
+
+impl Failure {
+    fn of(e: &anyhow::Error) -> Self {
+        if let Some(v) = e.downcast_ref::<crate::views::ViewFailure>() {
+            if sqlstate::classify(&v.source) == Class::Permanent {
+                return Failure::View { view: v.view.clone(), reason: sqlstate::describe(&v.source).1 };
+            }
+            return Failure::Transient;
+        }
+        match e.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) if sqlstate::classify(pg) == Class::Permanent => {
+                let (sqlstate, reason) = sqlstate::describe(pg);
+                Failure::Data { reason, sqlstate }
+            }
+            _ => Failure::Transient,
+        }
+    }
+}
+
 /// The loader of one partition.
 pub struct PartitionLoader {
     shared: Arc<LoaderShared>,
@@ -376,8 +449,11 @@ pub struct PartitionLoader {
     retry: Option<(Buffer, Instant)>,
     backoff: Duration,
     duplicates: HashSet<Uuid>,
-    /// Offsets whose decoding panicked: dead-lettered whole when read again.
-    poisoned: HashSet<i64>,
+    /// Offsets set aside (their decoding panicked, or a permanent PostgreSQL
+    /// error was traced to them): dead-lettered whole when read again.
+    poisoned: HashMap<i64, SetAside>,
+    /// A range of offsets known to hold the record of a permanent error.
+    suspect: Option<Suspect>,
     /// A rewind asked for while taking records.
     rewind: Option<Rewind>,
     /// A seek asked for while taking records (an offset gap).
@@ -416,7 +492,8 @@ impl PartitionLoader {
             retry: None,
             backoff: FIRST_BACKOFF,
             duplicates: HashSet::new(),
-            poisoned: HashSet::new(),
+            poisoned: HashMap::new(),
+            suspect: None,
             rewind: None,
             reseek: None,
             last_record_at: Instant::now(),
@@ -436,6 +513,7 @@ impl PartitionLoader {
     fn due(&self) -> bool {
         self.buffer.events >= self.shared.flush_rows
             || self.buffer.first_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.shared.flush_ms))
+            || self.suspect.is_some_and(|s| !self.buffer.is_empty() && self.cursor.next() >= s.split())
     }
 
     /// Loads until stopped. An error ends this loader (its supervisor starts
@@ -532,7 +610,8 @@ impl PartitionLoader {
                 self.expected = Some(next);
                 self.partition.commit(next);
                 self.duplicates.clear();
-                self.poisoned.retain(|o| *o >= next);
+                self.poisoned.retain(|o, _| *o >= next);
+                self.suspect = self.suspect.and_then(|s| s.committed(next));
                 self.backoff = FIRST_BACKOFF;
                 Ok(())
             }
@@ -540,15 +619,85 @@ impl PartitionLoader {
                 self.duplicates.extend(duplicates);
                 self.rewind_to(why, to).await
             }
-            Err(e) => {
-                let (topic, partition) = (&self.partition.topic, self.partition.partition);
-                tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = self.backoff.as_millis() as u64, "Flush failed; retrying.");
-                self.shared.metrics.load_flush_retries.inc();
-                self.retry = Some((done.buffer, Instant::now() + self.backoff));
-                self.backoff = (self.backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
-                Ok(())
-            }
+            Err(e) => match Failure::of(&e) {
+                Failure::Transient => {
+                    let (topic, partition) = (&self.partition.topic, self.partition.partition);
+                    tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = self.backoff.as_millis() as u64, "Flush failed; retrying.");
+                    self.shared.metrics.load_flush_retries.inc();
+                    self.retry = Some((done.buffer, Instant::now() + self.backoff));
+                    self.backoff = (self.backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
+                    Ok(())
+                }
+                Failure::View { view, reason } => self.break_view(&view, &reason).await,
+                Failure::Data { reason, sqlstate } => self.trace(&done.buffer, reason, sqlstate).await,
+            },
         }
+    }
+
+    /// A view's statement failed for good: the view is marked broken (no
+    /// loader maintains it any more) and the flush is read again without it.
+    async fn break_view(&mut self, view: &str, reason: &str) -> anyhow::Result<()> {
+        let (topic, partition) = (&self.partition.topic, self.partition.partition);
+        let db = Db::connected(&mut self.db, &self.shared).await?;
+        if crate::views::mark_broken(&mut db.client, view, reason).await? {
+            self.shared.metrics.views_broken.with_label_values(&[view]).inc();
+            tracing::error!(
+                topic,
+                partition,
+                view,
+                error = reason,
+                "Continuous view failed for good: marked broken and no longer maintained (chronos views list); raw rows keep loading."
+            );
+        }
+        self.rewind_to(Rewind::Views, self.expected).await
+    }
+
+    /// A permanent error in the flush of `buffer`: narrows down the record at
+    /// fault (the next flushes end at the middle of the failed range), or,
+    /// when the flush held that record alone, sets it aside. Then reads again.
+    async fn trace(&mut self, buffer: &Buffer, reason: String, sqlstate: Option<String>) -> anyhow::Result<()> {
+        let (topic, partition) = (self.partition.topic.clone(), self.partition.partition);
+        let from = buffer.first.unwrap_or(buffer.next);
+        if buffer.next - from <= 1 {
+            if let Some(again) = self.poisoned.get(&from) {
+                // Its dead letter itself failed: that must not happen (dead
+                // letters are made storable); retry rather than lose it.
+                tracing::error!(
+                    topic,
+                    partition,
+                    offset = from,
+                    error = reason,
+                    set_aside = again.reason,
+                    "A record set aside cannot be stored as a dead letter; retrying."
+                );
+                self.shared.metrics.load_flush_retries.inc();
+                let wait = self.backoff;
+                self.pause(wait).await;
+                self.backoff = (self.backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
+            } else {
+                tracing::error!(
+                    topic,
+                    partition,
+                    offset = from,
+                    error = reason,
+                    "Record set aside as a dead letter: PostgreSQL refuses it for good."
+                );
+                self.shared.metrics.load_set_aside.with_label_values(&[&topic]).inc();
+                self.poisoned.insert(from, SetAside { reason, sqlstate });
+            }
+            self.suspect = None;
+        } else {
+            tracing::warn!(
+                topic,
+                partition,
+                from,
+                to = buffer.next,
+                error = reason,
+                "Permanent error in a flush; splitting it to find the record at fault."
+            );
+            self.suspect = Some(Suspect { from, to: buffer.next });
+        }
+        self.rewind_to(Rewind::SetAside, self.expected).await
     }
 
     /// At shutdown: commits everything held (the commit in flight, one to
@@ -685,8 +834,9 @@ impl PartitionLoader {
 
     /// Decodes one record into the buffer.
     fn take(&mut self, offset: i64, payload: &[u8]) {
-        let failed = if self.poisoned.contains(&offset) {
-            Some("the decoder panicked on this record".to_string())
+        self.buffer.first.get_or_insert(offset);
+        let failed = if let Some(aside) = self.poisoned.get(&offset) {
+            Some((aside.reason.clone(), aside.sqlstate.clone()))
         } else {
             let dead_letters = self.dead_letters;
             self.scratch.clear();
@@ -703,21 +853,29 @@ impl PartitionLoader {
             match decoded {
                 Ok(Ok(())) => None,
                 // Nothing of the record was taken: `walk` fails before its first event.
-                Ok(Err(reason)) => Some(reason),
+                Ok(Err(reason)) => Some((reason, None)),
                 Err(_) => {
                     // Some of its rows may be in the buffer: drop the buffer and
                     // read again, dead-lettering this record whole.
                     self.shared.metrics.actor_panics.with_label_values(&["loader"]).inc();
                     tracing::error!(topic = %self.partition.topic, partition = self.partition.partition, offset, "The decoder panicked on a record; it becomes a dead letter.");
-                    self.poisoned.insert(offset);
+                    self.poisoned.insert(offset, SetAside { reason: "the decoder panicked on this record".into(), sqlstate: None });
                     self.rewind = Some(Rewind::Panic);
                     return;
                 }
             }
         };
-        if let Some(reason) = failed {
-            let letter =
-                DeadLetter { stage: "load", reason, batch_id: None, position: None, event: None, raw: Some(payload.to_vec()), context: None };
+        if let Some((reason, sqlstate)) = failed {
+            let letter = DeadLetter {
+                stage: "load",
+                reason,
+                batch_id: None,
+                position: None,
+                event: None,
+                raw: Some(payload.to_vec()),
+                context: None,
+                sqlstate,
+            };
             self.buffer.dead.push((offset, letter));
         }
         self.buffer.records += 1;
@@ -736,6 +894,11 @@ impl PartitionLoader {
         }
         self.expected = to;
         self.retry = None;
+        // A suspect range holds from the stored offset, where reading starts
+        // again; another rewind may mean another owner read past it.
+        if why == Rewind::Fenced {
+            self.suspect = None;
+        }
         self.backoff = FIRST_BACKOFF;
         self.buffer = Buffer::current(&self.shared);
         self.seek_to(to).await?;
@@ -865,6 +1028,16 @@ mod tests {
         let mut c = Cursor::at(100, t0);
         assert_eq!(c.step(140, t0), Step::Skip, "fetched from where the assignment started, before the seek");
         assert_eq!(c.step(100, t0), Step::Take);
+    }
+
+    #[test]
+    fn a_suspect_range_halves_towards_the_record_at_fault() {
+        let s = Suspect { from: 10, to: 18 };
+        assert_eq!(s.split(), 14, "the first half is flushed first");
+        assert_eq!(s.committed(14), Some(Suspect { from: 14, to: 18 }), "the first half loaded: the record is in the second");
+        assert_eq!(Suspect { from: 14, to: 15 }.split(), 15, "one record: flushed alone");
+        assert_eq!(s.committed(18), None, "all of it loaded: nothing left to suspect");
+        assert_eq!(s.committed(9), Some(s), "a commit before the range changes nothing");
     }
 
     fn buffer(generation: i64, events: usize) -> Buffer {

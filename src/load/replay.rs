@@ -103,6 +103,7 @@ pub fn build_record(id: i64, event: &str, context: Option<&str>, catalog: &Event
     let context: Map<String, Value> = serde_json::from_str(context.ok_or("no batch context stored (recorded before replay support)")?)
         .map_err(|e| format!("the stored batch context is not a JSON object: {e}"))?;
     let mut buf = format!("[{event}]").into_bytes();
+    crate::payload::depth::check(&buf, crate::payload::depth::BATCH_DEPTH - 1).map_err(|d| format!("event {d}"))?;
     let events = simd_json::to_borrowed_value(&mut buf).map_err(|e| e.to_string())?;
     let events = simd_json::prelude::ValueAsArray::as_array(&events).ok_or("event is not an array")?;
     let validated = crate::payload::validate_events(events, catalog);

@@ -13,6 +13,9 @@ pub enum PayloadError {
     Malformed { offset: usize, message: String },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// Refused before parsing: no value tree is built for it.
+    #[error("JSON nested deeper than {limit} levels at byte {offset} (a v1 batch needs at most {limit})")]
+    TooDeep { offset: usize, limit: usize },
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> PayloadError {
@@ -42,10 +45,11 @@ impl<'v> Envelope<'v> {
     pub fn from_value(root: &'v Value<'v>, limits: &PayloadLimits) -> Result<Self, PayloadError> {
         let obj = root.as_object().ok_or_else(|| invalid("$", "a batch must be a JSON object"))?;
         if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
-            return Err(invalid(k, format!("unknown field (a v1 batch has {})", FIELDS.join(", "))));
+            // Echoed in the 400: at most 64 bytes of a name the client chose.
+            return Err(invalid(truncate(k, 64), format!("unknown field (a v1 batch has {})", FIELDS.join(", "))));
         }
         if let Some(k) = first_duplicate(obj.keys().map(|k| k.as_ref())) {
-            return Err(invalid(k, "appears twice"));
+            return Err(invalid(truncate(k, 64), "appears twice"));
         }
         let field = |name: &str| obj.get(name).ok_or_else(|| invalid(name, "missing"));
 
@@ -198,6 +202,24 @@ mod tests {
             Err(PayloadError::Malformed { offset, .. }) => assert!((7..=14).contains(&offset), "offset {offset}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nesting_past_the_envelope_is_refused_before_parsing() {
+        // A text_list attribute is the deepest a batch goes (4 levels).
+        let list = GOOD.replace(r#"["clicks",1764000000000]"#, r#"["form_submissions",1764000000000,null,null,["a"]]"#);
+        assert!(check(&list).is_ok(), "{:?}", check(&list));
+        let deeper = GOOD.replace(r#"["clicks",1764000000000]"#, r#"["form_submissions",1764000000000,null,null,[["a"]]]"#);
+        assert!(matches!(check(&deeper), Err(PayloadError::TooDeep { limit: 4, .. })), "{:?}", check(&deeper));
+        let bomb = "[".repeat(500_000);
+        assert_eq!(check(&bomb), Err(PayloadError::TooDeep { offset: 4, limit: 4 }));
+    }
+
+    #[test]
+    fn an_unknown_field_is_echoed_truncated() {
+        let long = "x".repeat(10_000);
+        let path = path_of(&GOOD.replace(r#""v":1"#, &format!(r#""v":1,"{long}":0"#)));
+        assert_eq!(path.len(), 64);
     }
 
     #[test]

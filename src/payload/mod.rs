@@ -4,6 +4,7 @@
 //! See docs/wire-format.md for the format and docs/kafka-record.md for the
 //! record this module produces.
 
+pub mod depth;
 mod encode;
 mod envelope;
 mod validate;
@@ -41,8 +42,10 @@ pub const MIN_PLAUSIBLE_MS: i64 = 946_684_800_000;
 pub const MAX_PLAUSIBLE_MS: i64 = 4_102_444_800_000;
 
 /// Parses `buf` in place (simd-json unescapes strings into the buffer, so
-/// values borrow from it and nothing is copied).
+/// values borrow from it and nothing is copied), after checking that it nests
+/// no deeper than a batch needs (`depth`: the parser recurses).
 pub fn parse(buf: &mut [u8]) -> Result<simd_json::BorrowedValue<'_>, PayloadError> {
+    depth::check(buf, depth::BATCH_DEPTH).map_err(|d| PayloadError::TooDeep { offset: d.offset, limit: d.limit })?;
     let len = buf.len();
     simd_json::to_borrowed_value(buf).map_err(|e| PayloadError::Malformed {
         // simd-json reports the offset of the structural character it stopped at.

@@ -70,6 +70,32 @@ pub async fn consumer_lag(config: &Config, timeout: Duration) -> Result<Vec<Topi
     .await?
 }
 
+/// What the loaders could not store as rows: per topic, the records set aside
+/// (a permanent PostgreSQL error traced to them: dead letters with a
+/// SQLSTATE), and the continuous views marked broken, with why.
+pub struct Refused {
+    pub set_aside: Vec<(String, i64)>,
+    pub broken_views: Vec<(String, String)>,
+}
+
+pub async fn refused(config: &Config) -> Result<Refused> {
+    let client = crate::store::connect(&config.postgres.url).await?;
+    let set_aside = client
+        .query("SELECT topic, count(*) FROM chronos.dead_letters WHERE sqlstate IS NOT NULL GROUP BY topic ORDER BY topic", &[])
+        .await
+        .context("counting records set aside (schema installed?)")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let broken_views = client
+        .query("SELECT name, broken FROM chronos.views WHERE broken IS NOT NULL ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(Refused { set_aside, broken_views })
+}
+
 /// Events stored whose receipt time is within the last minute, over every
 /// enabled event type of the catalog, and how many of them were flagged as
 /// a bot's (`is_bot`).

@@ -30,10 +30,10 @@ pub const INSERT_PAGES: &str = "INSERT INTO chronos.batches (batch_id, received_
      ON CONFLICT DO NOTHING";
 
 const INSERT_DEAD_LETTERS: &str =
-    "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context)
-     SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb
-     FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[])
-          AS u(s, r, o, b, p, e, w, c)
+    "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", batch_id, position, event, raw, context, sqlstate)
+     SELECT s, r, $3, $4, o, b, p, e::jsonb, w, c::jsonb, q
+     FROM unnest($1::text[], $2::text[], $5::bigint[], $6::uuid[], $7::int[], $8::text[], $9::bytea[], $10::text[], $11::text[])
+          AS u(s, r, o, b, p, e, w, c, q)
      ON CONFLICT DO NOTHING";
 
 const ADVANCE_OFFSET: &str = "INSERT INTO chronos.offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
@@ -63,6 +63,44 @@ pub struct DeadLetter {
     /// The batch's facts as JSON (session_id, key_id, sent_at, received_at,
     /// client_ip, user_agent, page): what a replay needs to rebuild a record.
     pub context: Option<String>,
+    /// PostgreSQL's SQLSTATE, when a permanent error of PostgreSQL's was
+    /// traced to this record (set aside whole: `raw` holds it).
+    pub sqlstate: Option<String>,
+}
+
+/// `text` as PostgreSQL's text columns take it: a NUL (which no text or
+/// jsonb value can hold) written as the six characters `\u0000`. The raw
+/// bytes, when kept, stay verbatim in `raw` (bytea).
+pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\\u0000"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// JSON text as a jsonb column takes it: every NUL in a string or a key (the
+/// escape `\u0000`, which jsonb refuses with 22P05) becomes the visible
+/// text `\u0000`. Text that is not JSON serde_json reads is kept as one
+/// JSON string. Most texts have no such escape and are returned as they are.
+pub fn storable_json(text: &str) -> std::borrow::Cow<'_, str> {
+    use serde_json::Value;
+    fn clean(v: Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(storable_text(&s).into_owned()),
+            Value::Array(a) => Value::Array(a.into_iter().map(clean).collect()),
+            Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (storable_text(&k).into_owned(), clean(v))).collect()),
+            other => other,
+        }
+    }
+    if !text.contains("\\u0000") && !text.contains('\0') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let cleaned = match serde_json::from_str::<Value>(text) {
+        Ok(v) => clean(v),
+        Err(_) => Value::String(storable_text(text).into_owned()),
+    };
+    std::borrow::Cow::Owned(cleaned.to_string())
 }
 
 /// `COPY events."<type>" (base columns, attributes) FROM STDIN (FORMAT binary)`:
@@ -194,15 +232,27 @@ impl Internals {
         if letters.is_empty() {
             return Ok(0);
         }
+        // Dead letters hold what could not be stored elsewhere: every text is
+        // made storable first, or one NUL would stall this partition too.
         let stages: Vec<&str> = letters.iter().map(|(_, d)| d.stage).collect();
-        let reasons: Vec<&str> = letters.iter().map(|(_, d)| d.reason.as_str()).collect();
+        let reasons: Vec<std::borrow::Cow<'_, str>> = letters.iter().map(|(_, d)| storable_text(&d.reason)).collect();
         let offsets: Vec<i64> = letters.iter().map(|(o, _)| *o).collect();
         let batch_ids: Vec<Option<Uuid>> = letters.iter().map(|(_, d)| d.batch_id).collect();
         let positions: Vec<Option<i32>> = letters.iter().map(|(_, d)| d.position).collect();
-        let events: Vec<Option<&str>> = letters.iter().map(|(_, d)| d.event.as_deref()).collect();
+        let events: Vec<Option<std::borrow::Cow<'_, str>>> = letters.iter().map(|(_, d)| d.event.as_deref().map(storable_json)).collect();
         let raws: Vec<Option<&[u8]>> = letters.iter().map(|(_, d)| d.raw.as_deref()).collect();
-        let contexts: Vec<Option<&str>> = letters.iter().map(|(_, d)| d.context.as_deref()).collect();
-        tx.execute(&self.dead_letters, &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts]).await
+        let contexts: Vec<Option<std::borrow::Cow<'_, str>>> = letters.iter().map(|(_, d)| d.context.as_deref().map(storable_json)).collect();
+        let sqlstates: Vec<Option<&str>> = letters.iter().map(|(_, d)| d.sqlstate.as_deref()).collect();
+        let (reasons, events, contexts): (Vec<&str>, Vec<Option<&str>>, Vec<Option<&str>>) = (
+            reasons.iter().map(|r| r.as_ref()).collect(),
+            events.iter().map(|e| e.as_deref()).collect(),
+            contexts.iter().map(|c| c.as_deref()).collect(),
+        );
+        tx.execute(
+            &self.dead_letters,
+            &[&stages, &reasons, &topic, &partition, &offsets, &batch_ids, &positions, &events, &raws, &contexts, &sqlstates],
+        )
+        .await
     }
 
     /// Moves the stored next offset of a partition to `next` if it still is
@@ -224,4 +274,24 @@ impl Internals {
 /// The stored next offset of a partition for a group (`None`: never loaded).
 pub async fn stored_offset(client: &impl GenericClient, group: &str, topic: &str, partition: i32) -> Result<Option<i64>, Error> {
     Ok(client.query_opt(STORED_OFFSET, &[&group, &topic, &partition]).await?.map(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod storable {
+    use super::*;
+
+    #[test]
+    fn nul_becomes_visible_text_and_everything_else_stays() {
+        assert!(matches!(storable_text("plain"), std::borrow::Cow::Borrowed("plain")));
+        assert_eq!(storable_text("a\0b"), "a\\u0000b");
+        assert!(matches!(storable_json(r#"{"a":"b"}"#), std::borrow::Cow::Borrowed(_)));
+        let cleaned: serde_json::Value = serde_json::from_str(&storable_json(r#"["k\u0000",{"x\u0000":"\u0000"}]"#)).unwrap();
+        assert_eq!(cleaned, serde_json::json!(["k\\u0000", {"x\\u0000": "\\u0000"}]));
+        // An escaped backslash before u0000 is no NUL: kept as it was.
+        let text = r#"["\\u0000"]"#;
+        let kept: serde_json::Value = serde_json::from_str(&storable_json(text)).unwrap();
+        assert_eq!(kept, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        // Not JSON (or too deep for serde_json): one JSON string.
+        assert_eq!(storable_json("{\"a\u{0}"), "\"{\\\"a\\\\u0000\"");
+    }
 }

@@ -5,6 +5,7 @@ pub mod copy;
 pub mod internals;
 pub mod schema;
 pub mod sessions;
+pub mod sqlstate;
 pub mod tls;
 
 use std::time::Duration;

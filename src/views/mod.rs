@@ -82,7 +82,8 @@ impl Registry {
         if current.generation == generation {
             return Ok(current);
         }
-        let rows = client.query("SELECT name, definition FROM chronos.views ORDER BY name", &[]).await?;
+        // A broken view is not maintained until it is dropped and added again.
+        let rows = client.query("SELECT name, definition FROM chronos.views WHERE broken IS NULL ORDER BY name", &[]).await?;
         let mut views = Vec::new();
         for r in rows {
             let (name, definition): (String, String) = (r.get(0), r.get(1));
@@ -104,6 +105,31 @@ impl Registry {
 
 const GENERATION: &str = "SELECT generation FROM chronos.view_generation";
 
+/// A view's statement failed in a loader's transaction: which view.
+#[derive(Debug, thiserror::Error)]
+#[error("continuous view `{view}`: {source}")]
+pub struct ViewFailure {
+    pub view: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// Marks `name` broken (why: `reason`) so that no loader maintains it any
+/// more, under the views lock and with a new generation, as `drop` does; the
+/// view's state stays readable as it was. `false`: no such view, or already broken.
+pub async fn mark_broken(client: &mut Client, name: &str, reason: &str) -> Result<bool, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VIEWS_LOCK]).await?;
+    let reason = crate::store::internals::storable_text(reason);
+    let marked =
+        tx.execute("UPDATE chronos.views SET broken = $2, broken_at = now() WHERE name = $1 AND broken IS NULL", &[&name, &reason.as_ref()]).await?;
+    if marked > 0 {
+        tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    }
+    tx.commit().await?;
+    Ok(marked > 0)
+}
+
 /// Summary of a stored view, for `chronos views list`.
 pub struct ViewInfo {
     pub name: String,
@@ -111,6 +137,8 @@ pub struct ViewInfo {
     pub rows: i64,
     pub created_at: String,
     pub definition: String,
+    /// Why the view is no longer maintained (`None`: it is).
+    pub broken: Option<String>,
 }
 
 /// Why adding or dropping a view failed.
@@ -180,7 +208,7 @@ pub async fn drop(client: &mut Client, name: &str) -> Result<(), ViewsError> {
 
 pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Error> {
     let rows = client
-        .query("SELECT name, source, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS TZ'), definition FROM chronos.views ORDER BY name", &[])
+        .query("SELECT name, source, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS TZ'), definition, broken FROM chronos.views ORDER BY name", &[])
         .await?;
     let mut out = Vec::new();
     for r in rows {
@@ -190,7 +218,7 @@ pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Erro
             .await
             .map(|r| r.get::<_, i64>(0))
             .unwrap_or(-1);
-        out.push(ViewInfo { name, source: r.get(1), rows: count, created_at: r.get(2), definition: r.get(3) });
+        out.push(ViewInfo { name, source: r.get(1), rows: count, created_at: r.get(2), definition: r.get(3), broken: r.get(4) });
     }
     Ok(out)
 }
@@ -291,7 +319,9 @@ impl Accumulator {
     /// Runs one upsert per view with groups, pipelined on the connection;
     /// `upserts` are the views' upsert statements prepared on it, in order.
     /// `shard` is the loader's Kafka partition (its own rows in every view).
-    pub async fn apply(&self, tx: &Transaction<'_>, upserts: &[tokio_postgres::Statement], shard: i32) -> Result<u64, tokio_postgres::Error> {
+    /// A failed upsert names its view (the statements after it in the
+    /// pipeline fail only because the transaction is aborted).
+    pub async fn apply(&self, tx: &Transaction<'_>, upserts: &[tokio_postgres::Statement], shard: i32) -> Result<u64, ViewFailure> {
         let mut params: Vec<(usize, Vec<sql::Param>)> = Vec::new();
         for (i, (v, p)) in self.set.views.iter().zip(&self.partials).enumerate() {
             if !p.is_empty() {
@@ -301,9 +331,13 @@ impl Accumulator {
         let futures = params.iter().map(|(i, ps)| {
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ps.iter().map(|p| p.as_ref() as _).collect();
             let upsert = &upserts[*i];
-            async move { tx.execute(upsert, &refs).await }
+            async move { tx.execute(upsert, &refs).await.map_err(|source| ViewFailure { view: self.set.views[*i].def.name.clone(), source }) }
         });
-        let counts = futures_util::future::try_join_all(futures).await?;
-        Ok(counts.into_iter().sum())
+        // Every answer, then the first failure in statement order: the one at fault.
+        let mut total = 0;
+        for count in futures_util::future::join_all(futures).await {
+            total += count?;
+        }
+        Ok(total)
     }
 }

@@ -1,0 +1,275 @@
+//! Hostile input against the real stack (Apache Kafka, PostgreSQL, chronosd
+//! with its loaders): requests built to crash or hang chronosd, and records
+//! built to stop a partition. For each: the answer (status and body), then
+//! that chronosd is up, that a valid batch of the **same session** sent right
+//! after is stored within 10 s, that both topics' lag returns to 0, and that
+//! what was refused or set aside can be found.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use chronos::stack::process::free_port;
+use common::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{json, Value};
+
+/// Batches of one session, with the loaders on: one partition per topic, so
+/// a poisoned record and the session's next batch share a partition.
+fn stack() -> Loading {
+    start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS))
+}
+
+/// Posts a valid 6-event batch of `session` and checks it is stored within 10 s.
+fn next_batch_is_stored(s: &Loading, session: &str) {
+    let b = batch(session, 6);
+    let (status, body, _) = post(&client(), &s.d, &b, "198.51.100.7");
+    assert_eq!(status, 200, "{body}");
+    let id = b["batch"].as_str().unwrap().to_string();
+    let until = Instant::now() + Duration::from_secs(10);
+    while stored_batch(&s.url, &id) < 6 {
+        assert!(Instant::now() < until, "the session's next batch was not stored within 10 s\n{}", s.d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stored_batch(&s.url, &id), 6);
+}
+
+fn stored_batch(url: &str, batch: &str) -> i64 {
+    ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"]
+        .iter()
+        .map(|t| count(url, &format!("SELECT count(*) FROM events.{t} WHERE batch_id = '{batch}'")))
+        .sum()
+}
+
+/// Waits until the loaders' stored offsets reach the end of both topics.
+fn lag_returns_to_zero(s: &Loading) {
+    for topic in [&s.kafka.topic, &s.kafka.dead_letter_topic] {
+        let sql = format!("SELECT coalesce(sum(next_offset), 0)::bigint FROM chronos.offsets WHERE topic = '{topic}'");
+        s.d.wait_until(&format!("{topic}'s lag to return to 0"), Duration::from_secs(20), || count(&s.url, &sql) == s.kafka.count(topic));
+    }
+}
+
+fn healthy(s: &Loading) {
+    let res = client().get(s.d.url("/healthz")).send().expect("chronosd answers");
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(chronos::stack::process::alive(s.d.pid()), "chronosd is running");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The receipt's parse on a thread with the stack of the production actors'
+/// threads (actix arbiters take std's default, 2 MiB): 500,000 nested `[`
+/// are refused before any value is built (before, the recursion aborted the
+/// whole process, which no catch_unwind can stop).
+#[test]
+fn the_receipt_refuses_deep_nesting_on_a_production_sized_stack() {
+    let config = chronos::config::Config::from_toml(&format!("[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\nallow_no_origin = true\n")).unwrap();
+    let shared = chronos::http::receipt::ReceiptShared::from_config(&config, std::sync::Arc::new(chronos::telemetry::Metrics::new()));
+    let read = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let receive = |body: Vec<u8>, encoding| chronos::http::receipt::Receive {
+                body,
+                encoding,
+                origin: None,
+                client_ip: "203.0.113.9".parse().unwrap(),
+                user_agent: None,
+                received_at: now_ms(),
+            };
+            let plain = chronos::http::receipt::read_batch(&shared, receive(vec![b'['; 500_000], chronos::http::body::Encoding::Identity));
+            let objects = chronos::http::receipt::read_batch(&shared, receive(b"{\"a\":".repeat(100_000), chronos::http::body::Encoding::Identity));
+            let zipped = chronos::http::receipt::read_batch(&shared, receive(gzip(&vec![b'['; 500_000]), chronos::http::body::Encoding::Gzip));
+            [plain, objects, zipped].map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .unwrap();
+    for outcome in read.join().expect("the reading thread did not overflow its stack") {
+        let e = outcome.expect_err("refused");
+        assert!(e.contains("nested deeper than 4 levels at byte"), "{e}");
+    }
+}
+
+/// Bodies built to crash or hang chronosd's parse get a clear 4xx naming
+/// what and where; chronosd stays up and the session's next batch is stored.
+#[test]
+fn hostile_bodies_are_refused_by_name_and_the_next_batch_is_stored() {
+    let s = stack();
+    let c = client();
+    let text = [("Content-Type", "text/plain"), ("Origin", ORIGIN), ("X-Forwarded-For", "198.51.100.7")];
+    let zipped = [("Content-Type", "text/plain"), ("Content-Encoding", "gzip"), ("Origin", ORIGIN), ("X-Forwarded-For", "198.51.100.7")];
+
+    // Deep: the 1,006-byte request that killed chronosd (no write key at all).
+    let bomb = gzip(&vec![b'['; 500_000]);
+    assert!(bomb.len() < 2048, "{} bytes", bomb.len());
+    let (status, body, _) = post_raw(&c, &s.d, bomb, &zipped);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("too_deep")), "{body}");
+    assert_eq!((body["error"]["offset"].as_u64(), body["error"]["limit"].as_u64()), (Some(4), Some(4)), "{body}");
+    let deep_attr = batch("hostile-deep", 1).to_string().replace(r#""events":[["#, r#""events":[[[[[[["#).replace("]]}", "]]]]]]}");
+    let (status, body, _) = post_raw(&c, &s.d, deep_attr.into_bytes(), &text);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("too_deep")), "{body}");
+    healthy(&s);
+
+    // Huge: one byte over the body cap, and a gzip bomb past the decompressed cap.
+    let (status, body, _) = post_raw(&c, &s.d, vec![b' '; 256 * 1024 + 1], &text);
+    assert_eq!((status, body["error"]["code"].as_str(), body["error"]["limit"].as_u64()), (413, Some("body_too_large"), Some(262_144)), "{body}");
+    let (status, body, _) = post_raw(&c, &s.d, gzip(&vec![b' '; 4 << 20]), &zipped);
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("decompressed_too_large")), "{body}");
+
+    // Invalid escapes and NUL in the envelope: 400 naming where.
+    let session = "hostile-bodies";
+    let good = batch(session, 1).to_string();
+    for (bad, code) in [
+        (good.replace("\"Cart\"", r#""C\uZZZZart""#), "malformed_json"),
+        // simd-json reads a lone surrogate as U+0000: refused as a NUL, naming the field.
+        (good.replace("\"Cart\"", r#""\ud800""#), "invalid_batch"),
+        (good.replace("\"Cart\"", r#""C\qart""#), "malformed_json"),
+        (good.replace("\"Cart\"", r#""C\u0000art""#), "invalid_batch"),
+        (good.replace("\"v\":1", &format!(r#""v":1,"{}":1"#, "x".repeat(100_000))), "invalid_batch"),
+    ] {
+        let (status, body, _) = post_raw(&c, &s.d, bad.into_bytes(), &text);
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{body}");
+        assert!(body.to_string().len() < 2048, "the error body echoes at most a bounded part of the input: {body}");
+    }
+    healthy(&s);
+    next_batch_is_stored(&s, session);
+    lag_returns_to_zero(&s);
+}
+
+/// Events holding U+0000 are answered 200 and dead-lettered; before, the
+/// dead-letter loader's insert failed (22P05) and retried forever, so every
+/// later dead letter on its partition was never stored.
+#[test]
+fn nul_events_are_dead_lettered_and_the_dead_letter_partition_keeps_loading() {
+    let s = stack();
+    let session = "hostile-nul";
+    let t = now_ms();
+    for round in 0..2 {
+        let mut b = batch(session, 1);
+        b["events"] = json!([
+            ["clicks", t, "BU\u{0}TTON", 1, 1, 2, null],
+            ["no\u{0}pe", t],
+            ["key_presses", t, "k\u{0}", "INPUT"],
+            ["mouse_moves", t, round, 1],
+        ]);
+        let (status, body, _) = post(&client(), &s.d, &b, "198.51.100.7");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(3)), "{body}");
+        let id = b["batch"].as_str().unwrap();
+        wait_rows(&s.url, &format!("SELECT count(*) FROM chronos.dead_letters WHERE batch_id = '{id}'"), 3, Duration::from_secs(10), &s.d);
+    }
+    // What PostgreSQL cannot hold is escaped in the text and jsonb columns.
+    let rows = query(&s.url, "SELECT reason, event::text FROM chronos.dead_letters WHERE reason LIKE '%no%pe%' ORDER BY id");
+    assert_eq!(rows.len(), 2);
+    let (reason, event): (String, String) = (rows[0].get(0), rows[0].get(1));
+    assert!(reason.contains(r"no\u0000pe"), "{reason}");
+    assert!(event.contains(r"no\\u0000pe"), "{event}");
+    let listed = output_text(&chronos_cli(&s.d.config_path(), &["dead-letters", "list"]));
+    assert!(listed.contains("unknown or disabled event type"), "{listed}");
+    healthy(&s);
+    next_batch_is_stored(&s, session);
+    lag_returns_to_zero(&s);
+}
+
+/// Records PostgreSQL refuses for good, written to the events topic by any
+/// producer (a key id with a NUL, a text attribute with a NUL): each is set
+/// aside as a dead letter with its raw bytes and the SQLSTATE, and the
+/// partition goes on. Before, the loader retried the flush forever and the
+/// session's next batch, answered 200, was never stored. chronosd is killed
+/// (-9) while it works through them: nothing is stored twice.
+#[test]
+fn a_record_postgres_refuses_is_set_aside_once_and_the_partition_goes_on() {
+    let s = stack();
+    let session = "hostile-poison";
+    next_batch_is_stored(&s, session);
+    let first = s.kafka.read_all(&s.kafka.topic, 1, Duration::from_secs(10)).remove(0);
+
+    // The same record as another batch three times: bad key id, good, bad text.
+    let copy = |edit: &dyn Fn(&mut Value)| {
+        let mut v = first.value.clone();
+        v["batch_id"] = json!(uuid::Uuid::new_v4().to_string());
+        edit(&mut v);
+        v
+    };
+    let bad_key = copy(&|v| v["key_id"] = json!("k\u{0}"));
+    let good = copy(&|_| {});
+    let bad_text = copy(&|v| {
+        let events = v["events"].as_array_mut().unwrap();
+        let click = events.iter_mut().find(|e| e[0] == "clicks").unwrap();
+        click[2] = json!("BU\u{0}TTON");
+    });
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &s.kafka.bootstrap).create().unwrap();
+    let mut raws = Vec::new();
+    for v in [&bad_key, &good, &bad_text] {
+        let raw = serde_json::to_vec(v).unwrap();
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (k, h) in &first.headers {
+            headers = headers.insert(rdkafka::message::Header { key: k, value: Some(h.as_bytes()) });
+        }
+        producer.send(BaseRecord::to(&s.kafka.topic).key(session).payload(&raw).headers(headers)).unwrap();
+        raws.push(raw);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    // A crash while the loader works through them, then the same config again.
+    let toml = std::fs::read_to_string(s.d.config_path()).unwrap();
+    let mut s = s;
+    std::thread::sleep(Duration::from_millis(300));
+    s.d.kill9();
+    s.d = Chronosd::start(&toml);
+    s.d.wait_ready(Duration::from_secs(60));
+
+    next_batch_is_stored(&s, session);
+    assert_eq!(stored_batch(&s.url, good["batch_id"].as_str().unwrap()), 6, "the good record between the two is stored, once");
+    let aside = query(
+        &s.url,
+        &format!(
+            "SELECT sqlstate, raw, reason FROM chronos.dead_letters WHERE topic = '{}' AND sqlstate IS NOT NULL ORDER BY \"offset\"",
+            s.kafka.topic
+        ),
+    );
+    assert_eq!(aside.len(), 2, "each set aside once");
+    for (row, raw) in aside.iter().zip([&raws[0], &raws[2]]) {
+        let (sqlstate, stored_raw, reason): (String, Vec<u8>, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(sqlstate, "22021", "{reason}");
+        assert!(reason.starts_with("22021: invalid byte sequence"), "{reason}");
+        assert_eq!(&stored_raw, raw, "the record's bytes, verbatim");
+    }
+    let metric = format!("chronos_load_set_aside_total{{topic=\"{}\"}}", s.kafka.topic);
+    assert!(s.d.metric(&metric).is_some_and(|n| n >= 1.0), "{metric} in /metrics");
+    let listed = output_text(&chronos_cli(&s.d.config_path(), &["dead-letters", "list"]));
+    assert!(listed.contains("22021: invalid byte sequence"), "{listed}");
+    healthy(&s);
+    lag_returns_to_zero(&s);
+}
+
+/// A continuous view whose statement fails for good is marked broken (its
+/// upserts stop; logged, counted, listed) and the raw rows keep loading;
+/// the other views are still maintained.
+#[test]
+fn a_view_failing_for_good_is_marked_broken_and_the_rows_keep_loading() {
+    let s = stack();
+    let session = "hostile-view";
+    next_batch_is_stored(&s, session);
+    let clicks_before = count(&s.url, "SELECT count(*) FROM views.element_counts_mrel");
+    assert!(clicks_before > 0);
+    // Every later upsert of this view now violates a constraint (23514).
+    execute_batch(&s.url, "ALTER TABLE views.element_counts_mrel ADD CONSTRAINT hostile CHECK (false) NOT VALID");
+    let minutes = "SELECT coalesce(sum(events), 0)::bigint FROM views.events_per_minute";
+    let before = count(&s.url, minutes);
+    next_batch_is_stored(&s, session);
+    s.d.wait_until("the view to be marked broken", Duration::from_secs(10), || {
+        count(&s.url, "SELECT count(*) FROM chronos.views WHERE name = 'element_counts' AND broken LIKE '23514:%'") == 1
+    });
+    s.d.wait_until("the other views to count the batch", Duration::from_secs(10), || count(&s.url, minutes) == before + 6);
+    assert!(s.d.log_text().contains("Continuous view failed for good"), "logged at ERROR");
+    assert_eq!(s.d.metric("chronos_views_broken_total{view=\"element_counts\"}"), Some(1.0));
+    let listed = output_text(&chronos_cli(&s.d.config_path(), &["views", "list"]));
+    assert!(listed.contains("BROKEN, not maintained"), "{listed}");
+    // Later batches load without it.
+    next_batch_is_stored(&s, session);
+    lag_returns_to_zero(&s);
+}
