@@ -40,7 +40,7 @@
 //!    - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition
 //!      (its own queue), dead-letter replay.
 //!    - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in
-//!      PostgreSQL), limits, the `Receipt` actors, `/healthz`, `/readyz`, `/metrics`; the one
+//!      PostgreSQL), limits, the `Receipt` actors, `/healthz`, `/readyz`; `/metrics` on the admin listener; the one
 //!      mapping of every failure to a status.
 //!    - [`reload`]: the config file watched: changed write keys and `[tracker]` count without a restart.
 //! 5. [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd), also what
@@ -83,7 +83,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Arbiter, Supervisor};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 
 use crate::config::Config;
@@ -192,6 +192,8 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
         metrics,
         health,
         max_body_bytes: config.http.max_body_bytes,
+        body_timeout: Duration::from_secs(config.http.body_timeout_secs),
+        bodies: Arc::new(tokio::sync::Semaphore::new(config.http.max_bodies_in_flight)),
         trusted_proxies: config.http.trusted_proxies.clone(),
         produce_deadline: Duration::from_millis(config.http.produce_deadline_ms),
         retry_after: config.http.retry_after_secs,
@@ -206,7 +208,9 @@ pub fn build_state(config: &Config, sink: Sink, metrics: Arc<Metrics>, health: A
     (state, sink_arbiter)
 }
 
-/// Serves HTTP with the given sink until `shutdown`, then drains.
+/// Serves HTTP with the given sink until `shutdown`, then drains: the public
+/// `listener`, and the operational endpoints on `http.admin_listen` (bound
+/// here; a busy address stops chronosd with the key named).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -216,6 +220,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let admin = std::net::TcpListener::bind(config.http.admin_listen)
+        .with_context(|| format!("cannot listen on {} (http.admin_listen)", config.http.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
     let (state, sink_arbiter) = build_state(&config, sink, metrics, health);
     if config.http.keys_from_postgres {
         // Stored keys count from the first request on, or chronosd does not start.
@@ -232,8 +239,11 @@ pub async fn serve(
         }
     }
     let app_state = state.clone();
-    let server = HttpServer::new(move || App::new().configure(http::routes(app_state.clone())))
-        .workers(config::threads(config.http.workers))
+    let workers = config::threads(config.http.workers);
+    let server = HttpServer::new(move || http::public_app(app_state.clone()))
+        .workers(workers)
+        // actix counts connections per worker; the setting is for all of them.
+        .max_connections(config.http.max_connections.div_ceil(workers))
         .disable_signals()
         .shutdown_timeout(config.http.shutdown_grace_secs);
     let https = match (&config.http.tls_cert, &config.http.tls_key) {
@@ -252,12 +262,24 @@ pub async fn serve(
     }
     .run();
     let handle = server.handle();
+    // One worker: a scrape now and then, from this host.
+    let admin_state = state.clone();
+    let admin_server = HttpServer::new(move || http::admin_app(admin_state.clone()))
+        .workers(1)
+        .max_connections(64)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(admin)?
+        .run();
+    let admin_handle = admin_server.handle();
+    actix_rt::spawn(admin_server);
     let mut notifier = systemd::Notifier::start(addr, serves_https);
     actix_rt::spawn(async move {
         shutdown.await;
         notifier.stopping();
         tracing::info!("Stopping: no new connections; finishing requests in flight.");
         handle.stop(true).await;
+        admin_handle.stop(true).await;
     });
     let limits = state.limits.clone();
     actix_rt::spawn(async move {
@@ -268,6 +290,7 @@ pub async fn serve(
         }
     });
     tracing::info!(%addr, topic = %config.kafka.topic, "Receiving batches at {scheme}://{addr}{}.", config.http.batch_path);
+    tracing::info!(%admin_addr, "Serving /metrics and /readyz at http://{admin_addr}.");
     match (config.http.tracker_path.as_str(), state.script.load().as_ref()) {
         ("", _) => {}
         (path, http::script::Script::Ready { .. }) => tracing::info!("Serving the tracker at {scheme}://{addr}{path}."),

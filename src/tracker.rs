@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, KeyKind};
 
 /// The minified script-tag bundle; it defines `window.Chronos`.
 pub const BUNDLE: &str = include_str!("../tracker/dist/chronos.min.js");
@@ -25,11 +25,15 @@ pub fn init_options(config: &Config) -> Result<serde_json::Value, String> {
         config
             .keys
             .iter()
-            .find(|k| !k.origins.is_empty())
+            .find(|k| !k.origins.is_empty() && k.kind == KeyKind::Browser)
             .ok_or("no write key for browsers: add a [[keys]] entry with `origins` (or name one in tracker.key_id)")?
     } else {
         config.keys.iter().find(|k| k.id == t.key_id).ok_or(format!("tracker.key_id: no [[keys]] entry has id `{}`", t.key_id))?
     };
+    // Everything in the bundle is public: a server key there is a published secret.
+    if key.kind == KeyKind::Server {
+        return Err(crate::config::tracker_server_key_problem(&key.id));
+    }
     let endpoint = if t.endpoint.is_empty() {
         let listen = config.http.listen;
         if listen.ip().is_unspecified() {
@@ -124,6 +128,19 @@ mod tests {
         let o = init_options(&c).unwrap();
         assert_eq!(o["endpoint"], "https://c.example.com");
         assert_eq!(o["key"], "wk_server_0123456789");
+    }
+
+    #[test]
+    fn a_server_key_is_never_put_into_the_bundle() {
+        // The config check refuses it (config::tracker); the build refuses it too,
+        // whatever config it is given.
+        let mut c = config("[tracker]\nkey_id = \"srv\"\n").unwrap();
+        c.keys[0].kind = KeyKind::Server;
+        let err = build(&c).unwrap_err();
+        assert!(err.contains("tracker.key_id: `srv` is a server key"), "{err}");
+        let mut c = config("").unwrap();
+        c.keys[1].kind = KeyKind::Server;
+        assert!(build(&c).unwrap_err().contains("no write key for browsers"), "not picked as the default either");
     }
 
     #[test]

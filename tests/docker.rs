@@ -307,8 +307,12 @@ fn chronosd_config_in_the_stack_is_valid_and_matches_the_services() {
     assert_eq!(published(&svcs["chronosd"], port), Some(port));
     let health = serde_yaml::to_string(&svcs["chronosd"]["healthcheck"]["test"]).unwrap();
     assert!(health.contains(&format!("/dev/tcp/127.0.0.1/{port}")) && health.contains("/readyz"), "healthcheck: {health}");
+    // Prometheus scrapes the admin listener, which is on the compose network and not published.
+    let admin = config.http.admin_listen;
+    assert!(admin.ip().is_unspecified(), "admin_listen {admin} is unreachable from Prometheus' container");
+    assert_eq!(published(&svcs["chronosd"], admin.port()), None, "the admin port is not published");
     let prom = read("docker/prometheus/prometheus.yml");
-    assert!(prom.contains(&format!("chronosd:{port}")), "prometheus scrapes chronosd:{port}");
+    assert!(prom.contains(&format!("chronosd:{}", admin.port())), "prometheus scrapes chronosd:{}", admin.port());
 
     // docker stop waits for the whole drain.
     let grace = s(&svcs["chronosd"]["stop_grace_period"], "stop_grace_period");

@@ -78,7 +78,7 @@ fn accepted_batches_are_in_kafka_as_documented() {
     assert_eq!(dead[0].value["rejected"][0]["reason"], "events[1][2] `x`: expected an integer");
 
     // Metrics saw it all.
-    let metrics = c.get(d.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = c.get(d.admin_url("/metrics")).send().unwrap().text().unwrap();
     let accepted_events: usize = sent.iter().map(|b| b["events"].as_array().unwrap().len()).sum::<usize>() + 2;
     assert!(metrics.contains(&format!("chronos_events_accepted_total {accepted_events}")), "{metrics}");
     assert!(metrics.contains("chronos_events_rejected_total 1"));
@@ -270,9 +270,13 @@ fn healthz_readyz_and_check_config() {
     let c = client();
     let h: Value = c.get(d.url("/healthz")).send().unwrap().json().unwrap();
     assert_eq!(h["ok"], true);
+    // The public /readyz says only that; the admin listener says why.
     let r: Value = c.get(d.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!(r, serde_json::json!({ "ready": true }));
+    let r: Value = c.get(d.admin_url("/readyz")).send().unwrap().json().unwrap();
     assert_eq!(r["ready"], true);
     assert_eq!(r["broker_up"], true);
+    assert_eq!(c.get(d.url("/metrics")).send().unwrap().status(), 404, "/metrics is not public");
 
     let dir = temp_dir();
     let good = dir.path().join("good.toml");

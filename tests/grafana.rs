@@ -347,7 +347,7 @@ fn every_dashboard_panel_runs_on_posted_events() {
         ("last 3 hours", Range { from_ms: now - 3 * 3_600_000, to_ms: now + 600_000 }),
         ("last 7 days", Range { from_ms: now - 7 * 86_400_000, to_ms: now + 600_000 }),
     ];
-    let metrics = match http_get(d.addr, "/metrics", Duration::from_secs(5)) {
+    let metrics = match http_get(d.admin, "/metrics", Duration::from_secs(5)) {
         Ok((200, text)) => text,
         other => panic!("/metrics: {other:?}"),
     };

@@ -144,7 +144,7 @@ fn chronosd_produces_and_its_loaders_consume_over_ssl_and_over_sasl_ssl_scram_ex
     for (what, text) in [("check-config", output_text(&check)), ("status", status_text), ("log", d.log_text())] {
         assert!(!text.contains(PASSWORD), "{what} shows the SASL password:\n{text}");
     }
-    let metrics = client().get(d.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client().get(d.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains("chronos_") && !metrics.contains(PASSWORD));
     assert!(d.terminate().success());
 

@@ -129,7 +129,7 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
     // Lag per partition is exported (and reaches 0 once everything is committed).
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = c.get(d.url("/metrics")).send().unwrap().text().unwrap();
+        let metrics = c.get(d.admin_url("/metrics")).send().unwrap().text().unwrap();
         let lags: Vec<&str> = metrics.lines().filter(|l| l.starts_with("chronos_load_consumer_lag_records{") && l.contains(&kafka.topic)).collect();
         if lags.len() == 3 && lags.iter().all(|l| l.ends_with(" 0")) {
             break;

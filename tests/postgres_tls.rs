@@ -161,7 +161,7 @@ fn a_password_from_a_file_is_used_and_never_shown() {
     assert!(check.status.success() && !output_text(&check).contains(SECRET), "{}", output_text(&check));
     let status = output_text(&chronos_cli(&config, &["status"]));
     assert!(!status.contains(SECRET), "{status}");
-    let metrics = c.get(d.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = c.get(d.admin_url("/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains("chronos_") && !metrics.contains(SECRET));
     let (_, bad, _) = post_raw(&c, &d, b"{".to_vec(), &[("Content-Type", "text/plain"), ("Origin", ORIGIN)]);
     assert!(!bad.to_string().contains(SECRET));

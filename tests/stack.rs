@@ -34,7 +34,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn chronos_start_status_log_stop() {
     let dir = temp_dir();
-    let (http, pg, broker, controller) = (free_port(), free_port(), free_port(), free_port());
+    let (http, pg, broker, controller, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let config = dir.path().join("chronos.toml");
     std::fs::write(
         &config,
@@ -42,6 +42,7 @@ fn chronos_start_status_log_stop() {
             r#"
 [http]
 listen = "127.0.0.1:{http}"
+admin_listen = "127.0.0.1:{admin}"
 [[keys]]
 id = "local"
 key = "{KEY}"

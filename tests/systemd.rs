@@ -282,7 +282,7 @@ fn ready_after_healthz_then_watchdog_pings_then_stopping_and_exit_0() {
     let health = http_get(d.addr, "/healthz", Duration::from_secs(2));
     assert!(matches!(health, Ok((200, _))), "READY=1 sent but /healthz gives {health:?}");
     let readyz = http_get(d.addr, "/readyz", Duration::from_secs(2));
-    assert!(matches!(&readyz, Ok((200, body)) if body.contains("\"broker_up\":true")), "READY=1 sent but /readyz gives {readyz:?}");
+    assert!(matches!(&readyz, Ok((200, body)) if body.contains("\"ready\":true")), "READY=1 sent but /readyz gives {readyz:?}");
     assert!(ready.lines().any(|l| l.starts_with("STATUS=") && l.contains(&d.addr.to_string())), "READY without a status line: {ready:?}");
 
     // Pings at half the watchdog timeout: never a gap systemd would act on.

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{test, App};
+use actix_web::test;
 use chronos::config::Config;
 use chronos::http::body::Encoding;
 use chronos::http::receipt::{read_batch, ReceiptShared, Receive};
@@ -111,7 +111,8 @@ fn bench_http(cr: &mut Criterion) {
     let sys = actix_rt::System::new();
     let app = sys.block_on(async {
         let (state, _arbiter) = chronos::build_state(&c, Sink::Discard, Arc::new(Metrics::new()), Arc::new(ProducerHealth::default()));
-        test::init_service(App::new().configure(chronos::http::routes(state))).await
+        // The public listener's app, its per-IP limit included.
+        test::init_service(chronos::http::public_app(state)).await
     });
     let mut g = cr.benchmark_group("http");
     g.throughput(Throughput::Elements(50));

@@ -13,12 +13,27 @@ use super::positive;
 pub struct HttpConfig {
     /// Address chronosd listens on.
     pub listen: SocketAddr,
+    /// Address of the operational endpoints (`/metrics`, the detailed
+    /// `/readyz`): loopback by default, so that only this host (a local
+    /// Prometheus agent, `chronos status`) reads them. The public listener
+    /// answers `/healthz` and a bare `/readyz` (`{"ready": bool}`) for load
+    /// balancers; nothing else operational.
+    pub admin_listen: SocketAddr,
     /// actix-web worker threads; 0 = one per core.
     pub workers: usize,
     /// Threads that parse and validate batches; 0 = one per core.
     pub receipt_threads: usize,
     /// Largest request body accepted, in bytes, as sent (compressed or not).
     pub max_body_bytes: usize,
+    /// Seconds a client gets to send a whole request body; a slower one gets
+    /// 408 and its connection is closed (slow-body clients hold no worker).
+    pub body_timeout_secs: u64,
+    /// Open client connections in all (each of the `workers` takes an equal
+    /// share); past it, new connections wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Request bodies being read at once, in all; past it a request gets 503
+    /// with `Retry-After`. With `max_body_bytes` it bounds body memory.
+    pub max_bodies_in_flight: usize,
     /// Largest body after gzip decompression, in bytes.
     pub max_decompressed_bytes: usize,
     /// Most events in one batch.
@@ -68,9 +83,13 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".parse().unwrap(),
+            admin_listen: "127.0.0.1:9464".parse().unwrap(),
             workers: 0,
             receipt_threads: 0,
             max_body_bytes: 256 * 1024,
+            body_timeout_secs: 10,
+            max_connections: 10_000,
+            max_bodies_in_flight: 256,
             max_decompressed_bytes: 1024 * 1024,
             max_events_per_batch: 2000,
             produce_deadline_ms: 5000,
@@ -89,6 +108,11 @@ impl Default for HttpConfig {
             config_watch_secs: 5,
         }
     }
+}
+
+/// Whether two listen addresses can clash (a wildcard clashes with any host).
+fn same_host(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 /// Paths chronosd answers itself.
@@ -143,6 +167,9 @@ pub struct LimitsConfig {
     pub max_session_bytes: u32,
     /// Most keys in the page metadata object.
     pub max_page_keys: u32,
+    /// IPv6 clients share one per-IP bucket per network of this prefix
+    /// length (a host usually holds a whole /64); IPv4 clients are one each.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for LimitsConfig {
@@ -155,6 +182,7 @@ impl Default for LimitsConfig {
             max_string_bytes: 2048,
             max_session_bytes: 128,
             max_page_keys: 32,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -170,8 +198,17 @@ impl HttpConfig {
                 ("http.max_events_per_batch", self.max_events_per_batch as u64),
                 ("http.produce_deadline_ms", self.produce_deadline_ms),
                 ("http.mailbox_capacity", self.mailbox_capacity as u64),
+                ("http.body_timeout_secs", self.body_timeout_secs),
+                ("http.max_connections", self.max_connections as u64),
+                ("http.max_bodies_in_flight", self.max_bodies_in_flight as u64),
             ],
         );
+        if self.admin_listen.port() != 0 && self.admin_listen.port() == self.listen.port() && same_host(self.admin_listen, self.listen) {
+            errors.push(format!(
+                "http.admin_listen: {} is also http.listen; the operational endpoints need an address of their own",
+                self.admin_listen
+            ));
+        }
         if self.max_decompressed_bytes < self.max_body_bytes {
             errors.push("http.max_decompressed_bytes: must be at least http.max_body_bytes".into());
         }
@@ -213,6 +250,9 @@ impl LimitsConfig {
         }
         if self.per_ip_burst == 0 {
             errors.push("limits.per_ip_burst: must be at least 1".into());
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            errors.push(format!("limits.ipv6_prefix: {} must be 1 to 128 (bits of an IPv6 address that make one client)", self.ipv6_prefix));
         }
     }
 }

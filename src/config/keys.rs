@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::origin::OriginPattern;
 
 /// A write key: what the tracker sends in `key`, and where it may be used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` never shows `key` (a server key is a secret).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriteKeyConfig {
     /// Short public name of the key, recorded with every batch (never the secret).
@@ -30,6 +31,19 @@ pub struct WriteKeyConfig {
     /// with an `Origin` header is refused).
     #[serde(default)]
     pub kind: KeyKind,
+}
+
+impl std::fmt::Debug for WriteKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKeyConfig")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .field("key_file", &self.key_file)
+            .field("origins", &self.origins)
+            .field("allow_no_origin", &self.allow_no_origin)
+            .field("kind", &self.kind)
+            .finish()
+    }
 }
 
 /// Who may use a write key.

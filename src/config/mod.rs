@@ -26,7 +26,7 @@ pub use kafka::*;
 pub use keys::{id_problem, origins_problems, secret_problem, KeyKind, OriginsProblem, WriteKeyConfig};
 pub use stack::*;
 pub use storage::*;
-pub use tracker::TrackerConfig;
+pub use tracker::{server_key as tracker_server_key_problem, TrackerConfig};
 
 /// Environment variables with the `CHRONOS_` prefix that are not config keys.
 const NOT_KEYS: &[&str] = &["config", "home", "log", "bin_dir", "broker_log", "failpoint"];
@@ -317,6 +317,46 @@ origins = ["example.com", "*.example.org"]
         assert!(err.contains("keys[0].key"), "{err}");
         assert!(err.contains("keys[0].origins[0]"), "{err}");
         assert!(err.contains("keys[0].origins[1]"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_checked_naming_their_key() {
+        let c = Config::from_toml(key_section()).unwrap();
+        assert_eq!((c.http.body_timeout_secs, c.http.max_bodies_in_flight, c.limits.ipv6_prefix), (10, 256, 64));
+        assert!(c.http.admin_listen.ip().is_loopback(), "the operational endpoints are local by default");
+        let with = |extra: &str| Config::from_toml(&format!("{}{extra}", key_section())).unwrap_err().to_string();
+        let err = with("[http]\nbody_timeout_secs = 0\nmax_connections = 0\nmax_bodies_in_flight = 0\n[limits]\nipv6_prefix = 129\n");
+        for says in [
+            "http.body_timeout_secs: must be greater than 0",
+            "http.max_connections: must be greater than 0",
+            "http.max_bodies_in_flight: must be greater than 0",
+            "limits.ipv6_prefix: 129 must be 1 to 128",
+        ] {
+            assert!(err.contains(says), "{says} in {err}");
+        }
+        let err = with("[http]\nlisten = \"0.0.0.0:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n");
+        assert!(err.contains("http.admin_listen: 127.0.0.1:9000 is also http.listen"), "{err}");
+    }
+
+    #[test]
+    fn the_tracker_refuses_a_server_key() {
+        let server = "[[keys]]\nid = \"backend\"\nkey = \"wk_backend_0123456789abcdef\"\nkind = \"server\"\nallow_no_origin = true\n";
+        let err = Config::from_toml(&format!("{}{server}[tracker]\nkey_id = \"backend\"\n", key_section())).unwrap_err().to_string();
+        assert!(err.contains("tracker.key_id: `backend` is a server key"), "{err}");
+        assert!(Config::from_toml(&format!("{}{server}[tracker]\nkey_id = \"site\"\n", key_section())).is_ok());
+    }
+
+    #[test]
+    fn debug_shows_no_key_and_no_database_password() {
+        let text = format!(
+            "{}[[keys]]\nid = \"backend\"\nkey = \"wk_server_secret_0123456789\"\nkind = \"server\"\nallow_no_origin = true\n[postgres]\nurl = \"host=db user=u password=pg-secret-pw dbname=c\"\n",
+            key_section()
+        );
+        let shown = format!("{:?}", Config::from_toml(&text).unwrap());
+        for secret in ["wk_server_secret_0123456789", "wk_0123456789abcdef", "pg-secret-pw"] {
+            assert!(!shown.contains(secret), "Debug shows {secret}: {shown}");
+        }
+        assert!(shown.contains("backend"), "{shown}");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{positive, Config};
 
-/// PostgreSQL connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// PostgreSQL connection. `Debug` leaves the URL out (it may hold a password;
+/// `store::redact` shows it safely).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// libpq-style URL; TLS with libpq's `sslmode` and `sslrootcert` in its
@@ -23,6 +24,12 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig { url: "postgres://chronos@127.0.0.1:5433/chronos".into(), password_file: None }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig").field("url", &"<redacted>").field("password_file", &self.password_file).finish()
     }
 }
 

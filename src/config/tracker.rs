@@ -36,6 +36,11 @@ impl Default for TrackerConfig {
     }
 }
 
+/// Why `tracker.key_id` may not name a server key.
+pub fn server_key(id: &str) -> String {
+    format!("tracker.key_id: `{id}` is a server key; the tracker ships its key to every page, so it takes a browser key (kind = \"browser\")")
+}
+
 /// Errors in `[tracker]`, each naming its key.
 pub(super) fn errors(config: &Config) -> Vec<String> {
     let t = &config.tracker;
@@ -44,8 +49,12 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
     if !t.endpoint.is_empty() && !http {
         errors.push(format!("tracker.endpoint: `{}` must start with http:// or https://", t.endpoint));
     }
-    if !t.key_id.is_empty() && !config.keys.iter().any(|k| k.id == t.key_id) {
-        errors.push(format!("tracker.key_id: no [[keys]] entry has id `{}`", t.key_id));
+    if !t.key_id.is_empty() {
+        match config.keys.iter().find(|k| k.id == t.key_id) {
+            None => errors.push(format!("tracker.key_id: no [[keys]] entry has id `{}`", t.key_id)),
+            Some(k) if k.kind == super::KeyKind::Server => errors.push(server_key(&t.key_id)),
+            Some(_) => {}
+        }
     }
     if !(10..=60_000).contains(&t.mouse_interval_ms) {
         errors.push("tracker.mouse_interval_ms: must be 10 to 60000".into());

@@ -1,8 +1,10 @@
-//! Reads a request body under its size caps: the raw body (413 naming the
-//! limit, checked before and while reading) and, for `Content-Encoding: gzip`,
-//! the decompressed body (a gzip bomb stops at the cap instead of growing memory).
+//! Reads a request body under its caps: its size (413 naming the limit,
+//! checked before and while reading), its time (408 once the deadline passes)
+//! and, for `Content-Encoding: gzip`, the decompressed size (a gzip bomb stops
+//! at the cap instead of growing memory).
 
 use std::io::Read;
+use std::time::Duration;
 
 use actix_web::web;
 use futures_util::StreamExt;
@@ -28,12 +30,23 @@ impl Encoding {
     }
 }
 
-/// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read_capped(mut payload: web::Payload, content_length: Option<usize>, limit: usize) -> Result<Vec<u8>, IngestError> {
+/// Memory reserved for a body before its bytes arrive: a client's
+/// `Content-Length` is only a claim, so the buffer grows with what is received.
+pub const FIRST_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes or
+/// takes longer than `deadline`.
+pub async fn read_capped(payload: web::Payload, content_length: Option<usize>, limit: usize, deadline: Duration) -> Result<Vec<u8>, IngestError> {
     if content_length.is_some_and(|n| n > limit) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    let mut body = Vec::with_capacity(content_length.unwrap_or(8 * 1024).min(limit));
+    tokio::time::timeout(deadline, read_all(payload, content_length, limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout { secs: deadline.as_secs().max(1) })?
+}
+
+async fn read_all(mut payload: web::Payload, content_length: Option<usize>, limit: usize) -> Result<Vec<u8>, IngestError> {
+    let mut body = Vec::with_capacity(content_length.unwrap_or(FIRST_BUFFER_BYTES).min(limit).min(FIRST_BUFFER_BYTES));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| IngestError::IncompleteBody(e.to_string()))?;
         if body.len() + chunk.len() > limit {
@@ -88,6 +101,38 @@ mod tests {
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 256 * 1024);
         assert!(matches!(decode(bomb, Encoding::Gzip, 1 << 20), Err(IngestError::DecompressedTooLarge { .. })));
+    }
+
+    /// A request body of `chunks`, then its end or (`stall`) nothing more.
+    async fn payload(chunks: Vec<&'static [u8]>, stall: bool) -> web::Payload {
+        use actix_web::FromRequest;
+        use futures_util::stream;
+        let items = stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c))));
+        type Boxed = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>>;
+        let stream: Boxed = if stall { Box::pin(items.chain(stream::pending())) } else { Box::pin(items) };
+        let (req, _) = actix_web::test::TestRequest::default().to_http_parts();
+        web::Payload::from_request(&req, &mut actix_web::dev::Payload::from(stream)).await.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_claimed_length_reserves_no_more_than_a_small_buffer() {
+        let body = read_capped(payload(vec![b"0123456789"], false).await, Some(200_000), 256 * 1024, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(body, b"0123456789");
+        assert!(body.capacity() <= FIRST_BUFFER_BYTES, "reserved {} bytes for a 10-byte body", body.capacity());
+    }
+
+    #[actix_rt::test]
+    async fn a_body_at_the_limit_passes_and_one_byte_over_is_413() {
+        let ok = read_capped(payload(vec![b"01234", b"56789"], false).await, None, 10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ok.len(), 10);
+        let over = read_capped(payload(vec![b"01234", b"567890"], false).await, None, 10, Duration::from_secs(5)).await;
+        assert!(matches!(over, Err(IngestError::BodyTooLarge { limit: 10 })), "{over:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_stalled_body_is_408_at_the_deadline() {
+        let read = read_capped(payload(vec![b"012"], true).await, Some(100), 1000, Duration::from_millis(200)).await;
+        assert!(matches!(read, Err(IngestError::BodyTimeout { secs: 1 })), "{read:?}");
     }
 
     #[test]

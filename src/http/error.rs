@@ -15,6 +15,10 @@ pub enum IngestError {
     BodyTooLarge { limit: usize },
     #[error("decompressed body is larger than the limit of {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    #[error("the request body was not received within {secs} s")]
+    BodyTimeout { secs: u64 },
+    #[error("too many request bodies are being read; retry after {retry_after} s")]
+    Busy { retry_after: u64 },
     #[error("the request body ended early: {0}")]
     IncompleteBody(String),
     #[error("body is not valid gzip: {0}")]
@@ -73,6 +77,8 @@ impl IngestError {
         match self {
             BodyTooLarge { .. } => "body_too_large",
             DecompressedTooLarge { .. } => "decompressed_too_large",
+            BodyTimeout { .. } => "body_timeout",
+            Busy { .. } => "busy",
             IncompleteBody(_) => "incomplete_body",
             BadGzip(_) => "bad_gzip",
             UnsupportedEncoding(_) => "unsupported_encoding",
@@ -97,10 +103,29 @@ impl IngestError {
         }
     }
 
+    /// Whether the body leaves out this error's detail (then the log has it).
+    pub fn hides_detail(&self) -> bool {
+        matches!(self, IngestError::BrokerUnavailable { .. } | IngestError::BrokerRejected(_) | IngestError::StoreUnavailable { .. })
+    }
+
+    /// What the response body says. A backend's own words (a PostgreSQL or
+    /// librdkafka error, which may name hosts, users or the connection string)
+    /// go to the log, never to the client: those errors get a fixed sentence.
+    fn public_message(&self) -> String {
+        use IngestError::*;
+        match self {
+            BrokerUnavailable { retry_after, .. } => format!("the broker could not store the batch; retry after {retry_after} s"),
+            BrokerRejected(_) => "the broker refused the batch for good".into(),
+            StoreUnavailable { retry_after, .. } => format!("PostgreSQL cannot be reached; retry after {retry_after} s"),
+            other => other.to_string(),
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         use IngestError::*;
         match self {
             RateLimited { retry_after, .. }
+            | Busy { retry_after }
             | Overloaded { retry_after }
             | BrokerTimeout { retry_after }
             | BrokerUnavailable { retry_after, .. }
@@ -116,12 +141,13 @@ impl ResponseError for IngestError {
         use IngestError::*;
         match self {
             BodyTooLarge { .. } | DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IncompleteBody(_) | BadGzip(_) | Payload(_) => StatusCode::BAD_REQUEST,
             UnsupportedEncoding(_) | UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UnknownKey | NoKey(_) => StatusCode::UNAUTHORIZED,
             OriginNotAllowed { .. } | MissingOrigin { .. } | ServerKeyFromPage { .. } | NotAServerKey { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded { .. } | BrokerTimeout { .. } | BrokerUnavailable { .. } | ShuttingDown { .. } | StoreUnavailable { .. } => {
+            Busy { .. } | Overloaded { .. } | BrokerTimeout { .. } | BrokerUnavailable { .. } | ShuttingDown { .. } | StoreUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             BrokerRejected(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,9 +155,10 @@ impl ResponseError for IngestError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut detail = json!({ "code": self.code(), "message": self.to_string() });
+        let mut detail = json!({ "code": self.code(), "message": self.public_message() });
         match self {
             IngestError::BodyTooLarge { limit } | IngestError::DecompressedTooLarge { limit } => detail["limit"] = json!(limit),
+            IngestError::BodyTimeout { secs } => detail["limit_secs"] = json!(secs),
             IngestError::Payload(PayloadError::Malformed { offset, .. }) => detail["offset"] = json!(offset),
             IngestError::Payload(PayloadError::Invalid { path, .. }) => detail["path"] = json!(path),
             IngestError::Payload(PayloadError::TooDeep { offset, limit }) => {
@@ -176,5 +203,31 @@ mod tests {
             }
         }
         assert!(IngestError::produce(ProduceError::Unavailable("leader not available".into()), 1).to_string().contains("leader not available"));
+    }
+
+    #[test]
+    fn a_5xx_body_leaves_the_backend_s_words_to_the_log() {
+        let reason = "PostgreSQL at postgres://chronos:***@db.internal:5432/chronos is not reachable";
+        for e in [
+            IngestError::StoreUnavailable { reason: reason.into(), retry_after: 2 },
+            IngestError::BrokerUnavailable { reason: reason.into(), retry_after: 2 },
+            IngestError::BrokerRejected(reason.into()),
+        ] {
+            assert!(e.status_code().is_server_error() && e.hides_detail());
+            let body = actix_web::body::to_bytes(e.error_response().into_body());
+            let body = String::from_utf8(futures_util::FutureExt::now_or_never(body).unwrap().unwrap().to_vec()).unwrap();
+            assert!(!body.contains("db.internal") && !body.contains("chronos:"), "{body}");
+            assert!(body.contains(e.code()), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_too_slow_is_408_naming_its_limit() {
+        let e = IngestError::BodyTimeout { secs: 10 };
+        assert_eq!(e.status_code(), StatusCode::REQUEST_TIMEOUT);
+        let body = actix_web::body::to_bytes(e.error_response().into_body());
+        let body: serde_json::Value = serde_json::from_slice(&futures_util::FutureExt::now_or_never(body).unwrap().unwrap()).unwrap();
+        assert_eq!(body["error"]["limit_secs"], 10);
+        assert_eq!(body["error"]["code"], "body_timeout");
     }
 }

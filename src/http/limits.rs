@@ -1,7 +1,9 @@
 //! Request rate limits per write key and per client IP (GCRA, from `governor`).
-//! Time comes from a clock so that tests advance it instead of sleeping.
+//! IPv6 clients are counted per network (`limits.ipv6_prefix`, /64 by
+//! default): one host commonly holds a whole /64, and would otherwise have
+//! 2^64 buckets. Time comes from a clock so that tests advance it instead of sleeping.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
@@ -18,6 +20,7 @@ type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as 
 pub struct RateLimits<C: Clock = DefaultClock> {
     per_key: Keyed<usize, C>,
     per_ip: Keyed<IpAddr, C>,
+    ipv6_prefix: u8,
     clock: C,
 }
 
@@ -37,14 +40,16 @@ impl<C: Clock + Clone> RateLimits<C> {
         RateLimits {
             per_key: RateLimiter::dashmap_with_clock(quota(c.per_key_per_sec, c.per_key_burst), clock.clone()),
             per_ip: RateLimiter::dashmap_with_clock(quota(c.per_ip_per_sec, c.per_ip_burst), clock.clone()),
+            ipv6_prefix: c.ipv6_prefix.min(128),
             clock,
         }
     }
 
-    /// Counts one request from `ip`; 429 with Retry-After when over the limit.
+    /// Counts one request from `ip` (its network, for IPv6); 429 with
+    /// Retry-After when over the limit.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), IngestError> {
         self.per_ip
-            .check_key(&ip)
+            .check_key(&bucket(ip, self.ipv6_prefix))
             .map_err(|not_until| IngestError::RateLimited { scope: "client IP", retry_after: ceil_secs(not_until.wait_time_from(self.clock.now())) })
     }
 
@@ -65,6 +70,21 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// Client IPs currently tracked.
     pub fn tracked_ips(&self) -> usize {
         self.per_ip.len()
+    }
+}
+
+/// The per-IP bucket of `ip`: an IPv4 address (also when mapped into IPv6)
+/// itself, an IPv6 address its first `prefix` bits.
+fn bucket(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
     }
 }
 
@@ -99,6 +119,21 @@ mod tests {
         l.check_ip("192.0.2.2".parse().unwrap()).unwrap();
         clock.advance(Duration::from_millis(500));
         l.check_ip(ip).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_prefix() {
+        let (l, _clock) = limits();
+        // Three requests from three addresses of one /64: its burst is spent.
+        for host in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"] {
+            l.check_ip(host.parse().unwrap()).unwrap();
+        }
+        assert!(matches!(l.check_ip("2001:db8:1:2::99".parse().unwrap()), Err(IngestError::RateLimited { .. })));
+        // The next /64 is another client.
+        l.check_ip("2001:db8:1:3::1".parse().unwrap()).unwrap();
+        assert_eq!(bucket("2001:db8:1:2:aaaa::1".parse().unwrap(), 48), "2001:db8:1::".parse::<IpAddr>().unwrap());
+        assert_eq!(bucket("2001:db8::1".parse().unwrap(), 128), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(bucket("::ffff:192.0.2.9".parse().unwrap(), 64), "192.0.2.9".parse::<IpAddr>().unwrap(), "IPv4 mapped: the IPv4 client");
     }
 
     #[test]

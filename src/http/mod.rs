@@ -1,10 +1,15 @@
-//! HTTP receipt (actix-web): `POST /v1/batch` with its CORS preflight,
-//! `POST /v1/import` (server keys), and `/healthz`, `/readyz`, `/metrics`.
+//! HTTP receipt (actix-web), on two listeners. The public one (`http.listen`):
+//! `POST /v1/batch` with its CORS preflight, `POST /v1/import` (server keys),
+//! the tracker, `/healthz` and a bare `/readyz` (`{"ready": bool}`, for load
+//! balancers); every request on it counts against its client's per-IP limit.
+//! The admin one (`http.admin_listen`, loopback by default): `/metrics` and the
+//! detailed `/readyz`, which name the producer's queue and the broker's state.
 //!
 //! A batch request goes: per-IP rate limit → content checks → body read under
-//! its cap → a `Receipt` actor (decompress, parse, key, origin, per-key rate,
-//! validate, encode) → the `KafkaSink` actor (enqueue) → the broker's
-//! acknowledgement → 200. Any failure answers with a JSON error and keeps nothing.
+//! its caps (size, time, bodies in flight) → a `Receipt` actor (decompress,
+//! parse, key, origin, per-key rate, validate, encode) → the `KafkaSink` actor
+//! (enqueue) → the broker's acknowledgement → 200. Any failure answers with a
+//! JSON error and keeps nothing.
 
 pub mod auth;
 pub mod body;
@@ -21,9 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use self::auth::KeyRing;
 use self::body::Encoding;
@@ -44,6 +53,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProducerHealth>,
     pub max_body_bytes: usize,
+    /// `http.body_timeout_secs`: the time a client gets to send a body.
+    pub body_timeout: Duration,
+    /// `http.max_bodies_in_flight` permits: one per body being read.
+    pub bodies: Arc<Semaphore>,
     pub trusted_proxies: Vec<IpAddr>,
     pub produce_deadline: Duration,
     pub retry_after: u64,
@@ -61,7 +74,26 @@ pub struct AppState {
     pub enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
-/// Routes of chronosd.
+/// The public listener's app: every route behind the per-IP limit.
+pub fn public_app(
+    state: web::Data<AppState>,
+) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    App::new().wrap(from_fn(limit_per_ip)).configure(routes(state))
+}
+
+/// The admin listener's app: the operational endpoints.
+pub fn admin_app(
+    state: web::Data<AppState>,
+) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    App::new()
+        .app_data(state)
+        .route("/metrics", web::get().to(metrics))
+        .route("/readyz", web::get().to(readyz_detailed))
+        .route("/healthz", web::get().to(healthz))
+        .default_service(web::to(not_found))
+}
+
+/// Routes of chronosd's public listener.
 pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let (batch, tracker, script) = (state.batch_path.clone(), state.tracker_path.clone(), state.script.clone());
@@ -70,26 +102,57 @@ pub fn routes(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig
             .service(web::resource(batch).route(web::post().to(post_batch)).route(web::method(actix_web::http::Method::OPTIONS).to(preflight)))
             .route(import::PATH, web::post().to(import::post))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics));
+            .route("/readyz", web::get().to(readyz));
         if !tracker.is_empty() {
             cfg.service(web::resource(tracker).app_data(script).route(web::get().to(script::serve)).route(web::head().to(script::serve)));
         }
-        cfg.default_service(web::to(not_found));
+        cfg.default_service(web::to(public_fallback));
     }
 }
 
-/// Any other path or method: 404 (405 on a known path) with a JSON body naming
-/// where batches go, so a tracker built for other paths says what is wrong.
-async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let path = req.path();
-    let body = |error: &str, message: String| serde_json::json!({ "ok": false, "error": error, "message": message });
-    if path == state.batch_path || path == state.tracker_path || crate::config::OWN_PATHS.contains(&path) {
-        let message = format!("{} is not allowed on {path}", req.method());
-        return HttpResponse::MethodNotAllowed().json(body("method_not_allowed", message));
+/// The client of a request: its peer, or whom a trusted proxy names.
+fn client_of(req: &HttpRequest, state: &AppState) -> IpAddr {
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    client_ip::client_ip(peer, header_str(req, header::X_FORWARDED_FOR), &state.trusted_proxies)
+}
+
+/// Counts every public request against its client's per-IP limit, before
+/// any route reads anything of it: 429 with Retry-After when over.
+async fn limit_per_ip(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let refused = req.app_data::<web::Data<AppState>>().and_then(|state| {
+        let e = state.limits.check_ip(client_of(req.request(), state)).err()?;
+        state.metrics.http_requests.with_label_values(&[e.status_code().as_str(), e.code()]).inc();
+        let mut res = e.error_response();
+        // A page's script may read the answer (and its Retry-After).
+        if let Some(origin) = header_str(req.request(), header::ORIGIN).filter(|o| state.keys.any_allows(o)) {
+            cors_headers(&mut res, origin);
+        }
+        Some(res)
+    });
+    match refused {
+        Some(res) => Ok(req.into_response(res).map_into_right_body()),
+        None => next.call(req).await.map(ServiceResponse::map_into_left_body),
     }
-    let message = format!("no endpoint at {} {path}; batches go to POST {} (http.batch_path)", req.method(), state.batch_path);
-    HttpResponse::NotFound().json(body("not_found", message))
+}
+
+/// Any other path or method on the public listener: 405 on a path chronosd
+/// serves, else the generic 404.
+async fn public_fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let path = req.path();
+    if path == state.batch_path || path == state.tracker_path || PUBLIC_PATHS.contains(&path) {
+        let body = json!({ "ok": false, "error": "method_not_allowed", "message": format!("{} is not allowed here", req.method()) });
+        return HttpResponse::MethodNotAllowed().json(body);
+    }
+    not_found().await
+}
+
+/// Paths of the public listener besides `batch_path` and `tracker_path`.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", import::PATH];
+
+/// The 404 of both listeners: it names nothing of this deployment (not the
+/// batch path, not a host), so a scanner learns nothing from it.
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({ "ok": false, "error": "not_found", "message": "no such endpoint" }))
 }
 
 pub(crate) fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
@@ -107,7 +170,12 @@ pub(crate) fn answer<S: serde::Serialize>(state: &AppState, outcome: &Result<S, 
     }
     let (res, code) = match outcome {
         Result::Ok(summary) => (HttpResponse::Ok().json(Ok { ok: true, summary }), ok_code),
-        Err(e) => (e.error_response(), e.code()),
+        Err(e) => {
+            if e.hides_detail() {
+                tracing::warn!(code = e.code(), error = %e, "Request failed.");
+            }
+            (e.error_response(), e.code())
+        }
     };
     state.metrics.http_requests.with_label_values(&[res.status().as_str(), code]).inc();
     res
@@ -125,9 +193,8 @@ async fn post_batch(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
 }
 
 async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<BatchSummary, IngestError> {
-    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let ip = client_ip::client_ip(peer, header_str(req, header::X_FORWARDED_FOR), &state.trusted_proxies);
-    state.limits.check_ip(ip)?;
+    // Counted against its per-IP limit already (`limit_per_ip`).
+    let ip = client_of(req, state);
     if let Some(ct) = header_str(req, header::CONTENT_TYPE) {
         let mime = ct.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("text/plain") && !mime.eq_ignore_ascii_case("application/json") {
@@ -135,8 +202,7 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
         }
     }
     let encoding = Encoding::from_header(header_str(req, header::CONTENT_ENCODING))?;
-    let content_length = header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    let body = body::read_capped(payload, content_length, state.max_body_bytes).await?;
+    let body = read_body(req, payload, state, state.max_body_bytes).await?;
     let msg = Receive {
         body,
         encoding,
@@ -168,6 +234,15 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
     state.metrics.events_accepted.inc_by(summary.accepted as u64);
     state.metrics.events_rejected.inc_by(summary.rejected as u64);
     Ok(summary)
+}
+
+/// Reads a request's body under `limit` bytes and `http.body_timeout_secs`,
+/// holding one of the `http.max_bodies_in_flight` permits meanwhile (none
+/// left: 503 with Retry-After, before a byte is read).
+pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, state: &AppState, limit: usize) -> Result<Vec<u8>, IngestError> {
+    let _permit = state.bodies.try_acquire().map_err(|_| IngestError::Busy { retry_after: state.retry_after })?;
+    let content_length = header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    body::read_capped(payload, content_length, limit, state.body_timeout).await
 }
 
 fn cors_headers(res: &mut HttpResponse, origin: &str) {
@@ -209,11 +284,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "ok": true }))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// What `/readyz` finds: ready or not, and why (for the admin listener).
+async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     let queued = match tokio::time::timeout(Duration::from_secs(2), state.sink.send(InFlight)).await {
         Ok(Ok(Some(n))) => n,
-        Ok(Ok(None)) => return HttpResponse::Ok().json(json!({ "ready": true, "sink": "discard" })),
-        _ => return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "the producer actor does not answer" })),
+        Ok(Ok(None)) => return (true, json!({ "ready": true, "sink": "discard" })),
+        _ => return (false, json!({ "ready": false, "reason": "the producer actor does not answer" })),
     };
     let broker_up = state.health.broker_up(state.stats_max_age_ms);
     let saturated = queued * 10 >= state.queue_max_messages as u64 * 9;
@@ -224,11 +300,28 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "producer_queue": queued,
         "producer_queue_max": state.queue_max_messages,
     });
+    (ready, body)
+}
+
+fn ready_response(ready: bool, retry_after: u64, body: serde_json::Value) -> HttpResponse {
     if ready {
         HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, state.retry_after.to_string())).json(body)
+        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, retry_after.to_string())).json(body)
     }
+}
+
+/// The public `/readyz`: `{"ready": bool}` with 200 or 503, all a load
+/// balancer needs; the reasons are on the admin listener.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (ready, _) = readiness(&state).await;
+    ready_response(ready, state.retry_after, json!({ "ready": ready }))
+}
+
+/// The admin `/readyz`: readiness with the producer's queue and the broker's state.
+async fn readyz_detailed(state: web::Data<AppState>) -> HttpResponse {
+    let (ready, body) = readiness(&state).await;
+    ready_response(ready, state.retry_after, body)
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -30,19 +30,7 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use tls::redact;
 
 /// Today as days since the Unix epoch (UTC).
 pub fn today() -> i64 {
@@ -281,13 +269,4 @@ impl Maintenance {
 pub async fn prune_seen_batches(client: &Client, retention: Duration) -> Result<u64> {
     let secs = retention.as_secs_f64();
     Ok(client.execute("DELETE FROM chronos.seen_batches WHERE seen_at < now() - make_interval(secs => $1) AND NOT kept", &[&secs]).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-    }
 }

@@ -57,13 +57,54 @@ pub struct Target {
 /// string (`host=… sslmode=…`).
 pub fn parse(url: &str) -> Result<Target> {
     let (rest, mode, root_cert) = take_tls_keys(url)?;
-    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| anyhow::anyhow!("postgres.url {}: {e}", super::redact(url)))?;
+    // The error names the option at fault, never a value (so never the password).
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| anyhow::anyhow!("postgres.url: {e}"))?;
     config.ssl_mode(match mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     });
     Ok(Target { config, mode, root_cert })
+}
+
+/// `postgres.url` as messages, logs and the CLI show it, in either form
+/// (URL or key=value): user, hosts, ports and database as PostgreSQL will be
+/// reached, `***` where a password is set. Built from the parsed settings, so
+/// no spelling of the password (`:pw@`, `?password=`, `password=`, quoted or
+/// not) can pass through; a string that does not parse is not shown at all.
+pub fn redact(url: &str) -> String {
+    let Ok(Target { config, .. }) = parse(url) else { return "<postgres.url that does not parse>".into() };
+    let mut shown = String::from("postgres://");
+    if let Some(user) = config.get_user() {
+        shown.push_str(user);
+        if config.get_password().is_some() {
+            shown.push_str(":***");
+        }
+        shown.push('@');
+    }
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) if name.contains(':') => format!("[{name}]"),
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+            };
+            match ports.get(i).or(if ports.len() == 1 { ports.first() } else { None }) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    shown.push_str(&hosts.join(","));
+    if let Some(db) = config.get_dbname() {
+        shown.push('/');
+        shown.push_str(db);
+    }
+    shown
 }
 
 /// The string without `sslmode` and `sslrootcert`, and their values.
@@ -172,5 +213,26 @@ mod tests {
         let err = take_tls_keys("postgres://u@h/db?sslmode=on").unwrap_err().to_string();
         assert!(err.contains("sslmode=on is not one of disable, prefer, require, verify-ca, verify-full"), "{err}");
         assert!(parse("postgres://u@h/db?sslmode=verify-full").is_ok());
+    }
+
+    #[test]
+    fn every_form_of_a_password_is_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h:5432/db", "the port it will use");
+        for url in [
+            "postgres://u@h:5/db?password=hunter2-secret",
+            "postgresql://u@h:5/db?sslmode=disable&password=hunter2-secret",
+            "postgres://u:hunter2-secret@h:5/db?sslmode=require",
+            "host=h port=5 user=u password=hunter2-secret dbname=db",
+            "host=h port=5 user=u password='hunter2-secret' dbname=db sslmode=disable",
+            "host=h port=5 user=u dbname=db password = hunter2-secret",
+        ] {
+            assert_eq!(redact(url), "postgres://u:***@h:5/db", "{url}");
+        }
+        assert_eq!(redact("host=a,b port=1,2 user=u dbname=d"), "postgres://u@a:1,b:2/d");
+        let unparsable = "host=h password='hunter2-secret";
+        assert!(!redact(unparsable).contains("hunter2"), "{}", redact(unparsable));
+        let err = parse(unparsable).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

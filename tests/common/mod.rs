@@ -326,6 +326,7 @@ fn base_toml(kafka: &Kafka, port: u16, extra: &str) -> String {
         r#"
 [http]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
 workers = 2
 receipt_threads = 2
 trusted_proxies = ["127.0.0.1"]
@@ -357,6 +358,7 @@ statistics_interval_ms = 500
 extra = {{ "reconnect.backoff.max.ms" = "500"{trace} }}
 {extra}
 "#,
+        admin = chronos::stack::process::free_port(),
         brokers = kafka.bootstrap,
         topic = kafka.topic,
         dead = kafka.dead_letter_topic,
@@ -370,6 +372,8 @@ extra = {{ "reconnect.backoff.max.ms" = "500"{trace} }}
 pub struct Chronosd {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// `http.admin_listen`: `/metrics` and the detailed `/readyz`.
+    pub admin: SocketAddr,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -391,7 +395,7 @@ impl Chronosd {
             .stderr(out)
             .spawn()
             .expect("spawn chronosd");
-        let d = Chronosd { child: Some(child), addr: parsed.http.listen, log, _dir: dir };
+        let d = Chronosd { child: Some(child), addr: parsed.http.listen, admin: parsed.http.admin_listen, log, _dir: dir };
         let running = {
             let pid = d.pid();
             move || chronos::stack::process::alive(pid)
@@ -422,6 +426,11 @@ impl Chronosd {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A URL on the admin listener (`/metrics`, the detailed `/readyz`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -430,7 +439,7 @@ impl Chronosd {
     /// The value of one metric line of `/metrics` (`name` with its labels, as
     /// printed: `chronos_load_rewinds_total{reason="views"}`); `None` when absent.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = client().get(self.url("/metrics")).send().ok()?.text().ok()?;
+        let text = client().get(self.admin_url("/metrics")).send().ok()?.text().ok()?;
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
