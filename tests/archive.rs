@@ -548,6 +548,96 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     assert!(o.status.success() && output_text(&o).contains("erased session: 0 raw events"), "{}", output_text(&o));
 }
 
+/// `erase --session 7` deletes the dead letters whose session field is `7`
+/// (the batch facts, or the raw record's `session_id` when that is all a
+/// dead letter holds), not every one whose text holds a "7"; its sweep of
+/// stale archive objects deletes only names Chronos writes for catalog
+/// tables, not a foreign object under the archive's root.
+#[test]
+fn erase_matches_dead_letters_by_session_and_sweeps_only_its_own_objects() {
+    let s = setup(Layout::Native);
+    let letter = |reason: &str, event: &str, context: &str, raw: &str| {
+        query(
+            &s.url,
+            &format!(
+                "INSERT INTO chronos.dead_letters (stage, reason, topic, partition, \"offset\", event, context, raw)
+                 VALUES ('load', '{reason}', 'chronos.dead_letters', 0, 7, {event}, {context}, {raw})"
+            ),
+        );
+    };
+    let erased = ["subject, by its batch facts", "subject, by its raw record"];
+    letter(erased[0], r#"'["clicks", 1, "x"]'"#, r#"'{"session_id": "7"}'"#, "NULL");
+    letter(
+        erased[1],
+        "NULL",
+        "NULL",
+        r#"convert_to('{"v":1,"batch_id":"00000000-0000-0000-0000-000000000007","session_id":"7","events":[]}', 'UTF8')"#,
+    );
+    letter("other session, a 7 in its event", r#"'["clicks", 7, "7", "session_id: 7"]'"#, r#"'{"session_id": "s-17"}'"#, "NULL");
+    letter("other session, its event names session 7", r#"'["clicks", 1, {"session_id": "7"}]'"#, r#"'{"session_id": "keep"}'"#, "NULL");
+    letter(
+        "other session, its raw record holds 7s",
+        "NULL",
+        "NULL",
+        r#"convert_to('{"v":1,"session_id":"abc","page":{"url":"https://x/?session_id=7"},"events":[["clicks",7,"7"]]}', 'UTF8')"#,
+    );
+    letter("no session at all", "NULL", "NULL", r#"'\x7b2273657373696f6e5f6964223a37ff'::bytea"#);
+    let others = count(&s.url, "SELECT count(*) FROM chronos.dead_letters") - 2;
+
+    let ours = ["clicks/2025-01-02.parquet", "clicks/2025-01-02.manifest.json", "pageviews/2025-01-03-0123456789ab.parquet.tmp"];
+    let foreign = [
+        "clicks/notes.txt",
+        "clicks/2025-01-02.parquet.bak",
+        "clicks/2025-01-02-final.parquet",
+        "reports/2025-01-02.parquet",
+        "reports/summary.manifest.json",
+        "orders/2025-01-02.parquet",
+    ];
+    for name in ours.iter().chain(&foreign) {
+        let p = s.archive.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"7").unwrap();
+    }
+
+    let o = chronos_cli(&s.config, &["erase", "--session", "7", "--by", "dpo@example.com"]);
+    let out = output_text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("  2 dead letters\n"), "{out}");
+    assert!(out.contains("  1 dead letters that name no session"), "{out}");
+    assert!(out.contains(&format!("  {} stale archive objects deleted", ours.len())), "{out}");
+    let left: Vec<String> = query(&s.url, "SELECT reason FROM chronos.dead_letters ORDER BY id").iter().map(|r| r.get(0)).collect();
+    assert_eq!(left.len() as i64, others, "{left:?}");
+    assert!(erased.iter().all(|e| !left.iter().any(|l| l == e)), "{left:?}");
+    for name in ours {
+        assert!(!s.archive.join(name).exists(), "{name}: a stale object Chronos wrote, deleted");
+    }
+    for name in foreign {
+        assert!(s.archive.join(name).exists(), "{name}: not Chronos', kept");
+    }
+}
+
+/// `chronos dead-letters list` prints what clients chose (a reason naming
+/// their type, the event as sent) with control characters escaped: no escape
+/// sequence reaches the operator's terminal. (Here for the PostgreSQL-only
+/// setup this file has.)
+#[test]
+fn dead_letters_list_prints_client_control_characters_escaped() {
+    let s = setup(Layout::Native);
+    // ESC ] 0 ; … BEL retitles the window, ESC [ 2 J clears it, CR overwrites the line.
+    query(
+        &s.url,
+        r#"INSERT INTO chronos.dead_letters (stage, reason, topic, partition, "offset", event)
+           VALUES ('receipt', E'events[0]: unknown type `x\u001b]0;owned\u0007\u001b[2J`\rall good', 't', 0, 0,
+                   jsonb_build_array(E'\u001b[31mred', E'\u009b1m', 'ok'))"#,
+    );
+    let o = chronos_cli(&s.config, &["dead-letters", "list"]);
+    let out = output_text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "no control character but line ends: {out:?}");
+    assert!(out.contains(r"unknown type `x\u{1b}]0;owned\u{7}\u{1b}[2J`\u{d}all good"), "{out}");
+    assert!(out.contains(r#"\u001b[31mred"#) && out.contains(r"\u{9b}1m"), "the event: {out}");
+}
+
 on_both_layouts!(
     archived_then_verified_listed_and_restored_exactly_once,
     a_run_cut_after_any_step_is_finished_exactly_by_the_next,

@@ -464,3 +464,26 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
 }
 
 on_both_layouts!(views_equal_the_raw_queries_also_after_kill_9, views_are_added_with_backfill_and_dropped_while_events_flow);
+
+/// The string literals the views' SQL is generated with read back as the
+/// same text from real PostgreSQL, with `standard_conforming_strings` on and
+/// off (where a backslash in a plain `'…'` escapes its closing quote).
+#[test]
+fn view_literals_are_safe_whatever_standard_conforming_strings_is() {
+    let dir = temp_dir();
+    let pg = PostgresServer::start_in(dir.path()).expect("start PostgreSQL");
+    let url = pg.url();
+    let tricky = ["url", "it's", "a\\", "a\\' OR true --", "\\'; SELECT 1/0; --", "\\\\''\\", "é\n\t$$"];
+    chronos::rt::block_on(async {
+        let client = chronos::store::connect(&url).await.unwrap();
+        for setting in ["on", "off"] {
+            client.batch_execute(&format!("SET standard_conforming_strings = {setting}; SET escape_string_warning = off")).await.unwrap();
+            for s in tricky {
+                let lit = chronos::views::expr::literal(s);
+                let sql = format!("SELECT {lit}, 'end'");
+                let row = client.query_one(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql} with standard_conforming_strings = {setting}: {e}"));
+                assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, String>(1).as_str()), (s, "end"), "{sql}, {setting}");
+            }
+        }
+    });
+}

@@ -304,12 +304,28 @@ fn status(stack: &Stack) {
 
 /// `chronos install-kafka`: the topics, created when missing.
 fn install_kafka(c: &chronos::config::Config) -> Result<()> {
+    use chronos::produce::admin;
     let k = &c.kafka;
-    let created = chronos::rt::block_on(chronos::produce::admin::ensure_topics(k, Duration::from_secs(10)))
+    let max_record = chronos::produce::kafka::max_record_bytes(c.http.max_decompressed_bytes, c.http.max_events_per_batch);
+    let wanted = admin::topic_max_message_bytes(k, max_record);
+    let created = chronos::rt::block_on(admin::ensure_topics(k, max_record, Duration::from_secs(10)))
         .map_err(|e| anyhow::anyhow!("{e}; is the broker running? (`chronos start broker`)"))?;
     for t in [&k.topic, &k.dead_letter_topic] {
         let state = if created.contains(t) { "created" } else { "exists" };
-        println!("{t}: {state} ({} partitions requested, replication {})", k.partitions, k.replication);
+        println!("{t}: {state} ({} partitions requested, replication {}, max.message.bytes {wanted})", k.partitions, k.replication);
+        if created.contains(t) {
+            continue;
+        }
+        // A topic made before (or by hand) may refuse chronosd's largest batches.
+        match chronos::rt::block_on(admin::max_message_bytes(k, t, Duration::from_secs(10))) {
+            Ok(has) if has < wanted as i64 => eprintln!(
+                "warning: {t} has max.message.bytes = {has}, below the {wanted} chronosd's largest batch needs: the broker refuses such batches; \
+                 raise it with `kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {t} --add-config max.message.bytes={wanted}`",
+                k.brokers
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: {t}: max.message.bytes not read ({e}); it must be at least {wanted}"),
+        }
     }
     Ok(())
 }
@@ -322,9 +338,9 @@ fn dead_letters(c: &chronos::config::Config, action: DeadLetterCmd) -> Result<()
             DeadLetterCmd::List { limit, all } => {
                 for d in chronos::load::replay::list(&client, limit, all).await? {
                     let replayed = if d.replayed { " (replayed)" } else { "" };
-                    println!("{:>6}  {}  {:<7}  {}{replayed}", d.id, d.at, d.stage, d.reason);
+                    println!("{:>6}  {}  {:<7}  {}{replayed}", d.id, d.at, d.stage, printable(&d.reason));
                     if let Some(e) = d.event {
-                        println!("        {e}");
+                        println!("        {}", printable(&e));
                     }
                 }
             }
@@ -332,12 +348,33 @@ fn dead_letters(c: &chronos::config::Config, action: DeadLetterCmd) -> Result<()
                 let report = chronos::load::replay::replay(c, &client, &ids).await?;
                 println!("replayed {} dead letter(s)", report.replayed.len());
                 for (id, reason) in &report.still_invalid {
-                    println!("{id:>6}  still refused: {reason}");
+                    println!("{id:>6}  still refused: {}", printable(reason));
                 }
             }
         }
         anyhow::Ok(())
     })
+}
+
+/// Text a client chose (a dead letter's reason or event, an import's
+/// rejection), safe to print on a terminal: control characters (C0, DEL, C1:
+/// escape sequences that move the cursor or retitle the window, a carriage
+/// return that overwrites the line) and the bidirectional controls that
+/// reorder what is shown become `\u{..}`.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `chronos install-pipeline [--print-sql]`.
@@ -730,7 +767,7 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
         );
     }
     for r in &s.reasons {
-        eprintln!("rejected: {r}");
+        eprintln!("rejected: {}", printable(r));
     }
     if s.rejected as usize > s.reasons.len() {
         eprintln!("rejected: … {} more (dead letters: `chronos dead-letters list`)", s.rejected as usize - s.reasons.len());
@@ -779,6 +816,12 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     println!("not erased:");
     for l in not_erased {
         println!("  {l}");
+    }
+    if done.dead_letters_unattributed > 0 {
+        println!(
+            "  {} dead letters that name no session (no batch facts, and no readable session_id in their raw record): no field says whose they are",
+            done.dead_letters_unattributed
+        );
     }
     Ok(())
 }
@@ -917,4 +960,22 @@ fn archive(c: &chronos::config::Config, action: ArchiveCmd) -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn client_text_prints_without_control_characters() {
+        assert_eq!(printable("events[3]: unknown type `clicks`"), "events[3]: unknown type `clicks`");
+        assert_eq!(printable("a\u{1b}]0;owned\u{7}b\u{1b}[2J"), "a\\u{1b}]0;owned\\u{7}b\\u{1b}[2J");
+        assert_eq!(printable("ok\rFAKE\nline\ttab\0"), "ok\\u{d}FAKE\\u{a}line\\u{9}tab\\u{0}");
+        assert_eq!(printable("\u{7f}\u{9b}31m"), "\\u{7f}\\u{9b}31m", "DEL and the C1 CSI");
+        assert_eq!(printable("abc\u{202e}fed"), "abc\\u{202e}fed", "a right-to-left override");
+        assert_eq!(printable("Café ✓ 東京"), "Café ✓ 東京", "printable text is kept");
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            assert!(!printable(&format!("x{c}y")).chars().any(char::is_control), "{:x}", c as u32);
+        }
+    }
 }

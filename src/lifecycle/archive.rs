@@ -101,6 +101,34 @@ impl Manifest {
     }
 }
 
+/// The object an archive file of `table`'s `day` is: `<table>/<day>.parquet`
+/// from an archive run, `<table>/<day>-<first 12 hex of its sha256>.parquet`
+/// once an erasure rewrote it. With [`Manifest::manifest_name`] and the
+/// upload's `.tmp`, the only names Chronos writes ([`is_chronos_object`]).
+pub fn file_name(table: &str, day: &str, rewritten_sha256: Option<&str>) -> String {
+    match rewritten_sha256 {
+        None => format!("{table}/{day}.parquet"),
+        Some(sha) => format!("{table}/{day}-{}.parquet", &sha[..REWRITE_TAG.min(sha.len())]),
+    }
+}
+
+/// Hex digits of the checksum in a rewritten file's name.
+const REWRITE_TAG: usize = 12;
+
+/// Whether `name` (relative to the archive's root) is one Chronos writes for
+/// one of `tables`: a file of [`file_name`], its manifest, or its upload's
+/// temporary name. Anything else under the archive's root (another tool's
+/// files, a table the catalog does not have) is not Chronos' to delete.
+pub fn is_chronos_object(name: &str, tables: &std::collections::HashSet<&str>) -> bool {
+    let Some((table, object)) = name.split_once('/') else { return false };
+    let stem = [".parquet", ".parquet.tmp", ".manifest.json"].iter().find_map(|suffix| object.strip_suffix(suffix));
+    let Some(stem) = stem else { return false };
+    let (Some(day), Some(tag)) = (stem.get(..10), stem.get(10..)) else { return false };
+    let hex = |t: &str| t.len() == REWRITE_TAG && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let tag_ok = tag.is_empty() || tag.strip_prefix('-').is_some_and(hex);
+    tables.contains(table) && parse_day(day).is_some() && tag_ok
+}
+
 /// A row of `chronos.archives`.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -361,7 +389,7 @@ impl Archiver {
                 failpoint("archive:written");
                 m.rows = s.rows;
                 if s.rows > 0 {
-                    m.location = format!("{table}/{}.parquet", m.day);
+                    m.location = file_name(table, &m.day, None);
                     m.min_time = s.min_time;
                     m.max_time = s.max_time;
                     m.bytes = s.bytes as i64;
@@ -699,6 +727,46 @@ mod tests {
         assert_eq!(day_str(20_424), "2025-12-02");
         for bad in ["2025-02-30", "2025-13-01", "2025-1-1x", "20251201", ""] {
             assert_eq!(parse_day(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_names_chronos_writes_for_catalog_tables_are_its_objects() {
+        let tables: std::collections::HashSet<&str> = ["clicks", "pageviews"].into_iter().collect();
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let run = Manifest {
+            table: "clicks".into(),
+            day: "2025-12-02".into(),
+            location: file_name("clicks", "2025-12-02", None),
+            rows: 1,
+            min_time: None,
+            max_time: None,
+            bytes: 1,
+            sha256: sha.into(),
+            schema_version: file::SCHEMA_VERSION,
+        };
+        let rewritten = Manifest { location: file_name("clicks", "2025-12-02", Some(sha)), ..run.clone() };
+        assert_eq!(rewritten.location, "clicks/2025-12-02-0123456789ab.parquet");
+        for m in [&run, &rewritten] {
+            for name in [m.location.clone(), m.manifest_name(), format!("{}.tmp", m.location)] {
+                assert!(is_chronos_object(&name, &tables), "{name}");
+            }
+        }
+        for foreign in [
+            "clicks/notes.parquet",
+            "clicks/2025-12-02.parquet.bak",
+            "clicks/2025-12-02-backup.parquet",
+            "clicks/2025-12-02-0123456789AB.parquet",
+            "clicks/2025-12-02-0123456789abc.parquet",
+            "clicks/2025-12-02_0123456789ab.parquet",
+            "clicks/2025-02-30.parquet",
+            "clicks/old/2025-12-02.parquet",
+            "orders/2025-12-02.parquet",
+            "2025-12-02.parquet",
+            "backups/clicks/2025-12-02.parquet",
+            "clicks/2025-12-02.manifest.json.tmp",
+        ] {
+            assert!(!is_chronos_object(foreign, &tables), "{foreign}");
         }
     }
 }

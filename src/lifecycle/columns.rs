@@ -27,6 +27,13 @@ pub enum Kind {
     TextList,
 }
 
+/// The PostgreSQL types (`format_type` names) an event table's columns have:
+/// its base columns', the page's and the catalog attributes'. The only ones
+/// an archive file may name: `restore` casts its staging columns to them,
+/// and a file naming another is not one Chronos wrote.
+pub const KNOWN_PG_TYPES: [&str; 9] =
+    ["timestamp with time zone", "boolean", "integer", "bigint", "double precision", "text", "text[]", "uuid", "jsonb"];
+
 /// One column of an event table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -136,6 +143,14 @@ pub fn from_arrow(schema: &Schema) -> Result<Vec<Column>> {
                 .metadata()
                 .get("chronos.pg_type")
                 .ok_or_else(|| anyhow::anyhow!("column {} has no chronos.pg_type: not a Chronos archive file", f.name()))?;
+            if !KNOWN_PG_TYPES.contains(&pg_type.as_str()) {
+                // Debug-quoted: the file's text, shown as data.
+                anyhow::bail!(
+                    "column {:?} has chronos.pg_type {pg_type:?}, which is not a type Chronos archives ({}): refused",
+                    f.name(),
+                    KNOWN_PG_TYPES.join(", ")
+                );
+            }
             let c = Column::of(f.name().clone(), pg_type.clone(), f.is_nullable());
             if c.arrow_type() != *f.data_type() {
                 anyhow::bail!("column {} is {} in the file, expected {} for {}", f.name(), f.data_type(), c.arrow_type(), pg_type);
@@ -163,5 +178,30 @@ mod tests {
         assert_eq!(cols[1].restore_expr("s"), "s.\"batch_id\"::uuid");
         assert_eq!(cols[3].kind, Kind::TextList);
         assert_eq!(from_arrow(&arrow_schema(&cols)).unwrap(), cols);
+    }
+
+    #[test]
+    fn every_type_an_event_table_has_is_known() {
+        use crate::catalog::AttrType;
+        // The base columns' declarations, as format_type names them.
+        let declared = crate::store::schema::BASE_COLUMNS.iter().map(|(_, decl)| decl.split(' ').next().unwrap());
+        // A new attribute type stops this compiling until it is listed.
+        let _every = |t: AttrType| match t {
+            AttrType::Text | AttrType::Int | AttrType::Float | AttrType::Bool | AttrType::TextList => (),
+        };
+        let attrs = [AttrType::Text, AttrType::Int, AttrType::Float, AttrType::Bool, AttrType::TextList].map(crate::store::schema::sql_type);
+        for ty in declared.chain(attrs).chain(["jsonb"]) {
+            let name = if ty == "timestamptz" { "timestamp with time zone" } else { ty };
+            assert!(KNOWN_PG_TYPES.contains(&name), "{ty}");
+        }
+    }
+
+    #[test]
+    fn a_file_naming_an_unknown_type_is_refused_naming_it() {
+        for evil in ["text); DROP TABLE chronos.archives; --", "inet", "Text", ""] {
+            let cols = vec![Column { name: "x".into(), pg_type: evil.into(), kind: Kind::Text, nullable: true }];
+            let e = from_arrow(&arrow_schema(&cols)).unwrap_err().to_string();
+            assert!(e.contains(&format!("{evil:?}")) && e.contains("not a type Chronos archives"), "{e}");
+        }
     }
 }

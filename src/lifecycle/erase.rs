@@ -19,6 +19,9 @@ pub struct Erased {
     /// (table, rows deleted) per event table.
     pub raw: Vec<(String, u64)>,
     pub dead_letters: u64,
+    /// Dead letters that name no session (no batch facts, and a raw record
+    /// whose `session_id` cannot be read): left, since no field says whose.
+    pub dead_letters_unattributed: u64,
     /// (view, rows deleted) for views with a `session_id` key.
     pub view_rows: Vec<(String, u64)>,
     /// Archive files rewritten without the session, and the rows left out.
@@ -109,7 +112,7 @@ async fn erase_locked(
     done.sessions = sessions.len();
     let set: std::collections::HashSet<String> = sessions.iter().cloned().collect();
     // The archive first: a cut-short erasure leaves the raw rows to find again.
-    erase_archived(client, archiver, &set, &mut done, progress).await?;
+    erase_archived(client, archiver, catalog, &set, &mut done, progress).await?;
     let user = match subject {
         Subject::User(u) => Some(u),
         Subject::Session(_) => None,
@@ -137,11 +140,12 @@ async fn erase_locked(
 }
 
 /// Rewrites the archive files that hold rows of `sessions` without them, and
-/// deletes the objects no record names (earlier versions whose deletion was
-/// cut short).
+/// deletes the objects of catalog tables that no record names (earlier
+/// versions whose deletion was cut short).
 async fn erase_archived(
     client: &mut Client,
     archiver: &Archiver,
+    catalog: &EventCatalog,
     sessions: &std::collections::HashSet<String>,
     done: &mut Erased,
     progress: &mut impl FnMut(&str),
@@ -158,12 +162,14 @@ async fn erase_archived(
         }
     }
     // Objects no record names: earlier versions whose deletion was cut short.
+    // Only names Chronos writes for the catalog's tables: anything else under
+    // the archive's root is someone else's.
     let records = archive::list(&*client).await?;
     let named: std::collections::HashSet<String> =
         records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
+    let tables: std::collections::HashSet<&str> = catalog.types().iter().map(|t| &*t.name).collect();
     for name in target.list().await? {
-        let ours = name.ends_with(".parquet") || name.ends_with(".manifest.json") || name.ends_with(".tmp");
-        if ours && name.contains('/') && !named.contains(&name) {
+        if archive::is_chronos_object(&name, &tables) && !named.contains(&name) {
             target.delete(&name).await?;
             done.stale_deleted.push(name);
         }
@@ -187,15 +193,7 @@ async fn delete_rows(
         done.raw.push((ty.name.to_string(), n));
     }
     done.pages = tx.execute("DELETE FROM chronos.batches WHERE session_id = ANY($1)", &[&sessions]).await?;
-    for session in sessions {
-        done.dead_letters += tx
-            .execute(
-                "DELETE FROM chronos.dead_letters WHERE context->>'session_id' = $1 OR position(convert_to($1, 'UTF8') IN coalesce(raw, '')) > 0
-                   OR position($1 IN coalesce(event::text, '')) > 0",
-                &[session],
-            )
-            .await?;
-    }
+    delete_dead_letters(tx, sessions, done).await?;
     done.identities = tx.execute("DELETE FROM chronos.identities WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
     done.visits = tx.execute("DELETE FROM chronos.sessions WHERE session_id = ANY($1) OR user_id = $2", &[&sessions, &user]).await?;
     let keyed = tx
@@ -214,6 +212,82 @@ async fn delete_rows(
     Ok(())
 }
 
+/// Dead letters read per query while looking for the sessions' raw records.
+const DEAD_LETTER_PAGE: i64 = 1000;
+
+/// Deletes the dead letters of `sessions`, matched by field, never by
+/// substring: the session of the batch facts a dead letter keeps
+/// (`context`), else the `session_id` of the raw Kafka record it holds,
+/// decoded ([`raw_session_ids`]). One that has neither names no session and
+/// is counted, not deleted.
+async fn delete_dead_letters(tx: &tokio_postgres::Transaction<'_>, sessions: &[String], done: &mut Erased) -> Result<()> {
+    done.dead_letters = tx.execute("DELETE FROM chronos.dead_letters WHERE context->>'session_id' = ANY($1)", &[&sessions]).await?;
+    let wanted: std::collections::HashSet<&str> = sessions.iter().map(String::as_str).collect();
+    let (mut after, mut matched) = (0i64, Vec::new());
+    loop {
+        let rows = tx
+            .query(
+                "SELECT id, raw FROM chronos.dead_letters WHERE context->>'session_id' IS NULL AND id > $1 ORDER BY id LIMIT $2",
+                &[&after, &DEAD_LETTER_PAGE],
+            )
+            .await?;
+        for r in &rows {
+            let ids = r.get::<_, Option<&[u8]>>(1).map(raw_session_ids).unwrap_or_default();
+            if ids.iter().any(|s| wanted.contains(s.as_str())) {
+                matched.push(r.get::<_, i64>(0));
+            } else if ids.is_empty() {
+                done.dead_letters_unattributed += 1;
+            }
+        }
+        match rows.last() {
+            Some(r) if rows.len() as i64 == DEAD_LETTER_PAGE => after = r.get(0),
+            _ => break,
+        }
+    }
+    done.dead_letters += tx.execute("DELETE FROM chronos.dead_letters WHERE id = ANY($1)", &[&matched]).await?;
+    Ok(())
+}
+
+/// The top-level `session_id` values of a raw Kafka record (JSON; several
+/// when the key repeats), read field by field: those read before a fault
+/// (a record cut short, bytes that are not UTF-8, nesting past serde_json's
+/// depth limit) are kept, so a damaged record of the session is still its.
+/// Nothing when the record is not a JSON object.
+pub fn raw_session_ids(raw: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    struct Top<'a>(&'a mut Vec<String>);
+    impl<'de> DeserializeSeed<'de> for Top<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a Kafka record (a JSON object)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == crate::record::field::SESSION_ID {
+                    // A session id that is not a string is no session.
+                    if let serde_json::Value::String(s) = map.next_value()? {
+                        self.0.push(s);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut found = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let _ = Top(&mut found).deserialize(&mut de);
+    found
+}
+
 /// Rewrites one archive file without the session's rows, when it has any:
 /// the new file (a new name) is uploaded and verified, its manifest written,
 /// its record updated, and only then the old file and manifest deleted.
@@ -226,7 +300,7 @@ async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, sessions: &
         return Ok(None);
     };
     let new = Manifest {
-        location: format!("{}/{}-{}.parquet", m.table, m.day, &s.sha256[..12]),
+        location: archive::file_name(&m.table, &m.day, Some(&s.sha256)),
         rows: s.rows,
         min_time: s.min_time,
         max_time: s.max_time,
@@ -273,4 +347,27 @@ pub async fn not_erased(config: &crate::config::Config) -> Vec<String> {
             .into(),
     );
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_session_ids;
+
+    #[test]
+    fn a_raw_record_is_matched_by_its_session_field_not_by_its_text() {
+        let ids = |raw: &[u8]| raw_session_ids(raw);
+        let record = br#"{"v":1,"batch_id":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","session_id":"s-7","page":{"url":"https://x/7"},
+                        "events":[["clicks",7,"session_id","7"]],"note":{"session_id":"7"}}"#;
+        assert_eq!(ids(record), ["s-7"], "only the top-level field counts");
+        assert_eq!(ids(br#"{"session\u005fid":"7"}"#), ["7"], "the key decoded, as PostgreSQL and Kafka readers see it");
+        assert_eq!(ids(br#"{"session_id":"a\"b\u0000"}"#), ["a\"b\0"]);
+        assert_eq!(ids(br#"{"session_id":"7","session_id":"8"}"#), ["7", "8"], "a repeated key: each value");
+        assert_eq!(ids(br#"{"v":1,"session_id":"7","events":[["clicks",1,"#), ["7"], "a record cut short after its session");
+        assert_eq!(ids(b"{\"session_id\":\"7\",\"page\":\"\xff\xfe\"}"), ["7"], "invalid UTF-8 after the session");
+        let deep = format!(r#"{{"session_id":"7","events":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(ids(deep.as_bytes()), ["7"], "nesting past the depth limit, without a stack overflow");
+        for none in [&b"7"[..], b"", b"not json 7", br#"["session_id","7"]"#, br#"{"session_id":7}"#, br#"{"events":[],"x":"session_id:7"}"#] {
+            assert!(ids(none).is_empty(), "{}", String::from_utf8_lossy(none));
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::archive::{self, day_range, day_str, Archiver};
-use super::columns::{self, Column};
+use super::columns::{self, Column, Kind};
 use super::file::{self, Value};
 use crate::store::schema::ident;
 
@@ -72,7 +72,7 @@ impl Lines {
         let find = |c: &Column| columns.iter().position(|f| f.name == c.name);
         match self {
             Lines::Csv(w) => {
-                let fields: Vec<String> = header.iter().map(|c| find(c).map_or(String::new(), |i| values[i].to_text(c.kind))).collect();
+                let fields: Vec<String> = header.iter().map(|c| find(c).map_or(String::new(), |i| csv_cell(&values[i], c.kind))).collect();
                 w.write_record(&fields)?;
             }
             Lines::Json(w) => {
@@ -94,6 +94,20 @@ impl Lines {
             Lines::Json(mut w) => w.flush()?,
         }
         Ok(())
+    }
+}
+
+/// First characters that make a spreadsheet read a cell as a formula (or,
+/// tab and carriage return, shift it to one): OWASP's CSV injection list.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A value as a CSV cell a spreadsheet shows and does not run: text that
+/// starts like a formula gets a leading `'` (OWASP's advice). Only text:
+/// numbers, times and lists (JSON arrays) are Chronos' own rendering.
+fn csv_cell(value: &Value, kind: Kind) -> String {
+    match value {
+        Value::Text(t) if t.starts_with(FORMULA_STARTS) => format!("'{t}"),
+        v => v.to_text(kind),
     }
 }
 
@@ -211,5 +225,25 @@ async fn from_archive(
             }
             Ok(n)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_prefixed() {
+        let text = |t: &str| csv_cell(&Value::Text(t.into()), Kind::Text);
+        for formula in ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\r=1"] {
+            assert_eq!(text(formula), format!("'{formula}"), "{formula:?}");
+        }
+        for plain in ["", "BUTTON", "a=b", " =1", "'quoted", "https://x/?a=-1", "\n=1"] {
+            assert_eq!(text(plain), plain, "{plain:?}");
+        }
+        assert_eq!(csv_cell(&Value::Int64(-5), Kind::Int64), "-5", "a number is not text");
+        assert_eq!(csv_cell(&Value::Float64(-0.5), Kind::Float64), "-0.5");
+        assert_eq!(csv_cell(&Value::TextList(vec![Some("=1".into())]), Kind::TextList), "[\"=1\"]");
+        assert_eq!(csv_cell(&Value::Null(Kind::Text), Kind::Text), "");
     }
 }

@@ -363,3 +363,22 @@ pub fn rewrite_without(from: &Path, to: &Path, column: &str, values: &std::colle
     }
     Ok(Some((seal(writer, to, kept)?, removed)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_a_file_that_names_an_unknown_type_names_the_file_and_the_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2025-12-02.parquet");
+        let evil = "text); DROP TABLE chronos.archives; --";
+        let cols = vec![Column { name: "element".into(), pg_type: evil.into(), kind: Kind::Text, nullable: true }];
+        let schema = Arc::new(columns::arrow_schema(&cols));
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), schema.clone(), None).unwrap();
+        w.write(&RecordBatch::new_empty(schema)).unwrap();
+        w.close().unwrap();
+        let e = format!("{:#}", reader(&path).map(|_| ()).unwrap_err());
+        assert!(e.contains(&path.display().to_string()) && e.contains(&format!("{evil:?}")), "{e}");
+    }
+}

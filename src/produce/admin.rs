@@ -13,13 +13,37 @@ fn admin(c: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
     super::kafka::base_client_config(c).create().map_err(|e| format!("cannot create a Kafka admin client for {}: {e}", c.brokers))
 }
 
-/// Creates the events and dead-letter topics when missing. Returns the names created.
-pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<String>, String> {
+/// The topic's `max.message.bytes` for a producer whose largest record is
+/// `max_record` bytes (its `message.max.bytes`, `kafka::max_record_bytes`).
+/// The broker checks the limit against a whole record batch: librdkafka puts
+/// a record of up to `message.max.bytes` in a batch, or records up to
+/// `batch.size` together, so the largest batch is the larger of the two, plus
+/// lz4's worst-case growth (n/255 + 16) should compression not pay, plus the
+/// batch's framing (61 bytes, and each record's length, key and headers).
+/// Below it (Kafka's default is 1 MiB), a batch chronosd accepted would be
+/// refused by the broker.
+pub fn topic_max_message_bytes(c: &KafkaConfig, max_record: usize) -> usize {
+    let largest = max_record.max(c.batch_bytes as usize);
+    largest + largest / 255 + 16 * 1024
+}
+
+/// Every setting of the topics Chronos creates, explicit.
+pub fn topic_config(c: &KafkaConfig, max_record: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("min.insync.replicas", c.topic_min_insync_replicas().to_string()),
+        ("max.message.bytes", topic_max_message_bytes(c, max_record).to_string()),
+    ]
+}
+
+/// Creates the events and dead-letter topics when missing, with
+/// [`topic_config`] for a producer whose largest record is `max_record`
+/// bytes. Returns the names created.
+pub async fn ensure_topics(c: &KafkaConfig, max_record: usize, timeout: Duration) -> Result<Vec<String>, String> {
     let admin = admin(c)?;
-    let min_isr = c.topic_min_insync_replicas().to_string();
+    let config = topic_config(c, max_record);
     let topics: Vec<NewTopic<'_>> = [c.topic.as_str(), c.dead_letter_topic.as_str()]
         .into_iter()
-        .map(|name| NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)).set("min.insync.replicas", &min_isr))
+        .map(|name| config.iter().fold(NewTopic::new(name, c.partitions, TopicReplication::Fixed(c.replication)), |t, (k, v)| t.set(k, v)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = admin.create_topics(&topics, &opts).await.map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
@@ -37,6 +61,18 @@ pub async fn ensure_topics(c: &KafkaConfig, timeout: Duration) -> Result<Vec<Str
 /// A topic's `retention.ms` (how long Kafka keeps its records), as the broker
 /// reports it; `Ok(None)` when it keeps them forever (-1).
 pub async fn retention_ms(c: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Option<i64>, String> {
+    let ms = topic_setting(c, topic, "retention.ms", timeout).await?;
+    Ok((ms >= 0).then_some(ms))
+}
+
+/// A topic's `max.message.bytes` (the largest record batch its brokers
+/// take), as the broker reports it.
+pub async fn max_message_bytes(c: &KafkaConfig, topic: &str, timeout: Duration) -> Result<i64, String> {
+    topic_setting(c, topic, "max.message.bytes", timeout).await
+}
+
+/// A numeric setting of a topic, as the broker reports it.
+async fn topic_setting(c: &KafkaConfig, topic: &str, name: &str, timeout: Duration) -> Result<i64, String> {
     use rdkafka::admin::ResourceSpecifier;
     let admin = admin(c)?;
     let opts = AdminOptions::new().request_timeout(Some(timeout));
@@ -45,14 +81,9 @@ pub async fn retention_ms(c: &KafkaConfig, topic: &str, timeout: Duration) -> Re
         .await
         .map_err(|e| format!("the broker at {} did not answer: {e}", c.brokers))?;
     let resource = results.into_iter().next().ok_or("no answer for the topic")?.map_err(|e| format!("topic {topic}: {e}"))?;
-    let value = resource
-        .entries
-        .iter()
-        .find(|e| e.name == "retention.ms")
-        .and_then(|e| e.value.clone())
-        .ok_or_else(|| format!("topic {topic} reports no retention.ms"))?;
-    let ms: i64 = value.parse().map_err(|_| format!("topic {topic}: retention.ms = {value} is not a number"))?;
-    Ok((ms >= 0).then_some(ms))
+    let value =
+        resource.entries.iter().find(|e| e.name == name).and_then(|e| e.value.clone()).ok_or_else(|| format!("topic {topic} reports no {name}"))?;
+    value.parse().map_err(|_| format!("topic {topic}: {name} = {value} is not a number"))
 }
 
 /// What [`check_security`] found.
@@ -263,6 +294,25 @@ mod tests {
         }
         assert!(explain_client_error(&c, "SASL authentication error")
             .contains("kafka.sasl_username = \"chronos\" with kafka.sasl_mechanism = \"SCRAM-SHA-512\""));
+    }
+
+    #[test]
+    fn topics_take_the_largest_batch_the_producer_sends() {
+        let c = KafkaConfig::default();
+        let max_record = super::super::kafka::max_record_bytes(1024 * 1024, 2000);
+        let producer = super::super::kafka::producer_config(&c, max_record);
+        let producer_max: usize = producer.get("message.max.bytes").unwrap().parse().unwrap();
+        let batch_size: usize = producer.get("batch.size").unwrap().parse().unwrap();
+        let config = topic_config(&c, max_record);
+        let topic_max: usize = config.iter().find(|(k, _)| *k == "max.message.bytes").expect("set explicitly").1.parse().unwrap();
+        assert!(topic_max > 1_048_588, "above Kafka's default, which the default caps exceed: {topic_max}");
+        for largest in [producer_max, batch_size] {
+            assert!(topic_max >= largest + largest / 255 + 61, "{topic_max} < batch of {largest}");
+        }
+        assert_eq!(config.iter().find(|(k, _)| *k == "min.insync.replicas").map(|(_, v)| v.as_str()), Some("1"));
+        // A batch.size above the largest record raises the limit with it.
+        let big_batches = KafkaConfig { batch_bytes: 8_000_000, ..KafkaConfig::default() };
+        assert!(topic_max_message_bytes(&big_batches, max_record) > 8_000_000);
     }
 
     #[test]

@@ -317,11 +317,19 @@ pub fn broker_ids(brokers: &str, timeout: Duration) -> Result<Vec<i32>> {
     Ok(ids)
 }
 
-/// Creates the configured topics, retrying while the cluster finishes starting.
+/// Creates the configured topics for chronosd's default HTTP caps (the
+/// tests' and benchmarks' topics), retrying while the cluster finishes starting.
 pub fn create_topics(kafka: &KafkaConfig, within: Duration) -> Result<()> {
+    let http = crate::config::HttpConfig::default();
+    create_topics_for(kafka, crate::produce::kafka::max_record_bytes(http.max_decompressed_bytes, http.max_events_per_batch), within)
+}
+
+/// Creates the configured topics for a producer whose largest record is
+/// `max_record` bytes, retrying while the cluster finishes starting.
+pub fn create_topics_for(kafka: &KafkaConfig, max_record: usize, within: Duration) -> Result<()> {
     let until = Instant::now() + within;
     loop {
-        let attempt = crate::rt::block_on(crate::produce::admin::ensure_topics(kafka, Duration::from_secs(5)));
+        let attempt = crate::rt::block_on(crate::produce::admin::ensure_topics(kafka, max_record, Duration::from_secs(5)));
         match attempt {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > until => bail!("{e}"),

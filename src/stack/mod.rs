@@ -140,7 +140,9 @@ impl Stack {
             process::write_pid(&self.pid_file(Service::Broker), child.id())?;
             std::fs::write(self.version_file(), &install.version)?;
         }
-        broker::create_topics(&self.config.kafka, Duration::from_secs(60))
+        let http = &self.config.http;
+        let max_record = crate::produce::kafka::max_record_bytes(http.max_decompressed_bytes, http.max_events_per_batch);
+        broker::create_topics_for(&self.config.kafka, max_record, Duration::from_secs(60))
     }
 
     /// `Apache Kafka 4.1.1, 1 broker` (local) or `external cluster, 3 brokers`.

@@ -418,9 +418,13 @@ impl Expr {
     }
 }
 
-/// A SQL string literal.
+/// A SQL string literal that reads the same whatever the server's
+/// `standard_conforming_strings` is: an escape string (`E'…'`, where a
+/// backslash always escapes), its backslashes and quotes doubled. A plain
+/// `'…'` with a backslash before its closing quote ends later with the
+/// setting off, and the rest of a definition's text would run as SQL.
 pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// `a op b` as PostgreSQL computes it for result type `ty`: NULL when either
@@ -517,6 +521,42 @@ fn compare(a: &Scalar<'_>, b: &Scalar<'_>) -> Option<std::cmp::Ordering> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads one SQL string literal at the start of `sql` as PostgreSQL does
+    /// with `standard_conforming_strings` off (a backslash escapes the next
+    /// character in every string) or on (only in `E'…'`); returns its value
+    /// and what follows it.
+    fn read_literal(sql: &str, standard_conforming: bool) -> Option<(String, &str)> {
+        let (escapes, body) = match sql.strip_prefix("E'") {
+            Some(body) => (true, body),
+            None => (!standard_conforming, sql.strip_prefix('\'')?),
+        };
+        let (mut value, mut chars) = (String::new(), body.char_indices().peekable());
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' if escapes => value.push(chars.next()?.1),
+                '\'' if chars.peek().is_some_and(|(_, n)| *n == '\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                '\'' => return Some((value, &body[i + 1..])),
+                c => value.push(c),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn literals_read_the_same_whatever_standard_conforming_strings_is() {
+        for s in ["", "url", "it's", "a\\", "a\\' OR true --", "\\'; DROP TABLE chronos.views; --", "\\\\''\\", "é\n\t$$"] {
+            let lit = literal(s);
+            for standard_conforming in [true, false] {
+                let followed = format!("{lit} AND x");
+                let (value, rest) = read_literal(&followed, standard_conforming).unwrap_or_else(|| panic!("{lit} does not end"));
+                assert_eq!((value.as_str(), rest), (s, " AND x"), "{lit}, standard_conforming_strings = {standard_conforming}");
+            }
+        }
+    }
 
     #[test]
     fn truncation_matches_postgres_in_utc() {
