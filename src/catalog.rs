@@ -159,6 +159,10 @@ pub struct EventType {
 #[derive(Debug, Clone)]
 pub struct EventCatalog {
     types: Vec<EventType>,
+    /// `limits.max_string_bytes`: the longest page value.
+    page_value_bytes: usize,
+    /// `limits.max_session_bytes`: the longest session or user id (128 unless set).
+    id_bytes: usize,
 }
 
 /// Largest integer a JavaScript number holds exactly.
@@ -187,7 +191,23 @@ impl EventCatalog {
                     .collect(),
             })
             .collect();
-        EventCatalog { types }
+        EventCatalog { types, page_value_bytes: max_string_bytes as usize, id_bytes: 128 }
+    }
+
+    /// The same catalog, knowing `limits.max_session_bytes` (for the bounds of view keys).
+    pub fn with_id_bytes(mut self, id_bytes: u32) -> Self {
+        self.id_bytes = id_bytes as usize;
+        self
+    }
+
+    /// The longest page value (`limits.max_string_bytes`).
+    pub fn page_value_bytes(&self) -> usize {
+        self.page_value_bytes
+    }
+
+    /// The longest session or user id (`limits.max_session_bytes`).
+    pub fn id_bytes(&self) -> usize {
+        self.id_bytes
     }
 
     /// The enabled event type called `name`, if any.

@@ -454,7 +454,7 @@ fn keys(c: &chronos::config::Config, action: KeysCmd) -> Result<()> {
 }
 
 fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
-    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes).with_id_bytes(c.limits.max_session_bytes);
     let defs = match &action {
         ViewsCmd::Add { file, .. } => {
             let sql = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

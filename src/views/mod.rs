@@ -12,6 +12,7 @@
 //! sees the new set of views.
 
 pub mod expr;
+pub mod keysize;
 pub mod parse;
 pub mod sql;
 pub mod state;
@@ -172,6 +173,7 @@ async fn add_in(tx: &Transaction<'_>, defs: &[ViewDef], catalog: &EventCatalog, 
         if tx.query_opt("SELECT 1 FROM chronos.views WHERE name = $1", &[&def.name]).await?.is_some() {
             return Err(ViewsError::Exists(def.name.clone()));
         }
+        keysize::check(def, catalog)?;
         for ext in sql::extensions(def) {
             let available = tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = $1", &[&ext]).await?.is_some();
             if !available {
@@ -246,6 +248,12 @@ async fn add_defaults(tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<us
         parse_views(DEFAULTS, catalog)?.into_iter().partition(|d| sql::extensions(d).iter().all(|e| available.iter().any(|a| a == e)));
     for d in &skipped {
         tracing::warn!(view = %d.name, "Default view skipped: a PostgreSQL extension it needs is missing.");
+    }
+    // With limits raised past the defaults, a default view's keys may no longer fit an index row.
+    let (usable, too_wide): (Vec<ViewDef>, Vec<ViewDef>) = usable.into_iter().partition(|d| keysize::check(d, catalog).is_ok());
+    for d in &too_wide {
+        let why = keysize::check(d, catalog).err().map(|e| e.to_string()).unwrap_or_default();
+        tracing::warn!(view = %d.name, why, "Default view skipped: its keys could pass PostgreSQL's index row limit.");
     }
     add_in(tx, &usable, catalog, true).await?;
     Ok(usable.len())
