@@ -142,6 +142,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 /// days past retention, starts the loaders.
 async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<load::LoaderHandle> {
     let catalog = catalog::EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
+    let exposed = store::tls::prefer_over_network(&config.postgres.url);
+    if !exposed.is_empty() {
+        tracing::warn!(
+            hosts = ?exposed,
+            "postgres.url: sslmode=prefer (the default) to a host across a network falls back to plain text without a word and checks no certificate; set sslmode=verify-full (docs/operations.md)."
+        );
+    }
     let mut client = store::connect(&config.postgres.url).await?;
     install(&mut client, &catalog, &config.load).await?;
     let retention = Duration::from_secs(config.load.seen_batches_retention_hours * 3600);

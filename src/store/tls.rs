@@ -67,6 +67,24 @@ pub fn parse(url: &str) -> Result<Target> {
     Ok(Target { config, mode, root_cert })
 }
 
+/// The hosts that `sslmode=prefer` reaches over a network, where it would
+/// fall back to plain text without a word (and cannot detect a man in the
+/// middle): every TCP host but loopback. Empty for any other mode.
+pub fn prefer_over_network(url: &str) -> Vec<String> {
+    let Ok(Target { config, mode: SslMode::Prefer, .. }) = parse(url) else { return Vec::new() };
+    config
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => {
+                let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                (!loopback).then(|| name.clone())
+            }
+            tokio_postgres::config::Host::Unix(_) => None,
+        })
+        .collect()
+}
+
 /// `postgres.url` as messages, logs and the CLI show it, in either form
 /// (URL or key=value): user, hosts, ports and database as PostgreSQL will be
 /// reached, `***` where a password is set. Built from the parsed settings, so
@@ -213,6 +231,17 @@ mod tests {
         let err = take_tls_keys("postgres://u@h/db?sslmode=on").unwrap_err().to_string();
         assert!(err.contains("sslmode=on is not one of disable, prefer, require, verify-ca, verify-full"), "{err}");
         assert!(parse("postgres://u@h/db?sslmode=verify-full").is_ok());
+    }
+
+    #[test]
+    fn prefer_is_flagged_only_over_a_network() {
+        assert_eq!(prefer_over_network("postgres://u@db.example.net/chronos"), vec!["db.example.net"], "prefer is the default");
+        assert_eq!(prefer_over_network("host=10.0.0.5 user=u sslmode=prefer"), vec!["10.0.0.5"]);
+        assert!(prefer_over_network("postgres://u@127.0.0.1:5433/chronos").is_empty());
+        assert!(prefer_over_network("postgres://u@localhost/chronos?sslmode=prefer").is_empty());
+        assert!(prefer_over_network("postgres://u@[::1]/chronos").is_empty());
+        assert!(prefer_over_network("host=/var/run/postgresql user=u").is_empty());
+        assert!(prefer_over_network("postgres://u@db.example.net/chronos?sslmode=verify-full").is_empty());
     }
 
     #[test]
