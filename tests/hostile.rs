@@ -3,7 +3,10 @@
 //! built to stop a partition. For each: the answer (status and body), then
 //! that chronosd is up, that a valid batch of the **same session** sent right
 //! after is stored within 10 s, that both topics' lag returns to 0, and that
-//! what was refused or set aside can be found.
+//! what was refused or set aside can be found. Classes: deep, huge, NUL,
+//! invalid escapes, slow (stalled bodies), poisoned records on the events
+//! topic, a view failing for good; and a property test that whatever receipt
+//! accepts or dead-letters can be stored in a real PostgreSQL.
 
 mod common;
 
@@ -134,6 +137,49 @@ fn hostile_bodies_are_refused_by_name_and_the_next_batch_is_stored() {
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{body}");
         assert!(body.to_string().len() < 2048, "the error body echoes at most a bounded part of the input: {body}");
     }
+    healthy(&s);
+    next_batch_is_stored(&s, session);
+    lag_returns_to_zero(&s);
+}
+
+/// Slow: clients that send headers and part of a body, then stall. Each
+/// gets 408 `body_timeout` at the deadline (`http.body_timeout_secs`, 10 s by
+/// default) instead of holding a connection and its buffer for ever, and
+/// meanwhile the same session's batches are stored.
+#[test]
+fn stalled_bodies_get_408_at_the_deadline_and_batches_still_flow() {
+    use std::io::Read;
+    let s = stack();
+    let started = Instant::now();
+    let stalled: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.d.addr).unwrap();
+            let head = format!(
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nOrigin: {ORIGIN}\r\nContent-Length: 100000\r\n\r\n{{\"v\":1,"
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let session = "hostile-slow";
+    next_batch_is_stored(&s, session);
+    for mut c in stalled {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("no answer to a stalled body after {:?}: {e}", started.elapsed()),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(20), "answered after {took:?}");
     healthy(&s);
     next_batch_is_stored(&s, session);
     lag_returns_to_zero(&s);
@@ -272,4 +318,130 @@ fn a_view_failing_for_good_is_marked_broken_and_the_rows_keep_loading() {
     // Later batches load without it.
     next_batch_is_stored(&s, session);
     lag_returns_to_zero(&s);
+}
+
+/// Text a hostile client might send in any string: every char, NUL and
+/// control characters included, more often than chance would give them.
+fn hostile_text(max: usize) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        3 => any::<char>().prop_map(String::from),
+        1 => Just("\u{0}".to_string()),
+        1 => Just("\u{1b}[2J\r".to_string()),
+        1 => Just("\\u0000'\"\\".to_string()),
+        1 => Just("\u{202e}é漢🙂".to_string()),
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(move |p| {
+        let mut s: String = p.concat();
+        while s.len() > max {
+            s.pop();
+        }
+        s
+    })
+}
+
+fn hostile_event() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let t = now_ms() - 1000;
+    prop_oneof![
+        (hostile_text(16), proptest::option::of(hostile_text(200))).prop_map(move |(n, r)| json!(["pageviews", t, n, r])),
+        (hostile_text(64), 0i64..=31, proptest::option::of(hostile_text(100))).prop_map(move |(e, b, s)| json!(["clicks", t, e, b, 1, 2, s])),
+        (proptest::option::of(hostile_text(100)), proptest::option::of(hostile_text(100))).prop_map(move |(l, h)| json!(["link_clicks", t, l, h])),
+        (proptest::option::of(hostile_text(32)), hostile_text(64)).prop_map(move |(k, e)| json!(["key_presses", t, k, e])),
+        (proptest::option::of(hostile_text(50)), proptest::collection::vec(hostile_text(20), 0..6)).prop_map(move |(f, fields)| json!([
+            "form_submissions",
+            t,
+            f,
+            null,
+            fields
+        ])),
+        // Rejected at receipt: an unknown type's name and junk values go to the dead letters.
+        (hostile_text(40), hostile_text(40)).prop_map(move |(n, v)| json!([n, t, v])),
+        hostile_text(40).prop_map(move |v| json!(["mouse_moves", t, v, {"deep": v}])),
+    ]
+}
+
+/// Every record receipt accepts, and every dead letter it produces, can be
+/// stored: decoded as the loaders decode them and written to a real
+/// PostgreSQL (COPY BINARY, the batch's page, the dead letters) in one
+/// transaction that commits. A NUL that receipt let through, or a dead letter
+/// PostgreSQL refuses, fails here instead of stalling a partition.
+#[test]
+// The one client is borrowed by one case at a time, on a current-thread runtime's block_on.
+#[allow(clippy::await_holding_refcell_ref)]
+fn every_record_and_dead_letter_receipt_produces_can_be_stored() {
+    use chronos::load::decode::{decode_batch, decode_dead_letter, TimePolicy};
+    use chronos::store::internals::{Internals, Pages};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+
+    let dir = temp_dir();
+    let pg = chronos::stack::postgres::PostgresServer::start_in(dir.path()).expect("start PostgreSQL");
+    let config = chronos::config::Config::from_toml(&format!(
+        "[limits]\nper_key_per_sec = 1000000000\nper_key_burst = 1000000000\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\nallow_no_origin = true\n"
+    ))
+    .unwrap();
+    let shared = chronos::http::receipt::ReceiptShared::from_config(&config, std::sync::Arc::new(chronos::telemetry::Metrics::new()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client = rt.block_on(chronos::store::connect(&pg.url())).unwrap();
+    let load = chronos::config::LoadConfig { timescaledb: chronos::config::Timescale::Never, ..Default::default() };
+    rt.block_on(chronos::install(&mut client, &shared.catalog, &load)).unwrap();
+    let internals = rt.block_on(Internals::prepare(&client, &shared.catalog)).unwrap();
+    let policy = TimePolicy { max_past_ms: 86_400_000, max_future_ms: 86_400_000 };
+    let client = std::cell::RefCell::new(client);
+    let (records, letters) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+
+    let mut runner = TestRunner::new(RunnerConfig { cases: 64, failure_persistence: None, ..RunnerConfig::default() });
+    let strategy = (proptest::collection::vec(hostile_event(), 1..12), hostile_text(300), hostile_text(64));
+    runner
+        .run(&strategy, |(events, title, language)| {
+            // A NUL in a page value refuses the whole batch (400, tested above): keep the page storable.
+            let (title, language) = (title.replace('\0', ""), language.replace('\0', ""));
+            let b = json!({
+                "v": 1, "key": KEY, "batch": uuid::Uuid::new_v4().to_string(), "sent_at": now_ms(), "session": "s-prop",
+                "page": {"url": "https://example.com/", "title": title, "language": language}, "events": events,
+            });
+            let msg = chronos::http::receipt::Receive {
+                body: b.to_string().into_bytes(),
+                encoding: chronos::http::body::Encoding::Identity,
+                origin: None,
+                client_ip: "203.0.113.9".parse().unwrap(),
+                user_agent: Some(common::BROWSER_UA.into()),
+                received_at: now_ms(),
+            };
+            let accepted = chronos::http::receipt::read_batch(&shared, msg).map_err(|e| TestCaseError::fail(format!("refused: {e}")))?;
+            rt.block_on(async {
+                let mut client = client.borrow_mut();
+                let tx = client.transaction().await.unwrap();
+                if let Some(mut record) = accepted.batch.record {
+                    let decoded = decode_batch(&mut record, &shared.catalog, policy).unwrap();
+                    let mut pages = Pages::default();
+                    pages.push(decoded.batch_id, now_ms(), "s-prop", decoded.page.clone().unwrap());
+                    internals.store_pages(&tx, &pages).await.map_err(|e| TestCaseError::fail(format!("page: {e:?}")))?;
+                    for t in &decoded.tables {
+                        internals.copy_rows(&tx, t.table, &t.tuples).await.map_err(|e| TestCaseError::fail(format!("COPY: {e:?}")))?;
+                    }
+                    let dead: Vec<(i64, _)> = decoded.dead.into_iter().map(|d| (0, d)).collect();
+                    internals
+                        .insert_dead_letters(&tx, "events", 0, &dead)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("load dead letters: {e:?}")))?;
+                    records.set(records.get() + 1);
+                }
+                if let Some(mut dead) = accepted.batch.dead_letter {
+                    let decoded: Vec<(i64, _)> = decode_dead_letter(&mut dead).unwrap().into_iter().map(|d| (1, d)).collect();
+                    let n = internals
+                        .insert_dead_letters(&tx, "dead", 0, &decoded)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("dead letters: {e:?}")))?;
+                    prop_assert_eq!(n as usize, decoded.len());
+                    letters.set(letters.get() + 1);
+                }
+                tx.commit().await.map_err(|e| TestCaseError::fail(format!("commit: {e:?}")))?;
+                Ok(())
+            })
+        })
+        .unwrap();
+    let (records, letters) = (records.get(), letters.get());
+    assert!(records > 10 && letters > 10, "the cases reached both paths: {records} records, {letters} dead-letter records");
 }
