@@ -325,8 +325,10 @@ origins = ["example.com", "*.example.org"]
         assert_eq!((c.http.body_timeout_secs, c.http.max_bodies_in_flight, c.limits.ipv6_prefix), (10, 256, 64));
         assert!(c.http.admin_listen.ip().is_loopback(), "the operational endpoints are local by default");
         let with = |extra: &str| Config::from_toml(&format!("{}{extra}", key_section())).unwrap_err().to_string();
-        let err = with("[http]\nbody_timeout_secs = 0\nmax_connections = 0\nmax_bodies_in_flight = 0\n[limits]\nipv6_prefix = 129\n");
+        assert_eq!(c.import.body_timeout_secs, 600, "an import body gets its own, longer deadline");
+        let err = with("[http]\nbody_timeout_secs = 0\nmax_connections = 0\nmax_bodies_in_flight = 0\n[limits]\nipv6_prefix = 129\n[import]\nbody_timeout_secs = 0\n");
         for says in [
+            "import.body_timeout_secs: must be greater than 0",
             "http.body_timeout_secs: must be greater than 0",
             "http.max_connections: must be greater than 0",
             "http.max_bodies_in_flight: must be greater than 0",

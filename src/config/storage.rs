@@ -188,11 +188,15 @@ pub struct ImportConfig {
     pub batch_events: usize,
     /// Largest `POST /v1/import` body, after decompression.
     pub max_body_bytes: usize,
+    /// Seconds a `POST /v1/import` body may take to arrive (408 after):
+    /// an import body is far larger than a batch, so it gets its own deadline
+    /// (`http.body_timeout_secs` bounds batches).
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ImportConfig {
     fn default() -> Self {
-        ImportConfig { max_past_days: 3660, max_future_secs: 3600, batch_events: 500, max_body_bytes: 64 << 20 }
+        ImportConfig { max_past_days: 3660, max_future_secs: 3600, batch_events: 500, max_body_bytes: 64 << 20, body_timeout_secs: 600 }
     }
 }
 
@@ -278,6 +282,13 @@ impl RetentionConfig {
 impl ImportConfig {
     /// What is wrong with `[import]`, each naming its key.
     pub(super) fn errors(&self, errors: &mut Vec<String>) {
-        positive(errors, [("import.batch_events", self.batch_events as u64), ("import.max_body_bytes", self.max_body_bytes as u64)]);
+        positive(
+            errors,
+            [
+                ("import.batch_events", self.batch_events as u64),
+                ("import.max_body_bytes", self.max_body_bytes as u64),
+                ("import.body_timeout_secs", self.body_timeout_secs),
+            ],
+        );
     }
 }

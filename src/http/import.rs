@@ -45,7 +45,7 @@ async fn import(req: &HttpRequest, payload: web::Payload, state: &AppState) -> R
     let config = state.config.clone();
     let limit = config.import.max_body_bytes;
     let encoding = Encoding::from_header(header_str(req, header::CONTENT_ENCODING))?;
-    let body = super::read_body(req, payload, state, limit).await?;
+    let body = super::read_body(req, payload, state, limit, Duration::from_secs(config.import.body_timeout_secs)).await?;
 
     // Decompress, parse and check off the HTTP worker: a body may hold a million events.
     let (key_id, enricher) = (key.id.clone(), state.enricher.clone());

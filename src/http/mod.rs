@@ -202,7 +202,7 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
         }
     }
     let encoding = Encoding::from_header(header_str(req, header::CONTENT_ENCODING))?;
-    let body = read_body(req, payload, state, state.max_body_bytes).await?;
+    let body = read_body(req, payload, state, state.max_body_bytes, state.body_timeout).await?;
     let msg = Receive {
         body,
         encoding,
@@ -236,13 +236,20 @@ async fn receive(req: &HttpRequest, payload: web::Payload, state: &AppState) -> 
     Ok(summary)
 }
 
-/// Reads a request's body under `limit` bytes and `http.body_timeout_secs`,
-/// holding one of the `http.max_bodies_in_flight` permits meanwhile (none
-/// left: 503 with Retry-After, before a byte is read).
-pub(crate) async fn read_body(req: &HttpRequest, payload: web::Payload, state: &AppState, limit: usize) -> Result<Vec<u8>, IngestError> {
+/// Reads a request's body under `limit` bytes and within `deadline`
+/// (`http.body_timeout_secs` for a batch), holding one of the
+/// `http.max_bodies_in_flight` permits meanwhile (none left: 503 with
+/// Retry-After, before a byte is read).
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, IngestError> {
     let _permit = state.bodies.try_acquire().map_err(|_| IngestError::Busy { retry_after: state.retry_after })?;
     let content_length = header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-    body::read_capped(payload, content_length, limit, state.body_timeout).await
+    body::read_capped(payload, content_length, limit, deadline).await
 }
 
 fn cors_headers(res: &mut HttpResponse, origin: &str) {

@@ -179,8 +179,9 @@ const send = (batch, attempt) => {
     credentials: 'omit',
   })
     .then((r) => {
-      if (r.ok || (r.status < 500 && r.status !== 429)) {
+      if (r.ok || (r.status < 500 && r.status !== 429 && r.status !== 408)) {
         // Stored, or refused for good (4xx: say why, in the console): never resent.
+        // 408 (the body arrived too slowly) and 429 are retried like a 5xx.
         if (!r.ok) r.text().then((t) => console.warn('Chronos: batch refused', r.status, t));
         pending.delete(batch.batch);
         if (mine.has(batch.batch)) keep();
