@@ -92,6 +92,10 @@ fn bench_read_batch(cr: &mut Criterion) {
             a
         })
     });
+    // The depth pre-scan alone (part of read_batch above): its share of the receipt's work.
+    g.bench_function(BenchmarkId::new("depth_check_50_events", body.len()), |b| {
+        b.iter(|| chronos::payload::depth::check(std::hint::black_box(&body), chronos::payload::depth::BATCH_DEPTH).unwrap())
+    });
     g.finish();
 }
 
