@@ -247,6 +247,17 @@ fn a_record_postgres_refuses_is_set_aside_once_and_the_partition_goes_on() {
         let click = events.iter_mut().find(|e| e[0] == "clicks").unwrap();
         click[2] = json!("BU\u{0}TTON");
     });
+    // chronos import now refuses the first at the door, naming the line and the field; nothing is sent.
+    let file = s.d.config_path().with_file_name("poison.jsonl");
+    std::fs::write(&file, format!("{}\n", serde_json::to_string(&bad_key).unwrap())).unwrap();
+    let before = s.kafka.count(&s.kafka.topic);
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(s.d.config_path()).arg("import").arg(&file).output().unwrap();
+    let said = output_text(&out);
+    assert!(!out.status.success() && said.contains("line 1") && said.contains("`key_id`: must be 1-64"), "{said}");
+    assert_eq!(s.kafka.count(&s.kafka.topic), before, "nothing of it was sent");
+
+    // Any other producer can still write them: the loaders must cope.
     let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &s.kafka.bootstrap).create().unwrap();
     let mut raws = Vec::new();
     for v in [&bad_key, &good, &bad_text] {
