@@ -59,6 +59,12 @@ fn healthy(s: &Loading) {
     assert!(chronos::stack::process::alive(s.d.pid()), "chronosd is running");
 }
 
+/// `depth` balanced `[`…`]`: well-formed JSON, 1,000,000 bytes for 500,000
+/// (under the 1 MiB decompressed cap), about 1 KB gzipped.
+fn nested(depth: usize) -> Vec<u8> {
+    [vec![b'['; depth], vec![b']'; depth]].concat()
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(data).unwrap();
@@ -84,9 +90,10 @@ fn the_receipt_refuses_deep_nesting_on_a_production_sized_stack() {
                 user_agent: None,
                 received_at: now_ms(),
             };
-            let plain = chronos::http::receipt::read_batch(&shared, receive(vec![b'['; 500_000], chronos::http::body::Encoding::Identity));
-            let objects = chronos::http::receipt::read_batch(&shared, receive(b"{\"a\":".repeat(100_000), chronos::http::body::Encoding::Identity));
-            let zipped = chronos::http::receipt::read_batch(&shared, receive(gzip(&vec![b'['; 500_000]), chronos::http::body::Encoding::Gzip));
+            let plain = chronos::http::receipt::read_batch(&shared, receive(nested(500_000), chronos::http::body::Encoding::Identity));
+            let objects = [b"{\"a\":".repeat(100_000), b"1".to_vec(), b"}".repeat(100_000)].concat();
+            let objects = chronos::http::receipt::read_batch(&shared, receive(objects, chronos::http::body::Encoding::Identity));
+            let zipped = chronos::http::receipt::read_batch(&shared, receive(gzip(&nested(500_000)), chronos::http::body::Encoding::Gzip));
             [plain, objects, zipped].map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
         })
         .unwrap();
@@ -106,7 +113,7 @@ fn hostile_bodies_are_refused_by_name_and_the_next_batch_is_stored() {
     let zipped = [("Content-Type", "text/plain"), ("Content-Encoding", "gzip"), ("Origin", ORIGIN), ("X-Forwarded-For", "198.51.100.7")];
 
     // Deep: the 1,006-byte request that killed chronosd (no write key at all).
-    let bomb = gzip(&vec![b'['; 500_000]);
+    let bomb = gzip(&nested(500_000));
     assert!(bomb.len() < 2048, "{} bytes", bomb.len());
     let (status, body, _) = post_raw(&c, &s.d, bomb, &zipped);
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("too_deep")), "{body}");
