@@ -53,6 +53,14 @@ fn lag_returns_to_zero(s: &Loading) {
     }
 }
 
+/// What every hostile case ends with: chronosd up, the same session's next
+/// batch stored within 10 s, and both topics' lag back to 0.
+fn still_ingests(s: &Loading, session: &str) {
+    healthy(s);
+    next_batch_is_stored(s, session);
+    lag_returns_to_zero(s);
+}
+
 fn healthy(s: &Loading) {
     let res = client().get(s.d.url("/healthz")).send().expect("chronosd answers");
     assert_eq!(res.status().as_u16(), 200);
@@ -144,9 +152,7 @@ fn hostile_bodies_are_refused_by_name_and_the_next_batch_is_stored() {
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{body}");
         assert!(body.to_string().len() < 2048, "the error body echoes at most a bounded part of the input: {body}");
     }
-    healthy(&s);
-    next_batch_is_stored(&s, session);
-    lag_returns_to_zero(&s);
+    still_ingests(&s, session);
 }
 
 /// Slow: clients that send headers and part of a body, then stall. Each
@@ -187,9 +193,7 @@ fn stalled_bodies_get_408_at_the_deadline_and_batches_still_flow() {
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(20), "answered after {took:?}");
-    healthy(&s);
-    next_batch_is_stored(&s, session);
-    lag_returns_to_zero(&s);
+    still_ingests(&s, session);
 }
 
 /// Events holding U+0000 are answered 200 and dead-lettered; before, the
@@ -222,9 +226,7 @@ fn nul_events_are_dead_lettered_and_the_dead_letter_partition_keeps_loading() {
     assert!(event.contains(r"no\\u0000pe"), "{event}");
     let listed = output_text(&chronos_cli(&s.d.config_path(), &["dead-letters", "list"]));
     assert!(listed.contains("unknown or disabled event type"), "{listed}");
-    healthy(&s);
-    next_batch_is_stored(&s, session);
-    lag_returns_to_zero(&s);
+    still_ingests(&s, session);
 }
 
 /// Records PostgreSQL refuses for good, written to the events topic by any
@@ -306,8 +308,7 @@ fn a_record_postgres_refuses_is_set_aside_once_and_the_partition_goes_on() {
     assert!(s.d.metric(&metric).is_some_and(|n| n >= 1.0), "{metric} in /metrics");
     let listed = output_text(&chronos_cli(&s.d.config_path(), &["dead-letters", "list"]));
     assert!(listed.contains("22021: invalid byte sequence"), "{listed}");
-    healthy(&s);
-    lag_returns_to_zero(&s);
+    still_ingests(&s, session);
 }
 
 /// A continuous view whose statement fails for good is marked broken (its
@@ -334,8 +335,7 @@ fn a_view_failing_for_good_is_marked_broken_and_the_rows_keep_loading() {
     let listed = output_text(&chronos_cli(&s.d.config_path(), &["views", "list"]));
     assert!(listed.contains("BROKEN, not maintained"), "{listed}");
     // Later batches load without it.
-    next_batch_is_stored(&s, session);
-    lag_returns_to_zero(&s);
+    still_ingests(&s, session);
 }
 
 /// Text a hostile client might send in any string: every char, NUL and
