@@ -287,9 +287,14 @@ fn a_record_postgres_refuses_is_set_aside_once_and_the_partition_goes_on() {
     s.d.kill9();
     s.d = Chronosd::start(&toml);
     s.d.wait_ready(Duration::from_secs(60));
-
+    // The killed member's session has to expire before the partition is
+    // assigned again (load.session_timeout_ms): wait for the good record
+    // first; the 10 s of the next batch then count from a running loader.
+    let good_id = good["batch_id"].as_str().unwrap().to_string();
+    s.d.wait_until("the good record between the two to be stored", Duration::from_secs(40), || stored_batch(&s.url, &good_id) == 6);
+    assert_eq!(stored_batch(&s.url, &good_id), 6, "the good record between the two is stored, once");
+    // Stored in offset order: once it is, every record before it was loaded or set aside.
     next_batch_is_stored(&s, session);
-    assert_eq!(stored_batch(&s.url, good["batch_id"].as_str().unwrap()), 6, "the good record between the two is stored, once");
     let aside = query(
         &s.url,
         &format!(
