@@ -48,6 +48,9 @@
 //!    (the layering test checks that). It stays in this library because the `chronos` CLI,
 //!    which shares this package, and the tests and benchmarks all need it; a crate of its own
 //!    would need the CLI in a package of its own too.
+//! 6. [`fuzz`]: what the fuzz targets (`tests/fuzz`) and `tests/fuzz_corpus.rs` run — client
+//!    bytes through receipt, record bytes through the loaders' decode — and a generator of
+//!    hostile JSON. Test tooling like [`stack`]: the daemon never calls it.
 //!
 //! The function [`run`] is the whole daemon; `src/bin/chronosd.rs` only parses arguments and calls it.
 
@@ -55,6 +58,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod enrich;
+pub mod fuzz;
 pub mod http;
 pub mod import;
 pub mod lifecycle;
