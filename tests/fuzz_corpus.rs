@@ -134,26 +134,6 @@ fn the_corpus_holds_every_seed() {
     }
 }
 
-/// Inputs the fuzz targets found that still panic, kept under
-/// tests/fuzz/crashes/<target>/ until the code is fixed (then they move into
-/// the corpus and this test goes): perf/fuzz.md, "Crashes found".
-#[test]
-#[ignore = "known crashes, not fixed yet"]
-fn known_crashes() {
-    let mut failed = Vec::new();
-    for t in Target::ALL {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/crashes").join(t.name());
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut queue = entries.map(|e| e.unwrap().path()).collect::<Vec<_>>().into_iter();
-        let (_, _, f) = run_all(t, move || {
-            let path = queue.next()?;
-            Some((path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()))
-        });
-        failed.extend(f.into_iter().map(|f| format!("{}: {f}", t.name())));
-    }
-    assert!(failed.is_empty(), "still panic: {failed:#?}");
-}
-
 /// Writes the seed corpus: `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`.
 #[test]
 #[ignore = "writes tests/fuzz/corpus"]

@@ -295,8 +295,8 @@ impl<'r, 'v> Batch<'r, 'v> {
             id: field(f::BATCH_ID)?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?,
             session: field(f::SESSION_ID)?.as_str().ok_or("`session_id` is not a string")?,
             key_id: field(f::KEY_ID)?.as_str().ok_or("`key_id` is not a string")?,
-            sent_at: field(f::SENT_AT)?.as_i64().ok_or("`sent_at` is not an integer")?,
-            received_at: field(f::RECEIVED_AT)?.as_i64().ok_or("`received_at` is not an integer")?,
+            sent_at: plausible(field(f::SENT_AT)?).map_err(|m| format!("`sent_at` {m}"))?,
+            received_at: plausible(field(f::RECEIVED_AT)?).map_err(|m| format!("`received_at` {m}"))?,
             client_ip: optional(f::CLIENT_IP).and_then(|v| v.as_str()),
             imported: optional(f::IMPORTED).and_then(|v| v.as_bool()) == Some(true),
             bot: optional(f::BOT).and_then(|v| v.as_str()),
@@ -308,6 +308,17 @@ impl<'r, 'v> Batch<'r, 'v> {
             events: field(f::EVENTS)?.as_array().ok_or("`events` is not an array")?,
         })
     }
+}
+
+/// A time of a record, in ms since the epoch, within what receipt accepts
+/// (years 2000-2099): the event-time arithmetic and the COPY encoding then
+/// cannot overflow, whoever wrote the record.
+fn plausible(v: &Value<'_>) -> Result<i64, String> {
+    let ms = v.as_i64().ok_or("is not an integer")?;
+    if !(crate::payload::MIN_PLAUSIBLE_MS..crate::payload::MAX_PLAUSIBLE_MS).contains(&ms) {
+        return Err(format!("{ms} is not a plausible time in ms since the Unix epoch (years 2000-2099)"));
+    }
+    Ok(ms)
 }
 
 /// An event's table (index in `types`) and client time, with its attribute
@@ -324,7 +335,7 @@ fn resolve<'r, 'v>(
     let items = event.as_array().ok_or(": not an array")?;
     let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
     let table = types.iter().position(|t| &*t.name == name).ok_or_else(|| format!("[0]: event type `{name}` is not in this loader's catalog"))?;
-    let client_time = items.get(1).and_then(|v| v.as_i64()).ok_or("[1]: client time is not an integer")?;
+    let client_time = plausible(items.get(1).ok_or("[1]: no client time")?).map_err(|m| format!("[1]: client time {m}"))?;
     let names = schema.get(name).and_then(|n| n.as_array());
     values.clear();
     for a in &types[table].attributes {
@@ -412,5 +423,25 @@ mod tests {
         let p = TimePolicy { max_past_ms: DAY, max_future_ms: DAY };
         assert!(decode_batch(&mut b"nope".to_vec(), &catalog, p).unwrap_err().starts_with("not JSON"));
         assert_eq!(decode_batch(&mut br#"{"v":2}"#.to_vec(), &catalog, p).unwrap_err(), "unsupported record version (this loader reads v1)");
+    }
+
+    /// Found by the fuzzer: times far outside 2000-2099 overflowed the event
+    /// time or the COPY encoding (a panic in test builds, a wrong time in release).
+    #[test]
+    fn implausible_times_are_refused_before_any_arithmetic() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 100);
+        let p = TimePolicy { max_past_ms: DAY, max_future_ms: DAY };
+        let record = |sent: &str, client: &str| {
+            format!(
+                r#"{{"v":1,"batch_id":"0b6f5e2c-3f0e-4bb1-9a57-8f6c2a0c1d2e","session_id":"s","key_id":"k","sent_at":{sent},"received_at":1764000000100,
+                "page":{{}},"schema":{{}},"events":[["mouse_moves",{client}]]}}"#
+            )
+            .into_bytes()
+        };
+        let d = decode_batch(&mut record("1764000000000", "9300000000000000"), &catalog, p).unwrap();
+        assert_eq!((d.events, d.dead.len()), (0, 1));
+        assert!(d.dead[0].reason.starts_with("events[0][1]: client time 9300000000000000 is not a plausible time"), "{:?}", d.dead[0]);
+        let e = decode_batch(&mut record("-9223372036854775808", "1764000000000"), &catalog, p).unwrap_err();
+        assert!(e.starts_with("`sent_at` -9223372036854775808 is not a plausible time"), "{e}");
     }
 }

@@ -54,10 +54,11 @@ impl<'a> TupleWriter<'a> {
         types::uuid_to_sql(*v.as_bytes(), self.buf);
     }
 
-    /// `timestamptz` from ms since the Unix epoch.
+    /// `timestamptz` from ms since the Unix epoch. Saturating: a time past
+    /// what i64 µs hold becomes one PostgreSQL refuses (22008), never a panic.
     pub fn timestamp_ms(&mut self, ms: i64) {
         self.buf.put_i32(8);
-        types::timestamp_to_sql(ms * 1000 - PG_EPOCH_OFFSET_US, self.buf);
+        types::timestamp_to_sql(ms.saturating_mul(1000).saturating_sub(PG_EPOCH_OFFSET_US), self.buf);
     }
 
     pub fn text(&mut self, v: &str) {
