@@ -140,8 +140,10 @@ fn events_land_exactly_once_with_every_value_intact(layout: Layout) {
 
     // What the loaders waited on is exported: here their queues, empty
     // between the test's posts (a buffer due by time waits for no commit).
+    // How long depends on the machine's load (0.76 s in one full-suite run,
+    // several seconds alone): that it counts is what is checked.
     let waited = d.metric(&format!("chronos_load_wait_seconds_total{{on=\"records\",topic=\"{}\"}}", kafka.topic));
-    assert!(waited.is_some_and(|s| s > 1.0), "{waited:?}");
+    assert!(waited.is_some_and(|s| s > 0.0), "{waited:?}");
 
     // Offsets live in PostgreSQL, per partition.
     let stored = count(&url, "SELECT coalesce(sum(next_offset), 0)::bigint FROM chronos.offsets WHERE topic NOT LIKE 'dead%'");
