@@ -216,7 +216,9 @@ proptest! {
     fn a_corrupted_event_is_rejected_alone(
         events in proptest::collection::vec(event(), 2..30),
         pick in any::<prop::sample::Index>(),
-        junk in prop_oneof![Just(json!({"x": 1})), Just(json!([1, [2]])), Just(json!(1.5e300)), Just(json!(-1e18))],
+        // Nesting past what a batch needs refuses the whole batch instead (400 too_deep,
+        // tests/hostile.rs), so the junk stays within one level of the attribute.
+        junk in prop_oneof![Just(json!({"x": 1})), Just(json!([1, 2])), Just(json!(1.5e300)), Just(json!(-1e18))],
     ) {
         let mut events = events;
         let i = pick.index(events.len());
