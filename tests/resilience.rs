@@ -107,10 +107,10 @@ fn broker_outage_gives_503_with_bounded_memory_then_recovers() {
     assert!(codes.contains("overloaded"), "16 clients against an 8-record queue saturate it: {codes:?}");
     let rss_after = d.rss_kib();
     assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB during the outage");
-    // Readiness reports the broker down.
+    // Readiness reports the broker down (the reason on the admin listener's detailed /readyz).
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = chronos::probe::http_get(d.addr, "/readyz", Duration::from_secs(3)).unwrap();
+        let (code, body) = chronos::probe::http_get(d.admin, "/readyz", Duration::from_secs(3)).unwrap();
         if code == 503 {
             assert!(body.contains("\"broker_up\":false"), "{body}");
             break;
