@@ -367,9 +367,11 @@ impl Found<'_> {
 }
 
 /// A PostgreSQL error as PostgreSQL said it (tokio-postgres prints only "db error").
+/// A view's failure names the view.
 fn db_error(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()) {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+    let view = e.downcast_ref::<crate::views::ViewFailure>().map(|v| format!("view `{}`: ", v.view)).unwrap_or_default();
+    match e.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error()) {
+        Some(db) => format!("{view}{}: {}", db.code().code(), db.message()),
         None => format!("{e:#}"),
     }
 }
