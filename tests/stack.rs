@@ -135,6 +135,62 @@ controller_port = {controller}
     assert!(text(&out).lines().all(|l| !l.contains(" up ")), "{}", text(&out));
 }
 
+/// A machine where TimescaleDB cannot be installed: the first command does not
+/// dead-end. `.ci/setup` says so once and exits 0, and `chronos start` brings
+/// the stack up on native partitions. The machine is made to look that way by a
+/// `pg_config` whose package library directory holds no TimescaleDB (what setup
+/// and the stack both look at) and CHRONOS_TIMESCALEDB=skip (no install tried).
+#[test]
+fn the_first_run_goes_on_without_timescaledb() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let which = std::process::Command::new("sh").args(["-c", "command -v pg_config"]).output().unwrap();
+    let real = String::from_utf8(which.stdout).unwrap().trim().to_string();
+    assert!(!real.is_empty(), "pg_config on PATH");
+    let (bin, lib) = (dir.path().join("bin"), dir.path().join("lib"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&lib).unwrap();
+    let fake = bin.join("pg_config");
+    std::fs::write(&fake, format!("#!/bin/sh\nif [ \"$1\" = --pkglibdir ]; then echo '{}'; else exec '{real}' \"$@\"; fi\n", lib.display())).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    let setup = std::process::Command::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/setup"))
+        .env("PATH", &path)
+        .env("CHRONOS_TIMESCALEDB", "skip")
+        .output()
+        .unwrap();
+    let said = text(&setup);
+    assert!(setup.status.success(), "{said}");
+    assert_eq!(said.matches("TimescaleDB is not installed").count(), 1, "said once: {said}");
+    assert!(said.contains("the stack uses native PostgreSQL partitions; the hypertable tests need it"), "{said}");
+    assert!(said.contains("ready: PostgreSQL") && said.contains("no TimescaleDB"), "{said}");
+
+    let (http, pg, broker, controller, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let config = dir.path().join("chronos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[[keys]]\nid = \"local\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n\
+             [kafka]\nbrokers = \"127.0.0.1:{broker}\"\npartitions = 1\n[postgres]\nurl = \"postgres://chronos@127.0.0.1:{pg}/chronos\"\n\
+             [stack]\ndir = \"{}\"\npostgres_port = {pg}\nbroker_port = {broker}\ncontroller_port = {controller}\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let stack = StackGuard { config: config.clone() };
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chronos")).arg("--config").arg(&config).args(args).env("PATH", &path).output().unwrap()
+    };
+    let out = cli(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["status"]);
+    let status = text(&out);
+    assert!(out.status.success(), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("tables") && l.contains("native daily partitions")), "{status}");
+    drop(stack);
+}
+
 /// Records in every partition of `topic` (high minus low watermarks).
 fn records_in(bootstrap: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
