@@ -46,7 +46,7 @@ pub async fn read_capped(payload: web::Payload, content_length: Option<usize>, l
 }
 
 async fn read_all(mut payload: web::Payload, content_length: Option<usize>, limit: usize) -> Result<Vec<u8>, IngestError> {
-    let mut body = Vec::with_capacity(content_length.unwrap_or(FIRST_BUFFER_BYTES).min(limit).min(FIRST_BUFFER_BYTES));
+    let mut body = Vec::with_capacity(FIRST_BUFFER_BYTES.min(limit).min(content_length.unwrap_or(usize::MAX)));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| IngestError::IncompleteBody(e.to_string()))?;
         if body.len() + chunk.len() > limit {

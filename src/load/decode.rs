@@ -11,6 +11,7 @@ use simd_json::BorrowedValue as Value;
 use uuid::Uuid;
 
 use crate::catalog::{AttrType, EventCatalog, EventType};
+use crate::payload::plausible_ms;
 use crate::record::{self, field as f, Row};
 use crate::store::copy::TupleWriter;
 pub use crate::store::internals::DeadLetter;
@@ -295,8 +296,10 @@ impl<'r, 'v> Batch<'r, 'v> {
             id: field(f::BATCH_ID)?.as_str().and_then(|s| Uuid::try_parse(s).ok()).ok_or("`batch_id` is not a UUID")?,
             session: field(f::SESSION_ID)?.as_str().ok_or("`session_id` is not a string")?,
             key_id: field(f::KEY_ID)?.as_str().ok_or("`key_id` is not a string")?,
-            sent_at: plausible(field(f::SENT_AT)?).map_err(|m| format!("`sent_at` {m}"))?,
-            received_at: plausible(field(f::RECEIVED_AT)?).map_err(|m| format!("`received_at` {m}"))?,
+            // Times within receipt's years (2000-2099): the event-time arithmetic
+            // and the COPY encoding cannot overflow, whoever wrote the record.
+            sent_at: plausible_ms(field(f::SENT_AT)?).map_err(|m| format!("`sent_at` {m}"))?,
+            received_at: plausible_ms(field(f::RECEIVED_AT)?).map_err(|m| format!("`received_at` {m}"))?,
             client_ip: optional(f::CLIENT_IP).and_then(|v| v.as_str()),
             imported: optional(f::IMPORTED).and_then(|v| v.as_bool()) == Some(true),
             bot: optional(f::BOT).and_then(|v| v.as_str()),
@@ -308,17 +311,6 @@ impl<'r, 'v> Batch<'r, 'v> {
             events: field(f::EVENTS)?.as_array().ok_or("`events` is not an array")?,
         })
     }
-}
-
-/// A time of a record, in ms since the epoch, within what receipt accepts
-/// (years 2000-2099): the event-time arithmetic and the COPY encoding then
-/// cannot overflow, whoever wrote the record.
-fn plausible(v: &Value<'_>) -> Result<i64, String> {
-    let ms = v.as_i64().ok_or("is not an integer")?;
-    if !(crate::payload::MIN_PLAUSIBLE_MS..crate::payload::MAX_PLAUSIBLE_MS).contains(&ms) {
-        return Err(format!("{ms} is not a plausible time in ms since the Unix epoch (years 2000-2099)"));
-    }
-    Ok(ms)
 }
 
 /// An event's table (index in `types`) and client time, with its attribute
@@ -335,7 +327,7 @@ fn resolve<'r, 'v>(
     let items = event.as_array().ok_or(": not an array")?;
     let name = items.first().and_then(|v| v.as_str()).unwrap_or_default();
     let table = types.iter().position(|t| &*t.name == name).ok_or_else(|| format!("[0]: event type `{name}` is not in this loader's catalog"))?;
-    let client_time = plausible(items.get(1).ok_or("[1]: no client time")?).map_err(|m| format!("[1]: client time {m}"))?;
+    let client_time = plausible_ms(items.get(1).ok_or("[1]: no client time")?).map_err(|m| format!("[1]: client time {m}"))?;
     let names = schema.get(name).and_then(|n| n.as_array());
     values.clear();
     for a in &types[table].attributes {

@@ -179,8 +179,6 @@ struct Buffer {
     events: usize,
     records: usize,
     first_at: Option<Instant>,
-    /// The offset of its first record.
-    first: Option<i64>,
     /// The offset after its last record (set when it is handed to a commit).
     next: i64,
 }
@@ -203,7 +201,6 @@ impl Buffer {
             events: 0,
             records: 0,
             first_at: None,
-            first: None,
             next: 0,
         }
     }
@@ -370,8 +367,8 @@ impl Found<'_> {
 /// A view's failure names the view.
 fn db_error(e: &anyhow::Error) -> String {
     let view = e.downcast_ref::<crate::views::ViewFailure>().map(|v| format!("view `{}`: ", v.view)).unwrap_or_default();
-    match e.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error()) {
-        Some(db) => format!("{view}{}: {}", db.code().code(), db.message()),
+    match e.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()).filter(|pg| pg.as_db_error().is_some()) {
+        Some(pg) => format!("{view}{}", sqlstate::describe(pg).1),
         None => format!("{e:#}"),
     }
 }
@@ -659,7 +656,8 @@ impl PartitionLoader {
     /// when the flush held that record alone, sets it aside. Then reads again.
     async fn trace(&mut self, buffer: &Buffer, reason: String, sqlstate: Option<String>) -> anyhow::Result<()> {
         let (topic, partition) = (self.partition.topic.clone(), self.partition.partition);
-        let from = buffer.first.unwrap_or(buffer.next);
+        // Its records are consecutive offsets (the cursor takes each once, in order).
+        let from = buffer.next - buffer.records as i64;
         if buffer.next - from <= 1 {
             if let Some(again) = self.poisoned.get(&from) {
                 // Its dead letter itself failed: that must not happen (dead
@@ -836,7 +834,6 @@ impl PartitionLoader {
 
     /// Decodes one record into the buffer.
     fn take(&mut self, offset: i64, payload: &[u8]) {
-        self.buffer.first.get_or_insert(offset);
         let failed = if let Some(aside) = self.poisoned.get(&offset) {
             Some((aside.reason.clone(), aside.sqlstate.clone()))
         } else {

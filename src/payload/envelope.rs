@@ -96,7 +96,7 @@ fn id_field<'v>(path: &str, v: &'v Value<'v>, limits: &PayloadLimits) -> Result<
 }
 
 /// A time in ms since the epoch between 2000 and 2100.
-pub(super) fn plausible_ms(v: &Value<'_>) -> Result<i64, String> {
+pub fn plausible_ms(v: &Value<'_>) -> Result<i64, String> {
     let ms = v.as_i64().ok_or_else(|| "expected an integer time in ms since the Unix epoch".to_string())?;
     if !(MIN_PLAUSIBLE_MS..MAX_PLAUSIBLE_MS).contains(&ms) {
         return Err(format!("{ms} is not a plausible time in ms since the Unix epoch (years 2000-2099)"));

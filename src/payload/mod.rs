@@ -13,7 +13,7 @@ pub use encode::{anonymise, encode_dead_letter, encode_record, ServerFacts};
 
 /// The `User-Agent` kept with a batch: its first this many characters.
 pub const MAX_USER_AGENT_CHARS: usize = 512;
-pub use envelope::{Envelope, PayloadError};
+pub use envelope::{plausible_ms, Envelope, PayloadError};
 pub use validate::{validate_events, Rejection, Validated};
 
 /// Caps applied while reading a batch (from `http.*` and `limits.*`).

@@ -105,6 +105,8 @@ impl Registry {
 }
 
 const GENERATION: &str = "SELECT generation FROM chronos.view_generation";
+/// Every change to the set of maintained views (add, drop, rebuild, broken) moves it.
+const NEXT_GENERATION: &str = "UPDATE chronos.view_generation SET generation = generation + 1";
 
 /// A view's statement failed in a loader's transaction: which view.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,7 @@ pub async fn mark_broken(client: &mut Client, name: &str, reason: &str) -> Resul
     let marked =
         tx.execute("UPDATE chronos.views SET broken = $2, broken_at = now() WHERE name = $1 AND broken IS NULL", &[&name, &reason.as_ref()]).await?;
     if marked > 0 {
-        tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+        tx.execute(NEXT_GENERATION, &[]).await?;
     }
     tx.commit().await?;
     Ok(marked > 0)
@@ -191,7 +193,7 @@ async fn add_in(tx: &Transaction<'_>, defs: &[ViewDef], catalog: &EventCatalog, 
         )
         .await?;
     }
-    tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    tx.execute(NEXT_GENERATION, &[]).await?;
     Ok(())
 }
 
@@ -203,7 +205,7 @@ pub async fn drop(client: &mut Client, name: &str) -> Result<(), ViewsError> {
         return Err(ViewsError::Missing(name.to_string()));
     }
     tx.batch_execute(&sql::drop_sql(name)).await?;
-    tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+    tx.execute(NEXT_GENERATION, &[]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -250,11 +252,14 @@ async fn add_defaults(tx: &Transaction<'_>, catalog: &EventCatalog) -> Result<us
         tracing::warn!(view = %d.name, "Default view skipped: a PostgreSQL extension it needs is missing.");
     }
     // With limits raised past the defaults, a default view's keys may no longer fit an index row.
-    let (usable, too_wide): (Vec<ViewDef>, Vec<ViewDef>) = usable.into_iter().partition(|d| keysize::check(d, catalog).is_ok());
-    for d in &too_wide {
-        let why = keysize::check(d, catalog).err().map(|e| e.to_string()).unwrap_or_default();
-        tracing::warn!(view = %d.name, why, "Default view skipped: its keys could pass PostgreSQL's index row limit.");
+    let mut fitting = Vec::with_capacity(usable.len());
+    for d in usable {
+        match keysize::check(&d, catalog) {
+            Ok(()) => fitting.push(d),
+            Err(why) => tracing::warn!(view = %d.name, why = %why, "Default view skipped: its keys could pass PostgreSQL's index row limit."),
+        }
     }
+    let usable = fitting;
     add_in(tx, &usable, catalog, true).await?;
     Ok(usable.len())
 }
@@ -290,7 +295,7 @@ async fn rebuild_outdated(tx: &Transaction<'_>, catalog: &EventCatalog) -> Resul
         rebuilt.push(name);
     }
     if !rebuilt.is_empty() {
-        tx.execute("UPDATE chronos.view_generation SET generation = generation + 1", &[]).await?;
+        tx.execute(NEXT_GENERATION, &[]).await?;
     }
     Ok(rebuilt)
 }
