@@ -16,7 +16,8 @@
 //!    - [`secret`]: secret settings (`Secret` never prints; `…_file` settings read at load).
 //!    - [`clock`]: the wall clock in ms since the epoch, as records and tables keep it.
 //!    - [`watch`]: a file's modification time, what the file watchers compare.
-//!    - [`telemetry`]: metric names, the registry, logging.
+//!    - [`telemetry`]: metric names, the registry, logging, and the health board (loaders'
+//!      progress and last errors, archive runs) served at `/health`.
 //!    - [`shutdown`]: SIGTERM and SIGINT.
 //!    - [`probe`]: GET on chronosd's own port (liveness and readiness probes).
 //!    - [`rt`]: `block_on`, a one-off current-thread runtime for synchronous callers (CLI, stack, tests).
@@ -31,6 +32,9 @@
 //!      `ProduceError` (what happened, whether to retry).
 //!    - [`store`]: PostgreSQL — schema from the catalog, partitions, COPY BINARY encoding, the
 //!      statements a loader transaction runs (`internals`), maintenance.
+//!    - [`health`]: the Kafka cluster's health for Chronos's topics (brokers, controller,
+//!      replicas against `min.insync.replicas`, retention against the loaders' lag) and
+//!      chronosd's poll of it, which also marks stalled partitions.
 //!    - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
 //!    - [`views`]: the continuous views — their SQL, the in-memory aggregation a loader does in
 //!      the walk that builds its COPY rows, and their install.
@@ -59,6 +63,7 @@ pub mod clock;
 pub mod config;
 pub mod enrich;
 pub mod fuzz;
+pub mod health;
 pub mod http;
 pub mod import;
 pub mod lifecycle;
@@ -121,6 +126,7 @@ async fn check_kafka_security(config: &Config) -> anyhow::Result<()> {
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) -> anyhow::Result<()> {
     check_kafka_security(&config).await?;
     let metrics = Arc::new(Metrics::new());
+    actix_rt::spawn(crate::health::poll::run(config.clone(), metrics.clone()));
     let loaders = if config.load.enabled { Some(start_loaders(&config, metrics.clone()).await?) } else { None };
     let health = Arc::new(ProducerHealth::default());
     let max_record = produce::kafka::max_record_bytes(config.http.max_decompressed_bytes, config.http.max_events_per_batch);
@@ -160,7 +166,7 @@ async fn start_loaders(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     drop(client);
     actix_rt::spawn(maintenance.run(Duration::from_secs(3600)));
     if config.retention.raw_days > 0 {
-        actix_rt::spawn(lifecycle::archive::schedule(config.clone(), catalog));
+        actix_rt::spawn(lifecycle::archive::schedule(config.clone(), catalog, metrics.clone()));
     }
     load::start(config, metrics)
 }

@@ -1,7 +1,11 @@
 //! Metrics (Prometheus text at `/metrics`) and log set-up. Metric names are
-//! constants here, all prefixed `chronos_`, with low-cardinality labels.
+//! constants here, all prefixed `chronos_`, with low-cardinality labels. The
+//! [`board`] keeps what a metric cannot hold (a partition's last error, the
+//! archive's last failure) for `/health` and `chronos doctor`.
 
-use prometheus::{CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+pub mod board;
+
+use prometheus::{CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub const HTTP_REQUESTS: &str = "chronos_http_requests_total";
 pub const EVENTS_ACCEPTED: &str = "chronos_events_accepted_total";
@@ -31,6 +35,17 @@ pub const VIEW_GROUPS: &str = "chronos_view_groups_merged_total";
 pub const VIEW_SECONDS: &str = "chronos_view_merge_seconds";
 pub const LOAD_SET_ASIDE: &str = "chronos_load_set_aside_total";
 pub const VIEWS_BROKEN: &str = "chronos_views_broken_total";
+pub const KAFKA_BROKERS: &str = "chronos_kafka_brokers";
+pub const KAFKA_BROKERS_EXPECTED: &str = "chronos_kafka_brokers_expected";
+pub const KAFKA_CONTROLLER_ACTIVE: &str = "chronos_kafka_controller_active";
+pub const KAFKA_UNDER_REPLICATED: &str = "chronos_kafka_partitions_under_replicated";
+pub const KAFKA_OFFLINE: &str = "chronos_kafka_partitions_offline";
+pub const KAFKA_BELOW_MIN_ISR: &str = "chronos_kafka_partitions_below_min_isr";
+pub const KAFKA_RETENTION_HEADROOM: &str = "chronos_kafka_retention_headroom_seconds";
+pub const LOAD_PARTITION_STALLED: &str = "chronos_load_partition_stalled";
+pub const LOAD_LAST_COMMIT: &str = "chronos_load_last_commit_timestamp_seconds";
+pub const ARCHIVE_RUNS: &str = "chronos_archive_runs_total";
+pub const ARCHIVE_LAST_SUCCESS: &str = "chronos_archive_last_success_timestamp_seconds";
 
 /// Produce latency buckets: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -69,6 +84,23 @@ pub struct Metrics {
     pub load_set_aside: IntCounterVec,
     /// Views marked broken by this chronosd (a statement of theirs failed for good).
     pub views_broken: IntCounterVec,
+    /// Cluster health (`health::poll`): brokers in the metadata, and the expected count when configured (no labels; absent otherwise).
+    pub kafka_brokers: IntGauge,
+    pub kafka_brokers_expected: IntGaugeVec,
+    pub kafka_controller_active: IntGauge,
+    /// Partitions of Chronos's topics by topic: fewer in-sync replicas than replicas, no leader, fewer in-sync than `min.insync.replicas`.
+    pub kafka_under_replicated: IntGaugeVec,
+    pub kafka_offline: IntGaugeVec,
+    pub kafka_below_min_isr: IntGaugeVec,
+    /// Seconds until the oldest unloaded record of a topic is past its `retention.ms`.
+    pub kafka_retention_headroom: IntGaugeVec,
+    pub load_partition_stalled: IntGaugeVec,
+    pub load_last_commit: GaugeVec,
+    pub archive_runs: IntCounterVec,
+    /// No labels; absent until the first successful run.
+    pub archive_last_success: GaugeVec,
+    /// The loaders' progress and errors, the archive's runs (`/health`).
+    pub board: board::Board,
 }
 
 impl Metrics {
@@ -158,6 +190,42 @@ impl Metrics {
                 Opts::new(VIEWS_BROKEN, "Continuous views marked broken after one of their statements failed for good (no longer maintained until re-created)."),
                 &["view"]
             )),
+            kafka_brokers: reg!(IntGauge::new(KAFKA_BROKERS, "Brokers in the cluster's metadata (0 when none answered).")),
+            kafka_brokers_expected: reg!(IntGaugeVec::new(Opts::new(KAFKA_BROKERS_EXPECTED, "Brokers the cluster should have (kafka.expected_brokers)."), &[])),
+            kafka_controller_active: reg!(IntGauge::new(KAFKA_CONTROLLER_ACTIVE, "1 when the metadata names an active controller, else 0.")),
+            kafka_under_replicated: reg!(IntGaugeVec::new(
+                Opts::new(KAFKA_UNDER_REPLICATED, "Partitions with fewer in-sync replicas than replicas."),
+                &["topic"]
+            )),
+            kafka_offline: reg!(IntGaugeVec::new(Opts::new(KAFKA_OFFLINE, "Partitions without a leader (neither read nor written)."), &["topic"])),
+            kafka_below_min_isr: reg!(IntGaugeVec::new(
+                Opts::new(KAFKA_BELOW_MIN_ISR, "Partitions with fewer in-sync replicas than the topic's min.insync.replicas (acks=all writes refused)."),
+                &["topic"]
+            )),
+            kafka_retention_headroom: reg!(IntGaugeVec::new(
+                Opts::new(
+                    KAFKA_RETENTION_HEADROOM,
+                    "Seconds until the oldest record not yet loaded passes the topic's retention.ms (minimum over partitions with lag; negative: past it; absent: no lag or no retention)."
+                ),
+                &["topic"]
+            )),
+            load_partition_stalled: reg!(IntGaugeVec::new(
+                Opts::new(
+                    LOAD_PARTITION_STALLED,
+                    "1 when a partition of this chronosd has records waiting and its loader has stored nothing for load.stalled_after_secs."
+                ),
+                &["topic", "partition"]
+            )),
+            load_last_commit: reg!(GaugeVec::new(
+                Opts::new(LOAD_LAST_COMMIT, "When a partition's loader last committed rows to PostgreSQL (Unix seconds)."),
+                &["topic", "partition"]
+            )),
+            archive_runs: reg!(IntCounterVec::new(
+                Opts::new(ARCHIVE_RUNS, "Archive runs of chronosd's schedule: ok, or failed (a day or the archive itself failed)."),
+                &["outcome"]
+            )),
+            archive_last_success: reg!(GaugeVec::new(Opts::new(ARCHIVE_LAST_SUCCESS, "When an archive run last succeeded (Unix seconds)."), &[])),
+            board: board::Board::default(),
             registry,
         }
     }

@@ -96,6 +96,16 @@ pub struct KafkaConfig {
     pub ssl_verify_hostname: bool,
     /// Any other librdkafka setting, passed as is (e.g. `ssl.cipher.suites`).
     pub extra: BTreeMap<String, String>,
+    /// Brokers the cluster should have: chronosd exports it as
+    /// `chronos_kafka_brokers_expected`, and `chronos doctor` reports a fault
+    /// when fewer are in the cluster's metadata. Unset (the default): no
+    /// comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_brokers: Option<u32>,
+    /// How often chronosd reads the cluster's health (brokers, controller,
+    /// replicas, retention against the loaders' lag, stalled partitions), in
+    /// seconds (docs/operations.md, health).
+    pub health_poll_secs: u64,
 }
 
 /// How chronos reaches the Kafka brokers (`security.protocol`).
@@ -182,6 +192,8 @@ impl Default for KafkaConfig {
             ssl_key_password_file: None,
             ssl_verify_hostname: true,
             extra: BTreeMap::new(),
+            expected_brokers: None,
+            health_poll_secs: 15,
         }
     }
 }
@@ -291,6 +303,7 @@ impl KafkaConfig {
                 ("kafka.queue_max_messages", self.queue_max_messages as u64),
                 ("kafka.message_timeout_ms", self.message_timeout_ms as u64),
                 ("kafka.max_in_flight", self.max_in_flight as u64),
+                ("kafka.health_poll_secs", self.health_poll_secs),
             ],
         );
         if self.brokers.trim().is_empty() {
@@ -301,6 +314,9 @@ impl KafkaConfig {
             if !ok {
                 errors.push(format!("{key}: `{topic}` is not a valid topic name (letters, digits, . _ -)"));
             }
+        }
+        if self.expected_brokers == Some(0) {
+            errors.push("kafka.expected_brokers: 0 brokers cannot serve; leave it unset for no comparison".into());
         }
         if self.topic == self.dead_letter_topic {
             errors.push("kafka.dead_letter_topic: must differ from kafka.topic".into());

@@ -111,6 +111,10 @@ pub struct LoadConfig {
     /// what they hold. Keep it below the service manager's stop timeout
     /// (the systemd unit's `TimeoutStopSec=50`).
     pub shutdown_timeout_secs: u64,
+    /// A partition whose loader has stored nothing for this long while records
+    /// wait (lag above 0) counts as stalled (`chronos_load_partition_stalled`,
+    /// `chronos doctor`), in seconds.
+    pub stalled_after_secs: u64,
 }
 
 /// Whether event tables become TimescaleDB hypertables.
@@ -144,6 +148,7 @@ impl Default for LoadConfig {
             session_gap_secs: 1800,
             max_poll_interval_ms: 60_000,
             shutdown_timeout_secs: 20,
+            stalled_after_secs: 300,
         }
     }
 }
@@ -244,6 +249,7 @@ impl LoadConfig {
                 ("load.shutdown_timeout_secs", self.shutdown_timeout_secs),
                 ("load.prefetch_kbytes", self.prefetch_kbytes as u64),
                 ("load.session_gap_secs", self.session_gap_secs),
+                ("load.stalled_after_secs", self.stalled_after_secs),
             ],
         );
         if self.max_poll_interval_ms < self.session_timeout_ms {

@@ -88,6 +88,7 @@ pub fn admin_app(
     App::new()
         .app_data(state)
         .route("/metrics", web::get().to(metrics))
+        .route("/health", web::get().to(health))
         .route("/readyz", web::get().to(readyz_detailed))
         .route("/healthz", web::get().to(healthz))
         .default_service(web::to(not_found))
@@ -333,4 +334,10 @@ async fn readyz_detailed(state: web::Data<AppState>) -> HttpResponse {
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}
+
+/// The health board (`telemetry::board::Snapshot`): each assigned partition's
+/// lag, stall and last error, the archive's runs. `chronos doctor` reads it.
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.metrics.board.snapshot())
 }

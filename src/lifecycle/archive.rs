@@ -680,37 +680,84 @@ pub(crate) async fn restore_file(
 }
 
 /// chronosd's schedule: a run every `retention.every_secs` (the first a
-/// minute after start at most), on a connection opened again when lost.
-pub async fn schedule(config: Config, catalog: EventCatalog) {
-    let archiver = match Archiver::new(&config) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "The archive cannot be opened; old days are not archived or dropped.");
-            return;
-        }
-    };
+/// minute after start at most), on a connection opened again when lost. Each
+/// run is counted (`chronos_archive_runs_total`) and its failure kept on the
+/// health board for `chronos doctor`; an archive that cannot be opened is a
+/// failed run, tried again at the next.
+pub async fn schedule(config: Config, catalog: EventCatalog, metrics: std::sync::Arc<crate::telemetry::Metrics>) {
+    for outcome in ["ok", "failed"] {
+        metrics.archive_runs.with_label_values(&[outcome]).reset();
+    }
+    metrics.board.archive_scheduled();
     let every = Duration::from_secs(config.retention.every_secs);
     let mut wait = every.min(Duration::from_secs(60));
+    let mut archiver: Option<Archiver> = None;
     let mut client: Option<Client> = None;
     loop {
         tokio::time::sleep(wait).await;
         wait = every;
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client =
-                crate::store::connect(&config.postgres.url).await.map_err(|e| tracing::warn!(error = format!("{e:#}"), "Archive run skipped.")).ok();
-        }
-        let Some(c) = client.as_mut() else { continue };
-        match archiver.run(c, &catalog, crate::store::today()).await {
-            Ok(Some(report)) => {
-                for l in &report.lines {
-                    tracing::info!("Archive: {l}.");
-                }
-                for e in &report.errors {
-                    tracing::error!("Archive: {e}.");
-                }
+        let outcome = match run_once(&config, &catalog, &mut archiver, &mut client).await {
+            None => continue,
+            Some(o) => o,
+        };
+        let now = crate::clock::now_ms();
+        match &outcome {
+            Ok(()) => {
+                metrics.archive_runs.with_label_values(&["ok"]).inc();
+                metrics.archive_last_success.with_label_values(&[]).set(now as f64 / 1000.0);
             }
-            Ok(None) => tracing::info!("Archive run skipped: another one holds the lock."),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "Archive run failed; trying again at the next."),
+            Err(_) => metrics.archive_runs.with_label_values(&["failed"]).inc(),
+        }
+        metrics.board.archive_run(outcome, now);
+    }
+}
+
+/// One scheduled run: `None` when another run held the lock (nothing done).
+async fn run_once(config: &Config, catalog: &EventCatalog, archiver: &mut Option<Archiver>, client: &mut Option<Client>) -> Option<Result<(), String>> {
+    if archiver.is_none() {
+        match Archiver::new(config) {
+            Ok(a) => *archiver = Some(a),
+            Err(e) => {
+                let why = format!("the archive cannot be opened: {e:#} (retention.archive)");
+                tracing::error!(error = why, "Archive run failed: old days are not archived or dropped.");
+                return Some(Err(why));
+            }
+        }
+    }
+    let archiver = archiver.as_ref().expect("opened above");
+    if client.as_ref().is_none_or(Client::is_closed) {
+        match crate::store::connect(&config.postgres.url).await {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                let why = format!("PostgreSQL unreachable: {e:#}");
+                tracing::warn!(error = why, "Archive run skipped.");
+                return Some(Err(why));
+            }
+        }
+    }
+    let c = client.as_mut().expect("connected above");
+    match archiver.run(c, catalog, crate::store::today()).await {
+        Ok(Some(report)) => {
+            for l in &report.lines {
+                tracing::info!("Archive: {l}.");
+            }
+            for e in &report.errors {
+                tracing::error!("Archive: {e}.");
+            }
+            if report.errors.is_empty() {
+                Some(Ok(()))
+            } else {
+                Some(Err(report.errors.join("; ")))
+            }
+        }
+        Ok(None) => {
+            tracing::info!("Archive run skipped: another one holds the lock.");
+            None
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::warn!(error = why, "Archive run failed; trying again at the next.");
+            Some(Err(why))
         }
     }
 }

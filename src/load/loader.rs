@@ -608,6 +608,9 @@ impl PartitionLoader {
                 let next = done.buffer.next;
                 self.expected = Some(next);
                 self.partition.commit(next);
+                let (topic, partition, now) = (&self.partition.topic, self.partition.partition, crate::clock::now_ms());
+                m.board.committed(topic, partition, now);
+                m.load_last_commit.with_label_values(&[topic, &partition.to_string()]).set(now as f64 / 1000.0);
                 self.duplicates.clear();
                 self.poisoned.retain(|o, _| *o >= next);
                 self.suspect = self.suspect.and_then(|s| s.committed(next));
@@ -621,7 +624,9 @@ impl PartitionLoader {
             Err(e) => match Failure::of(&e) {
                 Failure::Transient => {
                     let (topic, partition) = (&self.partition.topic, self.partition.partition);
-                    tracing::warn!(topic, partition, error = db_error(&e), retry_in_ms = self.backoff.as_millis() as u64, "Flush failed; retrying.");
+                    let error = db_error(&e);
+                    tracing::warn!(topic, partition, error, retry_in_ms = self.backoff.as_millis() as u64, "Flush failed; retrying.");
+                    self.shared.metrics.board.failed(topic, partition, &format!("flush failed: {error}"), crate::clock::now_ms());
                     self.shared.metrics.load_flush_retries.inc();
                     self.retry = Some((done.buffer, Instant::now() + self.backoff));
                     self.backoff = (self.backoff * 2).min(Duration::from_millis(self.shared.retry_max_ms));
@@ -729,7 +734,9 @@ impl PartitionLoader {
                 Ok(()) => break,
                 Err(e) => {
                     let (topic, partition) = (&self.partition.topic, self.partition.partition);
-                    tracing::warn!(topic, partition, error = db_error(&e), "Cannot read the stored offset; retrying.");
+                    let error = db_error(&e);
+                    tracing::warn!(topic, partition, error, "Cannot read the stored offset; retrying.");
+                    self.shared.metrics.board.failed(topic, partition, &format!("cannot read the stored offset: {error}"), crate::clock::now_ms());
                     if !self.pause(backoff).await {
                         return Ok(false);
                     }
@@ -970,7 +977,17 @@ async fn sleep_until(at: Option<Instant>) {
 /// Runs the loader that `make` builds until it stops on its own, and starts a
 /// new one — which reads from the stored offset — each time one fails or
 /// panics, counting it (`chronos_load_restarts_total`) and logging it at ERROR.
-pub async fn supervise<F, Fut>(topic: String, partition: i32, metrics: Arc<Metrics>, mut stop: watch::Receiver<Stop>, mut make: F)
+pub async fn supervise<F, Fut>(topic: String, partition: i32, metrics: Arc<Metrics>, mut stop: watch::Receiver<Stop>, make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    metrics.board.loader_started(&topic, partition, crate::clock::now_ms());
+    supervise_loader(&topic, partition, &metrics, &mut stop, make).await;
+    metrics.board.loader_ended(&topic, partition);
+}
+
+async fn supervise_loader<F, Fut>(topic: &str, partition: i32, metrics: &Metrics, stop: &mut watch::Receiver<Stop>, mut make: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -987,7 +1004,8 @@ where
         if stop.has_changed().is_err() || *stop.borrow() != Stop::No {
             return;
         }
-        metrics.load_restarts.with_label_values(&[&topic, &partition.to_string()]).inc();
+        metrics.load_restarts.with_label_values(&[topic, &partition.to_string()]).inc();
+        metrics.board.failed(topic, partition, &format!("loader failed: {error}"), crate::clock::now_ms());
         tracing::error!(topic, partition, error, "Loader failed; starting it again from the stored offset.");
         let _ = tokio::time::timeout(RESTART_DELAY, stop.changed()).await;
     }

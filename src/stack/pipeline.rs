@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::catalog::EventCatalog;
+use crate::health::cluster::partition_lag;
 use crate::config::Config;
 use crate::store::schema::ident;
 
@@ -20,13 +21,6 @@ pub struct TopicLag {
     pub partitions: Vec<(i32, i64, i64)>,
     /// Records in the topic not yet loaded (sum over partitions).
     pub lag: i64,
-}
-
-/// Records not yet loaded per partition: the high watermark minus the stored
-/// next offset (a partition never loaded counts from its low watermark).
-pub fn partition_lag(low: i64, high: i64, stored_next: Option<i64>) -> i64 {
-    let next = stored_next.unwrap_or(low).max(low);
-    (high - next).max(0)
 }
 
 /// The events and dead-letter topics' lag for `load.group_id`.
@@ -129,18 +123,4 @@ pub async fn events_last_minute(config: &Config) -> Result<(i64, i64)> {
 pub async fn table_layout(config: &Config) -> Result<String> {
     let client = crate::store::connect(&config.postgres.url).await?;
     crate::store::layout_summary(&client).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::partition_lag;
-
-    #[test]
-    fn lag_counts_from_the_stored_offset_or_the_start_of_the_log() {
-        assert_eq!(partition_lag(0, 10, Some(10)), 0);
-        assert_eq!(partition_lag(0, 10, Some(4)), 6);
-        assert_eq!(partition_lag(3, 10, None), 7, "never loaded: everything retained");
-        assert_eq!(partition_lag(8, 10, Some(4)), 2, "records deleted by retention are not lag");
-        assert_eq!(partition_lag(0, 10, Some(12)), 0, "never negative");
-    }
 }
