@@ -30,9 +30,16 @@ enum Cmd {
     Start { service: Option<Service> },
     /// Stop the local stack or one service (chronosd drains first).
     Stop { service: Option<Service> },
-    /// Show each service (up or down, address, health), the loaders' consumer lag
-    /// and the events stored in the last minute.
+    /// Show each service (up or down, address, health, restarts by its
+    /// supervisor), the loaders' consumer lag and the events stored in the last minute.
     Status,
+    /// Run one service of the local stack and restart it when it dies
+    /// (`chronos start` runs one per service; `chronos stop` stops it first).
+    #[command(hide = true)]
+    Supervise { service: Service },
+    /// Diagnose the common faults (brokers, replicas, retention against lag, stalled
+    /// loaders, dead letters, archive, disk, PostgreSQL) and print each fix; exit 0 healthy, 1 warnings, 2 faults.
+    Doctor(chronos::doctor::Options),
     /// Print a service's log.
     Log {
         service: Service,
@@ -259,7 +266,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Stop { service } => stack.stop(service)?,
+        Cmd::Supervise { service } => chronos::stack::supervise::run(&stack, service, Default::default())?,
         Cmd::Status => status(&stack),
+        Cmd::Doctor(options) => std::process::exit(chronos::doctor::run(&stack.config, &stack.dir, &options)),
         Cmd::Log { service, follow, lines } => print_log(&stack.log_file(service), follow, lines)?,
         Cmd::InstallKafka => install_kafka(&stack.config)?,
         Cmd::DeadLetters { action } => dead_letters(&stack.config, action)?,
@@ -295,6 +304,12 @@ fn status(stack: &Stack) {
         all_up &= s.up;
         let pid = s.pid.map(|p| format!("pid {p}")).unwrap_or_default();
         println!("{:<9} {:<5} {:<28} {:<10} {}", s.service.name(), if s.up { "up" } else { "down" }, s.address, pid, s.detail);
+        if !s.log_tail.is_empty() {
+            println!("{:<9} {:<5} last lines of {}:", "", "", stack.log_file(s.service).display());
+            for l in &s.log_tail {
+                println!("{:<9} {:<5} | {}", "", "", printable(l));
+            }
+        }
     }
     print_pipeline(&stack.config);
     if !all_up {
@@ -556,8 +571,8 @@ ENVIRONMENT
 
 EXIT STATUS
     0   success.
-    1   the command failed; the message says what to do next.
-    2   bad arguments (and `chronosd --check-config` on an invalid file).
+    1   the command failed; the message says what to do next. `chronos doctor`: warnings.
+    2   bad arguments (and `chronosd --check-config` on an invalid file). `chronos doctor`: faults.
     3   `chronos status`: a service of the local stack is down.
     4   `chronos import`: done, but some lines or events were rejected (listed).
 
@@ -565,6 +580,7 @@ EXAMPLES
     chronos start                      start everything, print where to send events
     chronos status                     services, consumer lag, events in the last minute
     chronos log chronosd -f            follow chronosd's log
+    chronos doctor                     what is wrong, and the command or setting that fixes it
     chronos views add my_views.sql --backfill
     chronos dead-letters list -n 5     why events were refused
     chronos keys create site-2026 --origin example.com   a new write key, no restart
@@ -653,12 +669,12 @@ fn print_pipeline(c: &chronos::config::Config) {
     }
     match recent {
         Ok((n, bots)) => println!(
-            "{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s), {bots} of them from bots ({:.0}%)",
+            "{:<9} {:<5} {:<28} {n} events stored in the last minute ({:.1}/s), {}",
             "ingest",
             "",
             "",
             n as f64 / 60.0,
-            if n > 0 { bots as f64 * 100.0 / n as f64 } else { 0.0 }
+            chronos::stack::bot_share(n, bots)
         ),
         Err(e) => println!("{:<9} {:<5} {:<28} unknown: {e:#}", "ingest", "", ""),
     }
@@ -687,7 +703,8 @@ fn print_where_to_send(stack: &Stack) {
         println!("  write key: {} (id {}), origins: {}", k.key, k.id, k.origins.join(", "));
         println!("  try it:");
         println!(
-            "    curl -s http://{addr}/v1/batch -H 'Content-Type: text/plain' -d '{{\"v\":1,\"key\":\"{}\",\"batch\":\"'$(cat /proc/sys/kernel/random/uuid)'\",\"sent_at\":'$(date +%s%3N)',\"session\":\"demo\",\"page\":{{\"url\":\"http://localhost/\"}},\"events\":[[\"clicks\",'$(date +%s%3N)',\"BUTTON\",1,10,20,\"main>button\"]]}}'",
+            "    curl -s http://{addr}/v1/batch -A '{}' -H 'Content-Type: text/plain' -d '{{\"v\":1,\"key\":\"{}\",\"batch\":\"'$(cat /proc/sys/kernel/random/uuid)'\",\"sent_at\":'$(date +%s%3N)',\"session\":\"demo\",\"page\":{{\"url\":\"http://localhost/\"}},\"events\":[[\"clicks\",'$(date +%s%3N)',\"BUTTON\",1,10,20,\"main>button\"]]}}'",
+            chronos::stack::DEMO_USER_AGENT,
             k.key
         );
     }

@@ -20,7 +20,7 @@ use crate::config::KafkaConfig;
 pub const KAFKA_VERSION: &str = "4.1.1";
 
 /// How long a node may take from exec to answering metadata (a JVM on 2 busy cores).
-const START_TIMEOUT: Duration = Duration::from_secs(90);
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Where the broker's jars are: `$KAFKA_HOME/libs` when `KAFKA_HOME` is set (a
 /// user's own Kafka), else the per-user cache `.ci/setup` fills with Maven.
@@ -242,11 +242,28 @@ impl KafkaNode {
 
     /// Waits until this node answers metadata and lists itself among the brokers.
     pub fn wait_ready(&self, child: &mut Child, timeout: Duration) -> Result<()> {
+        let mut exited = None;
+        let answered = self.wait_answering(timeout, || match child.try_wait() {
+            Ok(Some(status)) => {
+                exited = Some(status);
+                false
+            }
+            _ => true,
+        });
+        match exited {
+            Some(status) => bail!("the Kafka node {} exited ({status}) before it answered; see {}", self.node_id, self.log.display()),
+            None => answered,
+        }
+    }
+
+    /// Waits until this node answers metadata and lists itself among the
+    /// brokers, or fails after `timeout`, sooner when `still_running` says it died.
+    pub fn wait_answering(&self, timeout: Duration, mut still_running: impl FnMut() -> bool) -> Result<()> {
         let until = Instant::now() + timeout;
         let client = metadata_client(&format!("127.0.0.1:{}", self.port))?;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("the Kafka node {} exited ({status}) before it answered; see {}", self.node_id, self.log.display());
+            if !still_running() {
+                bail!("the Kafka node {} exited before it answered; see {}", self.node_id, self.log.display());
             }
             if let Ok(m) = client.fetch_metadata(None, Duration::from_millis(500)) {
                 if m.brokers().iter().any(|b| b.id() == self.node_id as i32) {

@@ -4,16 +4,18 @@
 //! directory.
 //! The integration tests start the same services with the same helpers.
 //! [`pipeline`] is the data-flow half of `chronos status` (consumer lag,
-//! events stored in the last minute), for any deployment.
+//! events stored in the last minute), for any deployment. [`supervise`]
+//! restarts a service that died.
 
 pub mod broker;
 pub mod pipeline;
 pub mod postgres;
 pub mod process;
+pub mod supervise;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -51,6 +53,8 @@ pub struct ServiceStatus {
     pub address: String,
     pub up: bool,
     pub detail: String,
+    /// The last lines of its log, when the supervisor left it down.
+    pub log_tail: Vec<String>,
 }
 
 /// The local stack: its config file and state directory.
@@ -88,12 +92,36 @@ impl Stack {
         self.dir.join("run").join(format!("{}.pid", s.name()))
     }
 
+    /// Pid of the `chronos supervise` process of a service.
+    fn supervisor_pid_file(&self, s: Service) -> PathBuf {
+        self.dir.join("run").join(format!("{}.supervisor.pid", s.name()))
+    }
+
+    /// What the supervisor of a service recorded ([`supervise::Record`]).
+    pub fn restarts_file(&self, s: Service) -> PathBuf {
+        self.dir.join("run").join(format!("{}.restarts.json", s.name()))
+    }
+
+    /// The supervisors' log: each death and restart.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("logs").join("supervisor.log")
+    }
+
+    fn supervisor_pid(&self, s: Service) -> Option<i32> {
+        process::read_pid(&self.supervisor_pid_file(s)).filter(|&p| process::alive(p))
+    }
+
+    /// Whether a supervisor watches this service.
+    pub fn supervised(&self, s: Service) -> bool {
+        self.supervisor_pid(s).is_some()
+    }
+
     /// The log file of a service.
     pub fn log_file(&self, s: Service) -> PathBuf {
         self.dir.join("logs").join(format!("{}.log", s.name()))
     }
 
-    fn postgres(&self) -> PostgresSpec {
+    pub(crate) fn postgres(&self) -> PostgresSpec {
         PostgresSpec {
             data_dir: self.dir.join("postgres"),
             port: self.config.stack.postgres_port,
@@ -118,28 +146,30 @@ impl Stack {
         self.dir.join("run").join("broker.version")
     }
 
-    /// Starts the local Kafka node (formatted on first start; its data is kept
-    /// across restarts), or none with an external cluster; then the topics.
-    fn start_broker(&self) -> Result<()> {
-        if self.external_broker() {
-            println!("{:<9} external: {}", "broker", self.config.kafka.brokers);
-        } else {
-            let node = self.broker();
-            let (wanted, by_name) = (node.bootstrap(), format!("localhost:{}", node.port));
-            if !self.config.kafka.brokers.split(',').map(str::trim).any(|b| b == wanted || b == by_name) {
-                bail!(
-                    "kafka.brokers = {:?} does not name the local Kafka node ({wanted}); set it, or set stack.broker = \"external\" to use that cluster",
-                    self.config.kafka.brokers
-                );
-            }
-            let install = KafkaInstall::find()?;
-            if !node.formatted() {
-                println!("{:<9} formatting a new KRaft data directory in {}", "", node.dir.display());
-            }
-            let child = node.start(&install, Lifetime::Detached)?;
-            process::write_pid(&self.pid_file(Service::Broker), child.id())?;
-            std::fs::write(self.version_file(), &install.version)?;
+    /// Checks that `kafka.brokers` names the local node, formats its data
+    /// directory on first start (it keeps its cluster id and data across
+    /// restarts) and records the release.
+    fn prepare_broker(&self) -> Result<()> {
+        let node = self.broker();
+        let (wanted, by_name) = (node.bootstrap(), format!("localhost:{}", node.port));
+        if !self.config.kafka.brokers.split(',').map(str::trim).any(|b| b == wanted || b == by_name) {
+            bail!(
+                "kafka.brokers = {:?} does not name the local Kafka node ({wanted}); set it, or set stack.broker = \"external\" to use that cluster",
+                self.config.kafka.brokers
+            );
         }
+        let install = KafkaInstall::find()?;
+        if !node.formatted() {
+            println!("{:<9} formatting a new KRaft data directory in {}", "", node.dir.display());
+        }
+        node.format(&install, &broker::new_cluster_id())?;
+        std::fs::create_dir_all(self.dir.join("run"))?;
+        std::fs::write(self.version_file(), &install.version)?;
+        Ok(())
+    }
+
+    /// Creates the topics (on the local node or the external cluster).
+    fn create_topics(&self) -> Result<()> {
         let http = &self.config.http;
         let max_record = crate::produce::kafka::max_record_bytes(http.max_decompressed_bytes, http.max_events_per_batch);
         broker::create_topics_for(&self.config.kafka, max_record, Duration::from_secs(60))
@@ -165,54 +195,159 @@ impl Stack {
         process::alive(pid).then_some(pid)
     }
 
-    /// Starts one service, or all in order (PostgreSQL, broker + topics, chronosd).
+    /// Starts one service, or all in order (PostgreSQL, broker + topics,
+    /// chronosd), each under its supervisor ([`supervise`]).
     pub fn start(&self, which: Option<Service>) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let dir_abs = std::fs::canonicalize(&self.dir)?;
         for s in which.map(|s| vec![s]).unwrap_or_else(|| Service::ALL.to_vec()) {
-            if let Some(pid) = self.running_pid(s) {
-                println!("{:<9} already running (pid {pid})", s.name());
+            if s == Service::Broker && self.external_broker() {
+                println!("{:<9} external: {}", "broker", self.config.kafka.brokers);
+                self.create_topics()?;
                 continue;
             }
+            if let Some(pid) = self.running_pid(s) {
+                let watched = if self.supervised(s) { "" } else { "; not supervised (`chronos stop` then `chronos start` it to be)" };
+                println!("{:<9} already running (pid {pid}){watched}", s.name());
+                continue;
+            }
+            // A supervisor waiting to restart it, or one that gave up: this start replaces it.
+            self.stop_supervisor(s);
             println!("{:<9} starting…", s.name());
-            match s {
-                Service::Postgres => {
-                    let run_as = RunAs::postgres_if_root()?;
-                    if run_as.is_some() {
-                        // The postgres account must reach its data directory.
-                        make_traversable(&dir_abs)?;
-                    }
-                    let pg = self.postgres();
-                    pg.init(run_as)?;
-                    let child = pg.start(run_as, Lifetime::Detached)?;
-                    process::write_pid(&self.pid_file(s), child.id())?;
-                    pg.create_database()?;
-                }
-                Service::Broker => self.start_broker()?,
-                Service::Chronosd => {
-                    let bin = process::bin_dir().join("chronosd");
-                    if !bin.exists() {
-                        bail!("{} not found; build it with `cargo build --release`", bin.display());
-                    }
-                    let mut cmd = Command::new(bin);
-                    cmd.arg("--config").arg(std::fs::canonicalize(&self.config_path)?);
-                    let mut child = process::spawn(cmd, &self.log_file(s), None, Lifetime::Detached)?;
-                    process::write_pid(&self.pid_file(s), child.id())?;
-                    let addr = self.config.http.listen;
-                    process::wait_for_port(addr, Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)))
-                        .with_context(|| format!("chronosd did not start; see {}", self.log_file(s).display()))?;
-                    process::wait_ready(addr, Duration::from_secs(30))
-                        .with_context(|| format!("chronosd is up but not ready; see {}", self.log_file(s).display()))?;
-                }
+            if let Err(e) = self.start_one(s) {
+                self.stop_one(s);
+                return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Stops one service, or all in reverse order.
+    /// Prepares one service, starts its supervisor (which starts it) and
+    /// waits until it serves.
+    fn start_one(&self, s: Service) -> Result<()> {
+        match s {
+            Service::Postgres => {
+                let run_as = RunAs::postgres_if_root()?;
+                if run_as.is_some() {
+                    // The postgres account must reach its data directory.
+                    make_traversable(&std::fs::canonicalize(&self.dir)?)?;
+                }
+                let pg = self.postgres();
+                pg.init(run_as)?;
+                pg.wait_for_old_server(Duration::from_secs(60), |pids| {
+                    println!("{:<9} waiting for the processes of the previous server to exit (pids {pids:?})", "");
+                })?;
+            }
+            Service::Broker => self.prepare_broker()?,
+            Service::Chronosd => {
+                let bin = process::bin_dir().join("chronosd");
+                if !bin.exists() {
+                    bail!("{} not found; build it with `cargo build --release`", bin.display());
+                }
+            }
+        }
+        let pid = self.start_supervisor(s)?;
+        match s {
+            Service::Postgres => {
+                self.postgres().wait_accepting(Duration::from_secs(60), || process::alive(pid))?;
+                self.postgres().create_database()?;
+            }
+            Service::Broker => {
+                self.wait_serving(s, broker::START_TIMEOUT, || process::alive(pid))?;
+                self.create_topics()?;
+            }
+            Service::Chronosd => {
+                let addr = self.config.http.listen;
+                process::wait_for_port(addr, Duration::from_secs(30), || process::alive(pid))
+                    .with_context(|| format!("chronosd did not start; see {}", self.log_file(s).display()))?;
+                process::wait_ready(addr, Duration::from_secs(30))
+                    .with_context(|| format!("chronosd is up but not ready; see {}", self.log_file(s).display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `chronos supervise <s>` (detached, logging to the supervisors'
+    /// log), which starts the service; returns the service's pid.
+    fn start_supervisor(&self, s: Service) -> Result<i32> {
+        let pid_file = self.pid_file(s);
+        let _ = std::fs::remove_file(&pid_file);
+        let exe = std::env::current_exe().context("finding the chronos executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--config").arg(std::fs::canonicalize(&self.config_path)?).arg("supervise").arg(s.name());
+        let mut supervisor = process::spawn(cmd, &self.supervisor_log(), None, Lifetime::Detached)?;
+        process::write_pid(&self.supervisor_pid_file(s), supervisor.id())?;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(pid) = process::read_pid(&pid_file) {
+                return Ok(pid);
+            }
+            if let Ok(Some(status)) = supervisor.try_wait() {
+                bail!("{} did not start ({status}); see {}", s.name(), self.supervisor_log().display());
+            }
+            if std::time::Instant::now() > until {
+                bail!("the supervisor of {} did not start it within 30 s; see {}", s.name(), self.supervisor_log().display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the service's process (its set-up done before) and writes its
+    /// pid file; what the supervisor runs.
+    pub(crate) fn spawn_service(&self, s: Service) -> Result<Child> {
+        let child = match s {
+            Service::Postgres => self.postgres().spawn(RunAs::postgres_if_root()?, Lifetime::Detached)?,
+            Service::Broker => self.broker().spawn(&KafkaInstall::find()?, Lifetime::Detached)?,
+            Service::Chronosd => {
+                let mut cmd = Command::new(process::bin_dir().join("chronosd"));
+                cmd.arg("--config").arg(std::fs::canonicalize(&self.config_path)?);
+                process::spawn(cmd, &self.log_file(s), None, Lifetime::Detached)?
+            }
+        };
+        process::write_pid(&self.pid_file(s), child.id())?;
+        Ok(child)
+    }
+
+    /// Waits until `s` serves: PostgreSQL accepts sessions, the broker lists
+    /// itself, chronosd is ready; sooner an error when `still_running` says it died.
+    pub(crate) fn wait_serving(&self, s: Service, timeout: Duration, mut still_running: impl FnMut() -> bool) -> Result<()> {
+        match s {
+            Service::Postgres => self.postgres().wait_accepting(timeout, still_running),
+            Service::Broker if self.external_broker() => broker::broker_ids(&self.config.kafka.brokers, timeout).map(|_| ()),
+            Service::Broker => self.broker().wait_answering(timeout, still_running),
+            Service::Chronosd => {
+                let addr = self.config.http.listen;
+                process::wait_for_port(addr, timeout, &mut still_running)?;
+                process::wait_ready(addr, timeout)
+            }
+        }
+    }
+
+    /// Stops a service's supervisor (it leaves the service running).
+    fn stop_supervisor(&self, s: Service) {
+        if let Some(pid) = self.supervisor_pid(s) {
+            process::stop_pid(pid, libc::SIGTERM, Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_file(self.supervisor_pid_file(s));
+    }
+
+    /// Stops a service and its supervisor, quietly (a failed start).
+    fn stop_one(&self, s: Service) {
+        self.stop_supervisor(s);
+        if let Some(pid) = self.running_pid(s) {
+            let signal = if s == Service::Postgres { libc::SIGINT } else { libc::SIGTERM };
+            process::stop_pid(pid, signal, Duration::from_secs(30));
+        }
+        let _ = std::fs::remove_file(self.pid_file(s));
+    }
+
+    /// Stops one service, or all in reverse order; each one's supervisor
+    /// first, so that it is not restarted.
     pub fn stop(&self, which: Option<Service>) -> Result<()> {
         let mut order = which.map(|s| vec![s]).unwrap_or_else(|| Service::ALL.to_vec());
         order.reverse();
+        for &s in &order {
+            self.stop_supervisor(s);
+        }
         for s in order {
             if s == Service::Broker && self.external_broker() {
                 println!("{:<9} external (not stopped)", s.name());
@@ -228,6 +363,14 @@ impl Stack {
                 }
             }
             let _ = std::fs::remove_file(self.pid_file(s));
+            // Stopped on purpose: no longer "left down" or "restarting".
+            let path = self.restarts_file(s);
+            let mut record = supervise::Record::load(&path);
+            if record.left_down.is_some() || record.restart_at_ms.is_some() {
+                record.left_down = None;
+                record.restart_at_ms = None;
+                let _ = record.save(&path);
+            }
         }
         Ok(())
     }
@@ -261,7 +404,7 @@ impl Stack {
                 };
                 // An external broker is nobody's process here: it is up when it answers.
                 let ours = !(s == Service::Broker && self.external_broker());
-                let (up, detail) = match (pid, probe) {
+                let (up, mut detail) = match (pid, probe) {
                     (None, Ok(d)) if !ours => (true, d),
                     (None, Err(e)) if !ours => (false, e),
                     (Some(_), Ok(d)) => (true, d),
@@ -269,7 +412,24 @@ impl Stack {
                     (None, Ok(_)) => (false, "something else answers on this address".into()),
                     (None, Err(_)) => (false, format!("stopped; start it with `chronos start {}`", s.name())),
                 };
-                ServiceStatus { service: s, pid, address, up, detail }
+                let record = supervise::Record::load(&self.restarts_file(s));
+                let mut log_tail = Vec::new();
+                if ours {
+                    match record.summary(s, supervise::now_ms()) {
+                        Some(said) if pid.is_none() => {
+                            detail = said;
+                            if record.left_down.is_some() {
+                                log_tail = last_lines(&self.log_file(s), 8);
+                            }
+                        }
+                        Some(said) => detail = format!("{detail}; {said}"),
+                        None => {}
+                    }
+                    if pid.is_some() && !self.supervised(s) {
+                        detail.push_str("; not supervised");
+                    }
+                }
+                ServiceStatus { service: s, pid, address, up, detail, log_tail }
             })
             .collect()
     }
@@ -278,6 +438,29 @@ impl Stack {
     pub fn first_key(&self) -> Option<&crate::config::WriteKeyConfig> {
         self.config.keys.first()
     }
+}
+
+/// The `User-Agent` of the `curl` line `chronos start` prints: a browser's,
+/// so the demo event is not flagged as a bot's (curl's own is) and the
+/// default views, which leave bots out, count it.
+pub const DEMO_USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+
+/// The bots' share of `n` events in `chronos status`; when all of them are
+/// a bot's, why that happens and where it matters.
+pub fn bot_share(n: i64, bots: i64) -> String {
+    if n > 0 && bots == n {
+        return "all of them from bots: requests without a browser's User-Agent (curl, scripts) are flagged is_bot, \
+                and the default views leave bots out (docs/enrichment.md, [enrich] bots)"
+            .to_string();
+    }
+    format!("{bots} of them from bots ({:.0}%)", if n > 0 { bots as f64 * 100.0 / n as f64 } else { 0.0 })
+}
+
+/// The last `n` lines of a log file (none when it cannot be read).
+fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
 }
 
 fn port_probe(addr: SocketAddr) -> Result<String, String> {
@@ -332,4 +515,27 @@ controller_port = 9093
 "#,
         dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_user_agent_is_taken_for_a_browser_and_curls_for_a_bot() {
+        let enricher = crate::enrich::Enricher::new(8);
+        let demo = enricher.agent(Some(DEMO_USER_AGENT), false);
+        assert_eq!(demo.bot, None, "{demo:?}");
+        assert_eq!((demo.browser.as_deref(), demo.device), (Some("Firefox"), Some("desktop")));
+        assert!(enricher.agent(Some("curl/7.88.1"), false).bot.is_some(), "what the line sent before");
+    }
+
+    #[test]
+    fn a_bot_share_of_all_says_why_in_one_line() {
+        assert_eq!(bot_share(10, 3), "3 of them from bots (30%)");
+        assert_eq!(bot_share(0, 0), "0 of them from bots (0%)");
+        let all = bot_share(1, 1);
+        assert!(all.starts_with("all of them from bots: requests without a browser's User-Agent (curl, scripts) are flagged is_bot"), "{all}");
+        assert!(all.contains("the default views leave bots out") && !all.contains('\n'), "{all}");
+    }
 }

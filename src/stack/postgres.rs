@@ -92,6 +92,17 @@ impl PostgresSpec {
 
     /// Starts the server and waits for it to accept connections.
     pub fn start(&self, run_as: Option<RunAs>, lifetime: Lifetime) -> Result<Child> {
+        let mut child = self.spawn(run_as, lifetime)?;
+        let ready = process::wait_for_port(self.addr(), Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)));
+        if let Err(e) = ready {
+            let _ = child.kill();
+            bail!("PostgreSQL did not start: {e}; see {}", self.log.display());
+        }
+        Ok(child)
+    }
+
+    /// Starts the server and returns at once (see [`PostgresSpec::wait_accepting`]).
+    pub fn spawn(&self, run_as: Option<RunAs>, lifetime: Lifetime) -> Result<Child> {
         let mut cmd = Command::new(bindir().join("postgres"));
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -104,13 +115,78 @@ impl PostgresSpec {
         if self.ephemeral {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
-        let mut child = process::spawn(cmd, &self.log, run_as, lifetime)?;
-        let ready = process::wait_for_port(self.addr(), Duration::from_secs(30), || matches!(child.try_wait(), Ok(None)));
-        if let Err(e) = ready {
-            let _ = child.kill();
-            bail!("PostgreSQL did not start: {e}; see {}", self.log.display());
+        process::spawn(cmd, &self.log, run_as, lifetime)
+    }
+
+    /// Waits until the server accepts sessions (the port opens before crash
+    /// recovery ends: "the database system is starting up"), or fails after
+    /// `timeout`, sooner when `still_running` says it died.
+    pub fn wait_accepting(&self, timeout: Duration, mut still_running: impl FnMut() -> bool) -> Result<()> {
+        let url = format!("host=127.0.0.1 port={} user={USER} dbname=postgres connect_timeout=2", self.port);
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let last = match block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls)) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if !still_running() {
+                bail!("PostgreSQL exited before it accepted sessions; see {}", self.log.display());
+            }
+            if std::time::Instant::now() > until {
+                bail!("PostgreSQL did not accept sessions within {timeout:?} ({last}); see {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(child)
+    }
+
+    /// The processes of an earlier server on this data directory that are
+    /// still there: the postmaster named by the lock file while it is a
+    /// zombie (killed, not yet reaped: PostgreSQL refuses to start while
+    /// `kill(pid, 0)` finds it), and every process working in the data
+    /// directory, as the postmaster and its backends do (after `kill -9` of
+    /// the postmaster they hold its shared memory until they notice and exit).
+    pub fn leftover_processes(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        if let Some(pid) = self.postmaster_pid().filter(|&p| process::zombie(p)) {
+            pids.push(pid);
+        }
+        let Ok(dir) = std::fs::canonicalize(&self.data_dir) else { return pids };
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            // Another account's process (without root) cannot be read: not ours.
+            if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir) && !pids.contains(&pid) && process::alive(pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Waits (at most `timeout`) until no process of an earlier server on
+    /// this data directory is left ([`PostgresSpec::leftover_processes`]);
+    /// `waiting` is told once, with their pids, when there is something to
+    /// wait for. A new server started before then fails ("lock file
+    /// postmaster.pid already exists", "pre-existing shared memory block is
+    /// still in use").
+    pub fn wait_for_old_server(&self, timeout: Duration, waiting: impl FnOnce(&[i32])) -> Result<()> {
+        let mut left = self.leftover_processes();
+        if left.is_empty() {
+            return Ok(());
+        }
+        waiting(&left);
+        let until = std::time::Instant::now() + timeout;
+        while !left.is_empty() {
+            if std::time::Instant::now() > until {
+                bail!(
+                    "processes of the previous PostgreSQL server on {} are still running after {timeout:?} (pids {left:?}); \
+                     stop them (`kill {}`) and start again",
+                    self.data_dir.display(),
+                    left.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            left = self.leftover_processes();
+        }
+        Ok(())
     }
 
     /// Creates the stack's database when missing (connecting to `postgres`).

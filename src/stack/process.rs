@@ -91,6 +91,11 @@ pub fn alive(pid: i32) -> bool {
     !matches!(state(pid), Some('Z' | 'X'))
 }
 
+/// Whether `pid` is a zombie: dead, not yet reaped by its parent.
+pub fn zombie(pid: i32) -> bool {
+    pid > 0 && state(pid) == Some('Z')
+}
+
 /// The process's state letter from `/proc/<pid>/stat` (`R`, `S`, `Z`, …);
 /// `None` where there is no `/proc`.
 fn state(pid: i32) -> Option<char> {
