@@ -47,12 +47,14 @@
 //!      PostgreSQL), limits, the `Receipt` actors, `/healthz`, `/readyz`; `/metrics` on the admin listener; the one
 //!      mapping of every failure to a status.
 //!    - [`reload`]: the config file watched: changed write keys and `[tracker]` count without a restart.
-//! 5. [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd), also what
+//! 5. [`doctor`]: `chronos doctor` — reads the cluster, PostgreSQL, chronosd's `/health` and the
+//!    state directory's disk, and judges them (pure functions) into faults with their fixes.
+//! 6. [`stack`]: the local stack behind `chronos start` (PostgreSQL, broker, chronosd), also what
 //!    the integration tests and benchmarks start. Developer tooling: no module above uses it
 //!    (the layering test checks that). It stays in this library because the `chronos` CLI,
 //!    which shares this package, and the tests and benchmarks all need it; a crate of its own
 //!    would need the CLI in a package of its own too.
-//! 6. [`fuzz`]: what the fuzz targets (`tests/fuzz`) and `tests/fuzz_corpus.rs` run — client
+//! 7. [`fuzz`]: what the fuzz targets (`tests/fuzz`) and `tests/fuzz_corpus.rs` run — client
 //!    bytes through receipt, record bytes through the loaders' decode — and a generator of
 //!    hostile JSON. Test tooling like [`stack`]: the daemon never calls it.
 //!
@@ -61,6 +63,7 @@
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod enrich;
 pub mod fuzz;
 pub mod health;

@@ -659,6 +659,7 @@ fn print_pipeline(c: &chronos::config::Config) {
             pipeline::refused(c).await,
         )
     });
+    chronos::rt::block_on(pipeline::cluster_lines(c, Duration::from_secs(5))).iter().for_each(|l| println!("{l}"));
     match lag {
         Ok(topics) => {
             for t in topics {

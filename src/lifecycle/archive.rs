@@ -713,7 +713,12 @@ pub async fn schedule(config: Config, catalog: EventCatalog, metrics: std::sync:
 }
 
 /// One scheduled run: `None` when another run held the lock (nothing done).
-async fn run_once(config: &Config, catalog: &EventCatalog, archiver: &mut Option<Archiver>, client: &mut Option<Client>) -> Option<Result<(), String>> {
+async fn run_once(
+    config: &Config,
+    catalog: &EventCatalog,
+    archiver: &mut Option<Archiver>,
+    client: &mut Option<Client>,
+) -> Option<Result<(), String>> {
     if archiver.is_none() {
         match Archiver::new(config) {
             Ok(a) => *archiver = Some(a),

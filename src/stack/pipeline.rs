@@ -1,6 +1,7 @@
-//! What `chronos status` says about the data flow: the loaders' consumer lag
-//! (records in Kafka past the offsets committed in PostgreSQL) and the events
-//! stored in the last minute. Works against any deployment the config points
+//! What `chronos status` says about the data flow: the cluster's health for
+//! Chronos's topics, the loaders' consumer lag (records in Kafka past the
+//! offsets committed in PostgreSQL), stalled partitions (from chronosd's
+//! `/health`, when it runs) and the events stored in the last minute. Works against any deployment the config points
 //! at, not only the local stack.
 
 use std::time::Duration;
@@ -9,8 +10,8 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::catalog::EventCatalog;
-use crate::health::cluster::partition_lag;
 use crate::config::Config;
+use crate::health::cluster::partition_lag;
 use crate::store::schema::ident;
 
 /// Lag of one topic for the loaders' consumer group.
@@ -123,4 +124,75 @@ pub async fn events_last_minute(config: &Config) -> Result<(i64, i64)> {
 pub async fn table_layout(config: &Config) -> Result<String> {
     let client = crate::store::connect(&config.postgres.url).await?;
     crate::store::layout_summary(&client).await
+}
+
+/// One line of `chronos status` (name, state, what, detail).
+fn status_line(name: &str, what: &str, detail: &str) -> String {
+    format!("{name:<9} {:<5} {what:<28} {detail}", "")
+}
+
+/// Seconds as days, hours, minutes or seconds (the largest two units).
+fn span(secs: i64) -> String {
+    let (sign, s) = if secs < 0 { ("-", -secs) } else { ("", secs) };
+    match s {
+        s if s >= 86_400 => format!("{sign}{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{sign}{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{sign}{}m {}s", s / 60, s % 60),
+        s => format!("{sign}{s}s"),
+    }
+}
+
+/// The cluster lines of `chronos status`: brokers and controller, each
+/// topic's replicas (under-replicated, offline, below `min.insync.replicas`)
+/// and retention headroom, then the partitions chronosd reports stalled.
+pub async fn cluster_lines(config: &Config, timeout: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    match crate::health::cluster::gather(config, timeout).await {
+        Err(e) => out.push(status_line("kafka", "", &format!("unknown: {e:#}"))),
+        Ok(facts) => {
+            let expected = config.kafka.expected_brokers.map(|n| format!(" (expected {n})")).unwrap_or_default();
+            let controller = facts.controller.map_or("no active controller".to_string(), |id| format!("controller {id}"));
+            out.push(status_line("kafka", "", &format!("{} brokers{expected}, {controller}", facts.brokers.len())));
+            for h in facts.health(crate::clock::now_ms()) {
+                let min_isr = facts.topics.iter().find(|t| t.name == h.topic).and_then(|t| t.min_insync).unwrap_or(1);
+                let headroom = match h.headroom_secs {
+                    Some(s) => format!("; retention headroom {}", span(s)),
+                    None => String::new(),
+                };
+                out.push(status_line(
+                    "topic",
+                    &h.topic,
+                    &format!(
+                        "{} partitions, replication {}: {} under-replicated, {} offline, {} below min.insync.replicas ({min_isr}){headroom}",
+                        h.partitions, h.replication, h.under_replicated, h.offline, h.below_min_isr
+                    ),
+                ));
+            }
+        }
+    }
+    let admin = config.http.admin_listen;
+    if let Ok(Ok(board)) = tokio::task::spawn_blocking(move || crate::doctor::gather::board(admin)).await {
+        for p in board.partitions.iter().filter(|p| p.stalled) {
+            let error = p.last_error.as_deref().unwrap_or("none recorded");
+            out.push(status_line(
+                "stalled",
+                &format!("{}/{}", p.topic, p.partition),
+                &format!("{} records waiting, nothing stored for {} s; last error: {error} (chronos doctor)", p.lag, config.load.stalled_after_secs),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+
+    #[test]
+    fn spans_read_in_their_two_largest_units() {
+        assert_eq!(span(42), "42s");
+        assert_eq!(span(125), "2m 5s");
+        assert_eq!(span(7 * 86_400 - 60), "6d 23h");
+        assert_eq!(span(-3_700), "-1h 1m");
+    }
 }
