@@ -26,9 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the local stack (PostgreSQL, broker, chronosd) or one service.
+    /// Start the local stack (PostgreSQL, broker, chronosd) or one service, each
+    /// under a supervisor that restarts it when it dies (1, 2, 4 … s apart; five
+    /// failures within 5 min leave it down, as `chronos status` then shows).
     Start { service: Option<Service> },
-    /// Stop the local stack or one service (chronosd drains first).
+    /// Stop the local stack or one service (its supervisor first; chronosd drains first).
     Stop { service: Option<Service> },
     /// Show each service (up or down, address, health, restarts by its
     /// supervisor), the loaders' consumer lag and the events stored in the last minute.
@@ -549,8 +551,9 @@ FILES
         The config file when --config is not given. Without it, the first
         command writes .chronos/chronos.toml with a fresh write key.
     .chronos/
-        The local stack: PostgreSQL data, Kafka data (kafka/), logs, pid files
-        ([stack] dir).
+        The local stack ([stack] dir): PostgreSQL data, Kafka data (kafka/),
+        logs (logs/supervisor.log: each death and restart of a service), pid
+        files and the supervisors' restart records (run/).
     ~/.cache/chronos/kafka-<version>/
         Apache Kafka's broker jars, fetched once by .ci/setup.
     chronos.example.toml
