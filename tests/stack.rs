@@ -262,3 +262,287 @@ fn a_kafka_port_taken_before_the_node_binds_it_is_retried_on_fresh_ports() {
     assert_eq!(ids, [1]);
     drop(taken);
 }
+
+/// A stack's config on free ports, its state in `dir/state`; returns it with
+/// (http, pg, broker) ports.
+fn stack_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, u16, u16, u16) {
+    let (http, pg, broker, controller, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let config = dir.join("chronos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[[keys]]\nid = \"local\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n\
+             [kafka]\nbrokers = \"127.0.0.1:{broker}\"\npartitions = 2\n[postgres]\nurl = \"postgres://chronos@127.0.0.1:{pg}/chronos\"\n\
+             [stack]\ndir = \"{}\"\npostgres_port = {pg}\nbroker_port = {broker}\ncontroller_port = {controller}\n{extra}",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    (config, http, pg, broker)
+}
+
+/// The sender of the self-healing test: batches of 12 events posted one after
+/// another, each retried with its batch id until acknowledged, as the tracker
+/// does (a 503, 429, refused connection or timeout is retried; anything else
+/// fails the test); every acknowledged batch is recorded.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<loadgen::verify::SentBatch>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// What `SentBatch::done_ms` counts from.
+    started: std::time::Instant,
+}
+
+impl Load {
+    fn start(http: u16, senders: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let started = std::time::Instant::now();
+        let threads = (0..senders)
+            .map(|i| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).user_agent(BROWSER_UA).build().unwrap();
+                    let url = format!("http://127.0.0.1:{http}/v1/batch");
+                    while !stop.load(Ordering::Relaxed) {
+                        let body = batch(&format!("heal-{i}"), 12);
+                        let id: uuid::Uuid = body["batch"].as_str().unwrap().parse().unwrap();
+                        let body = body.to_string();
+                        loop {
+                            let res = c.post(&url).header("Origin", ORIGIN).header("Content-Type", "text/plain").body(body.clone()).send();
+                            match res.map(|r| (r.status().as_u16(), r.text().unwrap_or_default())) {
+                                Ok((200, text)) => {
+                                    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                                    let accepted = answer["accepted"].as_u64().unwrap_or(12) as u32;
+                                    assert_eq!(accepted, 12, "{text}");
+                                    let done_ms = started.elapsed().as_millis() as u32;
+                                    acked.lock().unwrap().push(loadgen::verify::SentBatch { id, accepted, status: 200, done_ms });
+                                    break;
+                                }
+                                Ok((503 | 429 | 502 | 504, _)) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                                Ok((status, text)) => panic!("batch {id}: {status} {text}"),
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(40));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, threads, started }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` batches past `from` are acknowledged.
+    fn wait_acked(&self, from: usize, more: usize, timeout: Duration) {
+        let until = std::time::Instant::now() + timeout;
+        while self.acked() < from + more {
+            assert!(std::time::Instant::now() < until, "only {} of {more} more batches acknowledged in {timeout:?}", self.acked() - from);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn finish(self) -> Vec<loadgen::verify::SentBatch> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a sender failed");
+        }
+        std::sync::Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Whether `service` of the stack at these ports serves, as a client sees it.
+fn serving(service: &str, http: u16, pg: u16, broker: u16) -> bool {
+    match service {
+        "chronosd" => chronos::probe::http_get(([127, 0, 0, 1], http).into(), "/readyz", Duration::from_secs(1)).is_ok_and(|(code, _)| code == 200),
+        "broker" => chronos::stack::broker::broker_ids(&format!("127.0.0.1:{broker}"), Duration::from_secs(1)).is_ok(),
+        _ => {
+            let url = format!("host=127.0.0.1 port={pg} user=chronos dbname=chronos connect_timeout=1");
+            chronos::rt::block_on(async move {
+                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(conn);
+                        client.query_one("SELECT 1", &[]).await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            })
+        }
+    }
+}
+
+/// Self-healing (issue 30, item 6): under load, `kill -9` of chronosd, then
+/// the broker, then PostgreSQL, and no command: each one's supervisor starts
+/// it again, the senders retry what was refused meanwhile, and every
+/// acknowledged event is stored exactly once. `chronos status` and the
+/// supervisors' log show each restart and its signal. Without the
+/// supervisor the first kill leaves chronosd down and the wait for it fails.
+#[test]
+fn each_service_killed_under_load_is_restarted_and_nothing_is_lost_or_doubled() {
+    let t_test = std::time::Instant::now();
+    let dir = temp_dir();
+    let (config, http, pg, broker) = stack_config(dir.path(), "[limits]\nper_ip_per_sec = 100000\nper_ip_burst = 100000\n");
+    let stack = StackGuard { config };
+    let out = stack.chronos(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let state = dir.path().join("state");
+
+    let load = Load::start(http, 3);
+    load.wait_acked(0, 30, Duration::from_secs(60));
+    let mut figures = Vec::new();
+    for service in ["chronosd", "broker", "postgres"] {
+        let pid_file = state.join(format!("run/{service}.pid"));
+        let pid = chronos::stack::process::read_pid(&pid_file).unwrap();
+        let before = load.acked();
+        let killed = std::time::Instant::now();
+        let killed_ms = load.started.elapsed().as_millis() as u32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {service} ({pid})");
+        // Restarted: a new process that serves.
+        let until = killed + Duration::from_secs(240);
+        loop {
+            let new = chronos::stack::process::read_pid(&pid_file).filter(|&p| p != pid && chronos::stack::process::alive(p));
+            if new.is_some() && serving(service, http, pg, broker) {
+                break;
+            }
+            let log = std::fs::read_to_string(state.join("logs/supervisor.log")).unwrap_or_default();
+            assert!(std::time::Instant::now() < until, "{service} not restarted within 240 s of kill -9; supervisor log:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let restarted = killed.elapsed();
+        // The load goes on: more batches acknowledged after the restart.
+        let at_restart = load.acked();
+        load.wait_acked(at_restart, 30, Duration::from_secs(120));
+        let resumed = killed.elapsed();
+        figures.push((service, restarted, resumed, at_restart - before, killed_ms, killed_ms + resumed.as_millis() as u32));
+    }
+    let batches = load.finish();
+    // The longest time without an acknowledgement around each kill: the outage the clients saw.
+    let mut done: Vec<u32> = batches.iter().map(|b| b.done_ms).collect();
+    done.sort_unstable();
+    let outage = |from: u32, to: u32| done.windows(2).filter(|w| w[1] >= from && w[0] <= to).map(|w| w[1] - w[0]).max().unwrap_or(0);
+
+    let url = format!("postgres://chronos@127.0.0.1:{pg}/chronos");
+    let types = ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"];
+    let v = chronos::rt::block_on(loadgen::verify::verify(&url, &types, &batches, Duration::from_secs(180), Duration::from_secs(2))).unwrap();
+    let stored = count(&url, &total_sql(&types));
+
+    let out = stack.chronos(&["status"]);
+    let status = text(&out);
+    let log = std::fs::read_to_string(state.join("logs/supervisor.log")).unwrap();
+    println!("self-healing under load, kill -9 of each service in turn, no command:");
+    for &(service, restarted, resumed, during, from, to) in &figures {
+        let said = log.lines().find(|l| l.contains(service) && l.contains("serving again")).unwrap_or("(not logged)");
+        println!(
+            "  {service:<8} serving again {:.1} s after kill -9 (supervisor: {}); longest time without an acknowledgement {:.1} s; \
+             {during} batches acknowledged from the kill to the restart; 30 more {:.1} s after the kill",
+            restarted.as_secs_f64(),
+            said.split_once("after exit by signal 9: ").map_or(said, |(_, s)| s),
+            outage(from, to) as f64 / 1000.0,
+            resumed.as_secs_f64(),
+        );
+    }
+    println!(
+        "  events acknowledged {}, stored {stored}, lost {}, duplicated {}, stored unacknowledged {} ({} batches of 12; verified in {:.1} s); test took {:.0} s",
+        v.expected,
+        v.missing,
+        v.duplicated,
+        v.unacknowledged_stored,
+        batches.len(),
+        v.wait_secs,
+        t_test.elapsed().as_secs_f64()
+    );
+    println!("{status}");
+    assert_eq!((v.missing, v.duplicated, v.unacknowledged_stored), (0, 0, 0), "{v:?}");
+    assert_eq!(stored as u64, v.expected, "every row of the tables is an acknowledged event");
+    for service in ["postgres", "broker", "chronosd"] {
+        let line = status.lines().find(|l| l.starts_with(service)).unwrap_or_default();
+        assert!(line.contains(" up ") && line.contains("restarted 1× in the last hour, last: exit by signal 9"), "{service}:\n{status}");
+        assert!(
+            log.lines().any(|l| l.contains(&format!(" {service} ")) && l.contains("restarted (pid") && l.contains("after exit by signal 9")),
+            "{service} restart not in the supervisor log:\n{log}"
+        );
+    }
+}
+
+/// A service that keeps failing is left down, and `chronos status` shows why
+/// with its log's last lines; one stopped by `chronos stop` is not restarted.
+/// PostgreSQL alone (the cheapest service), made to fail by a setting it
+/// does not know: five failures within the window, 1 + 2 + 4 + 8 s apart.
+#[test]
+fn a_service_that_keeps_failing_is_left_down_with_its_last_log_lines() {
+    let dir = temp_dir();
+    let (config, _, pg, _) = stack_config(dir.path(), "");
+    let stack = StackGuard { config };
+    let state = dir.path().join("state");
+    let out = stack.chronos(&["start", "postgres"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Stopped on purpose: not restarted.
+    let out = stack.chronos(&["stop", "postgres"]);
+    assert!(text(&out).contains("postgres  stopped"), "{}", text(&out));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!serving("postgres", 0, pg, 0), "a stopped service stays stopped");
+    let log = std::fs::read_to_string(state.join("logs/supervisor.log")).unwrap();
+    assert!(!log.contains("died"), "{log}");
+
+    let out = stack.chronos(&["start", "postgres"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let conf = state.join("postgres/postgresql.conf");
+    let mut settings = std::fs::read_to_string(&conf).unwrap();
+    settings.push_str("\nchronos_not_a_setting = 1\n");
+    std::fs::write(&conf, settings).unwrap();
+    let pid = chronos::stack::process::read_pid(&state.join("run/postgres.pid")).unwrap();
+    let t0 = std::time::Instant::now();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let until = t0 + Duration::from_secs(90);
+    let log = loop {
+        let log = std::fs::read_to_string(state.join("logs/supervisor.log")).unwrap();
+        if log.contains("left down") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < until, "not left down within 90 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("left down {:.1} s after the first kill", t0.elapsed().as_secs_f64());
+    assert_eq!(log.matches("postgres died").count(), 4, "four restarts, then left down:\n{log}");
+    assert!(log.contains("exit status 1: left down after 5 failures within 300 s"), "{log}");
+
+    let out = stack.chronos(&["status"]);
+    let status = text(&out);
+    println!("{status}");
+    assert_eq!(out.status.code(), Some(3), "{status}");
+    let line = status.lines().find(|l| l.starts_with("postgres")).unwrap();
+    assert!(
+        line.contains(" down ")
+            && line.contains("left down by the supervisor after 5 failures within 300 s (last: exit status 1)")
+            && line.contains("`chronos start postgres`"),
+        "{status}"
+    );
+    assert!(status.contains("last lines of ") && status.contains("| ") && status.contains("chronos_not_a_setting"), "{status}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!serving("postgres", 0, pg, 0), "left down");
+
+    // Fixed, started again: up, and no longer said to be left down.
+    std::fs::write(&conf, std::fs::read_to_string(&conf).unwrap().replace("chronos_not_a_setting = 1", "")).unwrap();
+    let out = stack.chronos(&["start", "postgres"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = text(&stack.chronos(&["status"]));
+    let line = status.lines().find(|l| l.starts_with("postgres")).unwrap();
+    assert!(line.contains(" up ") && !line.contains("left down"), "{status}");
+
+    // Unsupervised (its supervisor gone), killed, started at once: the start
+    // waits for the killed server's processes instead of failing on its lock
+    // file or shared memory (issue 30, item 3).
+    let supervisor = chronos::stack::process::read_pid(&state.join("run/postgres.supervisor.pid")).unwrap();
+    assert!(chronos::stack::process::stop_pid(supervisor, libc::SIGTERM, Duration::from_secs(10)));
+    let pid = chronos::stack::process::read_pid(&state.join("run/postgres.pid")).unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let out = stack.chronos(&["start", "postgres"]);
+    println!("{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(serving("postgres", 0, pg, 0));
+}
