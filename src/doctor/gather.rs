@@ -82,6 +82,13 @@ fn disk(dir: &Path) -> Result<DiskFacts> {
     }
     // SAFETY: statvfs returned 0: filled.
     let s = unsafe { s.assume_init() };
-    let block = s.f_frsize as u64;
-    Ok(DiskFacts { path: dir.display().to_string(), total_bytes: s.f_blocks as u64 * block, available_bytes: s.f_bavail as u64 * block })
+    // The field types differ between targets (u64 here, u32 on some).
+    #[allow(clippy::unnecessary_cast)]
+    let (block, blocks, free, avail) = (s.f_frsize as u64, s.f_blocks as u64, s.f_bfree as u64, s.f_bavail as u64);
+    Ok(DiskFacts {
+        path: dir.display().to_string(),
+        total_bytes: blocks * block,
+        used_bytes: (blocks - free) * block,
+        available_bytes: avail * block,
+    })
 }

@@ -26,15 +26,19 @@ pub struct PostgresFacts {
 pub struct DiskFacts {
     pub path: String,
     pub total_bytes: u64,
+    /// Used, and available to an unprivileged writer (root's reserve left out).
+    pub used_bytes: u64,
     pub available_bytes: u64,
 }
 
 impl DiskFacts {
+    /// As `df` counts it: used of what users can have (used + available).
     pub fn used_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
+        let usable = self.used_bytes + self.available_bytes;
+        if usable == 0 {
             return 0.0;
         }
-        100.0 - self.available_bytes as f64 * 100.0 / self.total_bytes as f64
+        self.used_bytes as f64 * 100.0 / usable as f64
     }
 }
 
@@ -81,7 +85,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
     out.extend(postgres(f));
     out.extend(loaders(f));
     out.extend(disk(f));
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -404,7 +408,7 @@ mod tests {
             admin: "127.0.0.1:9464".into(),
             chronosd: Ok(Snapshot { partitions: vec![], archive: Some(ArchiveHealth { ok_runs: 2, ..Default::default() }) }),
             stalled_after_secs: 300,
-            disk: Ok(DiskFacts { path: "/var/lib/chronos".into(), total_bytes: 100 << 30, available_bytes: 50 << 30 }),
+            disk: Ok(DiskFacts { path: "/var/lib/chronos".into(), total_bytes: 100 << 30, used_bytes: 50 << 30, available_bytes: 45 << 30 }),
             limits: Limits::default(),
         }
     }
@@ -567,15 +571,15 @@ mod tests {
     #[test]
     fn disk_use_warns_then_faults_at_the_thresholds() {
         let mut f = healthy();
-        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1000, available_bytes: 100 });
+        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1100, used_bytes: 900, available_bytes: 100 });
         assert_eq!(exit_code(&diagnose(&f)), 1, "90% used: a warning");
-        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1000, available_bytes: 50 });
+        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1100, used_bytes: 950, available_bytes: 50 });
         let findings = diagnose(&f);
         assert!(
             findings[0].severity == Severity::Fault && findings[0].what.starts_with("nearly full: 95% used on the filesystem of /s"),
             "{findings:#?}"
         );
-        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1000, available_bytes: 101 });
+        f.disk = Ok(DiskFacts { path: "/s".into(), total_bytes: 1100, used_bytes: 899, available_bytes: 101 });
         assert_eq!(exit_code(&diagnose(&f)), 0);
         f.limits.disk_warn_percent = 50.0;
         assert_eq!(exit_code(&diagnose(&f)), 1, "thresholds are settings");

@@ -127,7 +127,7 @@ mod tests {
         let warn = Finding::warning("disk", "91% used", "free space");
         let fault = Finding::fault("kafka", "no broker", "chronos start broker");
         assert_eq!(exit_code(&[]), 0);
-        assert_eq!(exit_code(&[ok.clone()]), 0);
+        assert_eq!(exit_code(std::slice::from_ref(&ok)), 0);
         assert_eq!(exit_code(&[ok.clone(), warn.clone()]), 1);
         assert_eq!(exit_code(&[warn.clone(), fault.clone(), ok.clone()]), 2);
         let text = render_text(&[ok, warn, fault.clone()]);

@@ -115,7 +115,9 @@ pub async fn gather(config: &Config, timeout: Duration) -> Result<ClusterFacts> 
 fn read_metadata(config: &Config, offsets: &BTreeMap<(String, i32), i64>, have_offsets: bool, timeout: Duration) -> Result<ClusterFacts> {
     let k = &config.kafka;
     let mut cc = crate::produce::kafka::base_client_config(k);
-    cc.set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    // assign() needs a group id (librdkafka refuses it without one: UNKNOWN_GROUP);
+    // nothing joins or commits in it.
+    cc.set("group.id", format!("{}.health", config.load.group_id)).set("enable.auto.commit", "false").set("enable.partition.eof", "false");
     let consumer: BaseConsumer = cc.create().with_context(|| format!("cannot create a Kafka client for {}", k.brokers))?;
     let mut facts = ClusterFacts::default();
     for name in [&k.topic, &k.dead_letter_topic] {

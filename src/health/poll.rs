@@ -17,7 +17,8 @@ pub async fn run(config: Config, metrics: Arc<Metrics>) {
         metrics.kafka_brokers_expected.with_label_values(&[]).set(n as i64);
     }
     let every = Duration::from_secs(config.kafka.health_poll_secs);
-    let timeout = every.clamp(Duration::from_secs(1), Duration::from_secs(10));
+    // Reading one record of a lagging partition takes a fetch: give it time even when polling often.
+    let timeout = every.clamp(Duration::from_secs(5), Duration::from_secs(10));
     let stalled_after_ms = config.load.stalled_after_secs as i64 * 1000;
     let mut shown = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
