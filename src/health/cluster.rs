@@ -89,9 +89,10 @@ pub async fn stored_offsets(config: &Config) -> Result<BTreeMap<(String, i32), i
 /// (from PostgreSQL) the loaders' offsets. Fails only when no broker answers;
 /// a part that cannot be read is left empty and said why.
 pub async fn gather(config: &Config, timeout: Duration) -> Result<ClusterFacts> {
-    let (offsets, offsets_error) = match stored_offsets(config).await {
-        Ok(o) => (o, None),
-        Err(e) => (BTreeMap::new(), Some(format!("{e:#}"))),
+    let (offsets, offsets_error) = match tokio::time::timeout(timeout, stored_offsets(config)).await {
+        Ok(Ok(o)) => (o, None),
+        Ok(Err(e)) => (BTreeMap::new(), Some(format!("{e:#}"))),
+        Err(_) => (BTreeMap::new(), Some(format!("PostgreSQL did not answer within {timeout:?}"))),
     };
     let have_offsets = offsets_error.is_none();
     let c = config.clone();
