@@ -100,7 +100,7 @@ fn kafka(f: &Facts) -> Vec<Finding> {
         Err(e) => {
             return vec![Finding::fault(
                 "kafka",
-                format!("no broker answered: {e}"),
+                e.clone(),
                 format!(
                     "start the broker (`chronos start broker` for the local stack) or check kafka.brokers (\"{}\") and kafka.security_protocol",
                     f.bootstrap
@@ -443,7 +443,8 @@ mod tests {
         // No broker at all.
         f.kafka = Err("no Kafka broker at k1:9092 answered".into());
         let findings = diagnose(&f);
-        assert!(findings[0].severity == Severity::Fault && findings[0].what.contains("no broker answered"), "{findings:#?}");
+        assert!(findings[0].severity == Severity::Fault && findings[0].check == "kafka", "{findings:#?}");
+        assert!(findings[0].fix.as_ref().unwrap().contains("chronos start broker"), "{findings:#?}");
     }
 
     #[test]
