@@ -348,10 +348,23 @@ fn doctor_diagnoses_no_broker_postgres_unreachable_or_without_tls_and_timescaled
     }
 }
 
+/// Creates `topic` with one partition whose only replica is on broker `broker`.
+fn create_topic_on(kafka: &Kafka, topic: &str, broker: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).create().unwrap();
+    let assignment: &[&[i32]] = &[&[broker]];
+    let new = NewTopic::new(topic, 1, TopicReplication::Variable(assignment));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let r = chronos::rt::block_on(admin.create_topics(&[new], &opts)).unwrap();
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+}
+
 /// Three brokers (replication 3, min.insync.replicas 2), kafka.expected_brokers
-/// = 3: healthy in /metrics and doctor; one broker killed: 2 of 3 expected
-/// (a fault), its partitions under-replicated (a warning), in /metrics,
-/// doctor and status.
+/// = 3: healthy in /metrics and doctor; a topic of one replica (a warning)
+/// and min.insync.replicas 1 of 3 (a warning). One broker killed: 2 of 3
+/// expected (a fault), its partitions under-replicated (a warning), the
+/// one-replica topic offline (a fault), in /metrics, doctor and status;
+/// then min.insync.replicas 3 with 2 in sync (a fault).
 #[test]
 fn doctor_and_metrics_see_a_broker_down_in_a_three_node_cluster() {
     let started = Instant::now();
@@ -374,6 +387,29 @@ fn doctor_and_metrics_see_a_broker_down_in_a_three_node_cluster() {
     assert_eq!(code, 0, "{text}");
     assert!(finding(&text, "ok", "kafka.brokers").contains("3 brokers (ids 1, 2, 3), 3 expected"), "{text}");
 
+    // A topic of one replica, on the broker about to go (doctor reads any config's topics).
+    let solo = unique("solo");
+    create_topic_on(&kafka, &solo, 3);
+    let solo_config = dir.path().join("solo.toml");
+    std::fs::write(
+        &solo_config,
+        toml.replace(&format!("dead_letter_topic = \"{}\"", kafka.dead_letter_topic), &format!("dead_letter_topic = \"{solo}\"")),
+    )
+    .unwrap();
+    let (code, text) = doctor(&solo_config, &[]);
+    assert_eq!(code, 1, "{text}");
+    let found = finding(&text, "warning", &format!("topic {solo}"));
+    assert!(found.contains("replication factor 1 on a 3-broker cluster: losing one broker loses records"), "{text}");
+    assert!(fix_of(&text, found).contains("kafka-reassign-partitions.sh"), "{text}");
+    // min.insync.replicas 1 of 3 replicas: acknowledged with one copy.
+    set_topic_config(&kafka, &kafka.dead_letter_topic, &[("min.insync.replicas", "1")]);
+    let (code, text) = doctor(&config, &[]);
+    assert_eq!(code, 1, "{text}");
+    let found = finding(&text, "warning", &format!("topic {}", kafka.dead_letter_topic));
+    assert!(found.contains("min.insync.replicas = 1 with 3 replicas"), "{text}");
+    assert!(fix_of(&text, found).contains("--add-config min.insync.replicas=2"), "{text}");
+    set_topic_config(&kafka, &kafka.dead_letter_topic, &[("min.insync.replicas", "2")]);
+
     kafka.cluster().kill(2);
     d.wait_until("2 brokers and under-replicated partitions", Duration::from_secs(60), || {
         metric_value(&d, "chronos_kafka_brokers", "") == Some(2.0)
@@ -390,5 +426,29 @@ fn doctor_and_metrics_see_a_broker_down_in_a_three_node_cluster() {
     let st = status(&config);
     assert!(line_of(&st, "kafka").contains("2 brokers (expected 3)"), "{st}");
     assert!(line(&st, "topic", &kafka.topic).contains("replication 3:") && !line(&st, "topic", &kafka.topic).contains(" 0 under-replicated"), "{st}");
+
+    // The one-replica topic lost its only broker: offline.
+    let until = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (code, text) = doctor(&solo_config, &[]);
+        if text.contains("partitions offline") || Instant::now() > until {
+            assert_eq!(code, 2, "{text}");
+            break text;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let found = finding(&text, "fault", &format!("topic {solo}"));
+    assert!(found.contains("1 of 1 partitions offline (no leader)"), "{text}");
+    assert!(fix_of(&text, found).contains("start the brokers holding their replicas"), "{text}");
+
+    // min.insync.replicas 3 with 2 replicas in sync: writes refused.
+    set_topic_config(&kafka, &kafka.topic, &[("min.insync.replicas", "3")]);
+    d.wait_until("partitions below min.insync.replicas", Duration::from_secs(30), || {
+        metric_value(&d, "chronos_kafka_partitions_below_min_isr", &topic_label).is_some_and(|n| n >= 1.0)
+    });
+    let (code, text) = doctor(&config, &[]);
+    assert_eq!(code, 2, "{text}");
+    let found = finding(&text, "fault", &format!("topic {}", kafka.topic));
+    assert!(found.contains("with fewer in-sync replicas than min.insync.replicas = 3: writes (acks=all) are refused"), "{text}");
     println!("doctor_and_metrics_see_a_broker_down_in_a_three_node_cluster: {:.1} s", started.elapsed().as_secs_f64());
 }
