@@ -122,8 +122,11 @@ impl Record {
             ));
         }
         if let (Some(at), Some(last)) = (self.restart_at_ms, self.failures.last()) {
-            let secs = at.saturating_sub(now_ms) as f64 / 1000.0;
-            return Some(format!("died ({}); the supervisor restarts it in {secs:.0} s", last.cause));
+            if at <= now_ms {
+                return Some(format!("died ({}); the supervisor is restarting it", last.cause));
+            }
+            let secs = (at - now_ms).div_ceil(1000);
+            return Some(format!("died ({}); the supervisor restarts it in {secs} s", last.cause));
         }
         let hour: Vec<&Failure> = self.failures.iter().filter(|f| f.restarted && now_ms.saturating_sub(f.at_ms) < 3_600_000).collect();
         let last = hour.last()?;
@@ -304,6 +307,7 @@ mod tests {
         assert_eq!(r.summary(Service::Broker, now).unwrap(), "restarted 2× in the last hour, last: exit status 1");
         r.restart_at_ms = Some(now + 4_000);
         assert_eq!(r.summary(Service::Broker, now).unwrap(), "died (exit status 1); the supervisor restarts it in 4 s");
+        assert_eq!(r.summary(Service::Broker, now + 4_000).unwrap(), "died (exit status 1); the supervisor is restarting it");
         r.left_down = Some(LeftDown { at_ms: now, failures: 5, within_secs: 300 });
         let s = r.summary(Service::Broker, now).unwrap();
         assert!(s.starts_with("left down by the supervisor after 5 failures within 300 s (last: exit status 1)"), "{s}");
