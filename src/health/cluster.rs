@@ -118,7 +118,13 @@ fn read_metadata(config: &Config, offsets: &BTreeMap<(String, i32), i64>, have_o
     let mut cc = crate::produce::kafka::base_client_config(k);
     // assign() needs a group id (librdkafka refuses it without one: UNKNOWN_GROUP);
     // nothing joins or commits in it.
-    cc.set("group.id", format!("{}.health", config.load.group_id)).set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    cc.set("group.id", format!("{}.health", config.load.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        // One record per lagging partition is all it reads: small fetches (a
+        // first batch larger than this still comes whole), no prefetching.
+        .set("max.partition.fetch.bytes", "4096")
+        .set("queued.min.messages", "1");
     let consumer: BaseConsumer = cc.create().with_context(|| format!("cannot create a Kafka client for {}", k.brokers))?;
     let mut facts = ClusterFacts::default();
     for name in [&k.topic, &k.dead_letter_topic] {
