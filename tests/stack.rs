@@ -47,6 +47,7 @@ admin_listen = "127.0.0.1:{admin}"
 id = "local"
 key = "{KEY}"
 origins = ["shop.example.com"]
+allow_no_origin = true
 [kafka]
 brokers = "127.0.0.1:{broker}"
 partitions = 2
@@ -105,6 +106,20 @@ controller_port = {controller}
         client.query_one("SELECT 1", &[]).await.unwrap().get(0)
     });
     assert_eq!(one, 1);
+
+    // The printed curl line's event is a browser's (issue 30, item 3): stored
+    // with is_bot = false, so the default views count it.
+    let curl = started.lines().map(str::trim).find(|l| l.starts_with("curl ")).unwrap_or_else(|| panic!("no curl line:\n{started}"));
+    assert!(curl.contains(&format!("-A '{}'", chronos::stack::DEMO_USER_AGENT)), "{curl}");
+    let sent = std::process::Command::new("sh").arg("-c").arg(curl).output().unwrap();
+    assert!(text(&sent).contains("\"accepted\":1"), "{curl}\n{}", text(&sent));
+    let url = format!("postgres://chronos@127.0.0.1:{pg}/chronos");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'demo'") == 0 {
+        assert!(std::time::Instant::now() < until, "the curl line's event was not stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count(&url, "SELECT count(*) FROM events.clicks WHERE session_id = 'demo' AND NOT is_bot"), 1, "stored as a browser's");
 
     let out = stack.chronos(&["log", "chronosd", "-n", "20"]);
     assert!(text(&out).contains("Receiving batches"), "{}", text(&out));

@@ -249,8 +249,12 @@ impl Stack {
     fn start_supervisor(&self, s: Service) -> Result<i32> {
         let pid_file = self.pid_file(s);
         let _ = std::fs::remove_file(&pid_file);
-        let exe = std::env::current_exe().context("finding the chronos executable")?;
+        // This very program, even when its file was replaced since it started
+        // (a rebuild or an upgrade: the path would then name another file, or none).
+        let this = Path::new("/proc/self/exe");
+        let exe = if this.exists() { this.to_path_buf() } else { std::env::current_exe().context("finding the chronos executable")? };
         let mut cmd = Command::new(exe);
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "chronos");
         cmd.arg("--config").arg(std::fs::canonicalize(&self.config_path)?).arg("supervise").arg(s.name());
         let mut supervisor = process::spawn(cmd, &self.supervisor_log(), None, Lifetime::Detached)?;
         process::write_pid(&self.supervisor_pid_file(s), supervisor.id())?;
