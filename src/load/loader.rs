@@ -1082,9 +1082,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (_tx, rx) = watch::channel(Stop::No);
         let runs = Arc::new(AtomicUsize::new(0));
-        let r = runs.clone();
+        let (r, m) = (runs.clone(), metrics.clone());
+        // What the health board held as each run started (asserted after: a
+        // panic in here would count as the loader's).
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
         supervise("t".into(), 3, metrics.clone(), rx, move || {
             let n = r.fetch_add(1, Ordering::SeqCst);
+            s.lock().unwrap().push(m.board.snapshot().partitions);
             async move {
                 match n {
                     0 => anyhow::bail!("PostgreSQL said no"),
@@ -1096,6 +1101,11 @@ mod tests {
         .await;
         assert_eq!(runs.load(Ordering::SeqCst), 3, "started again after each failure, then stopped on its own");
         assert_eq!(metrics.load_restarts.with_label_values(&["t", "3"]).get(), 2);
+        let seen = seen.lock().unwrap();
+        let errors: Vec<Option<&str>> = seen.iter().map(|p| p.first().and_then(|p| p.last_error.as_deref())).collect();
+        assert!(seen.iter().all(|p| p.len() == 1), "on the board while it runs: {seen:?}");
+        assert_eq!(errors, [None, Some("loader failed: PostgreSQL said no"), Some("loader failed: panicked: a bug")]);
+        assert!(metrics.board.snapshot().partitions.is_empty(), "stopped: no longer this chronosd's partition");
     }
 
     #[actix_rt::test]
