@@ -81,3 +81,53 @@ pub fn export_cluster(metrics: &Metrics, facts: &ClusterFacts, now_ms: i64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::cluster::{PartitionFacts, TopicFacts};
+
+    #[test]
+    fn one_reading_sets_every_cluster_gauge_and_drops_a_headroom_without_lag() {
+        let m = Metrics::new();
+        let part = |id, isr: &[i32], lag: bool| PartitionFacts {
+            id,
+            leader: isr.first().copied().unwrap_or(-1),
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            low: 0,
+            high: 10,
+            stored_next: Some(if lag { 5 } else { 10 }),
+            oldest_unloaded_ms: lag.then_some(1_000_000),
+        };
+        let mut facts = ClusterFacts {
+            brokers: vec![1, 2],
+            controller: None,
+            topics: vec![TopicFacts {
+                name: "ev".into(),
+                exists: true,
+                partitions: vec![part(0, &[1, 2], true), part(1, &[], false), part(2, &[1], false)],
+                min_insync: Some(2),
+                retention_ms: Some(60_000),
+            }],
+            ..Default::default()
+        };
+        export_cluster(&m, &facts, 1_030_000);
+        let text = m.render();
+        for line in [
+            "chronos_kafka_brokers 2",
+            "chronos_kafka_controller_active 0",
+            "chronos_kafka_partitions_under_replicated{topic=\"ev\"} 3",
+            "chronos_kafka_partitions_offline{topic=\"ev\"} 1",
+            "chronos_kafka_partitions_below_min_isr{topic=\"ev\"} 2",
+            "chronos_kafka_retention_headroom_seconds{topic=\"ev\"} 30",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(!text.contains("chronos_kafka_brokers_expected"), "not configured: absent");
+        // Loaded up: the headroom goes.
+        facts.topics[0].partitions[0].stored_next = Some(10);
+        export_cluster(&m, &facts, 1_030_000);
+        assert!(!m.render().contains("chronos_kafka_retention_headroom_seconds{"));
+    }
+}
