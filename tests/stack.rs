@@ -242,6 +242,7 @@ fn an_external_cluster_is_used_as_is_and_never_started_or_stopped() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("external: {}", kafka.bootstrap)), "{}", text(&out));
     assert!(!dir.path().join("state/kafka").exists(), "no local Kafka data directory");
+    assert!(!dir.path().join("state/run/broker.supervisor.pid").exists(), "an external broker is not supervised");
     assert_eq!(records_in(&kafka.bootstrap, &topic), 0, "the topic was created on the external cluster");
     let out = stack.chronos(&["status"]);
     let status = text(&out);
