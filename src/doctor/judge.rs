@@ -484,6 +484,13 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings.iter().any(|(c, w)| c == "topic dl" && w.contains("min.insync.replicas = 1 with 3 replicas")), "{warnings:?}");
+        // Three replicas on a cluster of two brokers (none expected): never fully replicated.
+        let mut f = healthy();
+        f.expected_brokers = None;
+        cluster(&mut f).brokers = vec![1, 2];
+        let findings = diagnose(&f);
+        let fault = only(&findings, Severity::Fault)[0];
+        assert!(fault.what.contains("replication factor 3 above the 2 broker(s) of the cluster"), "{fault:?}");
     }
 
     #[test]
