@@ -249,17 +249,10 @@ fn restart(stack: &Stack, s: Service) -> Result<Child> {
                 if !stack.supervised(dep) || stack.wait_serving(dep, Duration::from_millis(500), || true).is_ok() {
                     continue;
                 }
-                log(s, &format!("waiting for {} before restarting chronosd", dep.name()));
+                log(s, &format!("waiting for {} to serve before the restart", dep.name()));
                 let waited = Instant::now();
                 if let Err(e) = stack.wait_serving(dep, SERVE_TIMEOUT, || true) {
-                    log(
-                        s,
-                        &format!(
-                            "{} is still not serving after {:.0} s ({e:#}); restarting chronosd anyway",
-                            dep.name(),
-                            waited.elapsed().as_secs_f64()
-                        ),
-                    );
+                    log(s, &format!("{} is still not serving after {:.0} s ({e:#}); restarting anyway", dep.name(), waited.elapsed().as_secs_f64()));
                 }
             }
         }
