@@ -264,7 +264,8 @@ impl Stack {
                 return Ok(pid);
             }
             if let Ok(Some(status)) = supervisor.try_wait() {
-                bail!("{} did not start ({status}); see {}", s.name(), self.supervisor_log().display());
+                let said = status::last_lines(&self.supervisor_log(), 1).join("");
+                bail!("{} did not start (its supervisor: {status}): {said}; see {}", s.name(), self.supervisor_log().display());
             }
             if std::time::Instant::now() > until {
                 bail!("the supervisor of {} did not start it within 30 s; see {}", s.name(), self.supervisor_log().display());

@@ -105,7 +105,7 @@ pub fn bot_share(n: i64, bots: i64) -> String {
 }
 
 /// The last `n` lines of a log file (none when it cannot be read).
-fn last_lines(path: &Path, n: usize) -> Vec<String> {
+pub(super) fn last_lines(path: &Path, n: usize) -> Vec<String> {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
