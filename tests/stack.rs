@@ -566,6 +566,15 @@ fn a_service_that_keeps_failing_is_left_down_with_its_last_log_lines() {
     let status = text(&stack.chronos(&["status"]));
     let line = status.lines().find(|l| l.starts_with("postgres")).unwrap();
     assert!(line.contains(" up ") && !line.contains("left down"), "{status}");
+    // The failures before it do not count against it: one more death is restarted.
+    let pid = chronos::stack::process::read_pid(&state.join("run/postgres.pid")).unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while chronos::stack::process::read_pid(&state.join("run/postgres.pid")).is_none_or(|p| p == pid) || !serving("postgres", 0, pg, 0) {
+        let log = std::fs::read_to_string(state.join("logs/supervisor.log")).unwrap();
+        assert!(std::time::Instant::now() < until, "not restarted after the fix:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Unsupervised (its supervisor gone), killed, started at once: the start
     // waits for the killed server's processes instead of failing on its lock

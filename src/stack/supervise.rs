@@ -45,9 +45,9 @@ pub enum Next {
 }
 
 impl Policy {
-    /// The decision after the failures recorded (the newest included), at `now_ms`.
-    pub fn next(&self, failures: &[Failure], now_ms: u64) -> Next {
-        let recent = failures.iter().filter(|f| now_ms.saturating_sub(f.at_ms) < self.window.as_millis() as u64).count().max(1);
+    /// The decision after failures at these times (ms; the newest included), at `now_ms`.
+    pub fn next(&self, failures: impl IntoIterator<Item = u64>, now_ms: u64) -> Next {
+        let recent = failures.into_iter().filter(|&at| now_ms.saturating_sub(at) < self.window.as_millis() as u64).count().max(1);
         if recent >= self.give_up_after {
             return Next::LeaveDown { failures: recent };
         }
@@ -160,6 +160,9 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// until this process is stopped (by `chronos stop`) or the service is left down.
 pub fn run(stack: &Stack, s: Service, policy: Policy) -> Result<()> {
     let path = stack.restarts_file(s);
+    // Failures before this supervisor (a service left down, fixed and started
+    // again) do not count towards leaving it down.
+    let since_ms = now_ms();
     let mut record = Record::load(&path);
     record.left_down = None;
     record.restart_at_ms = None;
@@ -184,7 +187,7 @@ pub fn run(stack: &Stack, s: Service, policy: Policy) -> Result<()> {
         };
         let died = Instant::now();
         record.push(Failure { at_ms: now_ms(), cause: cause.clone(), restarted: false, back_after_secs: None });
-        match policy.next(&record.failures, now_ms()) {
+        match policy.next(record.failures.iter().map(|f| f.at_ms).filter(|&at| at >= since_ms), now_ms()) {
             Next::LeaveDown { failures } => {
                 record.left_down = Some(LeftDown { at_ms: now_ms(), failures, within_secs: policy.window.as_secs() });
                 record.restart_at_ms = None;
@@ -275,8 +278,8 @@ mod tests {
         let mut f = Vec::new();
         let mut delays = Vec::new();
         for i in 0..5u64 {
-            f.push(failure(1_000_000 + i * 10_000));
-            delays.push(p.next(&f, 1_000_000 + i * 10_000));
+            f.push(1_000_000 + i * 10_000);
+            delays.push(p.next(f.clone(), 1_000_000 + i * 10_000));
         }
         let s = Duration::from_secs;
         assert_eq!(
@@ -284,11 +287,10 @@ mod tests {
             [Next::RestartAfter(s(1)), Next::RestartAfter(s(2)), Next::RestartAfter(s(4)), Next::RestartAfter(s(8)), Next::LeaveDown { failures: 5 }]
         );
         // Failures older than the window no longer count.
-        assert_eq!(p.next(&f[4..], 1_040_000 + 300_000 - 1), Next::RestartAfter(s(1)));
-        assert_eq!(p.next(&f, 1_000_000 + 300_000 + 5_000), Next::RestartAfter(s(8)), "the first fell out of the window");
+        assert_eq!(p.next(f[4..].to_vec(), 1_040_000 + 300_000 - 1), Next::RestartAfter(s(1)));
+        assert_eq!(p.next(f.clone(), 1_000_000 + 300_000 + 5_000), Next::RestartAfter(s(8)), "the first fell out of the window");
         let long = Policy { give_up_after: 100, ..p };
-        let many: Vec<Failure> = (0..20).map(failure).collect();
-        assert_eq!(long.next(&many, 20), Next::RestartAfter(s(30)), "capped");
+        assert_eq!(long.next(0..20, 20), Next::RestartAfter(s(30)), "capped");
     }
 
     #[test]
