@@ -97,8 +97,13 @@ impl Stack {
         self.dir.join("logs").join("supervisor.log")
     }
 
+    /// The pid of the service's supervisor while it runs; a pid file left
+    /// behind (after a reboot) may name another program now, which is not it.
     fn supervisor_pid(&self, s: Service) -> Option<i32> {
-        process::read_pid(&self.supervisor_pid_file(s)).filter(|&p| process::alive(p))
+        let pid = process::read_pid(&self.supervisor_pid_file(s)).filter(|&p| process::alive(p))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let wanted = format!("\0supervise\0{}\0", s.name());
+        cmdline.windows(wanted.len()).any(|w| w == wanted.as_bytes()).then_some(pid)
     }
 
     /// Whether a supervisor watches this service.
