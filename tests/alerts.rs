@@ -535,7 +535,7 @@ fn cluster_stack() -> (Kafka, Chronosd) {
 /// (offline, and so below its min ISR), the cluster misses a broker. The
 /// events topic asking for three in-sync replicas meanwhile is below its min
 /// ISR until it asks for two again. Undone, each resolves.
-fn broker_faults(api: Api, mut kafka: Kafka, d: Chronosd) {
+fn cluster_faults(api: Api, mut kafka: Kafka, d: Chronosd) {
     let (events, dead) = (kafka.topic.clone(), kafka.dead_letter_topic.clone());
     let (events, dead) = (Some(events.as_str()), Some(dead.as_str()));
     kafka.cluster().kill(2);
@@ -552,6 +552,114 @@ fn broker_faults(api: Api, mut kafka: Kafka, d: Chronosd) {
     }
 }
 
+/// Stack A: chronosd with loaders on one Kafka node behind a proxy,
+/// PostgreSQL, and an archive whose directory cannot be created at first (a
+/// file is in the way), so that every archive run fails from the start.
+/// Dropped in order: chronosd before PostgreSQL.
+struct LoadingStack {
+    d: Chronosd,
+    kafka: Kafka,
+    toml: String,
+    url: String,
+    pg_url: String,
+    blocker: PathBuf,
+    _pg: chronos::stack::postgres::PostgresServer,
+    _dir: tempfile::TempDir,
+}
+
+impl LoadingStack {
+    fn start() -> LoadingStack {
+        let dir = temp_dir();
+        let pg = chronos::stack::postgres::PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
+        let pg_url = pg.url();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "not a directory").unwrap();
+        let kafka = Kafka::start_behind_proxy(2);
+        let extra = format!("health_poll_secs = 2\n[retention]\nevery_secs = 1\narchive = \"{}\"\n{FAST_IPS}", blocker.join("archive").display());
+        let toml = config_toml_with_pg(&kafka, free_port(), &pg_url, "stalled_after_secs = 2", &extra);
+        let d = Chronosd::start(&toml);
+        d.wait_ready(Duration::from_secs(60));
+        let url = d.url("/v1/batch");
+        LoadingStack { d, kafka, toml, url, pg_url, blocker, _pg: pg, _dir: dir }
+    }
+
+    /// The archive directory can be created again.
+    fn archive_fault_removed(&self, api: &Api) {
+        std::fs::remove_file(&self.blocker).unwrap();
+        resolves(api, "ChronosArchiveFailing", &self.d);
+    }
+
+    /// Batches most of whose events fail validation, and a record PostgreSQL
+    /// refuses written straight to the topic.
+    fn dead_letter_faults(&self, api: &Api) {
+        let invalid = Posters::start(self.url.clone(), 1, Duration::from_millis(100), mostly_invalid);
+        produce_poison(&self.kafka);
+        fires(api, "ChronosRecordsSetAside", &self.d);
+        fires(api, "ChronosDeadLettersRising", &self.d);
+        invalid.stop();
+        resolves(api, "ChronosDeadLettersRising", &self.d);
+        resolves(api, "ChronosRecordsSetAside", &self.d);
+    }
+
+    /// The loaders cannot commit (their offsets table is locked) while
+    /// batches keep coming, and the topic's retention drops to an hour.
+    fn loader_faults(&self, api: &Api) {
+        let (d, kafka) = (&self.d, &self.kafka);
+        let lock = HeldLock::take(&self.pg_url, "LOCK TABLE chronos.offsets IN EXCLUSIVE MODE");
+        let heavy = Posters::start(self.url.clone(), 3, Duration::from_millis(5), valid);
+        alter_topic(kafka, &kafka.topic, &[("retention.ms", "3600000")]);
+        fires(api, "ChronosLoaderStalled", d);
+        fires(api, "ChronosRetentionHeadroomLow", d);
+        fires(api, "ChronosConsumerLagGrowing", d);
+        let (sent, refused) = heavy.stop();
+        eprintln!("posted {sent} batches while the loaders were blocked ({refused} refused)");
+        drop(lock);
+        alter_topic(kafka, &kafka.topic, &[]);
+        resolves(api, "ChronosLoaderStalled", d);
+        resolves(api, "ChronosConsumerLagGrowing", d);
+        resolves(api, "ChronosRetentionHeadroomLow", d);
+    }
+
+    /// A broker that stops answering for 1.5 s out of every 2.5 s: acks take
+    /// over a second. Then one that stops answering at all: 503s, and no
+    /// controller in the metadata.
+    fn broker_faults(&self, api: &Api) {
+        let (d, proxy) = (&self.d, self.kafka.proxy.as_ref().unwrap());
+        let busy = Posters::start(self.url.clone(), 2, Duration::from_millis(20), valid);
+        let flapping = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            // Stops the flapping on the way out, a failed wait included (the scope joins it).
+            let _stop = ClearOnDrop(&flapping);
+            s.spawn(|| {
+                while flapping.load(Ordering::Relaxed) {
+                    proxy.freeze();
+                    std::thread::sleep(Duration::from_millis(1500));
+                    proxy.thaw();
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+            });
+            fires(api, "ChronosProduceLatencyHigh", d);
+        });
+        resolves(api, "ChronosProduceLatencyHigh", d);
+        proxy.freeze();
+        fires(api, "ChronosHttp5xxShareHigh", d);
+        fires(api, "ChronosKafkaNoController", d);
+        proxy.thaw();
+        resolves(api, "ChronosHttp5xxShareHigh", d);
+        resolves(api, "ChronosKafkaNoController", d);
+        busy.stop();
+    }
+
+    /// chronosd killed, then started again on the same config.
+    fn chronosd_down(&mut self, api: &Api) {
+        self.d.kill9();
+        fires(api, "ChronosdDown", &self.d);
+        self.d = Chronosd::start(&self.toml);
+        self.d.wait_ready(Duration::from_secs(60));
+        resolves(api, "ChronosdDown", &self.d);
+    }
+}
+
 #[test]
 fn each_alert_fires_on_its_fault_and_resolves_without_it() {
     let started = Instant::now();
@@ -563,119 +671,40 @@ fn each_alert_fires_on_its_fault_and_resolves_without_it() {
         let (cluster, db) = cluster_stack();
         b_ready.send(db.admin).unwrap();
         if let Ok(api) = b_start.recv() {
-            broker_faults(api, cluster, db);
+            cluster_faults(api, cluster, db);
         }
     });
-
-    // Stack A. Its archive directory cannot be created (a file is in the
-    // way), so every archive run fails from the start.
-    let dir = temp_dir();
-    let pg = chronos::stack::postgres::PostgresServer::start_in(&dir.path().join("pg")).expect("start PostgreSQL");
-    let pg_url = pg.url();
-    let blocker = dir.path().join("blocker");
-    std::fs::write(&blocker, "not a directory").unwrap();
-    let kafka = Kafka::start_behind_proxy(2);
-    let proxy = kafka.proxy.as_ref().unwrap();
-    let extra = format!("health_poll_secs = 2\n[retention]\nevery_secs = 1\narchive = \"{}\"\n{FAST_IPS}", blocker.join("archive").display());
-    let toml = config_toml_with_pg(&kafka, free_port(), &pg_url, "stalled_after_secs = 2", &extra);
-    let mut d = Chronosd::start(&toml);
-    d.wait_ready(Duration::from_secs(60));
-    let url = d.url("/v1/batch");
-
+    let mut a = LoadingStack::start();
     let Ok(b_admin) = b_admin.recv() else { std::panic::resume_unwind(b.join().unwrap_err()) };
-    let prom = Prometheus::start(&[d.admin, b_admin]);
+    let prom = Prometheus::start(&[a.d.admin, b_admin]);
     let api = prom.api.clone();
-    let a = d.admin;
     eprintln!("stacks and Prometheus up after {:.1} s", started.elapsed().as_secs_f64());
 
     // Healthy traffic throughout.
-    let traffic = Posters::start(url.clone(), 1, Duration::from_millis(50), valid);
+    let traffic = Posters::start(a.url.clone(), 1, Duration::from_millis(50), valid);
     let until = Instant::now() + ALERT_WAIT;
     while !api.targets_up(2) {
         assert!(Instant::now() < until, "targets never up:\n{}", prom.log_text());
         std::thread::sleep(Duration::from_millis(250));
     }
-    // On healthy stacks only the archive (failing from the start) fires.
-    fires(&api, "ChronosArchiveFailing", &d);
-    let only_archive = vec![format!("ChronosArchiveFailing@{a}")];
+    // On the healthy stacks only the archive (failing from the start) fires.
+    fires(&api, "ChronosArchiveFailing", &a.d);
+    let only_archive = vec![format!("ChronosArchiveFailing@{}", a.d.admin)];
     let until = Instant::now() + Duration::from_secs(20);
     while api.firing() != only_archive {
         assert!(Instant::now() < until, "alerts firing on healthy stacks: {:?}", api.firing());
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    // Broker faults on B meanwhile.
     b_go.send(api.clone()).unwrap();
-
-    // Archive: the directory can be created again.
-    std::fs::remove_file(&blocker).unwrap();
-    resolves(&api, "ChronosArchiveFailing", &d);
-
-    // Dead letters: batches most of whose events fail validation, and a
-    // record PostgreSQL refuses written straight to the topic.
-    let invalid = Posters::start(url.clone(), 1, Duration::from_millis(100), mostly_invalid);
-    produce_poison(&kafka);
-    fires(&api, "ChronosRecordsSetAside", &d);
-    fires(&api, "ChronosDeadLettersRising", &d);
-    invalid.stop();
-    resolves(&api, "ChronosDeadLettersRising", &d);
-    resolves(&api, "ChronosRecordsSetAside", &d);
-
-    // The loaders cannot commit (their offsets table is locked) while
-    // batches keep coming; the topic's retention drops to an hour.
-    let lock = HeldLock::take(&pg_url, "LOCK TABLE chronos.offsets IN EXCLUSIVE MODE");
-    let heavy = Posters::start(url.clone(), 3, Duration::from_millis(5), valid);
-    alter_topic(&kafka, &kafka.topic, &[("retention.ms", "3600000")]);
-    fires(&api, "ChronosLoaderStalled", &d);
-    fires(&api, "ChronosRetentionHeadroomLow", &d);
-    fires(&api, "ChronosConsumerLagGrowing", &d);
-    let (sent, refused) = heavy.stop();
-    eprintln!("posted {sent} batches while the loaders were blocked ({refused} refused)");
-    drop(lock);
-    alter_topic(&kafka, &kafka.topic, &[]);
-    resolves(&api, "ChronosLoaderStalled", &d);
-    resolves(&api, "ChronosConsumerLagGrowing", &d);
-    resolves(&api, "ChronosRetentionHeadroomLow", &d);
-
-    // A broker that stops answering for 1.5 s out of every 2.5 s: acks take
-    // over a second; then one that stops answering at all: 503s, and no
-    // controller in the metadata.
-    let busy = Posters::start(url.clone(), 2, Duration::from_millis(20), valid);
-    let flapping = AtomicBool::new(true);
-    std::thread::scope(|s| {
-        // Stops the flapping on the way out, a failed wait included (the scope joins it).
-        let _stop = ClearOnDrop(&flapping);
-        s.spawn(|| {
-            while flapping.load(Ordering::Relaxed) {
-                proxy.freeze();
-                std::thread::sleep(Duration::from_millis(1500));
-                proxy.thaw();
-                std::thread::sleep(Duration::from_millis(1000));
-            }
-        });
-        fires(&api, "ChronosProduceLatencyHigh", &d);
-    });
-    resolves(&api, "ChronosProduceLatencyHigh", &d);
-    proxy.freeze();
-    fires(&api, "ChronosHttp5xxShareHigh", &d);
-    fires(&api, "ChronosKafkaNoController", &d);
-    proxy.thaw();
-    resolves(&api, "ChronosHttp5xxShareHigh", &d);
-    resolves(&api, "ChronosKafkaNoController", &d);
-    busy.stop();
-
-    // chronosd A killed, then started again on the same config.
-    d.kill9();
-    fires(&api, "ChronosdDown", &d);
-    d = Chronosd::start(&toml);
-    d.wait_ready(Duration::from_secs(60));
-    resolves(&api, "ChronosdDown", &d);
-
+    a.archive_fault_removed(&api);
+    a.dead_letter_faults(&api);
+    a.loader_faults(&api);
+    a.broker_faults(&api);
+    a.chronosd_down(&api);
     b.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
     traffic.stop();
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    drop(d);
-    drop(pg);
 }
 
 #[test]
