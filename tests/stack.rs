@@ -168,6 +168,18 @@ fn the_first_run_goes_on_without_timescaledb() {
     let fake = bin.join("pg_config");
     std::fs::write(&fake, format!("#!/bin/sh\nif [ \"$1\" = --pkglibdir ]; then echo '{}'; else exec '{real}' \"$@\"; fi\n", lib.display())).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A test-only package that apt cannot install (nginx-light: absent, and
+    // every apt-get run fails) and a Node.js too old for the tracker's tools:
+    // both are named, and neither stops the first run.
+    let fakes = [
+        ("dpkg", "#!/bin/sh\nif [ \"$1\" = -s ] && [ \"$2\" = nginx-light ]; then exit 1; fi\nexec /usr/bin/dpkg \"$@\"\n"),
+        ("apt-get", "#!/bin/sh\necho \"E: no network ($*)\" >&2\nexit 100\n"),
+        ("node", "#!/bin/sh\nif [ \"$1\" = -p ]; then echo 18; else echo v18.19.0; fi\n"),
+    ];
+    for (name, script) in fakes {
+        std::fs::write(bin.join(name), script).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
 
     let setup = std::process::Command::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/setup"))
@@ -180,6 +192,8 @@ fn the_first_run_goes_on_without_timescaledb() {
     assert_eq!(said.matches("TimescaleDB is not installed").count(), 1, "said once: {said}");
     assert!(said.contains("the stack uses native PostgreSQL partitions; the hypertable tests need it"), "{said}");
     assert!(said.contains("ready: PostgreSQL") && said.contains("no TimescaleDB"), "{said}");
+    assert!(said.contains("nginx-light could not be installed: the stack does not need it"), "{said}");
+    assert!(said.contains("Node.js 20 or later is missing (found: v18.19.0): the stack does not need it"), "{said}");
 
     let (http, pg, broker, controller, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let config = dir.path().join("chronos.toml");
