@@ -281,11 +281,18 @@ impl ClusterFacts {
     }
 
     /// Lag per (topic, partition); empty when the stored offsets are unknown.
-    pub fn lags(&self) -> BTreeMap<(String, i32), i64> {
-        if self.offsets_error.is_some() {
-            return BTreeMap::new();
-        }
-        self.topics.iter().flat_map(|t| t.partitions.iter().map(|p| ((t.name.clone(), p.id), p.lag()))).collect()
+    /// Each partition's lag. When PostgreSQL could not be read, only the
+    /// partitions whose loader here knows what it stored (`positions`, from
+    /// the health board) have one: the high watermark past that offset.
+    pub fn lags(&self, positions: &BTreeMap<(String, i32), i64>) -> BTreeMap<(String, i32), i64> {
+        let of = |t: &TopicFacts, p: &PartitionFacts| {
+            let key = (t.name.clone(), p.id);
+            match self.offsets_error {
+                None => Some((key, p.lag())),
+                Some(_) => positions.get(&key).map(|&next| (key, (p.high - next.max(p.low)).max(0))),
+            }
+        };
+        self.topics.iter().flat_map(|t| t.partitions.iter().filter_map(move |p| of(t, p))).collect()
     }
 }
 
@@ -304,6 +311,28 @@ mod tests {
         assert_eq!(partition_lag(3, 10, None), 7, "never loaded: everything retained");
         assert_eq!(partition_lag(8, 10, Some(4)), 2, "records deleted by retention are not lag");
         assert_eq!(partition_lag(0, 10, Some(12)), 0, "never negative");
+    }
+
+    #[test]
+    fn without_postgresql_the_lag_counts_from_what_the_loaders_here_last_stored() {
+        let topic = TopicFacts {
+            name: "e".into(),
+            exists: true,
+            partitions: vec![
+                PartitionFacts { id: 0, low: 0, high: 50, stored_next: Some(20), ..Default::default() },
+                PartitionFacts { id: 1, low: 30, high: 50, ..Default::default() },
+                PartitionFacts { id: 2, low: 0, high: 50, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let mut facts = ClusterFacts { topics: vec![topic], ..Default::default() };
+        let key = |p: i32| ("e".to_string(), p);
+        let positions: BTreeMap<_, _> = [(key(0), 45), (key(1), 10)].into_iter().collect();
+        assert_eq!(facts.lags(&positions), [(key(0), 30), (key(1), 20), (key(2), 50)].into_iter().collect(), "read: PostgreSQL's offsets");
+        facts.offsets_error = Some("connection refused".into());
+        // Records keep arriving while PostgreSQL is down: lag from the loaders'
+        // own last commit (deleted records are not lag); unknown partitions have none.
+        assert_eq!(facts.lags(&positions), [(key(0), 5), (key(1), 20)].into_iter().collect());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub async fn run(config: Config, metrics: Arc<Metrics>) {
         let lags = match &facts {
             Ok(f) => {
                 export_cluster(&metrics, f, now);
-                f.lags()
+                f.lags(&metrics.board.positions())
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "Cluster health not read.");

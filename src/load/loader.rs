@@ -609,7 +609,7 @@ impl PartitionLoader {
                 self.expected = Some(next);
                 self.partition.commit(next);
                 let (topic, partition, now) = (&self.partition.topic, self.partition.partition, crate::clock::now_ms());
-                m.board.committed(topic, partition, now);
+                m.board.committed(topic, partition, next, now);
                 m.load_last_commit.with_label_values(&[topic, &partition.to_string()]).set(now as f64 / 1000.0);
                 self.duplicates.clear();
                 self.poisoned.retain(|o, _| *o >= next);
@@ -753,6 +753,7 @@ impl PartitionLoader {
         let db = Db::connected(&mut self.db, &self.shared).await?;
         let (topic, partition) = (&self.partition.topic, self.partition.partition);
         self.expected = stored_offset(&db.client, &self.shared.group, topic, partition).await?;
+        self.shared.metrics.board.resumed_at(topic, partition, self.expected, crate::clock::now_ms());
         self.shared.views.refresh(&db.client, &self.shared.catalog).await?;
         self.buffer = Buffer::current(&self.shared);
         Ok(())

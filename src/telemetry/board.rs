@@ -20,6 +20,11 @@ pub struct PartitionHealth {
     pub stalled: bool,
     /// Last commit of rows (ms since the epoch), since this chronosd started.
     pub last_commit_ms: Option<i64>,
+    /// The next offset to load as this loader last knew it stored (read at
+    /// its start, then each commit's): the lag's base when PostgreSQL cannot
+    /// be read.
+    #[serde(default)]
+    pub next_offset: Option<i64>,
     /// When the partition last progressed: a commit, its loader's start, or a poll that found no lag.
     pub progress_ms: i64,
     /// The last error of its loader (a failed flush or offset read), and when.
@@ -75,12 +80,25 @@ impl Board {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&(topic.to_string(), partition));
     }
 
-    /// A commit stored rows.
-    pub fn committed(&self, topic: &str, partition: i32, now_ms: i64) {
+    /// The loader read its stored offset (`None`: nothing stored yet).
+    pub fn resumed_at(&self, topic: &str, partition: i32, next: Option<i64>, now_ms: i64) {
+        self.with(topic, partition, now_ms, |p| p.next_offset = next);
+    }
+
+    /// A commit stored rows; `next` is the offset stored with them.
+    pub fn committed(&self, topic: &str, partition: i32, next: i64, now_ms: i64) {
         self.with(topic, partition, now_ms, |p| {
             p.last_commit_ms = Some(now_ms);
             p.progress_ms = now_ms;
+            p.next_offset = Some(next);
         });
+    }
+
+    /// The next offset each partition's loader last stored, for lags read
+    /// without PostgreSQL.
+    pub fn positions(&self) -> BTreeMap<(String, i32), i64> {
+        let map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().filter_map(|(k, p)| p.next_offset.map(|n| (k.clone(), n))).collect()
     }
 
     /// The loader failed to store or to read its offset (kept until the next error).
@@ -166,7 +184,7 @@ mod tests {
         assert!(p[0].stalled, "{p:?}");
         assert!(!p[1].stalled);
         // A commit starts the clock again.
-        b.committed("t", 0, 302_000);
+        b.committed("t", 0, 7, 302_000);
         let p = b.assess(&lags(&[("t", 0, 3)]), 303_000, after);
         assert!(!p[0].stalled);
         assert_eq!(p[0].last_commit_ms, Some(302_000));
@@ -182,7 +200,8 @@ mod tests {
         let b = Board::default();
         b.loader_started("t", 2, 0);
         b.failed("t", 2, "42P01: relation \"events_raw.clicks\" does not exist", 10);
-        b.committed("t", 2, 20);
+        b.committed("t", 2, 40, 20);
+        assert_eq!(b.positions().get(&("t".to_string(), 2)), Some(&40));
         let s = b.snapshot();
         assert_eq!(s.partitions[0].last_error.as_deref(), Some("42P01: relation \"events_raw.clicks\" does not exist"));
         assert_eq!(s.partitions[0].last_error_ms, Some(10));
