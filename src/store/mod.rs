@@ -7,6 +7,7 @@ pub mod schema;
 pub mod sessions;
 pub mod sqlstate;
 pub mod tls;
+pub mod visits;
 
 use std::time::Duration;
 
