@@ -216,7 +216,7 @@ enum ViewsCmd {
     /// Add the views defined in FILE (`CREATE [CONTINUOUS] VIEW …;`), all or none.
     Add {
         file: PathBuf,
-        /// Fill the new views from the events already in the raw tables.
+        /// Fill the new views from the events already stored (PostgreSQL and the archive).
         #[arg(long)]
         backfill: bool,
         /// Only check the definitions against the catalog.
@@ -225,6 +225,17 @@ enum ViewsCmd {
     },
     /// Drop a view and its state table.
     Drop { name: String },
+    /// Recompute a view from the raw events (PostgreSQL and the archive),
+    /// online; the old state serves until the new one replaces it. Repairs a broken view.
+    Rebuild {
+        name: String,
+        /// First day to recompute, YYYY-MM-DD (UTC); needs a time bucket of a day or less among the view's keys.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day to recompute, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -505,17 +516,31 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                 }
             }
             ViewsCmd::Add { backfill, .. } => {
-                chronos::views::add(&mut client, &defs, &catalog, backfill).await?;
-                for d in &defs {
-                    let filled = if backfill { ", filled from the raw tables" } else { ", counting from now" };
-                    println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
-                    // A backfill reads PostgreSQL only: say what it could not count.
-                    if backfill {
-                        if let Some(span) = chronos::lifecycle::archive::archived_only(&client, &d.source_name).await? {
-                            println!("  note: not counted in {}: {span}, then add the view again", d.name);
-                        }
-                    }
+                // A backfill is a rebuild of the new views: PostgreSQL and the archive, online.
+                chronos::views::add(&mut client, &defs, &catalog, false).await?;
+                if backfill {
+                    let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+                    let lock = chronos::lifecycle::rebuild::ArchiveLock::Take;
+                    let done = chronos::lifecycle::rebuild::rebuild_views(c, &catalog, &names, None, None, lock, rebuild_progress()).await;
+                    let done = done.map_err(|e| {
+                        anyhow::anyhow!(
+                            "{e:#}\n(the views were added and count from now; `chronos views rebuild NAME` fills one from the stored events)"
+                        )
+                    })?;
+                    print_rebuilt(&done);
                 }
+                for d in &defs {
+                    let filled = if backfill { ", filled from the stored events" } else { ", counting from now" };
+                    println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
+                }
+            }
+            ViewsCmd::Rebuild { name, from, to } => {
+                let day = |flag: &str, v: Option<String>| {
+                    v.map(|v| chronos::lifecycle::parse_day(&v).ok_or_else(|| anyhow::anyhow!("--{flag} {v}: not a day (YYYY-MM-DD)"))).transpose()
+                };
+                let (from, to) = (day("from", from)?, day("to", to)?);
+                let done = chronos::lifecycle::rebuild::rebuild(c, &catalog, &name, from, to, rebuild_progress()).await?;
+                print_rebuilt(&done);
             }
             ViewsCmd::Drop { name } => {
                 chronos::views::drop(&mut client, &name).await?;
@@ -524,6 +549,39 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// A rebuild's progress on stderr when it is a terminal: days, events, rate.
+fn rebuild_progress() -> impl FnMut(&chronos::lifecycle::rebuild::Progress) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} days  {msg}").expect("a valid template");
+    let bar = if terminal { indicatif::ProgressBar::new(0).with_style(style) } else { indicatif::ProgressBar::hidden() };
+    let started = std::time::Instant::now();
+    move |p| {
+        bar.set_length(p.days as u64);
+        bar.set_position(p.days_done as u64);
+        let rate = p.rows as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!("{} events, {rate:.0}/s  {}", p.rows, p.step));
+        if p.step == "swapping" {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_rebuilt(done: &chronos::lifecycle::rebuild::Rebuilt) {
+    let rate = |rows: u64, secs: f64| if secs > 0.0 { format!("{:.0} events/s", rows as f64 / secs) } else { "-".into() };
+    println!(
+        "rebuilt {}: {} events from PostgreSQL ({} table-days, {:.1} s, {}), {} from the archive ({} files, {:.1} s, {})",
+        done.views.join(", "),
+        done.pg_rows,
+        done.pg_days,
+        done.pg_secs,
+        rate(done.pg_rows, done.pg_secs),
+        done.archive_rows,
+        done.archive_days,
+        done.archive_secs,
+        rate(done.archive_rows, done.archive_secs)
+    );
 }
 
 /// The manual's sections around the commands (as in the original's `chronos help`).
@@ -804,7 +862,7 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (done, not_erased) = chronos::rt::block_on(async {
         let mut client = chronos::store::connect(&c.postgres.url).await?;
-        let done = erase::erase(&mut client, &archiver, &catalog, subject, &by, |step| {
+        let done = erase::erase(c, &mut client, &archiver, &catalog, subject, &by, |step| {
             if terminal {
                 eprint!("\r\x1b[Kerasing: {step}");
             }
@@ -830,6 +888,10 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     for (v, n) in &done.view_rows {
         println!("  {n} rows of view {v} (keyed by session_id)");
     }
+    if !done.views_corrected.is_empty() {
+        println!("  the groups their events fed recomputed without them in views {}", done.views_corrected.join(", "));
+    }
+
     if !done.stale_deleted.is_empty() {
         println!("  {} stale archive objects deleted", done.stale_deleted.len());
     }

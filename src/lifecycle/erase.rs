@@ -1,9 +1,10 @@
 //! `chronos erase --session ID | --user ID`: one person's events out of everything
 //! Chronos keeps that can forget them — the raw tables, the dead letters, the
-//! rows of views keyed by session, and the archive files (rewritten: the new
-//! file is verified and recorded before the old one is deleted) — with an
-//! audit row that never holds the erased value, and a list of what cannot
-//! forget (Kafka until its retention passes; aggregates in views).
+//! groups of the continuous views their events fed (recomputed without them),
+//! and the archive files (rewritten: the new file is verified and recorded
+//! before the old one is deleted) — with an audit row that never holds the
+//! erased value, and a list of what cannot forget (Kafka until its
+//! retention passes; backups).
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
@@ -11,6 +12,7 @@ use tokio_postgres::Client;
 use super::archive::{self, Archiver, Manifest};
 use super::file;
 use crate::catalog::EventCatalog;
+use crate::config::Config;
 use crate::store::schema::ident;
 
 /// What an erasure did.
@@ -24,6 +26,8 @@ pub struct Erased {
     pub dead_letters_unattributed: u64,
     /// (view, rows deleted) for views with a `session_id` key.
     pub view_rows: Vec<(String, u64)>,
+    /// Views whose groups the erased events fed were recomputed without them.
+    pub views_corrected: Vec<String>,
     /// Archive files rewritten without the session, and the rows left out.
     pub files: Vec<String>,
     pub archived_rows: u64,
@@ -51,6 +55,7 @@ pub enum Subject<'a> {
 
 /// Erases the rows of session `session`; `by` names who asked (the audit).
 pub async fn erase_session(
+    config: &Config,
     client: &mut Client,
     archiver: &Archiver,
     catalog: &EventCatalog,
@@ -58,13 +63,14 @@ pub async fn erase_session(
     by: &str,
     progress: impl FnMut(&str),
 ) -> Result<Erased> {
-    erase(client, archiver, catalog, Subject::Session(session), by, progress).await
+    erase(config, client, archiver, catalog, Subject::Session(session), by, progress).await
 }
 
 /// Erases the rows of `subject`; `by` names who asked (the audit). Holds the
 /// archive lock, so no archive run writes meanwhile. Running it again
 /// finishes one that was cut short.
 pub async fn erase(
+    config: &Config,
     client: &mut Client,
     archiver: &Archiver,
     catalog: &EventCatalog,
@@ -81,7 +87,7 @@ pub async fn erase(
     if !locked {
         anyhow::bail!("an archive run holds the archive lock (chronosd's schedule?); try again when it ends");
     }
-    let result = erase_locked(client, archiver, catalog, subject, by, &mut progress).await;
+    let result = erase_locked(config, client, archiver, catalog, subject, by, &mut progress).await;
     client.execute("SELECT pg_advisory_unlock($1)", &[&archive::RUN_LOCK]).await?;
     result
 }
@@ -100,6 +106,7 @@ async fn sessions_of(client: &Client, catalog: &EventCatalog, subject: Subject<'
 }
 
 async fn erase_locked(
+    config: &Config,
     client: &mut Client,
     archiver: &Archiver,
     catalog: &EventCatalog,
@@ -111,7 +118,12 @@ async fn erase_locked(
     let sessions = sessions_of(client, catalog, subject).await?;
     done.sessions = sessions.len();
     let set: std::collections::HashSet<String> = sessions.iter().cloned().collect();
-    // The archive first: a cut-short erasure leaves the raw rows to find again.
+    // The views first, while the events still say which groups they fed: a
+    // run cut short after it finds them again and recomputes them again.
+    let jobs = super::rebuild::list_groups(config, catalog, client, &sessions).await?;
+    let corrected = super::rebuild::correct_groups(config, catalog, client, jobs, &sessions, |p| progress(&format!("views: {}", p.step))).await?;
+    done.views_corrected = corrected.views;
+    // Then the archive: a cut-short erasure leaves the raw rows to find again.
     erase_archived(client, archiver, catalog, &set, &mut done, progress).await?;
     let user = match subject {
         Subject::User(u) => Some(u),
@@ -325,7 +337,7 @@ async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, sessions: &
 }
 
 /// What an erasure cannot reach, in words: records in Kafka until the
-/// topics' retention passes, and the aggregates of continuous views.
+/// topics' retention passes, and backups.
 pub async fn not_erased(config: &crate::config::Config) -> Vec<String> {
     let mut lines = Vec::new();
     for topic in [&config.kafka.topic, &config.kafka.dead_letter_topic] {
@@ -341,11 +353,7 @@ pub async fn not_erased(config: &crate::config::Config) -> Vec<String> {
         };
         lines.push(line);
     }
-    lines.push(
-        "continuous views: aggregates that counted the session's events (counts, sums, percentiles) keep them; \
-         approximate distinct counts (hll) cannot forget a member; rows of views keyed by session_id were deleted"
-            .into(),
-    );
+    lines.push("backups you made (pg_dump, copies of the archive directory) are yours to handle".into());
     lines
 }
 

@@ -262,6 +262,9 @@ CREATE TABLE IF NOT EXISTS chronos.views (
 -- for good); NULL while it is maintained. Drop and add it again once fixed.
 ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken text;
 ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken_at timestamptz;
+-- rebuilding: when a rebuild (src/lifecycle/rebuild.rs) began filling the
+-- view's shadow table views."<name>_mrel_new", which loaders also write meanwhile.
+ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS rebuilding timestamptz;
 CREATE TABLE IF NOT EXISTS chronos.view_generation (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     generation bigint NOT NULL

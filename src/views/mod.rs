@@ -14,6 +14,7 @@
 pub mod expr;
 pub mod keysize;
 pub mod parse;
+pub mod shadow;
 pub mod sql;
 pub mod state;
 
@@ -83,15 +84,19 @@ impl Registry {
         if current.generation == generation {
             return Ok(current);
         }
-        // A broken view is not maintained until it is dropped and added again.
-        let rows = client.query("SELECT name, definition FROM chronos.views WHERE broken IS NULL ORDER BY name", &[]).await?;
+        // A broken view is not maintained until it is rebuilt (or dropped and
+        // added again); while it is rebuilt, only its shadow is. A view being
+        // rebuilt has its shadow written too (see `shadow`).
+        let rows = client.query(LIVE_VIEWS, &[]).await?;
         let mut views = Vec::new();
         for r in rows {
-            let (name, definition): (String, String) = (r.get(0), r.get(1));
+            let (name, definition, broken, rebuilding): (String, String, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
             match parse_views(&definition, catalog) {
                 Ok(mut defs) if defs.len() == 1 => {
                     let def = defs.remove(0);
-                    views.push(LiveView { upsert: sql::upsert(&def), def });
+                    let tables: Vec<String> =
+                        [(!broken).then(|| sql::mrel(&def)), rebuilding.then(|| shadow::shadow(&name))].into_iter().flatten().collect();
+                    views.push(LiveView { upsert: sql::upsert_into(&def, &tables), def });
                 }
                 Ok(_) => tracing::error!(view = %name, "Stored view definition is not one statement; view not maintained."),
                 Err(e) => tracing::error!(view = %name, error = %e, "Stored view no longer fits the catalog; view not maintained."),
@@ -105,8 +110,12 @@ impl Registry {
 }
 
 const GENERATION: &str = "SELECT generation FROM chronos.view_generation";
+/// The views loaders write: maintained ones, and those being rebuilt (a view
+/// that broke during its rebuild is left alone: the rebuild then fails).
+const LIVE_VIEWS: &str = "SELECT name, definition, broken IS NOT NULL, rebuilding IS NOT NULL FROM chronos.views
+     WHERE broken IS NULL OR (rebuilding IS NOT NULL AND broken_at < rebuilding) ORDER BY name";
 /// Every change to the set of maintained views (add, drop, rebuild, broken) moves it.
-const NEXT_GENERATION: &str = "UPDATE chronos.view_generation SET generation = generation + 1";
+pub(crate) const NEXT_GENERATION: &str = "UPDATE chronos.view_generation SET generation = generation + 1";
 
 /// A view's statement failed in a loader's transaction: which view.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +214,7 @@ pub async fn drop(client: &mut Client, name: &str) -> Result<(), ViewsError> {
         return Err(ViewsError::Missing(name.to_string()));
     }
     tx.batch_execute(&sql::drop_sql(name)).await?;
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};", shadow::shadow(name), shadow::groups_table(name))).await?;
     tx.execute(NEXT_GENERATION, &[]).await?;
     tx.commit().await?;
     Ok(())

@@ -25,7 +25,7 @@ pub const TDIGEST_COMPRESSION: i32 = 100;
 /// loader that wrote the row (-1: backfill). Each loader upserts only its own
 /// rows, so loaders of different partitions never wait for each other's row
 /// locks; the companion view merges a group's rows.
-const SHARD: &str = "__shard";
+pub(super) const SHARD: &str = "__shard";
 
 pub fn mrel(view: &ViewDef) -> String {
     format!("views.{}", ident(&format!("{}_mrel", view.name)))
@@ -35,7 +35,7 @@ pub fn companion(view: &ViewDef) -> String {
     format!("views.{}", ident(&view.name))
 }
 
-fn sum_type(e: &Expr) -> &'static str {
+pub(super) fn sum_type(e: &Expr) -> &'static str {
     if e.ty() == SqlType::Float {
         "double precision"
     } else {
@@ -44,7 +44,7 @@ fn sum_type(e: &Expr) -> &'static str {
 }
 
 /// State columns of one aggregate: (column name, SQL type, NOT NULL).
-fn state_columns(name: &str, agg: &Agg) -> Vec<(String, &'static str)> {
+pub(super) fn state_columns(name: &str, agg: &Agg) -> Vec<(String, &'static str)> {
     match agg {
         Agg::CountStar | Agg::Count(_) => vec![(name.into(), "bigint NOT NULL")],
         Agg::Sum(e) => vec![(name.into(), sum_type(e))],
@@ -55,7 +55,7 @@ fn state_columns(name: &str, agg: &Agg) -> Vec<(String, &'static str)> {
     }
 }
 
-fn key_columns(view: &ViewDef) -> Vec<String> {
+pub(super) fn key_columns(view: &ViewDef) -> Vec<String> {
     std::iter::once(ident(SHARD)).chain(view.keys.iter().map(|(n, _)| ident(n))).collect()
 }
 
@@ -73,6 +73,13 @@ pub fn extensions(view: &ViewDef) -> Vec<&'static str> {
 
 /// The state table, its key index and the companion view.
 pub fn ddl(view: &ViewDef) -> String {
+    let mut sql = state_table_ddl(view, &mrel(view), &format!("{}_mrel_keys", view.name));
+    sql.push_str(&companion_ddl(view));
+    sql
+}
+
+/// A state table of `view` named `table` (schema-qualified) with its key index `index`.
+pub fn state_table_ddl(view: &ViewDef, table: &str, index: &str) -> String {
     let mut cols: Vec<String> = vec![format!("{} integer NOT NULL", ident(SHARD))];
     for (n, e) in &view.keys {
         cols.push(format!("{} {}", ident(n), e.ty().sql()));
@@ -84,14 +91,14 @@ pub fn ddl(view: &ViewDef) -> String {
     }
     // Every flush updates its groups' rows in place: with half of each page
     // free, an update can stay on its page (a HOT update, no index entry).
-    let mut sql = format!("CREATE TABLE {} (\n  {}\n) WITH (fillfactor = 50);\n", mrel(view), cols.join(",\n  "));
-    let _ = writeln!(
-        sql,
-        "CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT;",
-        ident(&format!("{}_mrel_keys", view.name)),
-        mrel(view),
-        key_columns(view).join(", ")
-    );
+    let mut sql = format!("CREATE TABLE {table} (\n  {}\n) WITH (fillfactor = 50);\n", cols.join(",\n  "));
+    let _ = writeln!(sql, "CREATE UNIQUE INDEX {} ON {table} ({}) NULLS NOT DISTINCT;", ident(index), key_columns(view).join(", "));
+    sql
+}
+
+/// The companion view `views."<name>"`, which finishes the values of the state table.
+pub fn companion_ddl(view: &ViewDef) -> String {
+    let mut sql = String::new();
     let outputs: Vec<String> = view
         .outputs
         .iter()
@@ -140,6 +147,13 @@ fn array_type(t: SqlType) -> &'static str {
 /// The upsert merging one transaction's partial aggregates. Parameters come
 /// from `upsert_params`, in the same order.
 pub fn upsert(view: &ViewDef) -> String {
+    upsert_into(view, &[mrel(view)])
+}
+
+/// The upsert of `upsert`, into each of `tables` (state tables of `view`):
+/// while a view is rebuilt, loaders write its live state and the rebuild's
+/// shadow in one statement.
+pub fn upsert_into(view: &ViewDef, tables: &[String]) -> String {
     let mut q = UpsertSql::default();
     for (_, e) in &view.keys {
         q.array(array_type(e.ty()), "");
@@ -147,24 +161,43 @@ pub fn upsert(view: &ViewDef) -> String {
     for (i, (n, agg)) in view.aggs.iter().enumerate() {
         q.aggregate(i, n, agg);
     }
-    let mut cols: Vec<String> = view.keys.iter().map(|(n, _)| ident(n)).collect();
-    cols.extend(view.aggs.iter().flat_map(|(n, agg)| state_columns(n, agg)).map(|(c, _)| ident(&c)));
     // The writer's shard: the last parameter.
-    cols.insert(0, ident(SHARD));
     let shard = q.param("integer");
     q.select.insert(0, shard);
+    let cols = state_column_list(view).join(", ");
     let aliases: Vec<String> = (1..=q.arrays.len()).map(|i| format!("c{i}")).collect();
-    format!(
-        "INSERT INTO {} AS t ({})\nSELECT {}\nFROM unnest({}) WITH ORDINALITY AS u({}, i){}\nORDER BY u.i\nON CONFLICT ({}) DO UPDATE SET {}",
-        mrel(view),
-        cols.join(", "),
-        q.select.join(", "),
-        q.arrays.join(", "),
-        aliases.join(", "),
-        q.joins,
-        key_columns(view).join(", "),
-        q.sets.join(", ")
-    )
+    let from = format!("FROM unnest({}) WITH ORDINALITY AS u({}, i){}\nORDER BY u.i", q.arrays.join(", "), aliases.join(", "), q.joins);
+    let conflict = format!("ON CONFLICT ({}) DO UPDATE SET {}", key_columns(view).join(", "), q.sets.join(", "));
+    if let [table] = tables {
+        return format!("INSERT INTO {table} AS t ({cols})\nSELECT {}\n{from}\n{conflict}", q.select.join(", "));
+    }
+    // One computation of the rows, inserted into each table.
+    let select: Vec<String> = q.select.iter().enumerate().map(|(i, s)| format!("{s} AS x{i}")).collect();
+    let mut sql = format!("WITH s AS MATERIALIZED (SELECT {}\n{from})", select.join(", "));
+    let (last, others) = tables.split_last().expect("at least one table");
+    for (i, t) in others.iter().enumerate() {
+        let _ = write!(sql, ",\nw{i} AS (INSERT INTO {t} AS t ({cols}) SELECT * FROM s {conflict})");
+    }
+    let _ = write!(sql, "\nINSERT INTO {last} AS t ({cols}) SELECT * FROM s {conflict}");
+    sql
+}
+
+/// The columns of a state table in order: shard, keys, aggregate states.
+pub(super) fn state_column_list(view: &ViewDef) -> Vec<String> {
+    let mut cols = vec![ident(SHARD)];
+    cols.extend(view.keys.iter().map(|(n, _)| ident(n)));
+    cols.extend(view.aggs.iter().flat_map(|(n, agg)| state_columns(n, agg)).map(|(c, _)| ident(&c)));
+    cols
+}
+
+/// `ON CONFLICT … DO UPDATE SET` of a state table (`t`, `EXCLUDED`): how two
+/// states of a group merge.
+pub(super) fn merge_sets(view: &ViewDef) -> String {
+    let mut q = UpsertSql::default();
+    for (i, (n, agg)) in view.aggs.iter().enumerate() {
+        q.aggregate(i, n, agg);
+    }
+    q.sets.join(", ")
 }
 
 /// The parts of a view's upsert, as its keys and aggregates are added.
@@ -382,7 +415,7 @@ fn push_agg_params(agg: &Agg, states: &[&State], params: &mut Vec<Param>) {
 }
 
 /// The rows a view reads, as SQL: the event table, or every table for `events`.
-fn source_sql(view: &ViewDef, catalog: &EventCatalog) -> String {
+pub(super) fn source_sql(view: &ViewDef, catalog: &EventCatalog) -> String {
     match view.source {
         Source::Type(t) => crate::store::schema::view(&catalog.types()[t]),
         Source::All => {
@@ -400,6 +433,15 @@ fn source_sql(view: &ViewDef, catalog: &EventCatalog) -> String {
 /// Fills an empty state table from the raw tables (what the view would hold
 /// had it existed since the first event).
 pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
+    aggregate_insert(view, catalog, &mrel(view), &source_sql(view, catalog), None, false)
+}
+
+/// `INSERT INTO target` of `view`'s groups over the rows of `source` (a FROM
+/// item with the columns of the view's source) that also pass `extra` (SQL
+/// over those columns), as the writer -1; `merge`: a group already in
+/// `target` is merged with (`ON CONFLICT … DO UPDATE`), as a rebuild that
+/// reads day after day needs.
+pub fn aggregate_insert(view: &ViewDef, catalog: &EventCatalog, target: &str, source: &str, extra: Option<&str>, merge: bool) -> String {
     let attr_names: Vec<&str> = match view.source {
         Source::Type(t) => catalog.types()[t].attributes.iter().map(|a| &*a.name).collect(),
         Source::All => Vec::new(),
@@ -435,9 +477,11 @@ pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
             Agg::Percentile(_, e) => values.push(format!("tdigest(({})::double precision, {TDIGEST_COMPRESSION})", sql_of(e))),
         }
     }
-    let mut sql = format!("INSERT INTO {} ({})\nSELECT {}\nFROM {}", mrel(view), cols.join(", "), values.join(", "), source_sql(view, catalog));
-    if let Some(f) = &view.filter {
-        let _ = write!(sql, "\nWHERE {}", sql_of(f));
+    let alias = if merge { " AS t" } else { "" };
+    let mut sql = format!("INSERT INTO {target}{alias} ({})\nSELECT {}\nFROM {source}", cols.join(", "), values.join(", "));
+    let conditions: Vec<String> = view.filter.iter().map(sql_of).chain(extra.map(|e| format!("({e})"))).collect();
+    if !conditions.is_empty() {
+        let _ = write!(sql, "\nWHERE {}", conditions.join(" AND "));
     }
     if !view.keys.is_empty() {
         let ords: Vec<String> = (2..=view.keys.len() + 1).map(|i| i.to_string()).collect();
@@ -445,5 +489,19 @@ pub fn backfill(view: &ViewDef, catalog: &EventCatalog) -> String {
     } else {
         sql.push_str("\nHAVING count(*) > 0");
     }
+    if merge {
+        let _ = write!(sql, "\nON CONFLICT ({}) DO UPDATE SET {}", key_columns(view).join(", "), merge_sets(view));
+    }
     sql
+}
+
+/// The SQL of expression `e` of `view` over its source's columns.
+pub(super) fn expr_sql(view: &ViewDef, catalog: &EventCatalog, e: &Expr) -> String {
+    let attr_names: Vec<&str> = match view.source {
+        Source::Type(t) => catalog.types()[t].attributes.iter().map(|a| &*a.name).collect(),
+        Source::All => Vec::new(),
+    };
+    let mut s = String::new();
+    e.to_sql(&attr_names, &mut s);
+    s
 }
