@@ -75,8 +75,24 @@ pub struct Enricher {
 impl Enricher {
     /// An enricher caching up to `cache_entries` distinct user agents.
     pub fn new(cache_entries: usize) -> Self {
+        Self::with_bot_patterns(cache_entries, &[])
+    }
+
+    /// The enricher `[enrich]` asks for: the `isbot` list with
+    /// `extra_bot_patterns` added (checked by the config's validation).
+    pub fn from_config(c: &crate::config::EnrichConfig) -> Self {
+        Self::with_bot_patterns(c.ua_cache_entries, &c.extra_bot_patterns)
+    }
+
+    /// An enricher whose bot list is `isbot`'s plus `extra` (regular
+    /// expressions, matched case-insensitively; each must compile).
+    pub fn with_bot_patterns(cache_entries: usize, extra: &[String]) -> Self {
+        let mut bots = isbot::Bots::default();
+        if !extra.is_empty() {
+            bots.append(&extra.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         Enricher {
-            bots: isbot::Bots::default(),
+            bots,
             parser: woothee::parser::Parser::new(),
             cache: quick_cache::sync::Cache::new(cache_entries.max(1)),
             no_user_agent: Arc::new(Agent { bot: Some(reason::NO_USER_AGENT), ..Agent::default() }),
@@ -224,6 +240,26 @@ impl GeoIp {
             city: record.city.as_ref().and_then(Named::english),
         };
         (place != Place::default()).then_some(place)
+    }
+
+    /// Where every address of the block `ip`/`prefix_len` is (an address
+    /// stored anonymised: the block's first address): `Some` when the database
+    /// gives the whole block one answer (its network for `ip` is the block or
+    /// wider; `Some(None)`: it knows none of it), `None` when it splits the
+    /// block, so the place of the address that was anonymised cannot be told.
+    pub fn lookup_block(&self, ip: IpAddr, prefix_len: u8) -> Option<Option<Place>> {
+        let reader = self.reader.load_full()?;
+        let found = reader.lookup(ip).ok()?;
+        if found.network().ok()?.prefix() > prefix_len {
+            return None;
+        }
+        let Ok(Some(record)) = found.decode::<CityRecord<'_>>() else { return Some(None) };
+        let place = Place {
+            country: record.country.and_then(|c| c.iso_code).map(str::to_string),
+            region: record.subdivisions.as_ref().and_then(|s| s.last()).and_then(Named::english),
+            city: record.city.as_ref().and_then(Named::english),
+        };
+        Some((place != Place::default()).then_some(place))
     }
 
     /// Checks the file every `every` on a thread of its own, for the life of the process.

@@ -40,7 +40,7 @@
 //!      the walk that builds its COPY rows, and their install.
 //!    - [`import`]: historical import (`chronos import`, `POST /v1/import`).
 //!    - [`lifecycle`]: retention — old days to Parquet (verified), then dropped; list, verify,
-//!      restore; export; erasure.
+//!      restore; export; erasure; reprocess (enrichment run again over stored events).
 //!    - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition
 //!      (its own queue), dead-letter replay.
 //!    - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in

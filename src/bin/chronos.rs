@@ -122,6 +122,30 @@ enum Cmd {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Re-run enrichment (bot flag, user agent, GeoIP) over stored events of a range of
+    /// UTC days with today's rules and databases: PostgreSQL in place, archived days'
+    /// files rewritten (verified before the old ones go), visits followed, then the views
+    /// that read a changed column rebuilt; prints what changed and what could not be recomputed.
+    Reprocess {
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (UTC), included.
+        #[arg(long)]
+        to: String,
+        /// Stages, comma-separated: bots, agent, geo.
+        #[arg(long, default_value = "bots,agent,geo")]
+        only: String,
+        /// Count what would change, per table and day; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Events per PostgreSQL transaction, about.
+        #[arg(long, default_value_t = chronos::lifecycle::reprocess::postgres::ROWS_PER_TX)]
+        batch_rows: i64,
+        /// Who asks, for the audit row (default: $SUDO_USER or $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Continuous views: list, add from a SQL file, drop (no restart needed).
     Views {
         #[command(subcommand)]
@@ -302,6 +326,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Export { from, to, types, format, out } => export(&stack.config, &from, to.as_deref(), types, format, &out)?,
+        Cmd::Reprocess { from, to, only, dry_run, batch_rows, by } => reprocess(&stack.config, &from, &to, &only, dry_run, batch_rows, by)?,
         Cmd::Views { action } => views(&stack.config, action)?,
         Cmd::Tracker { action: TrackerCmd::Build { out } } => chronos::tracker::write_bundle(&stack.config, out.as_deref())?,
         Cmd::Keys { action } => keys(&stack.config, action)?,
@@ -852,6 +877,42 @@ fn import(c: &chronos::config::Config, file: &str, opts: &chronos::import::send:
         eprintln!("rejected: … {} more (dead letters: `chronos dead-letters list`)", s.rejected as usize - s.reasons.len());
     }
     Ok(s.rejected == 0)
+}
+
+fn reprocess(c: &chronos::config::Config, from: &str, to: &str, only: &str, dry_run: bool, rows_per_tx: i64, by: Option<String>) -> Result<()> {
+    use chronos::lifecycle::{parse_day, reprocess};
+    let day = |flag: &str, s: &str| parse_day(s).ok_or_else(|| anyhow::anyhow!("{flag} {s:?}: expected a day, YYYY-MM-DD"));
+    let stages = reprocess::rules::Stages::parse(only).map_err(anyhow::Error::msg)?;
+    let by = by.or_else(|| std::env::var("SUDO_USER").ok()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let opts = reprocess::Options { from: day("--from", from)?, to: day("--to", to)?, stages, dry_run, rows_per_tx, by };
+    let rules = reprocess::rules(c, stages)?;
+    let catalog = chronos::catalog::EventCatalog::from_config(&c.events, c.limits.max_string_bytes);
+    let archiver = chronos::lifecycle::archive::Archiver::new(c)?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = chronos::rt::block_on(async {
+        let mut client = chronos::store::connect(&c.postgres.url).await?;
+        reprocess::run(&mut client, c, &archiver, &catalog, &rules, &opts, |step| {
+            if terminal {
+                eprint!("\r\x1b[Kreprocessing: {step}");
+            }
+        })
+        .await
+    })?;
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    let stages = report.stages.names().join(", ");
+    match report.run {
+        None => println!("dry run ({stages}): nothing is changed"),
+        Some(id) => println!("reprocess run #{id} ({stages}){}", if report.resumed { ", cut short before: finished now" } else { "" }),
+    }
+    for line in reprocess::report::lines(&report, dry_run, c.enrich.geoip_db.is_some()) {
+        println!("{line}");
+    }
+    if let Some(id) = report.run {
+        println!("recorded in chronos.reprocessings (#{id}, by {}) and chronos.reprocess_steps", opts.by);
+    }
+    Ok(())
 }
 
 fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subject<'_>, by: Option<String>) -> Result<()> {

@@ -25,11 +25,23 @@ pub struct EnrichConfig {
     pub geoip_db: Option<PathBuf>,
     /// How often the database file is checked for a new version, in seconds.
     pub geoip_reload_secs: u64,
+    /// Regular expressions added to the bot list (the `isbot` crate's),
+    /// matched case-insensitively against the user agent, e.g. `"acme-monitor/"`.
+    /// `chronos reprocess` applies a changed list to stored events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_bot_patterns: Vec<String>,
 }
 
 impl Default for EnrichConfig {
     fn default() -> Self {
-        EnrichConfig { enabled: true, bots: BotPolicy::Flag, ua_cache_entries: 10_000, geoip_db: None, geoip_reload_secs: 60 }
+        EnrichConfig {
+            enabled: true,
+            bots: BotPolicy::Flag,
+            ua_cache_entries: 10_000,
+            geoip_db: None,
+            geoip_reload_secs: 60,
+            extra_bot_patterns: Vec::new(),
+        }
     }
 }
 
@@ -45,6 +57,11 @@ impl EnrichConfig {
     /// What is wrong with `[enrich]`, each naming its key.
     pub(super) fn errors(&self, errors: &mut Vec<String>) {
         positive(errors, [("enrich.ua_cache_entries", self.ua_cache_entries as u64), ("enrich.geoip_reload_secs", self.geoip_reload_secs)]);
+        for p in &self.extra_bot_patterns {
+            if let Err(e) = regex::Regex::new(&p.to_ascii_lowercase()) {
+                errors.push(format!("enrich.extra_bot_patterns: {p:?} is not a regular expression: {e}"));
+            }
+        }
         if let Some(db) = &self.geoip_db {
             if let Err(e) = crate::enrich::GeoIp::open(db) {
                 errors.push(e);

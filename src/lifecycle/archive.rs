@@ -32,6 +32,10 @@ const FIRST_DAY: i64 = -719_162;
 /// Advisory lock held by the one archive run at a time.
 pub(crate) const RUN_LOCK: i64 = 7_243_002;
 
+/// Advisory lock held by the one `chronos reprocess` run at a time
+/// (src/lifecycle/reprocess/); a run holds [`RUN_LOCK`] too.
+pub(crate) const REPROCESS_LOCK: i64 = 7_243_003;
+
 /// `YYYY-MM-DD` of a day number since the epoch.
 pub fn day_str(day: i64) -> String {
     let (y, m, d) = civil_from_days(day);

@@ -28,7 +28,7 @@ use super::columns::{self, Column, Kind};
 /// Version of the file layout (columns as `columns` maps them).
 pub const SCHEMA_VERSION: i32 = 1;
 /// Rows per record batch (and the memory a writer holds at most).
-const BATCH_ROWS: usize = 65_536;
+pub(super) const BATCH_ROWS: usize = 65_536;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 262_144;
 
@@ -151,7 +151,7 @@ pub async fn write(
 }
 
 /// A Parquet writer at `path`: zstd, bounded row groups, `kv` metadata.
-fn create(path: &Path, schema: arrow_schema::SchemaRef, kv: Option<Vec<KeyValue>>) -> Result<ArrowWriter<File>> {
+pub(super) fn create(path: &Path, schema: arrow_schema::SchemaRef, kv: Option<Vec<KeyValue>>) -> Result<ArrowWriter<File>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_size(ROW_GROUP_ROWS)
@@ -162,7 +162,7 @@ fn create(path: &Path, schema: arrow_schema::SchemaRef, kv: Option<Vec<KeyValue>
 }
 
 /// Closes a writer, fsyncs its file and reads it back: `written` rows must be there.
-fn seal(writer: ArrowWriter<File>, path: &Path, written: i64) -> Result<Summary> {
+pub(super) fn seal(writer: ArrowWriter<File>, path: &Path, written: i64) -> Result<Summary> {
     writer.into_inner()?.sync_all()?;
     let back = summarize(path)?;
     if back.rows != written {

@@ -3,7 +3,8 @@
 //! restore), [`export`] of raw events to other tools, and [`erase`] of one
 //! person's events everywhere Chronos keeps them, and the [`rebuild`] of a
 //! continuous view from the raw events of PostgreSQL and the archive
-//! ([`source`] reads them).
+//! ([`source`] reads them); [`reprocess`] runs the enrichment again over
+//! stored events.
 
 pub mod archive;
 pub mod columns;
@@ -11,6 +12,7 @@ pub mod erase;
 pub mod export;
 pub mod file;
 pub mod rebuild;
+pub mod reprocess;
 pub mod source;
 pub mod target;
 
