@@ -184,18 +184,14 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     assert_eq!(manifest["bytes"].as_u64(), Some(std::fs::metadata(&f).unwrap().len()));
     assert_eq!(manifest["schema_version"], 1);
 
-    // A view backfilled now says which days it could not count.
+    // A view backfilled now counts the archived days too, read from their files.
     let views = s.config.with_file_name("views.sql");
     std::fs::write(&views, "CREATE VIEW clicks_by_day AS SELECT date_trunc('day', time) AS day, count(*) AS n FROM clicks GROUP BY 1;").unwrap();
     let (ok, out) = cli(&s, &["views", "add", views.to_str().unwrap(), "--backfill"]);
-    let (first, last) = (chronos::lifecycle::day_str(s.today - 15), chronos::lifecycle::day_str(s.today - 4));
-    assert!(
-        ok && out.contains(&format!(
-            "note: not counted in clicks_by_day: events.clicks has 3 archived days from {first} to {last} (1500 rows) that are not in PostgreSQL"
-        )),
-        "{out}"
-    );
-    assert_eq!(count(&s.url, "SELECT sum(n)::bigint FROM views.clicks_by_day"), 500, "the kept day only");
+    assert!(ok && out.contains("rebuilt clicks_by_day: 500 events from PostgreSQL") && out.contains("1500 from the archive (3 files"), "{out}");
+    assert_eq!(query(&s.url, view_rows)[0].get::<_, String>(0), view_before.clone(), "same days as the view filled before");
+    let by_day = "SELECT string_agg(day::text || '=' || n, ',' ORDER BY day) FROM views.clicks_by_day";
+    assert_eq!(query(&s.url, by_day)[0].get::<_, String>(0), view_before, "every day, archived or not");
 
     // A second run has nothing to do.
     let (ok, out) = cli(&s, &["archive", "run"]);
@@ -467,6 +463,25 @@ fn session_in_archive(dir: &Path, session: &str) -> (i64, bool) {
     (rows, bytes)
 }
 
+/// Clicks on a BUTTON by a browser (not a bot) in the archive files, read with the parquet crate.
+fn archived_buttons(dir: &Path) -> i64 {
+    let mut n = 0;
+    for f in std::fs::read_dir(dir.join("clicks")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "parquet") {
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap();
+            for b in builder.build().unwrap() {
+                let b = b.unwrap();
+                let element = arrow_array::cast::AsArray::as_string::<i32>(b.column_by_name("element").unwrap());
+                let bot = arrow_array::cast::AsArray::as_boolean(b.column_by_name("is_bot").unwrap());
+                n += (0..b.num_rows()).filter(|&i| element.value(i) == "BUTTON" && !arrow_array::Array::is_null(bot, i) && !bot.value(i)).count()
+                    as i64;
+            }
+        }
+    }
+    n
+}
+
 fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     let s = setup(layout);
     let kafka = Kafka::start(1);
@@ -510,6 +525,26 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     let (ok, out) = cli(&s, &["archive", "run"]);
     assert!(ok, "{out}");
     assert!(session_in_archive(&s.archive, ERASED).0 > 0);
+    // Values of the session's own in the views: a link text, a page title.
+    let mut own = batch(ERASED, 6);
+    own["events"][2][2] = json!(format!("secret {ERASED}"));
+    own["page"]["title"] = json!(format!("Title of {ERASED}"));
+    let (st, body, _) = post(&c, &d, &own, "198.51.100.7");
+    assert_eq!(st, 200, "{body}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while count(&s.url, &format!("SELECT count(*) FROM events.link_clicks WHERE link_text = 'secret {ERASED}'")) == 0 {
+        assert!(Instant::now() < until, "not loaded\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every view counts every stored event (the archived days were inserted
+    // without the loaders): rebuilt from PostgreSQL and the archive.
+    let names: Vec<String> = query(&s.url, "SELECT name FROM chronos.views ORDER BY name").iter().map(|r| r.get(0)).collect();
+    let mut args = vec!["views", "rebuild"];
+    args.extend(names.iter().map(String::as_str));
+    let o = chronos_cli(&config, &args);
+    assert!(o.status.success() && output_text(&o).contains("from the archive (2 files"), "{}", output_text(&o));
+    assert!(count(&s.url, &format!("SELECT count(*) FROM views.link_text_counts WHERE link_text = 'secret {ERASED}'")) == 1);
+    let element_before = count(&s.url, "SELECT count FROM views.element_counts WHERE element = 'BUTTON'");
     let others_before = count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id <> '{ERASED}'"));
     let archived_before: i64 = count(&s.url, "SELECT sum(rows)::bigint FROM chronos.archives");
     let live_erased = rows_of_session(&s.url, ERASED);
@@ -520,7 +555,8 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     assert!(out.contains(&format!("erased session: {live_erased} raw events")), "{out}");
     assert!(out.contains("1 dead letters") && out.contains("rows of view clicks_by_session (keyed by session_id)"), "{out}");
     assert!(out.contains(&format!("Kafka topic {}: the session's records stay until its retention passes (retention.ms = ", kafka.topic)), "{out}");
-    assert!(out.contains("approximate distinct counts (hll) cannot forget a member"), "{out}");
+    assert!(!out.contains("continuous views") && out.contains("backups you made"), "views are no longer among what is not erased: {out}");
+    assert!(out.contains("recomputed without them in views ") && out.contains("link_text_counts"), "{out}");
     let files: i64 = out.lines().find(|l| l.contains("archived events in")).unwrap().split_whitespace().nth(4).unwrap().parse().unwrap();
     assert_eq!(files, 2, "the clicks and form_submissions files of that day: {out}");
 
@@ -532,6 +568,23 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     let dump = std::process::Command::new(chronos::stack::postgres::bindir().join("pg_dump")).arg(&s.url).output().unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
     assert!(dump.stdout.len() > 10_000 && !String::from_utf8_lossy(&dump.stdout).contains(ERASED), "pg_dump holds no trace");
+    // The views: the session's groups gone, the groups it shared recounted
+    // without it, exactly as the events left (in PostgreSQL and the archive) give.
+    let schema =
+        std::process::Command::new(chronos::stack::postgres::bindir().join("pg_dump")).args(["--schema", "views"]).arg(&s.url).output().unwrap();
+    assert!(schema.status.success() && schema.stdout.len() > 1000, "{}", String::from_utf8_lossy(&schema.stderr));
+    assert!(!String::from_utf8_lossy(&schema.stdout).contains(ERASED), "no value of the session's in any view");
+    assert_eq!(count(&s.url, &format!("SELECT count(*) FROM views.link_text_counts WHERE link_text LIKE '%{ERASED}%'")), 0);
+    let link_texts = "SELECT coalesce(string_agg(link_text || '=' || count, ',' ORDER BY link_text), '') FROM";
+    assert_eq!(
+        query(&s.url, &format!("{link_texts} views.link_text_counts"))[0].get::<_, String>(0),
+        query(&s.url, &format!("{link_texts} (SELECT link_text, count(*) FROM events.link_clicks WHERE NOT is_bot GROUP BY 1) e"))[0]
+            .get::<_, String>(0)
+    );
+    let buttons_left = count(&s.url, "SELECT count(*) FROM events.clicks WHERE element = 'BUTTON' AND NOT is_bot") + archived_buttons(&s.archive);
+    assert!(buttons_left < element_before, "the session's clicks were counted before");
+    assert_eq!(count(&s.url, "SELECT count FROM views.element_counts WHERE element = 'BUTTON'"), buttons_left, "PostgreSQL + a Parquet read");
+    assert_views_equal_fresh_copies(&s.url, &config, &[]);
     // Everyone else is intact, archived days still verify, the audit keeps no value.
     assert_eq!(count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id <> '{ERASED}'")), others_before);
     let archived_after: i64 = count(&s.url, "SELECT sum(rows)::bigint FROM chronos.archives");

@@ -252,7 +252,9 @@ enum ViewsCmd {
     /// Recompute a view from the raw events (PostgreSQL and the archive),
     /// online; the old state serves until the new one replaces it. Repairs a broken view.
     Rebuild {
-        name: String,
+        /// One or more views, rebuilt in one pass and replaced at one fence.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// First day to recompute, YYYY-MM-DD (UTC); needs a time bucket of a day or less among the view's keys.
         #[arg(long)]
         from: Option<String>,
@@ -559,12 +561,14 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                     println!("added view {}{filled}: SELECT * FROM views.{};", d.name, d.name);
                 }
             }
-            ViewsCmd::Rebuild { name, from, to } => {
+            ViewsCmd::Rebuild { names, from, to } => {
                 let day = |flag: &str, v: Option<String>| {
                     v.map(|v| chronos::lifecycle::parse_day(&v).ok_or_else(|| anyhow::anyhow!("--{flag} {v}: not a day (YYYY-MM-DD)"))).transpose()
                 };
                 let (from, to) = (day("from", from)?, day("to", to)?);
-                let done = chronos::lifecycle::rebuild::rebuild(c, &catalog, &name, from, to, rebuild_progress()).await?;
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let lock = chronos::lifecycle::rebuild::ArchiveLock::Take;
+                let done = chronos::lifecycle::rebuild::rebuild_views(c, &catalog, &names, from, to, lock, rebuild_progress()).await?;
                 print_rebuilt(&done);
             }
             ViewsCmd::Drop { name } => {
@@ -952,7 +956,6 @@ fn erase(c: &chronos::config::Config, subject: chronos::lifecycle::erase::Subjec
     if !done.views_corrected.is_empty() {
         println!("  the groups their events fed recomputed without them in views {}", done.views_corrected.join(", "));
     }
-
     if !done.stale_deleted.is_empty() {
         println!("  {} stale archive objects deleted", done.stale_deleted.len());
     }

@@ -195,8 +195,7 @@ async fn run(
     progress: impl FnMut(&Progress),
 ) -> Result<Rebuilt> {
     if lock == ArchiveLock::Take {
-        let locked: bool = control.query_one("SELECT pg_try_advisory_lock($1)", &[&archive::RUN_LOCK]).await?.get(0);
-        anyhow::ensure!(locked, "an archive run, restore or erasure holds the archive lock (chronosd's schedule?); try again when it ends");
+        wait_for_archive_lock(control).await?;
     }
     let locked: bool = control.query_one("SELECT pg_try_advisory_lock($1)", &[&shadow::REBUILD_LOCK]).await?.get(0);
     let result = if locked {
@@ -210,6 +209,37 @@ async fn run(
         control.execute("SELECT pg_advisory_unlock($1)", &[&archive::RUN_LOCK]).await?;
     }
     result
+}
+
+/// How long a rebuild waits for an archive pass (chronosd's schedule) to end.
+const ARCHIVE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes the archive lock, waiting for a pass that holds it to end.
+async fn wait_for_archive_lock(control: &Client) -> Result<()> {
+    let deadline = Instant::now() + ARCHIVE_LOCK_WAIT;
+    loop {
+        if control.query_one("SELECT pg_try_advisory_lock($1)", &[&archive::RUN_LOCK]).await?.get::<_, bool>(0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "an archive run, restore or erasure has held the archive lock for {} s (chronos archive run?); try again when it ends",
+            ARCHIVE_LOCK_WAIT.as_secs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops the rebuild at step `name`, while its shadow is half filled, until
+/// the process is killed, when `CHRONOS_FAILPOINT` names it: how the tests
+/// `kill -9` a rebuild midway.
+async fn failpoint(name: &str) {
+    if std::env::var("CHRONOS_FAILPOINT").is_ok_and(|f| f == name) {
+        eprintln!("CHRONOS_FAILPOINT={name}: waiting to be killed");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
 }
 
 async fn fenced(
@@ -311,6 +341,7 @@ async fn read_all(
             fill_shadows(tx, catalog, jobs, t, &rows_sql).await?;
         }
         (p.days_done, p.rows, done.pg_rows, done.pg_days) = (p.days_done + 1, p.rows + n as u64, done.pg_rows + n as u64, done.pg_days + 1);
+        failpoint("rebuild:read").await;
     }
     done.pg_secs = started.elapsed().as_secs_f64();
     let archiver = if archived.is_empty() { None } else { Some(Archiver::new(config)?) };

@@ -731,3 +731,42 @@ pub fn start_loading(partitions: i32, toml: impl FnOnce(&Kafka, &str) -> String)
     d.wait_ready(Duration::from_secs(60));
     Loading { d, url, kafka, _pg: pg, _dir: dir }
 }
+
+/// Every continuous view equals a from-scratch computation of it: a copy of
+/// its definition added with `--backfill` (PostgreSQL and the archive, read
+/// now) holds the same rows, column by column; `skip` names columns left out
+/// (percentiles: a t-digest depends on the order its values merged in).
+#[allow(dead_code)]
+pub fn assert_views_equal_fresh_copies(url: &str, config: &std::path::Path, skip: &[&str]) {
+    let views: Vec<(String, String)> =
+        query(url, "SELECT name, definition FROM chronos.views WHERE broken IS NULL ORDER BY name").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(!views.is_empty(), "no views: the check proves nothing");
+    let copies: Vec<String> = views.iter().map(|(n, d)| d.replacen(&format!(" {n} "), &format!(" {n}_fresh "), 1)).collect();
+    let file = config.with_file_name("fresh_copies.sql");
+    std::fs::write(&file, copies.join("\n")).unwrap();
+    let out = chronos_cli(config, &["views", "add", file.to_str().unwrap(), "--backfill"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for (n, _) in &views {
+        let cols: Vec<String> = query(
+            url,
+            &format!("SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'views' AND table_name = '{n}' ORDER BY ordinal_position"),
+        )
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|c| !skip.contains(&c.as_str()))
+        .map(|c| format!("\"{c}\""))
+        .collect();
+        let cols = cols.join(", ");
+        let rows = count(url, &format!("SELECT count(*) FROM views.\"{n}\""));
+        let differ = count(
+            url,
+            &format!(
+                "SELECT count(*) FROM ((SELECT {cols} FROM views.\"{n}\" EXCEPT ALL SELECT {cols} FROM views.\"{n}_fresh\")
+                 UNION ALL (SELECT {cols} FROM views.\"{n}_fresh\" EXCEPT ALL SELECT {cols} FROM views.\"{n}\")) d"
+            ),
+        );
+        assert_eq!(differ, 0, "view {n} ({rows} rows) differs from a from-scratch computation in {differ} rows");
+        let out = chronos_cli(config, &["views", "drop", &format!("{n}_fresh")]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+}
