@@ -2,7 +2,8 @@
 //! id into visits at idle gaps (`load.session_gap_secs`) and keep each
 //! visit's span, counts, entry and exit URL, referrer, user and enrichment in
 //! `chronos.sessions`, in the transaction that stores the events: batches
-//! posted twice count once.
+//! posted twice count once, and the visits are the same whatever order the
+//! batches arrive in (a late one bridging two visits merges them).
 
 mod common;
 
@@ -101,19 +102,23 @@ fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again
     };
     let pageviews = || count(&url, "SELECT count(*) FROM events.pageviews");
 
-    // 1. Three visits, minutes 0–3, stored.
-    let first: Vec<_> = (0..3).flat_map(|s| (0..4).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    // 1. Three visits, minutes 0–3, stored, and x-3's two visits at 0 and 45.
+    let mut first: Vec<_> = (0..3).flat_map(|s| (0..4).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    first.extend([page(3, 0), page(3, 45)]);
     for b in &first {
         send(&stack.d, b);
     }
-    stack.d.wait_until("the first part loaded", Duration::from_secs(60), || pageviews() == 12);
-    assert_eq!(count(&url, "SELECT count(*) FROM chronos.sessions"), 3);
+    stack.d.wait_until("the first part loaded", Duration::from_secs(60), || pageviews() == 14);
+    assert_eq!(count(&url, "SELECT count(*) FROM chronos.sessions"), 5);
 
     // 2. Minutes 4–7 reach the loaders, whose transaction then waits for the
     //    sessions table; chronosd dies there, so that transaction never commits
-    //    and the restarted loaders read those records again.
+    //    and the restarted loaders read those records again. With them, x-3's
+    //    minute 20, which bridges its two visits: merged once, whether it was
+    //    in that transaction or not.
     let release = hold_sessions_lock(&url);
-    let second: Vec<_> = (0..3).flat_map(|s| (4..8).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    let mut second: Vec<_> = (0..3).flat_map(|s| (4..8).map(move |k| (s, k))).map(|(s, k)| page(s, k)).collect();
+    second.push(page(3, 20));
     for b in &second {
         send(&stack.d, b);
     }
@@ -122,7 +127,7 @@ fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again
     drop(release);
     stack.d.wait_until("the dead loader's backend to stop waiting", Duration::from_secs(30), || lock_waits(&url) == 0);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(pageviews(), 12, "the interrupted transaction stored nothing (its events come again after the restart)");
+    assert_eq!(pageviews(), 14, "the interrupted transaction stored nothing (its events come again after the restart)");
 
     // 3. Restarted: minutes 8–9, a visit after 40 idle minutes, and one batch of
     //    each earlier part posted again (a tracker retry).
@@ -135,7 +140,7 @@ fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again
     for b in &third {
         send(&stack.d, b);
     }
-    stack.d.wait_until("every batch loaded", Duration::from_secs(90), || pageviews() == 31);
+    stack.d.wait_until("every batch loaded", Duration::from_secs(90), || pageviews() == 34);
 
     let rows = query(
         &url,
@@ -150,8 +155,81 @@ fn visits_stay_exact_when_chronosd_dies_mid_visit_and_its_records_are_read_again
     let whole = |s: &str| (s.to_string(), 60, 10, p("p0"), p("p9"), 9);
     assert_eq!(
         got,
-        vec![whole("x-0"), ("x-0".into(), 6, 1, p("later"), p("later"), 0), whole("x-1"), whole("x-2")],
+        vec![whole("x-0"), ("x-0".into(), 6, 1, p("later"), p("later"), 0), whole("x-1"), whole("x-2"), ("x-3".into(), 18, 3, p("p0"), p("p45"), 45)],
         "each visit counts every batch once across the crash, the re-read and the retries"
     );
-    assert_eq!(pageviews(), 31);
+    assert_eq!(pageviews(), 34);
+}
+
+/// Every visit of `chronos.sessions` as (session id, row id, its figures as
+/// JSON text), times in whole seconds after `t0` (the clock correction adds
+/// a few ms per post), in session and time order.
+fn visits(url: &str, t0: i64) -> Vec<(String, i64, String)> {
+    let sql = format!(
+        "SELECT session_id, id, ((to_jsonb(s) - 'id' - 'session_id' - 'started_at' - 'ended_at' - 'duration')
+           || jsonb_build_object('start_s', round((extract(epoch FROM started_at) * 1000 - {t0}) / 1000),
+                                 'end_s', round((extract(epoch FROM ended_at) * 1000 - {t0}) / 1000)))::text
+         FROM chronos.sessions s ORDER BY session_id, started_at"
+    );
+    query(url, &sql).iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+}
+
+#[test]
+fn visits_are_the_same_whatever_order_their_batches_arrive_in() {
+    let stack = start_loading(2, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
+    let c = client();
+    let t0 = now_ms() - 180 * MIN;
+    // One session's batches, by minute: visits at 0 and 45 (more than the
+    // 30-minute gap apart) and a batch at 20, within the gap of both.
+    let batches = [(0, "a"), (20, "b"), (45, "c")];
+    // Each order its own session id; "o-0" arrives in time order. "n-1" gets
+    // a third batch at 37: 37 minutes after the first visit, so two stay.
+    let mut sessions: Vec<(String, Vec<(i64, &str)>)> = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]]
+        .iter()
+        .enumerate()
+        .map(|(k, order)| (format!("o-{k}"), order.iter().map(|i| batches[*i]).collect()))
+        .collect();
+    sessions.push(("n-1".into(), vec![(0, "a"), (45, "c"), (37, "d")]));
+    let mut posted: Vec<serde_json::Value> = Vec::new();
+    let post_and_wait = |posted: &mut Vec<serde_json::Value>, bodies: Vec<serde_json::Value>| {
+        for b in bodies {
+            let (status, body, _) = post(&c, d, &b, "198.51.100.4");
+            assert_eq!(status, 200, "{body}");
+            posted.push(b);
+        }
+        let n = posted.len() as i64;
+        d.wait_until("every record committed", Duration::from_secs(60), || {
+            count(url, "SELECT coalesce(sum(next_offset), 0)::bigint FROM chronos.offsets") == n
+        });
+    };
+    // One round per position in the orders, each committed before the next
+    // is posted, so that late batches meet stored visits.
+    for round in 0..3 {
+        let bodies = sessions.iter().map(|(s, order)| at(s, &format!("https://shop.example.com/{}", order[round].1), t0 + order[round].0 * MIN));
+        post_and_wait(&mut posted, bodies.collect());
+        if round == 1 {
+            let split = count(url, "SELECT count(*) FROM (SELECT session_id FROM chronos.sessions GROUP BY 1 HAVING count(*) = 2) x");
+            assert_eq!(split, 3, "o-4, o-5 and n-1 hold the visits at 0 and 45 apart: {:#?}", visits(url, t0));
+        }
+    }
+    let got = visits(url, t0);
+    let of = |s: &str| got.iter().filter(|v| v.0 == s).map(|v| v.2.clone()).collect::<Vec<_>>();
+    let in_order = of("o-0");
+    assert_eq!(in_order.len(), 1, "{got:#?}");
+    assert!(in_order[0].contains(r#""events": 18"#) && in_order[0].contains(r#""end_s": 2700"#), "{in_order:?}");
+    assert!(in_order[0].contains(r#""entry_url": "https://shop.example.com/a""#), "{in_order:?}");
+    assert!(in_order[0].contains(r#""exit_url": "https://shop.example.com/c""#), "{in_order:?}");
+    for k in 1..6 {
+        assert_eq!(of(&format!("o-{k}")), in_order, "order {k} against time order");
+    }
+    assert_eq!(of("n-1").len(), 2, "a batch within the gap of one visit only bridges nothing: {got:#?}");
+    assert_eq!(got.len(), 8);
+
+    // Every batch of the last round and the first posted again (tracker
+    // retries, a re-read after a rewind): skipped with their batch ids.
+    let again: Vec<serde_json::Value> = posted[posted.len() - 7..].iter().chain(&posted[..1]).cloned().collect();
+    post_and_wait(&mut posted, again);
+    assert_eq!(visits(url, t0), got, "the same batches again change nothing, ids included");
+    assert_eq!(count(url, "SELECT count(*) FROM events.pageviews"), 21);
 }
