@@ -189,3 +189,276 @@ fn a_geoip_db_that_does_not_read_is_refused_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(output_text(&out).contains("enrich.geoip_db:") && output_text(&out).contains("not a MaxMind DB file"), "{}", output_text(&out));
 }
+
+// ---- chronos reprocess (issue 29, item 2): stored events re-enriched with
+// today's rules, in PostgreSQL and in an archived day's Parquet file. No
+// broker: the events are written straight into the tables, as they were
+// stored before the bot list and the GeoIP database changed.
+
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+
+/// A PostgreSQL with the schema, keeping 3 days, archiving into a temp dir.
+struct Reprocess {
+    _pg: chronos::stack::postgres::PostgresServer,
+    _dir: tempfile::TempDir,
+    url: String,
+    layout: Layout,
+    config: std::path::PathBuf,
+    archive: std::path::PathBuf,
+    geoip: std::path::PathBuf,
+    today: i64,
+}
+
+/// The sessions written, each with its page's user agent and stored (anonymised) address.
+const SESSIONS: [(&str, Option<&str>, Option<&str>); 6] = [
+    ("chrome", Some(CHROME), Some("198.51.100.0")),
+    ("iphone", Some(IPHONE), Some("203.0.113.0")),
+    ("firefox", Some(FIREFOX), None),
+    ("noua", None, Some("192.0.2.0")),
+    ("server", None, None),
+    ("stale", Some(CHROME), Some("192.0.2.0")),
+];
+
+impl Reprocess {
+    fn start(layout: Layout) -> Reprocess {
+        let dir = temp_dir();
+        let pg = layout.postgres(&dir.path().join("pg"));
+        let (url, archive, geoip) = (pg.url(), dir.path().join("archive"), dir.path().join("GeoLite2-City.mmdb"));
+        let s =
+            Reprocess { url, layout, config: dir.path().join("chronos.toml"), archive, geoip, today: chronos::store::today(), _pg: pg, _dir: dir };
+        write_city_db(&s.geoip, &[("203.0.113.64/28", "FR", "Île-de-France", "Paris")]);
+        s.set_rules(&["firefox/"]);
+        let out = chronos_cli(&s.config, &["install-pipeline"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        s
+    }
+
+    /// Writes the config with `patterns` as `enrich.extra_bot_patterns`.
+    fn set_rules(&self, patterns: &[&str]) {
+        let config = format!(
+            "[[keys]]\nid = \"k\"\nkey = \"{KEY}\"\norigins = [\"shop.example.com\"]\n[kafka]\nbrokers = \"127.0.0.1:{}\"\n\
+             [postgres]\nurl = \"{}\"\n[load]\n{}\n[retention]\nraw_days = 3\narchive = \"{}\"\n\
+             [enrich]\ngeoip_db = \"{}\"\nextra_bot_patterns = {patterns:?}\n",
+            free_port(),
+            self.url,
+            self.layout.load("max_past_secs = 86400\npartitions_past_days = 12"),
+            self.archive.display(),
+            self.geoip.display(),
+        );
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    fn day(&self, ago: i64) -> String {
+        chronos::lifecycle::day_str(self.today - ago)
+    }
+
+    /// Four clicks and two pageviews of each session on day `today - ago`, enrichment columns empty.
+    fn write_events(&self, ago: i64) {
+        let day = self.day(ago);
+        for (i, (session, ua, ip)) in SESSIONS.iter().enumerate() {
+            let page = match ua {
+                Some(ua) => json!({"url": "https://shop.example.com/", "title": session, "user_agent": ua}),
+                None => json!({"url": "https://shop.example.com/", "title": session}),
+            };
+            let ip = ip.map_or("NULL".into(), |ip| format!("'{ip}'"));
+            let common = format!("t, t, t, false, '{session}', md5('{day}{session}' || (n % 2))::uuid, n, 'k', {ip}, '{page}'::jsonb");
+            let at =
+                format!("generate_series(0, {{}}) n, LATERAL (SELECT timestamptz '{day} 08:00:00+00' + ({i} * 100 + n) * interval '1 minute') s(t)");
+            execute_batch(
+                &self.url,
+                &format!(
+                    "INSERT INTO events.clicks (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip, metadata, element, buttons, x, y)
+                     SELECT {common}, '{session}', 0, 1, 2 FROM {};
+                     INSERT INTO events.pageviews (time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, client_ip, metadata, navigation)
+                     SELECT {common}, 'load' FROM {}",
+                    at.replace("{}", "3"),
+                    at.replace("{}", "1")
+                ),
+            );
+        }
+    }
+
+    /// Runs `chronos reprocess` over both days, aborting at `failpoint` when given.
+    fn reprocess(&self, more: &[&str], failpoint: Option<&str>) -> (bool, String) {
+        let (from, to) = (self.day(5), self.day(1));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chronos"));
+        cmd.arg("--config").arg(&self.config).args(["reprocess", "--from", &from, "--to", &to, "--by", "test"]).args(more);
+        if let Some(f) = failpoint {
+            cmd.env("CHRONOS_FAILPOINT", f);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), output_text(&out))
+    }
+
+    /// Every event's enrichment, from PostgreSQL and the archive files:
+    /// (table, "day place", session) → each distinct (is_bot, bot_reason, browser, country) with its count.
+    fn state(&self) -> State {
+        let mut all = State::new();
+        for table in ["clicks", "pageviews"] {
+            let sql = format!("SELECT to_char(time, 'YYYY-MM-DD'), session_id, is_bot, bot_reason, browser, country FROM events_raw.{table}");
+            for r in query(&self.url, &sql) {
+                let key = (table.to_string(), format!("{} postgres", r.get::<_, String>(0)), r.get(1));
+                bump(&mut all, key, (r.get(2), r.get(3), r.get(4), r.get(5)));
+            }
+            for f in std::fs::read_dir(self.archive.join(table)).into_iter().flatten() {
+                let p = f.unwrap().path();
+                if p.extension().is_some_and(|e| e == "parquet") {
+                    let day = p.file_name().unwrap().to_string_lossy()[..10].to_string();
+                    for (session, e) in parquet_rows(&p) {
+                        bump(&mut all, (table.to_string(), format!("{day} archive"), session), e);
+                    }
+                }
+            }
+        }
+        all
+    }
+}
+
+/// is_bot, bot_reason, browser, country.
+type Enriched = (bool, Option<String>, Option<String>, Option<String>);
+type State = std::collections::BTreeMap<(String, String, String), Vec<(Enriched, i64)>>;
+
+fn bump(all: &mut State, key: (String, String, String), e: Enriched) {
+    let values = all.entry(key).or_default();
+    match values.iter_mut().find(|(x, _)| *x == e) {
+        Some((_, n)) => *n += 1,
+        None => values.push((e, 1)),
+    }
+}
+
+/// (session, enrichment) of each row of an archive file, read through the archive's own reader.
+fn parquet_rows(path: &std::path::Path) -> Vec<(String, Enriched)> {
+    use chronos::lifecycle::file::{reader, rows_of, Value};
+    let (columns, batches) = reader(path).unwrap();
+    let at = |name: &str| columns.iter().position(|c| c.name == name).unwrap();
+    let text = |v: &Value| match v {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for b in batches {
+        for row in rows_of(&b.unwrap(), &columns) {
+            let bot = matches!(row[at("is_bot")], Value::Bool(true));
+            let e = (bot, text(&row[at("bot_reason")]), text(&row[at("browser")]), text(&row[at("country")]));
+            out.push((text(&row[at("session_id")]).unwrap(), e));
+        }
+    }
+    out
+}
+
+/// The `total:` line of a run's output, with a dry run's "would change" read as "changed".
+fn total_line(out: &str) -> String {
+    let line = out.lines().find(|l| l.starts_with("total: ")).unwrap_or_else(|| panic!("no total line:\n{out}"));
+    line.replace("would change", "changed")
+}
+
+fn reprocess_changes_exactly_what_the_new_rules_change_in_postgres_and_the_archive(layout: Layout) {
+    let s = Reprocess::start(layout);
+    s.write_events(5);
+    s.write_events(1);
+    // Yesterday's rules fill the empty columns (Firefox taken for a bot by a bad pattern).
+    let (ok, out) = s.reprocess(&[], None);
+    assert!(ok, "{out}");
+    assert!(out.contains("total: 72 events; 48 changed"), "every event with a page user agent got an agent:\n{out}");
+    // What receipt knew that the stored rows cannot say again: the iPhone's full address was in
+    // France's /28; one visitor sent no User-Agent header; an older parser named a browser otherwise.
+    execute_batch(
+        &s.url,
+        "UPDATE events_raw.clicks SET country = 'FR' WHERE session_id = 'iphone'; UPDATE events_raw.pageviews SET country = 'FR' WHERE session_id = 'iphone';
+         UPDATE events_raw.clicks SET is_bot = true, bot_reason = 'no_user_agent' WHERE session_id = 'noua';
+         UPDATE events_raw.pageviews SET is_bot = true, bot_reason = 'no_user_agent' WHERE session_id = 'noua';
+         UPDATE events_raw.clicks SET browser = 'OldName' WHERE session_id = 'stale'; UPDATE events_raw.pageviews SET browser = 'OldName' WHERE session_id = 'stale'",
+    );
+    // Day -1's visits, as the loaders would have kept them from these events.
+    execute_batch(
+        &s.url,
+        &format!(
+            "INSERT INTO chronos.sessions (session_id, started_at, ended_at, events, pageviews, is_bot, browser, country)
+             SELECT session_id, min(time), max(time), count(*), 0, bool_or(is_bot), min(browser), min(country)
+             FROM events_raw.clicks WHERE time >= timestamptz '{} 00:00:00+00' GROUP BY session_id",
+            s.day(1)
+        ),
+    );
+    let out = chronos_cli(&s.config, &["archive", "run"]);
+    assert!(out.status.success() && output_text(&out).contains(&s.day(5)), "{}", output_text(&out));
+    let before = s.state();
+    assert_eq!(before.keys().filter(|k| k.1.ends_with("archive")).count(), 12, "day -5 is in the archive only: {before:?}");
+
+    // Today's rules: iPhones are bots, Firefox no longer; a database that places 198.51.100.0/24
+    // and splits 203.0.113.0/24.
+    s.set_rules(&["iphone"]);
+    write_city_db(&s.geoip, &[("198.51.100.0/24", "NL", "Noord-Holland", "Amsterdam"), ("203.0.113.64/28", "DE", "Berlin", "Berlin")]);
+    let (ok, dry) = s.reprocess(&["--dry-run"], None);
+    assert!(ok, "{dry}");
+    assert_eq!(s.state(), before, "a dry run changes nothing");
+    let expected = "total: 72 events; 48 changed: bot flag 24 (12 flagged, 12 no longer), agent 12, place 12";
+    assert_eq!(total_line(&dry), expected, "{dry}");
+    assert!(dry.contains(&format!("events.clicks {} (archive file): 24 events; 16 would change", s.day(5))), "{dry}");
+    assert!(
+        dry.contains("  12 events whose batch page holds no user_agent") && dry.contains("  36 events whose place cannot be told again"),
+        "{dry}"
+    );
+
+    // Cut as kill -9 would, at each step of the archive's rewrite and between PostgreSQL slices.
+    for failpoint in ["reprocess:uploaded", "reprocess:recorded", "reprocess:slice"] {
+        let (ok, out) = s.reprocess(&["--batch-rows", "5"], Some(failpoint));
+        assert!(!ok && out.contains(&format!("CHRONOS_FAILPOINT={failpoint}: aborting")), "{failpoint}: {out}");
+    }
+    let (ok, out) = s.reprocess(&["--batch-rows", "5"], None);
+    assert!(ok, "{out}");
+    assert!(out.contains("cut short before: finished now"), "{out}");
+    assert_eq!(total_line(&out), expected, "what the run did, counted across its cuts, is what the dry run said:\n{out}");
+
+    // Exactly the events the rules change, and nothing else.
+    let after = s.state();
+    assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+    let some = |v: &str| Some(v.to_string());
+    for (key, values) in &after {
+        let old = &before[key][0].0;
+        let want: Enriched = match key.2.as_str() {
+            "chrome" => (false, None, some("Chrome"), some("NL")),
+            "iphone" => (true, some("user_agent"), some("Safari"), some("FR")),
+            "firefox" => (false, None, some("Firefox"), None),
+            "stale" => (false, None, some("Chrome"), None),
+            _ => old.clone(),
+        };
+        assert_eq!(values, &vec![(want, before[key][0].1)], "{key:?} was {:?}", before[key]);
+    }
+    // One file per archived table-day, verified; the cut runs' objects swept.
+    let verify = chronos_cli(&s.config, &["archive", "verify"]);
+    assert!(verify.status.success(), "{}", output_text(&verify));
+    for table in ["clicks", "pageviews"] {
+        let names: Vec<String> =
+            std::fs::read_dir(s.archive.join(table)).unwrap().map(|f| f.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 2, "{table}: {names:?}");
+    }
+    // The views follow (they read is_bot), over PostgreSQL and the archive; the visits too.
+    let counted: Vec<(String, i64)> =
+        query(&s.url, "SELECT element, count FROM views.element_counts ORDER BY 1").iter().map(|r| (r.get(0), r.get(1))).collect();
+    let people = ["chrome", "firefox", "server", "stale"].map(|e| (e.to_string(), 8i64));
+    assert_eq!(counted, people, "{out}");
+    assert!(out.contains("visits (chronos.sessions): 4 updated"), "chrome's place, iphone's and firefox's flags, stale's browser: {out}");
+    let visits: Vec<(String, bool, Option<String>, Option<String>)> =
+        query(&s.url, "SELECT session_id, is_bot, browser, country FROM chronos.sessions ORDER BY 1")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+    let want: Vec<(String, bool, Option<String>, Option<String>)> = vec![
+        ("chrome".into(), false, some("Chrome"), some("NL")),
+        ("firefox".into(), false, some("Firefox"), None),
+        ("iphone".into(), true, some("Safari"), some("FR")),
+        ("noua".into(), true, None, None),
+        ("server".into(), false, None, None),
+        ("stale".into(), false, some("Chrome"), None),
+    ];
+    assert_eq!(visits, want);
+    let audit =
+        query(&s.url, "SELECT count(*), bool_and(finished_at IS NOT NULL), max(array_to_string(views_rebuilt, ',')) FROM chronos.reprocessings");
+    assert_eq!((audit[0].get::<_, i64>(0), audit[0].get::<_, bool>(1)), (2, true));
+    assert!(audit[0].get::<_, String>(2).contains("element_counts"), "{out}");
+    // Nothing left to do: a second run changes nothing.
+    let (ok, again) = s.reprocess(&[], None);
+    assert!(ok && again.contains("total: 72 events; 0 changed"), "{again}");
+}
+
+on_both_layouts!(reprocess_changes_exactly_what_the_new_rules_change_in_postgres_and_the_archive);

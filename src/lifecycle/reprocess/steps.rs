@@ -64,7 +64,7 @@ impl Step {
 /// Adds `counts` to the step's and marks how far it got, in the caller's transaction.
 pub async fn record(client: &impl GenericClient, run: i64, step: &Step, counts: &Counts, done_until: i64, done: bool) -> Result<()> {
     let added: Vec<String> = COUNT_COLUMNS.iter().map(|c| format!("{c} = s.{c} + EXCLUDED.{c}")).collect();
-    let params: Vec<String> = (8..8 + COUNT_COLUMNS.len()).map(|n| format!("${n}")).collect();
+    let params: Vec<String> = (7..7 + COUNT_COLUMNS.len()).map(|n| format!("${n}")).collect();
     let sql = format!(
         "INSERT INTO chronos.reprocess_steps AS s (run_id, place, table_name, day, done, done_until, {cols})
          VALUES ($1, $2, $3, ($4::text)::date, $5, timestamptz 'epoch' + $6::bigint * interval '1 microsecond', {params})
