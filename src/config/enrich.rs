@@ -69,3 +69,26 @@ impl EnrichConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extra_bot_pattern_that_does_not_compile_is_named() {
+        let mut c = EnrichConfig { extra_bot_patterns: vec!["acme-monitor/".into(), "^probe(".into()], ..EnrichConfig::default() };
+        let mut errors = Vec::new();
+        c.errors(&mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("enrich.extra_bot_patterns: \"^probe(\" is not a regular expression"), "{errors:?}");
+        c.extra_bot_patterns.pop();
+        let mut errors = Vec::new();
+        c.errors(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        // What the validated list then does at receipt.
+        let ua = Some("Mozilla/5.0 (X11; Linux x86_64) AcmeProbe/2.0");
+        assert_eq!(crate::enrich::Enricher::new(10).agent(ua, false).bot, None);
+        c.extra_bot_patterns = vec!["acmeprobe/".into()];
+        assert_eq!(crate::enrich::Enricher::from_config(&c).agent(ua, false).bot, Some(crate::enrich::reason::USER_AGENT));
+    }
+}
