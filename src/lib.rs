@@ -37,10 +37,11 @@
 //!      chronosd's poll of it, which also marks stalled partitions.
 //!    - [`tracker`]: the browser tracker bundle (built in `tracker/`), configured from the config file.
 //!    - [`views`]: the continuous views — their SQL, the in-memory aggregation a loader does in
-//!      the walk that builds its COPY rows, and their install.
+//!      the walk that builds its COPY rows, their install, and a rebuild's shadow table and fence.
 //!    - [`import`]: historical import (`chronos import`, `POST /v1/import`).
 //!    - [`lifecycle`]: retention — old days to Parquet (verified), then dropped; list, verify,
-//!      restore; export; erasure; reprocess (enrichment run again over stored events).
+//!      restore; export; erasure; reprocess (enrichment run again over stored events); the
+//!      rebuild of views from PostgreSQL and the archive (`chronos views rebuild`).
 //!    - [`load`]: loaders — the group consumer, one supervised `PartitionLoader` per partition
 //!      (its own queue), dead-letter replay.
 //!    - [`http`]: receipt — `POST /v1/batch`, auth (write keys, origins; keys stored in

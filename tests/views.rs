@@ -463,7 +463,154 @@ fn views_are_added_with_backfill_and_dropped_while_events_flow(layout: Layout) {
     s.d.terminate();
 }
 
-on_both_layouts!(views_equal_the_raw_queries_also_after_kill_9, views_are_added_with_backfill_and_dropped_while_events_flow);
+/// Clicks and mouse moves inserted straight into the tables (the loaders,
+/// hence the views, never see them) on the day `today - ago`.
+fn insert_old_day(url: &str, today: i64, ago: i64, n: i64) {
+    let day = chronos::lifecycle::day_str(today - ago);
+    let common = "t, t, t, false, 'old-' || (i % 7), md5('{table}{day}' || i)::uuid, 0, 'k', jsonb_build_object('url', 'https://shop.example.com/p' || (i % 5), 'title', 'Old ' || (i % 3))";
+    let common = |table: &str| common.replace("{day}", &day).replace("{table}", table);
+    let base = "time, client_time, received_at, time_flagged, session_id, batch_id, position, key_id, metadata";
+    let series = format!("FROM generate_series(0, {n} - 1) i, LATERAL (SELECT timestamptz '{day} 00:00:00+00' + i * interval '7.3 second') s(t)");
+    query(
+        url,
+        &format!(
+            "INSERT INTO events.clicks ({base}, element, buttons, x, y, selector)
+             SELECT {}, (ARRAY['BUTTON', 'A', 'DIV'])[1 + i % 3], i % 4, i % 2000 - 100, i % 1000, CASE WHEN i % 3 = 0 THEN NULL ELSE 'main>button.b' || (i % 3) END {series}",
+            common("c")
+        ),
+    );
+    query(url, &format!("INSERT INTO events.mouse_moves ({base}, x, y) SELECT {}, i % 1500, i % 900 {series}", common("m")));
+}
+
+/// Clicks per element with `buttons <> 2` in the archive's files, read with the parquet crate.
+fn archived_clicks_by_element(dir: &std::path::Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for f in std::fs::read_dir(dir.join("clicks")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "parquet") {
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap();
+            for b in builder.build().unwrap() {
+                let b = b.unwrap();
+                let element = arrow_array::cast::AsArray::as_string::<i32>(b.column_by_name("element").unwrap());
+                let buttons = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Int64Type>(b.column_by_name("buttons").unwrap());
+                for i in (0..b.num_rows()).filter(|&i| buttons.value(i) != 2) {
+                    *out.entry(element.value(i).to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `chronos views rebuild` with `CHRONOS_FAILPOINT=rebuild:read`, killed
+/// (SIGKILL) once it has read its first day into the shadows.
+fn rebuild_killed_midway(config: &std::path::Path, views: &[&str]) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chronos"))
+        .arg("--config")
+        .arg(config)
+        .args(["views", "rebuild"])
+        .args(views)
+        .env("CHRONOS_FAILPOINT", "rebuild:read")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = Vec::new();
+    // stderr is not a terminal: no progress bar, whole lines.
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains("CHRONOS_FAILPOINT=rebuild:read: waiting to be killed") {
+            std::thread::sleep(Duration::from_millis(500));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        said.push(line);
+    }
+    panic!("the rebuild ended before its failpoint: {}", said.join("\n"));
+}
+
+fn a_rebuild_under_load_counts_postgres_and_the_archive_exactly(layout: Layout) {
+    let s = stack(layout);
+    // The CLI's config adds retention (chronosd's keeps 30 days: it archives nothing here).
+    let archive = temp_dir();
+    let config = archive.path().join("chronos.toml");
+    std::fs::write(&config, format!("{}\n[retention]\nraw_days = 9\narchive = \"{}\"\n", s.toml, archive.path().join("a").display())).unwrap();
+    let cli = |args: &[&str]| {
+        let out = chronos_cli(&config, args);
+        (out.status.success(), output_text(&out))
+    };
+    let (ok, out) = add_views(&s, TEST_VIEWS, &[]);
+    assert!(ok, "{out}");
+    let mut rng = Rng(0x5eed);
+    let mut sent = post_varied(&s, &mut rng, 60);
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
+
+    // Killed midway under load: the old state serves on, exact.
+    let poster = Poster::start(s.d.url("/v1/batch"), 5);
+    rebuild_killed_midway(&config, &["t_clicks", "t_all", "element_counts"]);
+    assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.views WHERE rebuilding IS NOT NULL"), 3, "the killed run left its marks");
+    std::thread::sleep(Duration::from_millis(700));
+    let (_, events) = poster.stop();
+    sent += events;
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
+    check_test_views(&s.url);
+
+    // Days the views never counted: one in PostgreSQL, two archived.
+    let today = chronos::store::today();
+    for ago in [2, 11, 12] {
+        insert_old_day(&s.url, today, ago, 400);
+    }
+    let (ok, out) = cli(&["archive", "run"]);
+    assert!(ok, "{out}");
+    assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.archives WHERE rows = 400 AND dropped_at IS NOT NULL"), 4, "{out}");
+    // A broken view is repaired by its rebuild.
+    query(&s.url, "UPDATE chronos.views SET broken = 'test', broken_at = now() WHERE name = 't_total'");
+    query(&s.url, "UPDATE chronos.view_generation SET generation = generation + 1");
+
+    // Every view rebuilt while batches arrive (and after the killed run).
+    let names: Vec<String> = query(&s.url, "SELECT name FROM chronos.views ORDER BY name").iter().map(|r| r.get(0)).collect();
+    let poster = Poster::start(s.d.url("/v1/batch"), 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut args = vec!["views", "rebuild"];
+    args.extend(names.iter().map(String::as_str));
+    let started = Instant::now();
+    let (ok, out) = cli(&args);
+    assert!(ok && out.contains("1600 from the archive (4 files"), "{out}");
+    eprintln!("rebuilt {} views under load in {:.1} s: {out}", names.len(), started.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, events) = poster.stop();
+    sent += events + 2 * 400; // the old day left in PostgreSQL
+    wait_for_events(&s.url, &TABLES, sent, Duration::from_secs(120), &s.d);
+    assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.views WHERE rebuilding IS NOT NULL OR broken IS NOT NULL"), 0);
+    assert_eq!(count(&s.url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'views' AND tablename LIKE '%_mrel_new'"), 0);
+
+    // Clicks per element: PostgreSQL's rows plus a Parquet read of the archive.
+    let mut want = archived_clicks_by_element(&archive.path().join("a"));
+    assert_eq!(want.values().sum::<i64>(), 2 * 400 - 2 * 100, "buttons = 2 left out");
+    for r in query(&s.url, "SELECT element, count(*) FROM events.clicks WHERE buttons <> 2 GROUP BY 1") {
+        *want.entry(r.get(0)).or_insert(0) += r.get::<_, i64>(1);
+    }
+    let got: BTreeMap<String, i64> =
+        query(&s.url, "SELECT element, sum(count)::bigint FROM views.t_clicks GROUP BY 1").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, want);
+
+    // The archived days back in PostgreSQL: every view equals the raw queries.
+    let (from, to) = (chronos::lifecycle::day_str(today - 12), chronos::lifecycle::day_str(today - 11));
+    for table in ["clicks", "mouse_moves"] {
+        let (ok, out) = cli(&["archive", "restore", "--table", table, "--from", &from, "--to", &to]);
+        assert!(ok && out.contains("400 of 400 rows restored"), "{out}");
+    }
+    check_test_views(&s.url);
+    assert_views_equal_fresh_copies(&s.url, &config, &["p50", "p90"]);
+}
+
+on_both_layouts!(
+    views_equal_the_raw_queries_also_after_kill_9,
+    views_are_added_with_backfill_and_dropped_while_events_flow,
+    a_rebuild_under_load_counts_postgres_and_the_archive_exactly
+);
 
 /// The string literals the views' SQL is generated with read back as the
 /// same text from real PostgreSQL, with `standard_conforming_strings` on and
