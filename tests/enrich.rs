@@ -290,6 +290,27 @@ impl Reprocess {
         (out.status.success(), output_text(&out))
     }
 
+    /// Starts a run that stops after its first PostgreSQL slice, and `kill -9`s it there.
+    fn kill_midway(&self) {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chronos"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["reprocess", "--from", &self.day(5), "--to", &self.day(1), "--by", "test", "--batch-rows", "5"])
+            .env("CHRONOS_FAILPOINT", "reprocess:slice:hang")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let sliced = "SELECT count(*) FROM chronos.reprocess_steps WHERE place = 'postgres' AND NOT done AND changed > 0";
+        let until = Instant::now() + Duration::from_secs(60);
+        while count(&self.url, sliced) == 0 {
+            assert!(child.try_wait().unwrap().is_none() && Instant::now() < until, "the run never committed a slice");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
     /// Every event's enrichment, from PostgreSQL and the archive files:
     /// (table, "day place", session) → each distinct (is_bot, bot_reason, browser, country) with its count.
     fn state(&self) -> State {
@@ -399,11 +420,13 @@ fn reprocess_changes_exactly_what_the_new_rules_change_in_postgres_and_the_archi
         "{dry}"
     );
 
-    // Cut as kill -9 would, at each step of the archive's rewrite and between PostgreSQL slices.
-    for failpoint in ["reprocess:uploaded", "reprocess:recorded", "reprocess:slice"] {
+    // Cut as kill -9 would after each step of the archive's rewrite; then killed with
+    // SIGKILL between two PostgreSQL slices.
+    for failpoint in ["reprocess:uploaded", "reprocess:recorded"] {
         let (ok, out) = s.reprocess(&["--batch-rows", "5"], Some(failpoint));
         assert!(!ok && out.contains(&format!("CHRONOS_FAILPOINT={failpoint}: aborting")), "{failpoint}: {out}");
     }
+    s.kill_midway();
     let (ok, out) = s.reprocess(&["--batch-rows", "5"], None);
     assert!(ok, "{out}");
     assert!(out.contains("cut short before: finished now"), "{out}");

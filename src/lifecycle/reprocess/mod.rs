@@ -75,12 +75,20 @@ pub struct Report {
     pub views_secs: f64,
 }
 
-/// Aborts the process at step `name` when `CHRONOS_FAILPOINT` names it: how
-/// the tests cut a run as `kill -9` would.
+/// Aborts the process at step `name` when `CHRONOS_FAILPOINT` names it, or
+/// with `<name>:hang` stops there until it is killed: how the tests cut a run
+/// as `kill -9` would, and `kill -9` it.
 fn failpoint(name: &str) {
-    if std::env::var("CHRONOS_FAILPOINT").is_ok_and(|f| f == name) {
+    let Ok(f) = std::env::var("CHRONOS_FAILPOINT") else { return };
+    if f == name {
         eprintln!("CHRONOS_FAILPOINT={name}: aborting");
         std::process::abort();
+    }
+    if f.strip_suffix(":hang") == Some(name) {
+        eprintln!("CHRONOS_FAILPOINT={f}: waiting to be killed");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
 
