@@ -78,12 +78,6 @@ impl Enricher {
         Self::with_bot_patterns(cache_entries, &[])
     }
 
-    /// The enricher `[enrich]` asks for: the `isbot` list with
-    /// `extra_bot_patterns` added (checked by the config's validation).
-    pub fn from_config(c: &crate::config::EnrichConfig) -> Self {
-        Self::with_bot_patterns(c.ua_cache_entries, &c.extra_bot_patterns)
-    }
-
     /// An enricher whose bot list is `isbot`'s plus `extra` (regular
     /// expressions, matched case-insensitively; each must compile).
     pub fn with_bot_patterns(cache_entries: usize, extra: &[String]) -> Self {

@@ -54,6 +54,12 @@ pub enum BotPolicy {
 }
 
 impl EnrichConfig {
+    /// The enricher these settings ask for: the `isbot` list with
+    /// `extra_bot_patterns` added (each checked by [`EnrichConfig::errors`]).
+    pub fn enricher(&self) -> crate::enrich::Enricher {
+        crate::enrich::Enricher::with_bot_patterns(self.ua_cache_entries, &self.extra_bot_patterns)
+    }
+
     /// What is wrong with `[enrich]`, each naming its key.
     pub(super) fn errors(&self, errors: &mut Vec<String>) {
         positive(errors, [("enrich.ua_cache_entries", self.ua_cache_entries as u64), ("enrich.geoip_reload_secs", self.geoip_reload_secs)]);
@@ -89,6 +95,6 @@ mod tests {
         let ua = Some("Mozilla/5.0 (X11; Linux x86_64) AcmeProbe/2.0");
         assert_eq!(crate::enrich::Enricher::new(10).agent(ua, false).bot, None);
         c.extra_bot_patterns = vec!["acmeprobe/".into()];
-        assert_eq!(crate::enrich::Enricher::from_config(&c).agent(ua, false).bot, Some(crate::enrich::reason::USER_AGENT));
+        assert_eq!(c.enricher().agent(ua, false).bot, Some(crate::enrich::reason::USER_AGENT));
     }
 }

@@ -46,7 +46,7 @@ impl ReceiptShared {
             max_decompressed_bytes: c.http.max_decompressed_bytes,
             max_reasons: c.http.max_reasons,
             metrics,
-            enricher: c.enrich.enabled.then(|| Arc::new(crate::enrich::Enricher::from_config(&c.enrich))),
+            enricher: c.enrich.enabled.then(|| Arc::new(c.enrich.enricher())),
             bots: c.enrich.bots,
             // Checked readable when the config was loaded.
             geo: c

@@ -65,7 +65,7 @@ pub async fn run(config: &Config, mut input: impl BufRead, opts: &Options, mut p
         true => None,
         false => Some(Producer::new(config)?),
     };
-    let enricher = config.enrich.enabled.then(|| std::sync::Arc::new(crate::enrich::Enricher::from_config(&config.enrich)));
+    let enricher = config.enrich.enabled.then(|| std::sync::Arc::new(config.enrich.enricher()));
     let mut importer = Importer::new(config, &opts.key_id, now_ms(), enricher);
     let mut summary = Summary::default();
     let (mut seen, mut sent) = (HashSet::new(), Vec::new());

@@ -33,7 +33,7 @@ use super::archive::{self, Archiver, Manifest, REPROCESS_LOCK, RUN_LOCK};
 use super::rebuild;
 use crate::catalog::EventCatalog;
 use crate::config::Config;
-use crate::enrich::{Enricher, GeoIp};
+use crate::enrich::GeoIp;
 use rules::{Counts, Rules, Stages};
 use steps::{Place, Step};
 
@@ -99,7 +99,7 @@ pub fn rules(config: &Config, stages: Stages) -> Result<Rules> {
         Some(p) if stages.geo => Some(GeoIp::open(p).map_err(anyhow::Error::msg)?),
         _ => None,
     };
-    Ok(Rules::new(stages, Enricher::from_config(&config.enrich), geo))
+    Ok(Rules::new(stages, config.enrich.enricher(), geo))
 }
 
 /// Runs (or, with `dry_run`, counts) a reprocess. Holds the reprocess lock

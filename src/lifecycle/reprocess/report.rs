@@ -92,12 +92,13 @@ mod tests {
         let text = lines(&report, true, true).join("\n");
         assert!(text.contains("events.clicks 2024-10-04 (archive file): 10 events; 4 would change: bot flag 4 (4 flagged, 0 no longer)"), "{text}");
         assert!(text.contains("  2 events whose batch page holds no user_agent"), "{text}");
-        assert!(
-            text.contains("views that read a would-be changed column (their aggregates still count the old values): clicks_by_element"),
-            "{text}"
-        );
-        assert!(!text.contains("visits") && !text.contains("chronos views rebuild"), "a dry run changes none: {text}");
+        assert!(text.contains("views that read a would-be changed column (the run rebuilds them): clicks_by_element"), "{text}");
+        assert!(!text.contains("visits") && !text.contains("rebuilt"), "a dry run changes none: {text}");
         let real = lines(&report, false, true).join("\n");
-        assert!(real.contains("4 changed") && real.contains("  chronos views rebuild clicks_by_element"), "{real}");
+        assert!(
+            real.contains("4 changed") && real.contains("views rebuilt from the raw events (they read a changed column): clicks_by_element"),
+            "{real}"
+        );
+        assert!(real.contains("visits (chronos.sessions): 0 updated"), "{real}");
     }
 }
