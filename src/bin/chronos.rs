@@ -600,7 +600,8 @@ fn rebuild_progress() -> impl FnMut(&chronos::lifecycle::rebuild::Progress) {
 fn print_rebuilt(done: &chronos::lifecycle::rebuild::Rebuilt) {
     let rate = |rows: u64, secs: f64| if secs > 0.0 { format!("{:.0} events/s", rows as f64 / secs) } else { "-".into() };
     println!(
-        "rebuilt {}: {} events from PostgreSQL ({} table-days, {:.1} s, {}), {} from the archive ({} files, {:.1} s, {})",
+        "rebuilt {}: {} events from PostgreSQL ({} table-days, {:.1} s, {}), {} from the archive ({} files, {:.1} s, {}); \
+         {} groups written by the loaders meanwhile",
         done.views.join(", "),
         done.pg_rows,
         done.pg_days,
@@ -609,7 +610,8 @@ fn print_rebuilt(done: &chronos::lifecycle::rebuild::Rebuilt) {
         done.archive_rows,
         done.archive_days,
         done.archive_secs,
-        rate(done.archive_rows, done.archive_secs)
+        rate(done.archive_rows, done.archive_secs),
+        done.loader_groups
     );
 }
 

@@ -46,6 +46,9 @@ pub struct Rebuilt {
     pub archive_rows: u64,
     pub archive_days: usize,
     pub archive_secs: f64,
+    /// Groups the loaders wrote into the new state while it was built (what
+    /// they committed after the snapshot).
+    pub loader_groups: i64,
 }
 
 /// Whether the rebuild takes the archive lock or its caller holds it (an
@@ -230,15 +233,21 @@ async fn wait_for_archive_lock(control: &Client) -> Result<()> {
     }
 }
 
-/// Stops the rebuild at step `name`, while its shadow is half filled, until
-/// the process is killed, when `CHRONOS_FAILPOINT` names it: how the tests
-/// `kill -9` a rebuild midway.
+/// Stops the rebuild at step `name`, while its shadow is half filled, when
+/// `CHRONOS_FAILPOINT` names it: until the process is killed (how the tests
+/// `kill -9` a rebuild midway), or for 10 s with `<name>:pause` (how they make
+/// sure loaders commit between the snapshot and the swap).
 async fn failpoint(name: &str) {
-    if std::env::var("CHRONOS_FAILPOINT").is_ok_and(|f| f == name) {
+    let Ok(point) = std::env::var("CHRONOS_FAILPOINT") else { return };
+    if point == name {
         eprintln!("CHRONOS_FAILPOINT={name}: waiting to be killed");
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
+    }
+    if point.strip_suffix(":pause") == Some(name) {
+        eprintln!("CHRONOS_FAILPOINT={point}: pausing 10 s");
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     }
 }
 
@@ -270,6 +279,10 @@ async fn fenced(
     let mut done = Rebuilt { views: jobs.iter().map(|j| j.def.name.clone()).collect(), ..Rebuilt::default() };
     read_all(config, catalog, &tx, jobs, without, &mut done, progress).await?;
     tx.commit().await?;
+    for j in jobs.iter() {
+        let sql = format!("SELECT count(*) FROM {} WHERE __shard >= 0", shadow::shadow(&j.def.name));
+        done.loader_groups += control.query_one(&sql, &[]).await?.get::<_, i64>(0);
+    }
     swap(control, jobs).await?;
     Ok(done)
 }
@@ -341,7 +354,9 @@ async fn read_all(
             fill_shadows(tx, catalog, jobs, t, &rows_sql).await?;
         }
         (p.days_done, p.rows, done.pg_rows, done.pg_days) = (p.days_done + 1, p.rows + n as u64, done.pg_rows + n as u64, done.pg_days + 1);
-        failpoint("rebuild:read").await;
+        if p.days_done == 1 {
+            failpoint("rebuild:read").await;
+        }
     }
     done.pg_secs = started.elapsed().as_secs_f64();
     let archiver = if archived.is_empty() { None } else { Some(Archiver::new(config)?) };
