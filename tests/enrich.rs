@@ -307,8 +307,15 @@ impl Reprocess {
             assert!(child.try_wait().unwrap().is_none() && Instant::now() < until, "the run never committed a slice");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // One run at a time.
+        let (ok, out) = self.reprocess(&[], None);
+        assert!(!ok && out.contains("another chronos reprocess is running; try again when it ends"), "{out}");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // The run cut short is to be finished first, by the same command.
+        let (ok, out) = self.reprocess(&["--only", "bots"], None);
+        let same = format!("finish it first: chronos reprocess --from {} --to {} --only bots,agent,geo", self.day(5), self.day(1));
+        assert!(!ok && out.contains(&same), "{out}");
     }
 
     /// Every event's enrichment, from PostgreSQL and the archive files:
