@@ -175,6 +175,9 @@ CREATE TABLE IF NOT EXISTS chronos.views (
 -- for good); NULL while it is maintained. Drop and add it again once fixed.
 ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken text;
 ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS broken_at timestamptz;
+-- rebuilding: when a rebuild (src/lifecycle/rebuild.rs) began filling the
+-- view's shadow table views."<name>_mrel_new", which loaders also write meanwhile.
+ALTER TABLE chronos.views ADD COLUMN IF NOT EXISTS rebuilding timestamptz;
 CREATE TABLE IF NOT EXISTS chronos.view_generation (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     generation bigint NOT NULL
@@ -211,6 +214,39 @@ CREATE TABLE IF NOT EXISTS chronos.erasures (
     files_rewritten integer NOT NULL,
     dead_letters bigint NOT NULL,
     view_rows bigint NOT NULL
+);
+-- `chronos reprocess` (src/lifecycle/reprocess/): each run (who, when, the
+-- days and stages asked, the views it rebuilt), and its steps — a
+-- table's day in PostgreSQL or in the archive, a day's visits — with what
+-- each changed, written in the transaction that made the change, so a run
+-- cut short is finished, and counted, exactly by the next.
+CREATE TABLE IF NOT EXISTS chronos.reprocessings (
+    id bigserial PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    requested_by text NOT NULL,
+    from_day date NOT NULL,
+    to_day date NOT NULL,
+    stages text[] NOT NULL,
+    views_rebuilt text[] NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS chronos.reprocess_steps (
+    run_id bigint NOT NULL REFERENCES chronos.reprocessings (id) ON DELETE CASCADE,
+    place text NOT NULL,
+    table_name text NOT NULL,
+    day date NOT NULL,
+    done boolean NOT NULL DEFAULT false,
+    done_until timestamptz,
+    events bigint NOT NULL DEFAULT 0,
+    changed bigint NOT NULL DEFAULT 0,
+    bot bigint NOT NULL DEFAULT 0,
+    flagged bigint NOT NULL DEFAULT 0,
+    cleared bigint NOT NULL DEFAULT 0,
+    agent bigint NOT NULL DEFAULT 0,
+    geo bigint NOT NULL DEFAULT 0,
+    no_user_agent bigint NOT NULL DEFAULT 0,
+    no_place bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, place, table_name, day)
 );
 SELECT chronos.move_event_tables();
 CREATE TABLE IF NOT EXISTS events_raw."clicks" (
