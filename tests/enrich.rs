@@ -491,4 +491,64 @@ fn reprocess_changes_exactly_what_the_new_rules_change_in_postgres_and_the_archi
     assert!(ok && again.contains("total: 72 events; 0 changed"), "{again}");
 }
 
+/// Posts a 6-event batch of `session` as the tracker does (the page carries the user agent).
+fn post_tracked(d: &Chronosd, session: &str) {
+    let mut b = batch(session, 6);
+    b["page"]["user_agent"] = json!(BROWSER_UA);
+    let (status, body, _) = post(&client(), d, &b, "198.51.100.7");
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Reprocess runs online: while it updates today's rows, the loaders keep
+/// loading the same day (none fails, no event is lost or stored twice), and
+/// every event stored before it started follows the new rules.
+#[test]
+fn reprocess_runs_while_the_loaders_load() {
+    let stack = start_loading(1, |kafka, url| config_toml_with_pg(kafka, free_port(), url, "", FAST_IPS));
+    let (d, url) = (&stack.d, &stack.url);
+    const BEFORE: usize = 150;
+    for n in 0..BEFORE {
+        post_tracked(d, &format!("before-{n}"));
+    }
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", BEFORE as i64, Duration::from_secs(60), d);
+    // The CLI's config: chronosd's, with today's bot list (chronosd keeps its own until a restart).
+    let dir = temp_dir();
+    let config = dir.path().join("chronos.toml");
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    assert!(!text.contains("[enrich]"), "{text}");
+    std::fs::write(&config, format!("{text}\n[enrich]\nextra_bot_patterns = [\"firefox/\"]\n")).unwrap();
+    let today = chronos::lifecycle::day_str(chronos::store::today());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let during = std::thread::scope(|scope| {
+        let poster = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                post_tracked(d, &format!("during-{n}"));
+                n += 1;
+            }
+            n
+        });
+        let out = chronos_cli(&config, &["reprocess", "--from", &today, "--to", &today, "--batch-rows", "40"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let total = total_line(&output_text(&out));
+        let flagged: usize = total.split(" flagged").next().and_then(|t| t.rsplit('(').next()).and_then(|n| n.parse().ok()).unwrap();
+        assert!(flagged >= BEFORE * 6, "{total}");
+        poster.join().unwrap()
+    });
+    assert!(during > 0, "no batch was posted while reprocess ran");
+    wait_rows(url, "SELECT count(*) FROM events.pageviews", (BEFORE + during) as i64, Duration::from_secs(60), d);
+    std::thread::sleep(Duration::from_millis(500));
+    for table in ["pageviews", "clicks", "link_clicks", "mouse_moves", "key_presses", "form_submissions"] {
+        let stored = count(url, &format!("SELECT count(*) FROM events.{table}"));
+        let once = count(url, &format!("SELECT count(DISTINCT (batch_id, position)) FROM events.{table}"));
+        assert_eq!((stored, once), ((BEFORE + during) as i64, (BEFORE + during) as i64), "events.{table}: each posted event stored once");
+        let missed = count(url, &format!("SELECT count(*) FROM events.{table} WHERE session_id LIKE 'before-%' AND NOT is_bot"));
+        assert_eq!(missed, 0, "events.{table}: every event stored before the run follows the new list");
+    }
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.dead_letters"), 0);
+    assert!(!d.log_text().contains("ERROR"), "{}", d.log_text());
+    assert_eq!(count(url, "SELECT count(*) FROM chronos.sessions WHERE session_id LIKE 'before-%' AND NOT is_bot"), 0, "their visits follow");
+}
+
 on_both_layouts!(reprocess_changes_exactly_what_the_new_rules_change_in_postgres_and_the_archive);
