@@ -192,6 +192,21 @@ fn archived_then_verified_listed_and_restored_exactly_once(layout: Layout) {
     assert_eq!(query(&s.url, view_rows)[0].get::<_, String>(0), view_before.clone(), "same days as the view filled before");
     let by_day = "SELECT string_agg(day::text || '=' || n, ',' ORDER BY day) FROM views.clicks_by_day";
     assert_eq!(query(&s.url, by_day)[0].get::<_, String>(0), view_before, "every day, archived or not");
+    // --from/--to replaces the groups of those days only: an archived day's
+    // group set wrong by hand stays wrong, the kept day's follows its rows.
+    let (kept, archived) = (chronos::lifecycle::day_str(s.today - 1), chronos::lifecycle::day_str(s.today - 4));
+    query(&s.url, &format!("DELETE FROM events.clicks WHERE time >= '{kept}' AND time < '{kept}'::date + 1 AND position = 0"));
+    query(&s.url, &format!("UPDATE views.clicks_by_day_mrel SET n = n + 1000 WHERE day = '{archived}'"));
+    let day_n = |day: &str| count(&s.url, &format!("SELECT n FROM views.clicks_by_day WHERE day = '{day}'"));
+    let (ok, out) = cli(&s, &["views", "rebuild", "clicks_by_day", "--from", &kept, "--to", &kept]);
+    assert!(ok && out.contains("450 events from PostgreSQL") && out.contains("0 from the archive"), "{out}");
+    assert_eq!((day_n(&kept), day_n(&archived)), (450, 1500), "{out}");
+    let (ok, out) = cli(&s, &["views", "rebuild", "clicks_by_day", "--from", &archived, "--to", &archived]);
+    assert!(ok && out.contains("500 from the archive (1 files"), "{out}");
+    assert_eq!((day_n(&kept), day_n(&archived)), (450, 500), "{out}");
+    // A view whose groups span days is rebuilt whole.
+    let (ok, out) = cli(&s, &["views", "rebuild", "element_counts", "--from", &kept]);
+    assert!(!ok && out.contains("view `element_counts` has no time bucket of a day or less"), "{out}");
 
     // A second run has nothing to do.
     let (ok, out) = cli(&s, &["archive", "run"]);

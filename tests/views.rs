@@ -528,6 +528,7 @@ fn rebuild_killed_midway(config: &std::path::Path, views: &[&str]) {
         }
         said.push(line);
     }
+    child.wait().unwrap();
     panic!("the rebuild ended before its failpoint: {}", said.join("\n"));
 }
 

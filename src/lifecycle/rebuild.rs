@@ -104,7 +104,8 @@ pub async fn rebuild_views(
                          so some days cannot be rebuilt apart: rebuild it whole (without --from/--to)"
                     );
                 }
-                Scope::Days { from: f.unwrap_or(i64::MIN / 2), to: t.unwrap_or(i64::MAX / 2) }
+                // Open ends: far enough for any event time (1696 to 2243).
+                Scope::Days { from: f.unwrap_or(-100_000), to: t.unwrap_or(100_000) }
             }
         };
         jobs.push(Job { def, scope, mark: String::new() });
