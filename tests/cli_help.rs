@@ -52,7 +52,8 @@ fn manual_covers_every_command_and_the_sections() {
         }
     }
     // Options appear with their explanation, and the environment is documented.
-    assert!(man.contains("--backfill") && man.contains("Fill the new views from the events already in the raw tables"));
+    assert!(man.contains("--backfill") && man.contains("Fill the new views from the events already stored (PostgreSQL and the archive)"));
+    assert!(man.contains("Recompute a view from the raw events (PostgreSQL and the archive)"));
     assert!(man.contains("--follow") && man.contains("CHRONOS_<SECTION>__<KEY>") && man.contains("CHRONOS_CONFIG"));
     assert!(man.contains("3   `chronos status`: a service of the local stack is down."));
 }

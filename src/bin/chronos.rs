@@ -535,7 +535,7 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                     println!("{:<28} from {:<18} {:>9} rows  created {}", v.name, v.source, v.rows, v.created_at);
                     if let Some(why) = &v.broken {
                         println!("  BROKEN, not maintained since a statement of it failed: {why}");
-                        println!("  (fix the cause, then `chronos views drop {}` and `chronos views add FILE --backfill`)", v.name);
+                        println!("  (fix the cause, then `chronos views rebuild {}`)", v.name);
                     }
                     if sql {
                         println!("  {}\n", v.definition);
