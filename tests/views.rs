@@ -552,6 +552,8 @@ fn a_rebuild_under_load_counts_postgres_and_the_archive_exactly(layout: Layout) 
     let poster = Poster::start(s.d.url("/v1/batch"), 5);
     rebuild_killed_midway(&config, &["t_clicks", "t_all", "element_counts"]);
     assert_eq!(count(&s.url, "SELECT count(*) FROM chronos.views WHERE rebuilding IS NOT NULL"), 3, "the killed run left its marks");
+    let (ok, list) = cli(&["views", "list"]);
+    assert!(ok && list.contains("a rebuild was cut short (the old state serves; `chronos views rebuild t_all` finishes it)"), "{list}");
     std::thread::sleep(Duration::from_millis(700));
     let (_, events) = poster.stop();
     sent += events;

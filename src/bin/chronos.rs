@@ -537,6 +537,12 @@ fn views(c: &chronos::config::Config, action: ViewsCmd) -> Result<()> {
                         println!("  BROKEN, not maintained since a statement of it failed: {why}");
                         println!("  (fix the cause, then `chronos views rebuild {}`)", v.name);
                     }
+                    if v.rebuilding {
+                        println!(
+                            "  being rebuilt, or a rebuild was cut short (the old state serves; `chronos views rebuild {}` finishes it)",
+                            v.name
+                        );
+                    }
                     if sql {
                         println!("  {}\n", v.definition);
                     }

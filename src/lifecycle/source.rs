@@ -192,3 +192,35 @@ pub async fn stage(tx: &Transaction<'_>, archiver: &Archiver, catalog: &EventCat
     let rows: i64 = tx.query_one(&format!("SELECT count(*) FROM ({rows_sql}) r"), &[]).await?.get(0);
     Ok(Staged { rows_sql, rows: rows as u64 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{built_in_events, EventCatalog};
+    use crate::views::parse_views;
+
+    #[test]
+    fn a_view_reads_a_table_day_as_its_source_presents_it() {
+        let catalog = EventCatalog::from_config(&built_in_events(), 2048);
+        let clicks = catalog.types().iter().position(|t| &*t.name == "clicks").unwrap();
+        let views = parse_views(
+            "CREATE VIEW a AS SELECT element, count(*) FROM clicks GROUP BY element;
+             CREATE VIEW b AS SELECT type, count(*) FROM events GROUP BY type;",
+            &catalog,
+        )
+        .unwrap();
+        let rows = pg_rows(&catalog, clicks, 3, Sessions::Without);
+        assert_eq!(
+            rows,
+            "SELECT * FROM events.\"clicks\" WHERE time >= (timestamptz 'epoch' + interval '1 day' * 3) AND time < \
+             (timestamptz 'epoch' + interval '1 day' * 4) AND session_id NOT IN (SELECT session_id FROM pg_temp.chronos_sessions)"
+        );
+        assert!(reads(&views[0], clicks) && !reads(&views[0], clicks + 1) && reads(&views[1], clicks + 1));
+        assert_eq!(from_item(&views[0], &catalog, clicks, "SELECT 1"), "(SELECT 1) AS e");
+        let all = from_item(&views[1], &catalog, clicks, "SELECT 1");
+        assert!(all.starts_with("(SELECT E'clicks'::text AS \"type\", r.\"time\", "), "{all}");
+        assert!(all.contains("r.\"metadata\"") && all.ends_with("FROM (SELECT 1) AS r) AS e"), "{all}");
+        assert_eq!(Sessions::All.condition("s.session_id"), "true");
+        assert_eq!(Sessions::Only.condition("s.session_id"), "s.session_id IN (SELECT session_id FROM pg_temp.chronos_sessions)");
+    }
+}

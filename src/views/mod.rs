@@ -151,6 +151,8 @@ pub struct ViewInfo {
     pub definition: String,
     /// Why the view is no longer maintained (`None`: it is).
     pub broken: Option<String>,
+    /// A rebuild began and has not swapped (running, or cut short).
+    pub rebuilding: bool,
 }
 
 /// Why adding or dropping a view failed.
@@ -222,7 +224,11 @@ pub async fn drop(client: &mut Client, name: &str) -> Result<(), ViewsError> {
 
 pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Error> {
     let rows = client
-        .query("SELECT name, source, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS TZ'), definition, broken FROM chronos.views ORDER BY name", &[])
+        .query(
+            "SELECT name, source, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS TZ'), definition, broken, rebuilding IS NOT NULL
+             FROM chronos.views ORDER BY name",
+            &[],
+        )
         .await?;
     let mut out = Vec::new();
     for r in rows {
@@ -232,7 +238,15 @@ pub async fn list(client: &Client) -> Result<Vec<ViewInfo>, tokio_postgres::Erro
             .await
             .map(|r| r.get::<_, i64>(0))
             .unwrap_or(-1);
-        out.push(ViewInfo { name, source: r.get(1), rows: count, created_at: r.get(2), definition: r.get(3), broken: r.get(4) });
+        out.push(ViewInfo {
+            name,
+            source: r.get(1),
+            rows: count,
+            created_at: r.get(2),
+            definition: r.get(3),
+            broken: r.get(4),
+            rebuilding: r.get(5),
+        });
     }
     Ok(out)
 }
