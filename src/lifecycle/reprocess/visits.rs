@@ -2,8 +2,8 @@
 //! are reprocessed, the enrichment of each visit that started that day is
 //! read again from its events in PostgreSQL, as the loaders derive it (a bot
 //! visit when any of its events is a bot's; browser, OS, device and place
-//! from its first event that has them). Visits whose events left PostgreSQL
-//! (archived days) keep theirs.
+//! from its first event, empty or not, as the loaders take its first
+//! batch's). Visits whose events left PostgreSQL (archived days) keep theirs.
 
 use anyhow::Result;
 use tokio_postgres::Client;
@@ -12,6 +12,15 @@ use super::rules::{Counts, Stages};
 use super::steps::{self, Step};
 use crate::catalog::EventCatalog;
 use crate::store::schema::table;
+
+/// Which event's facts a visit takes: the earliest, as the loaders take the
+/// piece that starts first; among events of one millisecond, the least facts
+/// (empty first), as `store::visits::Entry` orders them — but without the
+/// entry URL and referrer, which lead that order and are not event columns:
+/// visits whose first millisecond holds two batches with different agents may
+/// differ from the loaders' pick.
+const FIRST: &str = "ev.time, ev.browser NULLS FIRST, ev.os NULLS FIRST, ev.device_type NULLS FIRST, \
+                     ev.country NULLS FIRST, ev.region NULLS FIRST, ev.city NULLS FIRST";
 
 /// Tries of a day's update: a loader updating the same visits can deadlock with it.
 const TRIES: usize = 3;
@@ -54,7 +63,9 @@ fn statement(catalog: &EventCatalog, stages: Stages) -> Option<String> {
         .iter()
         .map(|c| match *c {
             "is_bot" => "bool_or(ev.is_bot) AS is_bot".to_string(),
-            c => format!("(array_agg(ev.{c} ORDER BY ev.time) FILTER (WHERE ev.{c} IS NOT NULL))[1] AS {c}"),
+            // The loaders' rule (store::visits::Entry): the first piece's
+            // value, empty or not; the same event for every column.
+            c => format!("(array_agg(ev.{c} ORDER BY {FIRST}))[1] AS {c}"),
         })
         .collect();
     let set: Vec<String> = cols.iter().map(|c| format!("{c} = x.{c}")).collect();
