@@ -1,8 +1,9 @@
 //! `rebuild_perf [rows]`: how fast `chronos views rebuild` reads events, from
 //! PostgreSQL and from the Parquet archive: `rows` clicks on a day kept in
-//! PostgreSQL and `rows` on a day archived (written, verified, dropped), on
-//! one PostgreSQL (native partitions), then one view rebuilt with the count
-//! only and one with every aggregate kind. Method and results: perf/views.md.
+//! PostgreSQL and `rows` on a day archived (written, verified, dropped), in
+//! one database per table layout (native partitions, TimescaleDB hypertable)
+//! of one PostgreSQL, then one view rebuilt with the count only and one with
+//! every aggregate kind. Method and results: perf/views.md.
 
 use std::time::Instant;
 
@@ -60,45 +61,55 @@ fn main() -> Result<()> {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     }
     let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
-    let mut config = Config::default();
-    config.postgres.url = pg.url();
-    config.load.timescaledb = Timescale::Never;
-    config.load.max_past_secs = 86_400;
-    config.load.partitions_past_days = 6;
-    config.retention.raw_days = 3;
-    config.retention.archive = dir.path().join("archive").display().to_string();
-    let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
     let today = chronos::store::today();
+    println!("{rows} clicks in PostgreSQL ({}) and {rows} archived ({}), per layout", day_str(today - 1), day_str(today - 5));
+    println!("| layout | view | PostgreSQL events/s | Parquet events/s | total s |");
+    println!("|---|---|---|---|---|");
     block_on(async {
-        let mut client = chronos::store::connect(&config.postgres.url).await?;
-        chronos::install(&mut client, &catalog, &config.load).await?;
-        insert_day(&client, today - 5, rows).await?;
-        let t = Instant::now();
-        let report = Archiver::new(&config)?.run(&mut client, &catalog, today).await?.context("the archive lock is free")?;
-        anyhow::ensure!(report.errors.is_empty(), "{:?}", report.errors);
-        eprintln!("archived {} in {:.1} s", day_str(today - 5), t.elapsed().as_secs_f64());
-        insert_day(&client, today - 1, rows).await?;
-        client.batch_execute("VACUUM ANALYZE events_raw.clicks").await?;
-        client.batch_execute("VACUUM ANALYZE chronos.batches").await?;
-        client.batch_execute("CHECKPOINT").await?;
-        let defs = chronos::views::parse_views(VIEWS, &catalog)?;
-        chronos::views::add(&mut client, &defs, &catalog, false).await?;
-        println!("{rows} clicks in PostgreSQL ({}) and {rows} archived ({}), native partitions", day_str(today - 1), day_str(today - 5));
-        println!("| view | PostgreSQL events/s | Parquet events/s | total s |");
-        println!("|---|---|---|---|");
-        for view in ["perf_count", "perf_all"] {
-            let t = Instant::now();
-            let done = rebuild_views(&config, &catalog, &[view], None, None, ArchiveLock::Take, |_| {}).await?;
-            anyhow::ensure!(done.pg_rows == rows as u64 && done.archive_rows == rows as u64, "read {} + {} rows", done.pg_rows, done.archive_rows);
-            println!(
-                "| {view} | {:.0} | {:.0} | {:.1} |",
-                done.pg_rows as f64 / done.pg_secs,
-                done.archive_rows as f64 / done.archive_secs,
-                t.elapsed().as_secs_f64()
-            );
-            let n: i64 = client.query_one(&format!("SELECT sum(count)::bigint FROM views.{view}"), &[]).await?.get(0);
-            anyhow::ensure!(n == 2 * rows, "{view} counts {n} events of {}", 2 * rows);
+        let admin = chronos::store::connect(&pg.url()).await?;
+        for (name, mode) in [("native", Timescale::Never), ("hypertable", Timescale::Always)] {
+            admin.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+            let mut config = Config::default();
+            config.postgres.url = format!("{}/{name}", pg.url().rsplit_once('/').unwrap().0);
+            config.load.timescaledb = mode;
+            config.load.max_past_secs = 86_400;
+            config.load.partitions_past_days = 6;
+            config.retention.raw_days = 3;
+            config.retention.archive = dir.path().join(format!("archive-{name}")).display().to_string();
+            measure(&config, name, rows, today).await?;
         }
         anyhow::Ok(())
     })
+}
+
+/// Fills one database, archives the older day, rebuilds each view and prints its row.
+async fn measure(config: &Config, layout: &str, rows: i64, today: i64) -> Result<()> {
+    let catalog = EventCatalog::from_config(&config.events, config.limits.max_string_bytes);
+    let mut client = chronos::store::connect(&config.postgres.url).await?;
+    chronos::install(&mut client, &catalog, &config.load).await?;
+    insert_day(&client, today - 5, rows).await?;
+    let t = Instant::now();
+    let report = Archiver::new(config)?.run(&mut client, &catalog, today).await?.context("the archive lock is free")?;
+    anyhow::ensure!(report.errors.is_empty(), "{:?}", report.errors);
+    eprintln!("{layout}: archived {} in {:.1} s", day_str(today - 5), t.elapsed().as_secs_f64());
+    insert_day(&client, today - 1, rows).await?;
+    client.batch_execute("VACUUM ANALYZE events_raw.clicks").await?;
+    client.batch_execute("VACUUM ANALYZE chronos.batches").await?;
+    client.batch_execute("CHECKPOINT").await?;
+    let defs = chronos::views::parse_views(VIEWS, &catalog)?;
+    chronos::views::add(&mut client, &defs, &catalog, false).await?;
+    for view in ["perf_count", "perf_all"] {
+        let t = Instant::now();
+        let done = rebuild_views(config, &catalog, &[view], None, None, ArchiveLock::Take, |_| {}).await?;
+        anyhow::ensure!(done.pg_rows == rows as u64 && done.archive_rows == rows as u64, "read {} + {} rows", done.pg_rows, done.archive_rows);
+        println!(
+            "| {layout} | {view} | {:.0} | {:.0} | {:.1} |",
+            done.pg_rows as f64 / done.pg_secs,
+            done.archive_rows as f64 / done.archive_secs,
+            t.elapsed().as_secs_f64()
+        );
+        let n: i64 = client.query_one(&format!("SELECT sum(count)::bigint FROM views.{view}"), &[]).await?.get(0);
+        anyhow::ensure!(n == 2 * rows, "{view} counts {n} events of {}", 2 * rows);
+    }
+    Ok(())
 }
