@@ -188,7 +188,11 @@ pub async fn install(
         tracing::info!(views = added, "Created the default continuous views.");
     }
     if !rebuilt.is_empty() {
-        tracing::warn!(views = ?rebuilt, "Rebuilt continuous views from the raw tables (state table missing or of an older layout).");
+        tracing::warn!(
+            views = ?rebuilt,
+            "Rebuilt continuous views from the raw tables in PostgreSQL (state table missing or of an older layout); \
+             `chronos views rebuild NAME…` counts the archived days too."
+        );
     }
     Ok(installed)
 }
