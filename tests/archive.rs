@@ -554,11 +554,15 @@ fn erase_leaves_no_trace_of_the_session_anywhere(layout: Layout) {
     // Every view counts every stored event (the archived days were inserted
     // without the loaders): rebuilt from PostgreSQL and the archive.
     let names: Vec<String> = query(&s.url, "SELECT name FROM chronos.views ORDER BY name").iter().map(|r| r.get(0)).collect();
+    // What an erasure cut short leaves: a list of the groups it was correcting.
+    query(&s.url, "CREATE TABLE views.link_text_counts_mrel_grp (link_text text)");
+    query(&s.url, "INSERT INTO views.link_text_counts_mrel_grp VALUES ('left by a cut erasure')");
     let mut args = vec!["views", "rebuild"];
     args.extend(names.iter().map(String::as_str));
     let o = chronos_cli(&config, &args);
     assert!(o.status.success() && output_text(&o).contains("from the archive (2 files"), "{}", output_text(&o));
     assert!(count(&s.url, &format!("SELECT count(*) FROM views.link_text_counts WHERE link_text = 'secret {ERASED}'")) == 1);
+    assert_eq!(count(&s.url, "SELECT count(*) FROM pg_tables WHERE tablename = 'link_text_counts_mrel_grp'"), 0, "the next rebuild drops it");
     let element_before = count(&s.url, "SELECT count FROM views.element_counts WHERE element = 'BUTTON'");
     let others_before = count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE session_id <> '{ERASED}'"));
     let archived_before: i64 = count(&s.url, "SELECT sum(rows)::bigint FROM chronos.archives");

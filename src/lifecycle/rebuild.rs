@@ -295,6 +295,12 @@ async fn begin(control: &mut Client, jobs: &mut [Job]) -> Result<()> {
     for name in shadow::clear_stale(&tx).await? {
         tracing::info!(view = %name, "Cleared the shadow of a rebuild cut short.");
     }
+    // Group lists an erasure cut short left (they hold the erased keys), but this run's.
+    let ours: Vec<String> = jobs.iter().filter(|j| j.scope == Scope::Groups).map(|j| format!("{}_mrel_grp", j.def.name)).collect();
+    let left = tx.query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'views' AND tablename LIKE '%\\_mrel\\_grp'", &[]).await?;
+    for t in left.iter().map(|r| r.get::<_, String>(0)).filter(|t| !ours.contains(t)) {
+        tx.batch_execute(&format!("DROP TABLE views.{}", crate::store::schema::ident(&t))).await?;
+    }
     for j in jobs.iter_mut() {
         let broken: Option<String> = tx.query_opt("SELECT broken FROM chronos.views WHERE name = $1", &[&j.def.name]).await?.and_then(|r| r.get(0));
         if broken.is_some() && j.scope != Scope::All {
