@@ -96,7 +96,10 @@ impl Registry {
                     let def = defs.remove(0);
                     let tables: Vec<String> =
                         [(!broken).then(|| sql::mrel(&def)), rebuilding.then(|| shadow::shadow(&name))].into_iter().flatten().collect();
-                    views.push(LiveView { upsert: sql::upsert_into(&def, &tables), def });
+                    // LIVE_VIEWS returns no view with neither (broken and not rebuilt).
+                    if !tables.is_empty() {
+                        views.push(LiveView { upsert: sql::upsert_into(&def, &tables), def });
+                    }
                 }
                 Ok(_) => tracing::error!(view = %name, "Stored view definition is not one statement; view not maintained."),
                 Err(e) => tracing::error!(view = %name, error = %e, "Stored view no longer fits the catalog; view not maintained."),
