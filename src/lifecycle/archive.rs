@@ -103,6 +103,28 @@ impl Manifest {
     pub fn manifest_name(&self) -> String {
         format!("{}.manifest.json", self.location.trim_end_matches(".parquet"))
     }
+
+    /// The manifest of a rewritten copy of this day's file (erasure,
+    /// reprocess): named after its own checksum, with its own figures.
+    pub fn rewritten(&self, s: &super::file::Summary) -> Manifest {
+        Manifest {
+            location: file_name(&self.table, &self.day, Some(&s.sha256)),
+            rows: s.rows,
+            min_time: s.min_time,
+            max_time: s.max_time,
+            bytes: s.bytes as i64,
+            sha256: s.sha256.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// Uploads `file`, the rewritten copy this manifest describes, verified,
+    /// then the manifest beside it. The old objects stay until the caller's
+    /// record names the new ones.
+    pub async fn upload(&self, target: &super::target::Target, file: &std::path::Path) -> Result<()> {
+        target.put_verified(file, &self.location, &self.sha256, self.bytes as u64, |_| {}).await?;
+        target.put_small(&self.manifest_name(), serde_json::to_vec_pretty(self)?).await
+    }
 }
 
 /// The object an archive file of `table`'s `day` is: `<table>/<day>.parquet`

@@ -311,17 +311,8 @@ async fn rewrite(client: &Client, archiver: &Archiver, m: &Manifest, sessions: &
     let Some((s, removed)) = file::rewrite_without(local.path(), out.path(), "session_id", sessions)? else {
         return Ok(None);
     };
-    let new = Manifest {
-        location: archive::file_name(&m.table, &m.day, Some(&s.sha256)),
-        rows: s.rows,
-        min_time: s.min_time,
-        max_time: s.max_time,
-        bytes: s.bytes as i64,
-        sha256: s.sha256.clone(),
-        ..m.clone()
-    };
-    target.put_verified(out.path(), &new.location, &s.sha256, s.bytes, |_| {}).await?;
-    target.put_small(&new.manifest_name(), serde_json::to_vec_pretty(&new)?).await?;
+    let new = m.rewritten(&s);
+    new.upload(target, out.path()).await?;
     client
         .execute(
             "UPDATE chronos.archives SET location = $3, rows = $4, bytes = $5, sha256 = $6,

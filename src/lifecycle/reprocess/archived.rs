@@ -17,7 +17,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_postgres::Client;
 
-use super::super::archive::{self, Archiver, Manifest};
+use super::super::archive::{Archiver, Manifest};
 use super::super::file::{self, Summary};
 use super::rules::{Counts, Enrichment, Rules, COLUMNS};
 use super::steps::{self, Step};
@@ -43,17 +43,8 @@ pub async fn day(client: &mut Client, archiver: &Archiver, rules: &Rules, m: &Ma
         steps::record(&*client, run, step, &counts, 0, true).await?;
         return Ok(Outcome::Done(counts));
     };
-    let new = Manifest {
-        location: archive::file_name(&m.table, &m.day, Some(&s.sha256)),
-        rows: s.rows,
-        min_time: s.min_time,
-        max_time: s.max_time,
-        bytes: s.bytes as i64,
-        sha256: s.sha256.clone(),
-        ..m.clone()
-    };
-    target.put_verified(out.path(), &new.location, &s.sha256, s.bytes, |_| {}).await?;
-    target.put_small(&new.manifest_name(), serde_json::to_vec_pretty(&new)?).await?;
+    let new = m.rewritten(&s);
+    new.upload(target, out.path()).await?;
     super::failpoint("reprocess:uploaded");
     let tx = client.transaction().await?;
     let n = tx
