@@ -183,7 +183,7 @@ CREATE TABLE IF NOT EXISTS chronos.view_generation (
     generation bigint NOT NULL
 );
 INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHING;
--- Raw days archived (src/archive): one row per event table and UTC day, written
+-- Raw days archived (src/lifecycle/archive.rs): one row per event table and UTC day, written
 -- once the archive file is verified; dropped_at once the day left PostgreSQL.
 -- location is the object path under retention.archive ('' for a day without
 -- rows, 'off' for a day dropped with archiving off).

@@ -1,7 +1,10 @@
-//! DDL from the catalog, applied idempotently: schema `events` (one table per
-//! event type, partitioned by day on `time`, plus a default partition so no row
-//! is ever refused for its time) and schema `chronos` (offsets, seen batch ids,
-//! dead letters). New attributes become new nullable columns online; nothing
+//! DDL from the catalog, applied idempotently: schema `events_raw` (one table
+//! per event type, partitioned by day on `time` — native partitions, or
+//! TimescaleDB hypertables — plus a default partition so no row is ever
+//! refused for its time), schema `events` (one view per type presenting its
+//! raw table with each batch's page, `chronos.present_event_table`) and schema
+//! `chronos` (offsets, seen batch ids, batches' pages, dead letters, visits,
+//! views, archives). New attributes become new nullable columns online; nothing
 //! is ever dropped.
 
 use std::fmt::Write as _;
@@ -270,7 +273,7 @@ CREATE TABLE IF NOT EXISTS chronos.view_generation (
     generation bigint NOT NULL
 );
 INSERT INTO chronos.view_generation (generation) VALUES (0) ON CONFLICT DO NOTHING;
--- Raw days archived (src/archive): one row per event table and UTC day, written
+-- Raw days archived (src/lifecycle/archive.rs): one row per event table and UTC day, written
 -- once the archive file is verified; dropped_at once the day left PostgreSQL.
 -- location is the object path under retention.archive ('' for a day without
 -- rows, 'off' for a day dropped with archiving off).
