@@ -30,11 +30,11 @@ use super::{columns, file};
 const FIRST_DAY: i64 = -719_162;
 
 /// Advisory lock held by the one archive run at a time.
-pub(crate) const RUN_LOCK: i64 = 7_243_002;
+pub(crate) use crate::store::locks::ARCHIVE_RUN as RUN_LOCK;
 
 /// Advisory lock held by the one `chronos reprocess` run at a time
 /// (src/lifecycle/reprocess/); a run holds [`RUN_LOCK`] too.
-pub(crate) const REPROCESS_LOCK: i64 = 7_243_003;
+pub(crate) use crate::store::locks::REPROCESS as REPROCESS_LOCK;
 
 /// `YYYY-MM-DD` of a day number since the epoch.
 pub fn day_str(day: i64) -> String {

@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod internals;
+pub mod locks;
 pub mod schema;
 pub mod sessions;
 pub mod sqlstate;
@@ -54,7 +55,8 @@ pub struct Installed {
 pub async fn install_tables(client: &mut Client, catalog: &EventCatalog, load: &crate::config::LoadConfig) -> Result<Installed> {
     let tx = client.transaction().await?;
     // "already exists, skipping" notices are expected on every start.
-    tx.batch_execute("SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7243001)").await?;
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::INSTALL]).await?;
     // The layout first: touching hypertables (any DDL, once TimescaleDB is
     // in the database) on a server that no longer preloads it ends the session.
     let (layout, warning) = layout(&tx, load).await?;

@@ -27,7 +27,7 @@ use crate::store::schema::ident;
 pub use parse::{parse_views, ViewDef, ViewError};
 
 /// Advisory lock key of the views set (shared by loaders, exclusive for add/drop).
-pub const VIEWS_LOCK: i64 = 0x6368_726f_6e76_6977; // "chronviw"
+pub use crate::store::locks::VIEWS as VIEWS_LOCK;
 
 /// The views shipped with Chronos, created by `chronos install-pipeline`.
 pub const DEFAULTS: &str = include_str!("../../sql/views/defaults.sql");

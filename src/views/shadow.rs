@@ -20,7 +20,7 @@ use crate::catalog::EventCatalog;
 use crate::store::schema::ident;
 
 /// Advisory lock key held (session) by the one rebuild that runs.
-pub const REBUILD_LOCK: i64 = 0x6368_726f_6e72_6264; // "chronrbd"
+pub use crate::store::locks::REBUILD as REBUILD_LOCK;
 
 /// The shadow state table of view `name`.
 pub fn shadow(name: &str) -> String {
