@@ -468,3 +468,68 @@ fn every_record_and_dead_letter_receipt_produces_can_be_stored() {
     let (records, letters) = (records.get(), letters.get());
     assert!(records > 10 && letters > 10, "the cases reached both paths: {records} records, {letters} dead-letter records");
 }
+
+/// `chronos reprocess` (a new path over what clients sent) reads each page's
+/// `user_agent`. Receipt lets through only scalars of at most 2048 bytes
+/// (deeper or longer: 400, checked first), so the run gets the worst of
+/// those: the longest (the rule's marker past the 512 characters read), a
+/// number, escapes, controls and bidi marks, and one with the marker. It
+/// finishes, flags exactly the marked batch, changes no event count, and the
+/// same session's next batch is still stored and reprocessed.
+#[test]
+fn hostile_pages_go_through_reprocess_and_the_next_batch_is_stored() {
+    let s = stack();
+    let session = "hostile-reprocess";
+    let browser = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    for (ua, code) in [(json!([[["HostileMarker"]]]), "too_deep"), (json!("x".repeat(2049)), "invalid_batch"), (json!({"a": 1}), "invalid_batch")] {
+        let mut b = batch(session, 6);
+        b["page"]["user_agent"] = ua;
+        let (status, body, _) = post(&client(), &s.d, &b, "198.51.100.7");
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{body}");
+    }
+    let long = format!("{browser} {}", "x".repeat(1800));
+    let agents = [
+        json!(format!("{long} HostileMarker")),
+        json!(12345),
+        json!(format!("{browser} \"q\" \\ \u{202e}\u{7}\t\u{ffff} é")),
+        json!(format!("{browser} HostileMarker")),
+    ];
+    let mut ids = Vec::new();
+    for ua in &agents {
+        let mut b = batch(session, 6);
+        b["page"]["user_agent"] = ua.clone();
+        let (status, body, _) = post(&client(), &s.d, &b, "198.51.100.7");
+        assert_eq!(status, 200, "{body}");
+        ids.push(b["batch"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        s.d.wait_until("a hostile page's batch stored", Duration::from_secs(20), || stored_batch(&s.url, id) == 6);
+    }
+    let flagged = |id: &str| count(&s.url, &format!("SELECT count(*) FROM events.clicks WHERE batch_id = '{id}' AND is_bot"));
+    assert_eq!(ids.iter().map(|id| flagged(id)).sum::<i64>(), 0, "no rule names the marker yet");
+
+    // The CLI's config: chronosd's, with a bot rule for the marker.
+    let config = s.d.config_path().with_file_name("reprocess.toml");
+    let toml = std::fs::read_to_string(s.d.config_path()).unwrap();
+    std::fs::write(&config, format!("{toml}\n[enrich]\nextra_bot_patterns = [\"HostileMarker\"]\n")).unwrap();
+    let today = chronos::lifecycle::day_str(chronos::store::today());
+    let reprocess = || {
+        let out = chronos_cli(&config, &["reprocess", "--from", &today, "--to", &today, "--by", "test"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    let events = |id: &str| stored_batch(&s.url, id);
+    reprocess();
+    assert_eq!(ids.iter().map(|id| flagged(id)).collect::<Vec<_>>(), [0, 0, 0, 1], "only the marked string agent within 512 characters");
+    assert!(agents[0].as_str().unwrap().len() <= 2048);
+    assert!(ids.iter().all(|id| events(id) == 6), "no event lost or doubled");
+
+    still_ingests(&s, session);
+    let mut next = batch(session, 6);
+    next["page"]["user_agent"] = json!(format!("{browser} HostileMarker"));
+    let (status, body, _) = post(&client(), &s.d, &next, "198.51.100.7");
+    assert_eq!(status, 200, "{body}");
+    let id = next["batch"].as_str().unwrap().to_string();
+    s.d.wait_until("the session's next batch stored", Duration::from_secs(20), || events(&id) == 6);
+    reprocess();
+    assert_eq!(flagged(&id), 1, "the next batch is reprocessed too");
+}
