@@ -69,13 +69,9 @@ pub(crate) fn day_range(day: i64) -> String {
     format!("time >= {} AND time < {}", ts(day), ts(day + 1))
 }
 
-/// Aborts the process at step `name` when `CHRONOS_FAILPOINT` names it: how
-/// the tests cut an archive run at each step boundary, as `kill -9` would.
+/// An archive run's step boundary, where the tests cut it (an abort, as `kill -9` would).
 fn failpoint(name: &str) {
-    if std::env::var("CHRONOS_FAILPOINT").is_ok_and(|f| f == name) {
-        eprintln!("CHRONOS_FAILPOINT={name}: aborting");
-        std::process::abort();
-    }
+    super::failpoint::at(name, super::failpoint::Act::Abort);
 }
 
 /// A day's archive, as `chronos.archives` and its manifest hold it.

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod columns;
 pub mod erase;
 pub mod export;
+mod failpoint;
 pub mod file;
 pub mod rebuild;
 pub mod reprocess;

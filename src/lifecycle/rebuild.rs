@@ -234,22 +234,12 @@ async fn wait_for_archive_lock(control: &Client) -> Result<()> {
     }
 }
 
-/// Stops the rebuild at step `name`, while its shadow is half filled, when
-/// `CHRONOS_FAILPOINT` names it: until the process is killed (how the tests
-/// `kill -9` a rebuild midway), or for 10 s with `<name>:pause` (how they make
-/// sure loaders commit between the snapshot and the swap).
+/// Stops the rebuild at step `name`, while its shadow is half filled: until
+/// the process is killed (how the tests `kill -9` a rebuild midway), or for
+/// 10 s with `<name>:pause` (how they make sure loaders commit between the
+/// snapshot and the swap).
 async fn failpoint(name: &str) {
-    let Ok(point) = std::env::var("CHRONOS_FAILPOINT") else { return };
-    if point == name {
-        eprintln!("CHRONOS_FAILPOINT={name}: waiting to be killed");
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
-    }
-    if point.strip_suffix(":pause") == Some(name) {
-        eprintln!("CHRONOS_FAILPOINT={point}: pausing 10 s");
-        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-    }
+    super::failpoint::at_async(name, super::failpoint::Act::Hang).await;
 }
 
 async fn fenced(

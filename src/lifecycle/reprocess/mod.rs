@@ -75,21 +75,10 @@ pub struct Report {
     pub views_secs: f64,
 }
 
-/// Aborts the process at step `name` when `CHRONOS_FAILPOINT` names it, or
-/// with `<name>:hang` stops there until it is killed: how the tests cut a run
-/// as `kill -9` would, and `kill -9` it.
+/// A reprocess step where the tests cut a run: an abort (as `kill -9` would),
+/// or with `<name>:hang` a wait there until the test kills it.
 fn failpoint(name: &str) {
-    let Ok(f) = std::env::var("CHRONOS_FAILPOINT") else { return };
-    if f == name {
-        eprintln!("CHRONOS_FAILPOINT={name}: aborting");
-        std::process::abort();
-    }
-    if f.strip_suffix(":hang") == Some(name) {
-        eprintln!("CHRONOS_FAILPOINT={f}: waiting to be killed");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
+    super::failpoint::at(name, super::failpoint::Act::Abort);
 }
 
 /// Today's rules from the config: the bot list with `enrich.extra_bot_patterns`,
