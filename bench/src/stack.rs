@@ -199,6 +199,21 @@ pub fn waited_children_cpu_secs() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
+/// The row count a perf binary's first argument names (default 1,000,000).
+pub fn rows_arg() -> anyhow::Result<i64> {
+    use anyhow::Context as _;
+    Ok(std::env::args().nth(1).map(|a| a.parse().context("rows: a number")).transpose()?.unwrap_or(1_000_000))
+}
+
+/// A temp directory named `prefix…` that the postgres account can enter
+/// (the server runs as it when we are root).
+pub fn perf_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

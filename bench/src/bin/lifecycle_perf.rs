@@ -17,12 +17,8 @@ use chronos::stack::postgres::PostgresServer;
 const STEP: i64 = 250_000;
 
 fn main() -> Result<()> {
-    let rows: i64 = std::env::args().nth(1).map(|a| a.parse().context("rows: a number")).transpose()?.unwrap_or(1_000_000);
-    let dir = tempfile::Builder::new().prefix("chronos-lifecycle-perf-").tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let rows = chronos_bench::stack::rows_arg()?;
+    let dir = chronos_bench::stack::perf_dir("chronos-lifecycle-perf-")?;
     let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
     let today = chronos::store::today();
     let day = today - 5;

@@ -54,12 +54,8 @@ async fn insert_day(client: &tokio_postgres::Client, day: i64, rows: i64) -> Res
 }
 
 fn main() -> Result<()> {
-    let rows: i64 = std::env::args().nth(1).map(|a| a.parse().context("rows: a number")).transpose()?.unwrap_or(1_000_000);
-    let dir = tempfile::Builder::new().prefix("chronos-rebuild-perf-").tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let rows = chronos_bench::stack::rows_arg()?;
+    let dir = chronos_bench::stack::perf_dir("chronos-rebuild-perf-")?;
     let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
     let today = chronos::store::today();
     println!("{rows} clicks in PostgreSQL ({}) and {rows} archived ({}), per layout", day_str(today - 1), day_str(today - 5));

@@ -127,12 +127,8 @@ async fn layout(pg: &PostgresServer, dir: &std::path::Path, name: &str, mode: Ti
 }
 
 fn main() -> Result<()> {
-    let rows: i64 = std::env::args().nth(1).map(|a| a.parse().context("rows: a number")).transpose()?.unwrap_or(1_000_000);
-    let dir = tempfile::Builder::new().prefix("chronos-reprocess-perf-").tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let rows = chronos_bench::stack::rows_arg()?;
+    let dir = chronos_bench::stack::perf_dir("chronos-reprocess-perf-")?;
     write_geoip(&dir.path().join("city.mmdb"))?;
     let pg = PostgresServer::start_in(&dir.path().join("pg"))?;
     println!("{rows} clicks a day, PostgreSQL at {}", pg.url());
