@@ -183,6 +183,28 @@ fn record_of(r: &tokio_postgres::Row) -> Record {
     }
 }
 
+/// Deletes the objects under the archive's root that no record names:
+/// earlier versions of rewritten files (erasure, reprocess) whose deletion
+/// was cut short. Only names Chronos writes for the catalog's tables:
+/// anything else there is someone else's. Returns what was deleted.
+pub async fn delete_unrecorded(client: &impl GenericClient, target: &super::target::Target, catalog: &EventCatalog) -> Result<Vec<String>> {
+    let named: std::collections::HashSet<String> = list(client)
+        .await?
+        .iter()
+        .filter(|r| r.manifest.has_file())
+        .flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()])
+        .collect();
+    let tables: std::collections::HashSet<&str> = catalog.types().iter().map(|t| &*t.name).collect();
+    let mut deleted = Vec::new();
+    for name in target.list().await? {
+        if is_chronos_object(&name, &tables) && !named.contains(&name) {
+            target.delete(&name).await?;
+            deleted.push(name);
+        }
+    }
+    Ok(deleted)
+}
+
 /// Every record, by table and day.
 pub async fn list(client: &impl GenericClient) -> Result<Vec<Record>> {
     let rows = client.query(&format!("SELECT {RECORD_COLUMNS} FROM chronos.archives ORDER BY table_name, day"), &[]).await?;

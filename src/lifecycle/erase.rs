@@ -173,19 +173,7 @@ async fn erase_archived(
             done.files.push(m.location.clone());
         }
     }
-    // Objects no record names: earlier versions whose deletion was cut short.
-    // Only names Chronos writes for the catalog's tables: anything else under
-    // the archive's root is someone else's.
-    let records = archive::list(&*client).await?;
-    let named: std::collections::HashSet<String> =
-        records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
-    let tables: std::collections::HashSet<&str> = catalog.types().iter().map(|t| &*t.name).collect();
-    for name in target.list().await? {
-        if archive::is_chronos_object(&name, &tables) && !named.contains(&name) {
-            target.delete(&name).await?;
-            done.stale_deleted.push(name);
-        }
-    }
+    done.stale_deleted = archive::delete_unrecorded(&*client, target, catalog).await?;
     Ok(())
 }
 

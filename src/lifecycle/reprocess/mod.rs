@@ -134,7 +134,10 @@ async fn locked(
     let mut pass = Pass { client, archiver, catalog, rules, opts, run: Some(run), recorded };
     let mut report = pass.all(&mut progress).await?;
     report.resumed = resumed;
-    report.stale_deleted = delete_unrecorded(pass.client, archiver, catalog).await?;
+    report.stale_deleted = match archiver.target() {
+        Ok(target) => archive::delete_unrecorded(&*pass.client, target, catalog).await?,
+        Err(_) => Vec::new(),
+    };
     if !report.views.is_empty() {
         // Whole views: a view without a day bucket cannot be rebuilt by days.
         let names: Vec<&str> = report.views.iter().map(String::as_str).collect();
@@ -254,23 +257,4 @@ impl Pass<'_> {
             report.steps.push(step);
         }
     }
-}
-
-/// Deletes the archive objects of catalog tables that no record names: the
-/// new file of a rewrite cut before its record, or the old one of a rewrite
-/// cut before its deletion. Only names Chronos writes (as erasure does).
-async fn delete_unrecorded(client: &Client, archiver: &Archiver, catalog: &EventCatalog) -> Result<Vec<String>> {
-    let Ok(target) = archiver.target() else { return Ok(Vec::new()) };
-    let records = archive::list(client).await?;
-    let named: std::collections::HashSet<String> =
-        records.iter().filter(|r| r.manifest.has_file()).flat_map(|r| [r.manifest.location.clone(), r.manifest.manifest_name()]).collect();
-    let tables: std::collections::HashSet<&str> = catalog.types().iter().map(|t| &*t.name).collect();
-    let mut deleted = Vec::new();
-    for name in target.list().await? {
-        if archive::is_chronos_object(&name, &tables) && !named.contains(&name) {
-            target.delete(&name).await?;
-            deleted.push(name);
-        }
-    }
-    Ok(deleted)
 }
